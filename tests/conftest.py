@@ -1,0 +1,68 @@
+"""Shared fixtures: a private redis-server per session, the embedded backend, namespaces."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from workshaper.connection import Backend, connect, embedded_backend
+from workshaper.testing import RedisServer, redis_server_binary
+
+
+def _need_redis_server() -> None:
+    if redis_server_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed, and CI must run the integration tests")
+        pytest.skip("redis-server is not installed")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One private redis-server for the session (never the shared one on 6379)."""
+    _need_redis_server()
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_redis_server() -> Iterator[RedisServer]:
+    """A redis-server of this test alone, with AOF appendfsync always (restartable)."""
+    _need_redis_server()
+    server = RedisServer(appendonly=True, appendfsync="always").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """The same tests on the embedded backend (fakeredis + Lua) and on a real redis-server."""
+    if request.param == "embedded":
+        b = embedded_backend()
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        b = connect(server.url)
+    yield b
+    b.close()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.01) -> Any:
+    """Poll ``predicate`` until it is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)

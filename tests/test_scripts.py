@@ -1,0 +1,412 @@
+"""Each Lua script on its own, on the embedded backend and on a real redis-server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from workshaper import codec, scripts
+from workshaper.connection import Backend
+from workshaper.keys import NamespaceKeys, PartitionKeys
+from workshaper.scripts import Completion, EncodedItem
+
+T = TypeVar("T")
+LEASE_MS = 60_000
+
+
+class Partition:
+    """Drives the scripts of one partition directly, as a worker or producer would."""
+
+    def __init__(self, backend: Backend, namespace: str, partition: int = 0) -> None:
+        self.backend = backend
+        self.keys: PartitionKeys = NamespaceKeys(namespace).partition(partition)
+        self.requests = 0
+
+    def run(self, build: Callable[[scripts.Batch], scripts.Reply[T]]) -> T:
+        return scripts.run_one(self.backend, build)
+
+    def enqueue(self, *items: tuple[Any, int], max_in_queue: int = 1000) -> list[int]:
+        encoded = [
+            EncodedItem(
+                codec.encode_sub_key(sub, off),
+                off,
+                codec.make_entry(off, codec.encode_message(f"m{off}", 100)),
+            )
+            for sub, off in items
+        ]
+        return self.run(lambda b: scripts.enqueue_items(b, self.keys, encoded, max_in_queue))
+
+    def claim(
+        self,
+        n: int = 10,
+        worker: str = "w1",
+        lease_ms: int = LEASE_MS,
+        request: str | None = None,
+        max_attempts: int = 3,
+        mode: str = "d",
+        batch: int = 10,
+    ) -> tuple[bool, list[scripts.Claimed]]:
+        self.requests += 1
+        rid = request or f"{worker}:{self.requests}"
+        return self.run(
+            lambda b: scripts.claim_sub_keys(
+                b,
+                self.keys,
+                worker_id=worker,
+                request_id=rid,
+                max_leases=n,
+                lease_ms=lease_ms,
+                batch_size=batch,
+                max_attempts=max_attempts,
+                exhausted_mode=mode,
+            )
+        )
+
+    def complete(self, *completions: Completion, batch: int = 10) -> list[scripts.CompletionReply]:
+        return self.run(
+            lambda b: scripts.complete_items(
+                b, self.keys, completions, lease_ms=LEASE_MS, batch_size=batch
+            )
+        )
+
+    def fail(
+        self,
+        sub: bytes,
+        token: int,
+        attempt: int,
+        max_attempts: int = 3,
+        mode: str = "d",
+        force: bool = False,
+    ) -> tuple[int, int]:
+        head = self.backend.client.lindex(self.keys.queue(sub), 0)
+        assert head is not None
+        offset = codec.parse_entry(head).offset
+        return self.run(
+            lambda b: scripts.fail_item(
+                b,
+                self.keys,
+                sub=sub,
+                token=token,
+                head_prefix=codec.head_prefix(head),
+                offset=offset,
+                attempt=attempt,
+                max_attempts=max_attempts,
+                exhausted_mode=mode,
+                force=force,
+                error_json='{"type":"Boom"}',
+                lease_ms=LEASE_MS,
+            )
+        )
+
+    def expire(self, sub: bytes) -> tuple[int, int]:
+        return self.run(lambda b: scripts.expire_lease(b, self.keys, sub, "reaper"))
+
+    def offer(self, with_offsets: bool = False) -> scripts.Offer:
+        return self.run(lambda b: scripts.offer_watermark(b, self.keys, with_offsets))
+
+    def commit(self, watermark: int) -> int:
+        return self.run(lambda b: scripts.commit_watermark(b, self.keys, watermark))
+
+    def queue(self, sub: Any) -> list[int]:
+        raw = self.backend.client.lrange(self.keys.queue(codec.encode_sub_key(sub, 0)), 0, -1)
+        return [codec.parse_entry(e).offset for e in raw]
+
+    def ready(self) -> list[bytes]:
+        return list(self.backend.client.lrange(self.keys.ready, 0, -1))
+
+    def make_expired(self, sub: bytes) -> None:
+        self.backend.client.zadd(self.keys.leases, {sub: 0}, xx=True)
+
+
+@pytest.fixture
+def part(backend: Backend, namespace: str) -> Partition:
+    return Partition(backend, namespace)
+
+
+ACCEPTED, DUPLICATE, ALREADY_ACKED, FULL = 0, 1, 2, 3
+
+
+# --- enqueue ---------------------------------------------------------------------------------
+
+
+def test_enqueue_appends_per_sub_key_and_marks_new_sub_keys_ready(part: Partition) -> None:
+    assert part.enqueue(("a", 1), ("b", 2), ("a", 3)) == [ACCEPTED] * 3
+    assert part.queue("a") == [1, 3] and part.queue("b") == [2]
+    assert part.ready() == [b"sa", b"sb"]
+
+
+def test_enqueue_dedupes_pending_within_batch_and_finished(part: Partition) -> None:
+    assert part.enqueue(("a", 1), ("a", 1)) == [ACCEPTED, DUPLICATE]
+    assert part.enqueue(("a", 1), ("b", 1)) == [DUPLICATE, DUPLICATE]  # offset, not sub key
+    _, [lease] = part.claim()
+    part.complete(Completion(b"sa", lease.token, "c", [1]))
+    assert part.enqueue(("a", 1)) == [DUPLICATE]  # finished above the watermark
+    assert part.queue("a") == []
+
+
+def test_enqueue_at_or_below_acked_watermark_is_ignored(part: Partition) -> None:
+    part.enqueue(("a", 5))
+    _, [lease] = part.claim()
+    part.complete(Completion(b"sa", lease.token, "c", [5]))
+    assert part.offer().watermark == 5
+    # While 5 is being acked, a late offset below it is already covered by that ack.
+    assert part.enqueue(("z", 3)) == [ALREADY_ACKED]
+    part.commit(5)
+    assert part.enqueue(("a", 5), ("a", 4), ("a", 6)) == [ALREADY_ACKED, ALREADY_ACKED, ACCEPTED]
+
+
+def test_enqueue_backpressure_stops_at_the_first_item_that_does_not_fit(part: Partition) -> None:
+    statuses = part.enqueue(("a", 1), ("b", 2), ("a", 3), ("c", 4), max_in_queue=2)
+    assert statuses == [ACCEPTED, ACCEPTED, FULL, FULL]
+    assert part.queue("a") == [1] and part.queue("c") == []
+    # Finished-but-unacked items still count: the partition frees room only when acked.
+    _, leases = part.claim()
+    for lease in leases:
+        part.complete(
+            Completion(lease.sub, lease.token, "c", part.queue(codec.decode_sub_key(lease.sub)))
+        )
+    assert part.enqueue(("a", 3), max_in_queue=2) == [FULL]
+    part.commit(part.offer().watermark)
+    assert part.enqueue(("a", 3), ("c", 4), ("d", 5), max_in_queue=2) == [ACCEPTED, ACCEPTED, FULL]
+
+
+def test_enqueue_to_leased_sub_key_does_not_make_it_ready(part: Partition) -> None:
+    part.enqueue(("a", 1))
+    part.claim()
+    part.enqueue(("a", 2))
+    assert part.ready() == []
+
+
+def test_large_batches_are_written_in_chunks(part: Partition) -> None:
+    items = [("a", i) for i in range(5000)]
+    assert part.enqueue(*items, max_in_queue=10_000) == [ACCEPTED] * 5000
+    assert part.queue("a") == list(range(5000))
+
+
+# --- claim -------------------------------------------------------------------------------------
+
+
+def test_claim_leases_ready_sub_keys_with_growing_tokens(part: Partition) -> None:
+    part.enqueue(("a", 1), ("b", 2), ("c", 3))
+    more, leases = part.claim(n=2)
+    assert more is True
+    assert [c.sub for c in leases] == [b"sa", b"sb"]
+    more, [last] = part.claim(n=2)
+    assert more is False
+    assert leases[0].token < leases[1].token < last.token
+
+
+def test_claim_is_idempotent_per_request_id(part: Partition) -> None:
+    part.enqueue(("a", 1), ("b", 2))
+    first = part.claim(n=1, request="w1:r1")
+    again = part.claim(n=1, request="w1:r1")  # a retried call (reply lost)
+    assert first == again
+    assert part.claim(n=5, request="w1:r2")[1][0].sub == b"sb"
+
+
+def test_concurrent_claims_never_double_lease(part: Partition) -> None:
+    part.enqueue(*[(f"k{i}", i) for i in range(50)])
+    owners: dict[bytes, str] = {}
+    for round_ in range(20):
+        for worker in ("w1", "w2", "w3"):
+            for c in part.claim(n=1, worker=worker, request=f"{worker}:{round_}")[1]:
+                assert c.sub not in owners
+                owners[c.sub] = worker
+    assert len(owners) == 50
+
+
+# --- complete ----------------------------------------------------------------------------------
+
+
+def test_complete_continue_hands_out_next_batch(part: Partition) -> None:
+    part.enqueue(*[("a", i) for i in range(5)])
+    _, [lease] = part.claim(batch=2)
+    [reply] = part.complete(Completion(b"sa", lease.token, "c", [0, 1]), batch=2)
+    assert reply.code == 1 and reply.finished == 2
+    assert [codec.parse_entry(e).offset for e in reply.next_entries] == [2, 3]
+
+
+def test_complete_releases_when_the_queue_is_empty(part: Partition) -> None:
+    part.enqueue(("a", 1))
+    _, [lease] = part.claim()
+    [reply] = part.complete(Completion(b"sa", lease.token, "c", [1]))
+    assert (reply.code, reply.finished) == (2, 1)
+    part.enqueue(("a", 2))
+    assert part.ready() == [b"sa"]  # the next item makes the sub key runnable again
+
+
+def test_complete_is_idempotent(part: Partition) -> None:
+    part.enqueue(("a", 1), ("a", 2), ("a", 3))
+    _, [lease] = part.claim()
+    done = Completion(b"sa", lease.token, "k", [1, 2])
+    assert part.complete(done)[0].finished == 2
+    assert part.complete(done)[0].finished == 0  # a retried call changes nothing
+    assert part.queue("a") == [3]
+
+
+def test_release_requeues_sub_key_with_items_left(part: Partition) -> None:
+    part.enqueue(("a", 1), ("a", 2))
+    _, [lease] = part.claim()
+    [reply] = part.complete(Completion(b"sa", lease.token, "r", [1]))
+    assert reply.code == 2
+    assert part.ready() == [b"sa"]
+
+
+def test_yield_gives_way_only_when_others_wait(part: Partition) -> None:
+    part.enqueue(("a", 1), ("a", 2), ("a", 3))
+    _, [lease] = part.claim()
+    assert part.complete(Completion(b"sa", lease.token, "y", [1]))[0].code == 1  # nobody waits
+    part.enqueue(("b", 9))
+    assert part.complete(Completion(b"sa", lease.token, "y", [2]))[0].code == 2
+    assert part.ready() == [b"sb", b"sa"]
+
+
+# --- fencing -----------------------------------------------------------------------------------
+
+
+def test_stale_token_cannot_complete_fail_extend_or_release(part: Partition) -> None:
+    part.enqueue(("a", 1), ("a", 2))
+    _, [old] = part.claim(worker="w1")
+    part.make_expired(b"sa")
+    assert part.expire(b"sa")[0] == 1
+    _, [new] = part.claim(worker="w2")
+    assert new.token > old.token
+    for action in "kcyr":
+        assert part.complete(Completion(b"sa", old.token, action, [1]))[0].code == -1
+    assert part.fail(b"sa", old.token, attempt=1) == (-1, 0)
+    lost = part.run(lambda b: scripts.extend_leases(b, part.keys, [(b"sa", old.token)], LEASE_MS))
+    assert lost == [0]
+    assert part.queue("a") == [1, 2]  # nothing the old holder sent was applied
+    assert part.complete(Completion(b"sa", new.token, "k", [1]))[0].finished == 1
+
+
+# --- failures, dead letters, blocking ----------------------------------------------------------
+
+
+def test_fail_retries_until_max_attempts_then_dead_letters(part: Partition) -> None:
+    part.enqueue(("a", 1), ("a", 2))
+    _, [lease] = part.claim()
+    assert part.fail(b"sa", lease.token, attempt=1) == (1, 1)
+    assert part.fail(b"sa", lease.token, attempt=1) == (1, 1)  # retried call: no double count
+    assert part.fail(b"sa", lease.token, attempt=2) == (1, 2)
+    assert part.fail(b"sa", lease.token, attempt=3) == (2, 3)
+    assert part.queue("a") == [2]
+    record = part.backend.client.hget(part.keys.dead, "1")
+    assert record is not None
+    error, attempts, _, entry = record.split(b"\n", 3)
+    assert (error, attempts, entry) == (b'{"type":"Boom"}', b"3", codec.make_entry(1, b"sm1"))
+    # Dead-lettered counts as finished: the watermark moves past it.
+    part.complete(Completion(b"sa", lease.token, "c", [2]))
+    assert part.offer().watermark == 2
+
+
+def test_fail_with_block_holds_the_sub_key_and_the_watermark(part: Partition) -> None:
+    part.enqueue(("a", 1), ("a", 2), ("b", 3))
+    _, leases = part.claim()
+    token = {c.sub: c.token for c in leases}
+    assert part.fail(b"sa", token[b"sa"], attempt=3, mode="b") == (3, 3)
+    part.complete(Completion(b"sb", token[b"sb"], "c", [3]))
+    assert part.offer().watermark == -1  # offset 1 is not finished
+    assert part.ready() == [] and part.claim()[1] == []
+    # Operator: retry it.
+    assert part.run(lambda b: scripts.unblock_sub_key(b, part.keys, b"sa", "retry", "{}")) is True
+    assert part.ready() == [b"sa"]
+    _, [again] = part.claim()
+    assert again.attempts_record == b""  # fresh attempts
+
+
+def test_unblock_dead_letter_moves_on(part: Partition) -> None:
+    part.enqueue(("a", 1), ("a", 2))
+    _, [lease] = part.claim()
+    part.fail(b"sa", lease.token, attempt=3, mode="b")
+    assert part.run(
+        lambda b: scripts.unblock_sub_key(b, part.keys, b"sa", "dead_letter", '{"type":"Operator"}')
+    )
+    assert part.queue("a") == [2]
+    assert part.backend.client.hexists(part.keys.dead, "1")
+    assert part.run(lambda b: scripts.unblock_sub_key(b, part.keys, b"sa", "retry", "{}")) is False
+
+
+def test_corrupt_item_is_dead_lettered_at_once(part: Partition) -> None:
+    part.enqueue(("a", 1))
+    _, [lease] = part.claim()
+    assert part.fail(b"sa", lease.token, attempt=1, force=True) == (2, 1)
+    assert part.queue("a") == []
+
+
+# --- expiry and crash attribution -----------------------------------------------------------
+
+
+def test_expire_ignores_live_leases(part: Partition) -> None:
+    part.enqueue(("a", 1))
+    part.claim()
+    assert part.expire(b"sa") == (0, 0)
+
+
+def test_unattributed_crash_charges_head_but_never_its_last_attempt(part: Partition) -> None:
+    part.enqueue(("a", 1), ("a", 2))
+    for expected in (1, 2, 2):  # max_attempts=3: a batch-mode crash stops at 2
+        _, [lease] = part.claim(max_attempts=3, batch=10)
+        part.make_expired(b"sa")
+        assert part.expire(b"sa") == (1, expected)
+        part.backend.client.hdel(part.keys.fixed[7], b"sa")  # leave exact mode for this test
+    assert part.queue("a") == [1, 2]
+
+
+def test_exact_mode_after_crash_runs_one_item_at_a_time_and_can_dead_letter(
+    part: Partition,
+) -> None:
+    part.enqueue(("a", 1), ("a", 2), ("a", 3))
+    _, [lease] = part.claim(max_attempts=2, batch=10)
+    part.make_expired(b"sa")
+    assert part.expire(b"sa") == (1, 1)  # unattributed: charged, capped below 2
+    _, [lease] = part.claim(max_attempts=2, batch=10)
+    assert lease.exact == 10 and lease.attempts_record == b"1|1"
+    part.make_expired(b"sa")
+    assert part.expire(b"sa") == (2, 2)  # exact mode: the running item was the head
+    assert part.queue("a") == [2, 3]
+    _, [lease] = part.claim(max_attempts=2, batch=10)
+    [reply] = part.complete(Completion(b"sa", lease.token, "c", [2]), batch=10)
+    assert len(reply.next_entries) == 1  # still one at a time inside the window
+
+
+def test_expire_requeues_and_blocks_when_asked(part: Partition) -> None:
+    part.enqueue(("a", 1))
+    _, [lease] = part.claim(max_attempts=1, mode="b")
+    part.make_expired(b"sa")
+    assert part.expire(b"sa") == (1, 0)
+    _, [lease] = part.claim(max_attempts=1, mode="b")
+    part.make_expired(b"sa")
+    assert part.expire(b"sa") == (3, 1)
+    assert part.backend.client.hexists(part.keys.blocked, b"sa")
+    assert part.ready() == []
+
+
+def test_find_expired_leases_reports_ready_count(part: Partition) -> None:
+    part.enqueue(("a", 1), ("b", 2))
+    part.claim(n=1)
+    part.make_expired(b"sa")
+    ready, expired = part.run(lambda b: scripts.find_expired_leases(b, part.keys))
+    assert (ready, expired) == (1, [b"sa"])
+
+
+# --- watermark -------------------------------------------------------------------------------
+
+
+def test_watermark_is_contiguous_and_skips_gaps(part: Partition) -> None:
+    part.enqueue(("a", 1), ("b", 4), ("c", 7))  # 2, 3, 5, 6 never existed (compaction gaps)
+    _, leases = part.claim()
+    token = {c.sub: c.token for c in leases}
+    part.complete(
+        Completion(b"sb", token[b"sb"], "c", [4]), Completion(b"sc", token[b"sc"], "c", [7])
+    )
+    offer = part.offer(with_offsets=True)
+    assert (offer.acked, offer.watermark, offer.advances) == (-1, -1, False)  # 1 holds it back
+    part.complete(Completion(b"sa", token[b"sa"], "c", [1]))
+    offer = part.offer(with_offsets=True)
+    assert (offer.watermark, offer.offsets) == (7, [1, 4, 7])
+    assert part.commit(7) == 0
+    assert part.commit(7) == 0 and part.commit(3) == 0  # idempotent, never moves back
+    assert part.backend.client.hget(part.keys.meta, "acked") == b"7"

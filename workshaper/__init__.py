@@ -1,0 +1,37 @@
+"""WorkShaper: parallel stream processing with strict per-sub-key order and contiguous
+offset watermarks, coordinated through Redis."""
+
+from workshaper.errors import (
+    BackendUnavailable,
+    InvalidInput,
+    InvalidType,
+    LeaseLost,
+    QueueFull,
+    ScriptError,
+    WorkShaperError,
+)
+from workshaper.hashing import sub_key_for
+from workshaper.jobs import Job, current_job
+from workshaper.manager import Manager
+from workshaper.producer import Enqueued, Producer
+from workshaper.worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailable",
+    "Enqueued",
+    "InvalidInput",
+    "InvalidType",
+    "Job",
+    "LeaseLost",
+    "Manager",
+    "Producer",
+    "QueueFull",
+    "ScriptError",
+    "WorkShaperError",
+    "Worker",
+    "__version__",
+    "current_job",
+    "sub_key_for",
+]

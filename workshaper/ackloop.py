@@ -1,0 +1,226 @@
+"""The ack loop: advances each partition's contiguous watermark and calls the user's ack.
+
+Every ``interval`` seconds, for each partition with items still unacked, one round trip offers
+the next watermark (the highest finished offset below the lowest unfinished one); the user's
+``ack`` is called; a second round trip commits the partitions whose ack returned. The acked
+watermark therefore moves in Redis only after ``ack`` returned, and an ``ack`` that raises is
+offered again later (with a growing pause, so a broken ack does not spin or flood the log).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from workshaper import scripts
+from workshaper.connection import Backend
+from workshaper.keys import NamespaceKeys
+from workshaper.scripts import Batch, Offer
+
+log = logging.getLogger(__name__)
+
+AckCallback = Callable[[int, int], object]
+
+#: Longest pause between retries of an ack that keeps raising.
+MAX_ACK_RETRY_DELAY = 1.0
+#: Pause after Redis was unreachable before the loop tries again.
+REDIS_RETRY_DELAY = 0.5
+
+
+class AckLoop:
+    def __init__(
+        self,
+        backend: Backend,
+        keys: NamespaceKeys,
+        ack: AckCallback | None,
+        interval: float,
+        ack_each: bool,
+    ) -> None:
+        self._backend = backend
+        self._keys = keys
+        self._ack = ack
+        self._interval = interval
+        self._ack_each = ack_each
+        self._changed = threading.Condition()
+        self._targets: dict[int, int] = {}  # partition -> highest offset waiting to be acked
+        self._acked: dict[int, int] = {}  # partition -> acked watermark as last seen
+        self._generation: dict[int, int] = {}  # partition -> commits made by this loop
+        self._retry_at: dict[int, float] = {}  # partition -> when a failed ack is offered again
+        self._failures: dict[int, int] = {}
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="workshaper-ack", daemon=True)
+
+    # --- used by the producer --------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def track(self, partition: int, offset: int) -> None:
+        """Remember that ``offset`` of ``partition`` must be acked before flush returns."""
+        with self._changed:
+            if offset > self._targets.get(partition, -1):
+                self._targets[partition] = offset
+                self._changed.notify_all()
+
+    def caught_up(self) -> bool:
+        with self._changed:
+            return self._caught_up_locked()
+
+    def _caught_up_locked(self) -> bool:
+        return all(self._acked.get(p, -1) >= t for p, t in self._targets.items())
+
+    def wait_caught_up(self, deadline: float | None) -> bool:
+        with self._changed:
+            while not self._caught_up_locked():
+                if self._stopping:
+                    return False
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            return True
+
+    def commits(self, partition: int) -> int:
+        """How many times this loop has moved the partition's acked watermark."""
+        with self._changed:
+            return self._generation.get(partition, 0)
+
+    def wait_commit(self, partition: int, seen: int, timeout: float) -> None:
+        """Block until the partition's watermark moved since ``commits()`` returned ``seen``,
+        or ``timeout`` passed (which also covers acks made by another process)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not self._stopping and self._generation.get(partition, 0) == seen:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._changed.wait(remaining)
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def _active_partitions(self) -> list[int]:
+        now = time.monotonic()
+        return [
+            p
+            for p, target in self._targets.items()
+            if self._acked.get(p, -1) < target and self._retry_at.get(p, 0.0) <= now
+        ]
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                if self._stopping:
+                    return
+                active = self._active_partitions()
+                if not active:
+                    # Nothing to ack: sleep until an enqueue gives us a target (or a retry is due).
+                    self._changed.wait(self._idle_wait())
+                    continue
+            try:
+                self._tick(active)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("ack loop: Redis unreachable (%s); retrying", exc)
+                self._sleep(REDIS_RETRY_DELAY)
+                continue
+            except Exception:
+                log.exception("ack loop: unexpected error; retrying")
+                self._sleep(REDIS_RETRY_DELAY)
+                continue
+            self._sleep(self._interval)
+
+    def _idle_wait(self) -> float | None:
+        """How long to sleep with nothing to ack: until the next ack retry, or until woken."""
+        behind = [
+            at
+            for p, at in self._retry_at.items()
+            if self._acked.get(p, -1) < self._targets.get(p, -1)
+        ]
+        if not behind:
+            return None
+        return max(0.0, min(behind) - time.monotonic())
+
+    def _sleep(self, seconds: float) -> None:
+        with self._changed:
+            if not self._stopping:
+                self._changed.wait(seconds)
+
+    def _tick(self, partitions: list[int]) -> None:
+        batch = Batch(self._backend)
+        offers = {
+            p: scripts.offer_watermark(batch, self._keys.partition(p), self._ack_each)
+            for p in partitions
+        }
+        batch.execute()
+        commits: dict[int, int] = {}
+        for partition, reply in offers.items():
+            offer = reply.get()
+            self._note(partition, offer.acked)
+            if offer.advances:
+                acked_to = self._deliver(partition, offer)
+                if acked_to is not None:
+                    commits[partition] = acked_to
+        if not commits:
+            return
+        batch = Batch(self._backend)
+        committed = [
+            scripts.commit_watermark(batch, self._keys.partition(p), w) for p, w in commits.items()
+        ]
+        batch.execute()
+        for done in committed:
+            done.get()
+        with self._changed:
+            for partition in commits:
+                self._generation[partition] = self._generation.get(partition, 0) + 1
+        for partition, watermark in commits.items():
+            self._note(partition, watermark)
+
+    def _deliver(self, partition: int, offer: Offer) -> int | None:
+        """Call the user's ack; return the watermark it accepted (None: nothing accepted)."""
+        if self._ack is None:
+            return offer.watermark
+        if not self._ack_each:
+            return offer.watermark if self._call_ack(partition, offer.watermark) else None
+        accepted: int | None = None
+        for offset in offer.offsets:
+            if not self._call_ack(partition, offset):
+                break
+            accepted = offset
+        return accepted
+
+    def _call_ack(self, partition: int, offset: int) -> bool:
+        assert self._ack is not None
+        try:
+            self._ack(partition, offset)
+        except Exception:
+            failures = self._failures.get(partition, 0) + 1
+            self._failures[partition] = failures
+            delay = min(self._interval * 2**failures, MAX_ACK_RETRY_DELAY)
+            self._retry_at[partition] = time.monotonic() + delay
+            log.exception(
+                "ack(%d, %d) raised (failure %d); offering it again in %.3fs",
+                partition,
+                offset,
+                failures,
+                delay,
+            )
+            return False
+        self._failures.pop(partition, None)
+        self._retry_at.pop(partition, None)
+        return True
+
+    def _note(self, partition: int, acked: int) -> None:
+        with self._changed:
+            if acked > self._acked.get(partition, -1):
+                self._acked[partition] = acked
+            self._changed.notify_all()

@@ -1,0 +1,184 @@
+"""Validation and wire encoding of sub keys, messages and queue entries.
+
+Everything that reaches Redis passes through here first, so a bad value is rejected with an
+error naming it before anything is written.
+
+Queue entry layout (one element of a sub key's list)::
+
+    <offset in decimal> "|" <tag> <payload>
+    tag "b": payload is bytes, returned as bytes
+    tag "s": payload is UTF-8 text, returned as str
+    tag "j": payload is JSON, returned decoded
+
+The offset prefix lets the Lua scripts check "is this item still at the head?" with one string
+comparison, which is how a retried script recognises work it already did.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from workshaper.errors import InvalidInput, InvalidType
+
+#: Offsets are stored as sorted-set scores (IEEE doubles): above 2**53 they would lose precision.
+MAX_OFFSET = 2**53 - 1
+#: Partitions share the same limit for symmetry and key-name sanity.
+MAX_PARTITION = 2**31 - 1
+#: Default cap on one encoded message.
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+
+SubKey = str | int | bytes | None
+Message = Any
+
+_NAMESPACE_FORBIDDEN = re.compile(r"[\s{}:]")
+_TAG_BYTES = b"b"
+_TAG_STR = b"s"
+_TAG_JSON = b"j"
+
+
+class CorruptEntry(ValueError):
+    """A queue entry read from Redis cannot be decoded (someone wrote garbage, or a bug)."""
+
+
+def check_namespace(namespace: object) -> str:
+    if not isinstance(namespace, str):
+        raise InvalidType(f"namespace must be a str, got {type(namespace).__name__}")
+    if not namespace:
+        raise InvalidInput("namespace must not be empty")
+    if _NAMESPACE_FORBIDDEN.search(namespace):
+        raise InvalidInput(
+            f"namespace {namespace!r} must not contain whitespace, '{{', '}}' or ':'"
+        )
+    if len(namespace) > 200:
+        raise InvalidInput(f"namespace is {len(namespace)} characters long; the limit is 200")
+    return namespace
+
+
+def _check_int(name: str, value: object, upper: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidType(f"{name} must be an int >= 0, got {type(value).__name__} {value!r}")
+    if value < 0 or value > upper:
+        raise InvalidInput(f"{name} must be an int from 0 to {upper}, got {value}")
+    return value
+
+
+def check_partition(partition: object) -> int:
+    return _check_int("partition", partition, MAX_PARTITION)
+
+
+def check_offset(offset: object) -> int:
+    return _check_int("offset", offset, MAX_OFFSET)
+
+
+def check_sub_key(sub_key: object) -> SubKey:
+    if sub_key is None or isinstance(sub_key, str | bytes):
+        return sub_key
+    if isinstance(sub_key, int) and not isinstance(sub_key, bool):
+        return sub_key
+    raise InvalidType(
+        f"sub_key must be str, int, bytes or None, got {type(sub_key).__name__} {sub_key!r}"
+    )
+
+
+def encode_sub_key(sub_key: SubKey, offset: int) -> bytes:
+    """The sub key's name inside its partition: a type letter, then the value.
+
+    ``None`` means "no order needed": each such item becomes a sub key of its own (named by its
+    offset), so unordered items run in parallel.
+    """
+    if sub_key is None:
+        return b"n%d" % offset
+    if isinstance(sub_key, str):
+        return b"s" + sub_key.encode("utf-8")
+    if isinstance(sub_key, bytes):
+        return b"b" + sub_key
+    return b"i%d" % sub_key
+
+
+def decode_sub_key(encoded: bytes) -> SubKey:
+    kind, body = encoded[:1], encoded[1:]
+    if kind == b"s":
+        return body.decode("utf-8")
+    if kind == b"b":
+        return body
+    if kind == b"i":
+        return int(body)
+    if kind == b"n":
+        return None
+    raise CorruptEntry(f"unknown sub key encoding {encoded[:40]!r}")
+
+
+def encode_message(message: Message, max_bytes: int) -> bytes:
+    """Tag and serialize a message. Never pickle: only bytes, str and JSON values travel."""
+    if isinstance(message, bytes | bytearray | memoryview):
+        data = _TAG_BYTES + bytes(message)
+    elif isinstance(message, str):
+        data = _TAG_STR + message.encode("utf-8")
+    else:
+        try:
+            text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except TypeError as exc:
+            raise InvalidType(
+                f"message must be bytes, str or JSON-serializable, got {type(message).__name__}"
+                f" ({exc})"
+            ) from None
+        except ValueError as exc:
+            raise InvalidInput(f"message is not valid JSON: {exc}") from None
+        data = _TAG_JSON + text.encode("utf-8")
+    if len(data) - 1 > max_bytes:
+        raise InvalidInput(
+            f"message is {len(data) - 1} bytes encoded; max_message_bytes is {max_bytes}"
+        )
+    return data
+
+
+def decode_message(data: bytes) -> Message:
+    tag, body = data[:1], data[1:]
+    try:
+        if tag == _TAG_BYTES:
+            return body
+        if tag == _TAG_STR:
+            return body.decode("utf-8")
+        if tag == _TAG_JSON:
+            return json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CorruptEntry(f"message payload does not decode: {exc}") from None
+    raise CorruptEntry(f"unknown message tag {tag!r}")
+
+
+def make_entry(offset: int, encoded_message: bytes) -> bytes:
+    return b"%d|%s" % (offset, encoded_message)
+
+
+def entry_prefix(offset: int) -> bytes:
+    """What a queue entry for ``offset`` starts with (the scripts' head check)."""
+    return b"%d|" % offset
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    offset: int
+    payload: bytes  # the tagged message, decoded lazily by the worker
+
+    def message(self) -> Message:
+        return decode_message(self.payload)
+
+
+def parse_entry(raw: bytes) -> Entry:
+    """Split a queue entry into offset and tagged payload; raise CorruptEntry if malformed."""
+    head, sep, payload = raw.partition(b"|")
+    if not sep or not head.isdigit() or len(head) > 16:
+        raise CorruptEntry(f"queue entry has no valid offset prefix: {raw[:40]!r}")
+    return Entry(int(head), payload)
+
+
+def head_prefix(raw: bytes) -> bytes:
+    """The bytes a script compares to recognise ``raw`` at the head of its list: the offset
+    prefix when there is one, else the whole (corrupt) entry."""
+    head, sep, _ = raw.partition(b"|")
+    if sep and head.isdigit():
+        return head + sep
+    return raw

@@ -1,0 +1,234 @@
+"""Running handlers: the items of one lease batch, in order, on threads or on an event loop.
+
+The coordinator (worker.py) hands a batch of queue entries to an executor; the executor runs
+them one after another and posts what happened back to the coordinator's inbox:
+
+    ("done", lease, offset)        an item succeeded (posted per item, so finished work is
+                                   recorded and the watermark moves while the batch goes on)
+    ("ended", lease, outcome)      the batch stopped; outcome is one of
+        ("finished",)              every entry ran
+        ("stopped", index)         the lease was lost or the worker is stopping
+        ("failed", index, attempt, error_json)
+        ("corrupt", index, reason) the entry cannot be decoded: no attempt can fix it
+
+Plain functions run on a pool of threads; ``async def`` handlers run on one event loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import threading
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Protocol
+
+from workshaper import codec
+from workshaper.jobs import Job, set_current_job
+
+if TYPE_CHECKING:
+    from workshaper.worker import Lease
+
+log = logging.getLogger(__name__)
+
+Post = Callable[[tuple[Any, ...]], None]
+Outcome = tuple[Any, ...]
+
+#: Bounds on what a dead letter keeps of an error (Redis memory, not the log).
+MAX_ERROR_MESSAGE = 2000
+MAX_TRACEBACK = 8000
+
+
+def error_json(exc: BaseException, worker_id: str) -> str:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return json.dumps(
+        {
+            "type": type(exc).__qualname__,
+            "message": str(exc)[:MAX_ERROR_MESSAGE],
+            "traceback": tb[-MAX_TRACEBACK:],
+            "worker": worker_id,
+        }
+    )
+
+
+class BatchRunner:
+    """What running one item means, shared by the thread and the event-loop executors."""
+
+    def __init__(
+        self,
+        work: Callable[..., Any],
+        on_done: Callable[..., Any] | None,
+        on_error: Callable[..., Any] | None,
+        post: Post,
+        worker_id: str,
+    ) -> None:
+        self.work = work
+        self._on_done = on_done
+        self._on_error = on_error
+        self._post = post
+        self._worker_id = worker_id
+
+    def prepare(self, lease: Lease, raw: bytes, attempt: int) -> tuple[Job, codec.Message] | str:
+        """Decode one entry into (job, message), or return why it is corrupt."""
+        try:
+            entry = codec.parse_entry(raw)
+            message = entry.message()
+        except codec.CorruptEntry as exc:
+            return str(exc)
+        job = Job(lease.sub_key, lease.partition, entry.offset, attempt, lease.token)
+        return job, message
+
+    def succeeded(self, lease: Lease, job: Job, message: codec.Message) -> None:
+        self._post(("done", lease, job.offset))
+        if self._on_done is not None:
+            try:
+                self._on_done(message, job.partition, job.offset)
+            except Exception:
+                log.exception(
+                    "on_done raised for partition %d offset %d (ignored)", job.partition, job.offset
+                )
+
+    def failed(
+        self, lease: Lease, index: int, job: Job, message: codec.Message, exc: BaseException
+    ) -> None:
+        log.warning(
+            "work failed: partition %d offset %d attempt %d: %s",
+            job.partition,
+            job.offset,
+            job.attempt,
+            type(exc).__qualname__,
+        )
+        if self._on_error is not None:
+            try:
+                self._on_error(exc, message, job.partition, job.offset)
+            except Exception:
+                log.exception(
+                    "on_error raised for partition %d offset %d (ignored)",
+                    job.partition,
+                    job.offset,
+                )
+        self._post(
+            ("ended", lease, ("failed", index, job.attempt, error_json(exc, self._worker_id)))
+        )
+
+    def ended(self, lease: Lease, outcome: Outcome) -> None:
+        self._post(("ended", lease, outcome))
+
+    def run_sync(self, lease: Lease, entries: list[bytes], attempt: int) -> None:
+        for index, raw in enumerate(entries):
+            if lease.stop:
+                return self.ended(lease, ("stopped", index))
+            prepared = self.prepare(lease, raw, attempt if index == 0 else 1)
+            if isinstance(prepared, str):
+                return self.ended(lease, ("corrupt", index, prepared))
+            job, message = prepared
+            set_current_job(job)
+            try:
+                self.work(message, job.partition, job.offset)
+            except Exception as exc:
+                return self.failed(lease, index, job, message, exc)
+            finally:
+                set_current_job(None)
+            self.succeeded(lease, job, message)
+        return self.ended(lease, ("finished",))
+
+    async def run_async(self, lease: Lease, entries: list[bytes], attempt: int) -> None:
+        for index, raw in enumerate(entries):
+            if lease.stop:
+                return self.ended(lease, ("stopped", index))
+            prepared = self.prepare(lease, raw, attempt if index == 0 else 1)
+            if isinstance(prepared, str):
+                return self.ended(lease, ("corrupt", index, prepared))
+            job, message = prepared
+            set_current_job(job)
+            try:
+                await self.work(message, job.partition, job.offset)
+            except Exception as exc:
+                return self.failed(lease, index, job, message, exc)
+            finally:
+                set_current_job(None)
+            self.succeeded(lease, job, message)
+        return self.ended(lease, ("finished",))
+
+
+class Executor(Protocol):
+    def start(self) -> None: ...
+    def submit(self, lease: Lease, entries: list[bytes], attempt: int) -> None: ...
+    def shutdown(self, wait: bool) -> None: ...
+
+
+class ThreadExecutor:
+    """Plain-function handlers: one thread per concurrent lease."""
+
+    def __init__(self, runner: BatchRunner, concurrency: int) -> None:
+        self._runner = runner
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="workshaper-work")
+
+    def start(self) -> None:
+        pass
+
+    def submit(self, lease: Lease, entries: list[bytes], attempt: int) -> None:
+        self._pool.submit(self._guarded, lease, entries, attempt)
+
+    def _guarded(self, lease: Lease, entries: list[bytes], attempt: int) -> None:
+        try:
+            self._runner.run_sync(lease, entries, attempt)
+        except BaseException as exc:  # a bug here must not leave the lease hanging silently
+            log.exception("batch runner crashed")
+            self._runner.ended(lease, ("failed", 0, attempt, error_json(exc, "runner")))
+
+    def shutdown(self, wait: bool) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)
+
+
+class AsyncExecutor:
+    """``async def`` handlers: every lease batch is a task on one event loop thread."""
+
+    def __init__(self, runner: BatchRunner) -> None:
+        self._runner = runner
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, name="workshaper-loop", daemon=True)
+
+    def _serve(self) -> None:
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, lease: Lease, entries: list[bytes], attempt: int) -> None:
+        asyncio.run_coroutine_threadsafe(self._guarded(lease, entries, attempt), self._loop)
+
+    async def _guarded(self, lease: Lease, entries: list[bytes], attempt: int) -> None:
+        try:
+            await self._runner.run_async(lease, entries, attempt)
+        except BaseException as exc:
+            log.exception("batch runner crashed")
+            self._runner.ended(lease, ("failed", 0, attempt, error_json(exc, "runner")))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    def shutdown(self, wait: bool) -> None:
+        if not self._thread.is_alive():
+            if not self._loop.is_closed():
+                self._loop.close()
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if wait:
+            self._thread.join()
+
+
+def is_async_handler(work: Callable[..., Any]) -> bool:
+    call = getattr(work, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    return inspect.iscoroutinefunction(work) or inspect.iscoroutinefunction(call)
+
+
+def make_executor(runner: BatchRunner, concurrency: int) -> Executor:
+    if is_async_handler(runner.work):
+        return AsyncExecutor(runner)
+    return ThreadExecutor(runner, concurrency)

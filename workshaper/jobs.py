@@ -1,0 +1,36 @@
+"""What a handler can learn about the item it runs: ``current_job()``."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from workshaper.codec import SubKey
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """The item being run. ``token`` is the fencing token of the worker's lease on this sub key:
+    tokens of a partition only grow, so a downstream store can reject a write that carries a
+    smaller token than one it has already seen for (partition, sub key)."""
+
+    sub_key: SubKey
+    partition: int
+    offset: int
+    attempt: int  # 1-based
+    token: int
+
+
+_current: ContextVar[Job | None] = ContextVar("workshaper_current_job", default=None)
+
+
+def current_job() -> Job:
+    """The Job being run by the calling handler. Raises LookupError outside a handler."""
+    job = _current.get()
+    if job is None:
+        raise LookupError("current_job() is only available inside a WorkShaper work handler")
+    return job
+
+
+def set_current_job(job: Job | None) -> None:
+    _current.set(job)

@@ -1,0 +1,128 @@
+"""Every Redis key name WorkShaper uses is built here, and only here.
+
+All keys of one (namespace, partition) share the hash tag ``{namespace:partition}``, so one Lua
+script is atomic over a partition and the layout works unchanged on Redis Cluster. State that
+spans partitions (wake-ups, the partition index, the worker registry) has its own tag
+``{namespace}``.
+
+Per partition ``ws:{ns:p}:``
+    meta      HASH   acked (acked watermark), offer (watermark being acked), max (highest accepted
+                     offset), token (fencing-token counter)
+    pending   ZSET   accepted offsets not finished yet (score = offset)
+    done      ZSET   finished offsets above the acked watermark (score = offset)
+    ready     LIST   sub keys with items and no lease, in FIFO order
+    leases    ZSET   leased sub key -> lease deadline (server ms)
+    owners    HASH   leased sub key -> "token|worker|batch|max_attempts"
+    attempts  HASH   sub key -> "offset|n": n attempts of the head item ended without success
+    exact     HASH   sub key -> items left to run one at a time after an unattributed crash
+    blocked   HASH   sub key -> JSON reason, for sub keys held by on_exhausted="block"
+    dead      HASH   offset -> JSON dead letter (error, traceback, attempts, worker, time)
+    q:<sub>   LIST   the sub key's queue entries, oldest first (see codec)
+    claim:<worker>  STRING  the worker's last claim request and its answer (retry dedupe)
+Per namespace ``ws:{ns}:``
+    wake        ZSET  partitions that may have ready sub keys (workers block on it)
+    partitions  SET   every partition that ever had items (the reaper's list)
+    workers     HASH  worker id -> JSON (host, pid, started, last heartbeat)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+PREFIX = "ws"
+
+#: Order of the fixed per-partition keys every script receives as KEYS[1..10].
+PARTITION_KEY_NAMES = (
+    "meta",
+    "pending",
+    "done",
+    "ready",
+    "leases",
+    "owners",
+    "attempts",
+    "exact",
+    "blocked",
+    "dead",
+)
+
+
+@dataclass(frozen=True)
+class PartitionKeys:
+    namespace: str
+    partition: int
+    base: bytes = field(init=False)
+    fixed: tuple[bytes, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        base = f"{PREFIX}:{{{self.namespace}:{self.partition}}}:".encode()
+        object.__setattr__(self, "base", base)
+        object.__setattr__(self, "fixed", tuple(base + n.encode() for n in PARTITION_KEY_NAMES))
+
+    @property
+    def meta(self) -> bytes:
+        return self.fixed[0]
+
+    @property
+    def pending(self) -> bytes:
+        return self.fixed[1]
+
+    @property
+    def done(self) -> bytes:
+        return self.fixed[2]
+
+    @property
+    def ready(self) -> bytes:
+        return self.fixed[3]
+
+    @property
+    def leases(self) -> bytes:
+        return self.fixed[4]
+
+    @property
+    def owners(self) -> bytes:
+        return self.fixed[5]
+
+    @property
+    def attempts(self) -> bytes:
+        return self.fixed[6]
+
+    @property
+    def blocked(self) -> bytes:
+        return self.fixed[8]
+
+    @property
+    def dead(self) -> bytes:
+        return self.fixed[9]
+
+    def queue(self, sub_key: bytes) -> bytes:
+        """The list holding one sub key's entries (``sub_key`` as encoded by codec)."""
+        return self.base + b"q:" + sub_key
+
+    def claim_record(self, worker_id: str) -> bytes:
+        return self.base + b"claim:" + worker_id.encode()
+
+    def all_static(self) -> list[bytes]:
+        return list(self.fixed)
+
+
+@dataclass(frozen=True)
+class NamespaceKeys:
+    namespace: str
+
+    def _key(self, name: str) -> bytes:
+        return f"{PREFIX}:{{{self.namespace}}}:{name}".encode()
+
+    @property
+    def wake(self) -> bytes:
+        return self._key("wake")
+
+    @property
+    def partitions(self) -> bytes:
+        return self._key("partitions")
+
+    @property
+    def workers(self) -> bytes:
+        return self._key("workers")
+
+    def partition(self, partition: int) -> PartitionKeys:
+        return PartitionKeys(self.namespace, partition)

@@ -1,0 +1,82 @@
+-- Lease up to `max_leases` runnable sub keys of one partition to a worker.
+--
+-- KEYS[1..10]  the partition's fixed keys
+-- KEYS[11]     this worker's claim record (answer of its last claim, for retried calls)
+-- ARGV[1]      worker id
+-- ARGV[2]      request id (unique per call of this worker)
+-- ARGV[3]      max_leases (>= 1)
+-- ARGV[4]      lease duration ms
+-- ARGV[5]      batch: items the worker takes per lease
+-- ARGV[6]      max_attempts
+-- ARGV[7]      on exhausted: "d" dead-letter or "b" block
+--
+-- Returns {more, sub1, token1, attempts1, exact1, sub2, ...}
+--   more      1 when runnable sub keys are left for other workers, else 0
+--   tokenN    the fencing token of the new lease (grows per partition)
+--   attemptsN "offset|n" record of the head item, or ""
+--   exactN    items left to run one at a time (after an unattributed crash), "0" if none
+-- The worker reads the first items of each leased list itself (LRANGE): the lease guarantees
+-- nobody else pops them, and the list keys are not known before the claim.
+--
+-- Idempotent per request id: a retried call returns the first call's answer.
+--@include partition.lua
+
+local worker, request_id = ARGV[1], ARGV[2]
+local max_leases, lease_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
+local batch, max_attempts, mode = ARGV[5], ARGV[6], ARGV[7]
+local record_key = KEYS[FIRST_EXTRA_KEY]
+
+-- Records are length-prefixed fields, binary safe: "<len>:<bytes>" repeated.
+local function pack(items)
+  local parts = {}
+  for i, v in ipairs(items) do
+    local s = tostring(v)
+    parts[i] = string.format('%d', #s) .. ':' .. s
+  end
+  return table.concat(parts)
+end
+
+local function unpack_record(s, from)
+  local items, pos = {}, from
+  while pos <= #s do
+    local colon = string.find(s, ':', pos, true)
+    local len = tonumber(string.sub(s, pos, colon - 1))
+    items[#items + 1] = string.sub(s, colon + 1, colon + len)
+    pos = colon + len + 1
+  end
+  return items
+end
+
+local previous = redis.call('GET', record_key)
+if previous then
+  local newline = string.find(previous, '\n', 1, true)
+  if string.sub(previous, 1, newline - 1) == request_id then
+    local answer = unpack_record(previous, newline + 1)
+    answer[1] = tonumber(answer[1])
+    return answer
+  end
+end
+
+local now = now_ms()
+local answer = {0}
+local subs = redis.call('LPOP', K_READY, max_leases)
+if subs then
+  local token = tonumber(redis.call('HINCRBY', K_META, 'token', #subs)) - #subs
+  for _, sub in ipairs(subs) do
+    -- A sub key is in `ready` only when unleased; the check makes a double lease impossible.
+    if redis.call('HEXISTS', K_OWNERS, sub) == 0 then
+      token = token + 1
+      local token_s = string.format('%d', token)
+      redis.call('ZADD', K_LEASES, now + lease_ms, sub)
+      redis.call('HSET', K_OWNERS, sub,
+        token_s .. '|' .. worker .. '|' .. batch .. '|' .. max_attempts .. '|' .. mode)
+      answer[#answer + 1] = sub
+      answer[#answer + 1] = token_s
+      answer[#answer + 1] = redis.call('HGET', K_ATTEMPTS, sub) or ''
+      answer[#answer + 1] = redis.call('HGET', K_EXACT, sub) or '0'
+    end
+  end
+end
+if redis.call('LLEN', K_READY) > 0 then answer[1] = 1 end
+redis.call('SET', record_key, request_id .. '\n' .. pack(answer), 'PX', math.max(lease_ms * 2, 60000))
+return answer

@@ -1,0 +1,20 @@
+-- Move the acked watermark of a partition after the user's ack returned.
+--
+-- KEYS[1..10]  the partition's fixed keys
+-- ARGV[1]      the watermark that was acked
+--
+-- Returns the number of accepted-but-not-acked items left in the partition.
+-- Idempotent: the watermark only moves up.
+--@include partition.lua
+
+local watermark = ARGV[1]
+local acked = redis.call('HGET', K_META, 'acked')
+if not acked or tonumber(acked) < tonumber(watermark) then
+  redis.call('HSET', K_META, 'acked', watermark)
+  redis.call('ZREMRANGEBYSCORE', K_DONE, '-inf', watermark)
+end
+local offer = redis.call('HGET', K_META, 'offer')
+if offer and tonumber(offer) <= tonumber(watermark) then
+  redis.call('HDEL', K_META, 'offer')
+end
+return redis.call('ZCARD', K_PENDING) + redis.call('ZCARD', K_DONE)

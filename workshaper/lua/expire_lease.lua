@@ -1,0 +1,58 @@
+-- Take back an expired lease: charge the interrupted head item and requeue the sub key.
+--
+-- KEYS[1..10]  the partition's fixed keys
+-- KEYS[11]     the sub key's queue list
+-- ARGV[1]      sub key
+-- ARGV[2]      id of the worker reaping (for the record)
+--
+-- A worker runs several items of a lease and reports them in batches, so after a crash nobody
+-- knows which of them was running. Normal leases: the head item is charged one attempt, but
+-- never its last one, and the next `batch` items run one at a time ("exact" mode). In exact
+-- mode the running item is always the head, so the charge is exact and can dead-letter.
+--
+-- Returns {code, attempts}: 0 not expired (renewed meanwhile) or not leased, 1 requeued,
+-- 2 head dead-lettered (rest requeued), 3 head blocked (sub key waits for an operator).
+-- Idempotent: a second run finds no lease.
+--@include partition.lua
+
+local sub, reaper = ARGV[1], ARGV[2]
+local list_key = KEYS[FIRST_EXTRA_KEY]
+local now = now_ms()
+local deadline = redis.call('ZSCORE', K_LEASES, sub)
+if not deadline or tonumber(deadline) > now then return {0, 0} end
+
+local owner = parse_owner(redis.call('HGET', K_OWNERS, sub))
+release_lease(sub, list_key, false)
+if not owner then return {0, 0} end
+
+local head = redis.call('LINDEX', list_key, 0)
+if not head then return {1, 0} end
+local offset = entry_offset(head)
+if not offset then
+  redis.call('RPUSH', K_READY, sub)
+  return {1, 0}
+end
+
+local count = attempts_of(sub, offset)
+if tonumber(redis.call('HGET', K_EXACT, sub) or '0') > 0 then
+  count = count + 1
+else
+  count = math.max(count, math.min(count + 1, owner.max_attempts - 1))
+  redis.call('HSET', K_EXACT, sub, string.format('%d', owner.batch))
+end
+set_attempts(sub, offset, count)
+
+local code = 1
+if count >= owner.max_attempts then
+  local error_json = '{"type":"LeaseExpired","message":"lease expired while running (attempt ' ..
+    string.format('%d', count) .. '): worker ' .. cjson.encode(owner.worker) ..
+    ' crashed or stalled","traceback":"","worker":' .. cjson.encode(reaper) .. '}'
+  if owner.mode == 'b' then
+    redis.call('HSET', K_BLOCKED, sub, failure_record(error_json, count, now, head))
+    return {3, count}
+  end
+  dead_letter_head(sub, list_key, error_json, count, now)
+  code = 2
+end
+if redis.call('LLEN', list_key) > 0 then redis.call('RPUSH', K_READY, sub) end
+return {code, count}

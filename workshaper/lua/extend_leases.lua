@@ -1,0 +1,24 @@
+-- Extend the leases a worker holds in one partition.
+--
+-- KEYS[1..10]  the partition's fixed keys
+-- ARGV[1]      lease duration ms
+-- ARGV[2..]    pairs: sub key, token
+--
+-- Returns the 1-based indexes of the pairs whose lease is lost (token no longer owns it).
+-- Idempotent.
+--@include partition.lua
+
+local lease_ms = tonumber(ARGV[1])
+local now = now_ms()
+local lost = {}
+local i = 0
+for a = 2, #ARGV, 2 do
+  i = i + 1
+  local sub, token = ARGV[a], ARGV[a + 1]
+  if owner_token(sub) == token then
+    extend_lease(sub, lease_ms, now)
+  else
+    lost[#lost + 1] = i
+  end
+end
+return lost

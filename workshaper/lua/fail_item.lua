@@ -1,0 +1,51 @@
+-- Record a failed attempt of the head item of a leased sub key; retry, dead-letter or block.
+--
+-- KEYS[1..10]  the partition's fixed keys
+-- KEYS[11]     the sub key's queue list
+-- ARGV[1]      sub key
+-- ARGV[2]      token
+-- ARGV[3]      head prefix: "<offset>|", or the whole entry when it has no readable offset
+-- ARGV[4]      offset ("" when unreadable)
+-- ARGV[5]      attempt number that failed (1-based)
+-- ARGV[6]      max_attempts
+-- ARGV[7]      on exhausted: "d" dead-letter or "b" block
+-- ARGV[8]      "1" to dead-letter at once (a corrupt item no attempt can fix), else "0"
+-- ARGV[9]      error as JSON (type, message, traceback, worker)
+-- ARGV[10]     lease duration ms
+--
+-- Returns {code, attempts}
+--   -1 fenced (nothing written), 0 the item is no longer at the head (a retried call that
+--   already dead-lettered it), 1 retry later (lease extended), 2 dead-lettered (lease held,
+--   continue with the next item), 3 blocked (lease released; the sub key waits for an operator)
+--
+-- Idempotent: the attempts record only grows to the attempt number given.
+--@include partition.lua
+
+local sub, token, prefix, offset = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local attempt, max_attempts = tonumber(ARGV[5]), tonumber(ARGV[6])
+local mode, force, error_json, lease_ms = ARGV[7], ARGV[8] == '1', ARGV[9], tonumber(ARGV[10])
+local list_key = KEYS[FIRST_EXTRA_KEY]
+
+if owner_token(sub) ~= token then return {-1, 0} end
+if not head_matches(list_key, prefix) then return {0, 0} end
+local now = now_ms()
+
+local count = attempts_of(sub, offset ~= '' and offset or nil)
+if offset ~= '' and attempt > count then
+  count = attempt
+  set_attempts(sub, offset, count)
+end
+
+if force or count >= max_attempts then
+  if mode == 'b' and not force then
+    local head = redis.call('LINDEX', list_key, 0)
+    redis.call('HSET', K_BLOCKED, sub, failure_record(error_json, count, now, head))
+    release_lease(sub, list_key, false)
+    return {3, count}
+  end
+  dead_letter_head(sub, list_key, error_json, count, now)
+  extend_lease(sub, lease_ms, now)
+  return {2, count}
+end
+extend_lease(sub, lease_ms, now)
+return {1, count}

@@ -1,0 +1,99 @@
+-- Shared by every per-partition script. KEYS[1..10] are the partition's fixed keys, in the
+-- order of keys.PARTITION_KEY_NAMES; script-specific keys start at KEYS[11].
+local K_META, K_PENDING, K_DONE, K_READY, K_LEASES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local K_OWNERS, K_ATTEMPTS, K_EXACT, K_BLOCKED, K_DEAD = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local FIRST_EXTRA_KEY = 11
+
+-- Server time in ms: leases never depend on a worker's clock.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Owner record: "token|worker|batch|max_attempts|exhausted_mode".
+local function parse_owner(value)
+  if not value then return nil end
+  local token, worker, batch, max_attempts, mode =
+    string.match(value, '^(%d+)|(.*)|(%d+)|(%d+)|(%a)$')
+  if not token then return nil end
+  return {token = token, worker = worker, batch = tonumber(batch),
+          max_attempts = tonumber(max_attempts), mode = mode}
+end
+
+local function owner_token(sub)
+  local owner = parse_owner(redis.call('HGET', K_OWNERS, sub))
+  if owner then return owner.token end
+  return nil
+end
+
+-- Does the list's first entry start with prefix ("<offset>|")?
+local function head_matches(list_key, prefix)
+  local head = redis.call('LINDEX', list_key, 0)
+  return head and string.sub(head, 1, #prefix) == prefix
+end
+
+local function entry_offset(entry)
+  return string.match(entry, '^(%d+)|')
+end
+
+-- Attempts of the head item that ended without success. The record names its offset, so a
+-- record left from an earlier head never counts for a new one.
+local function attempts_of(sub, offset)
+  local record = redis.call('HGET', K_ATTEMPTS, sub)
+  if not record or not offset then return 0 end
+  local rec_offset, count = string.match(record, '^(%d+)|(%d+)$')
+  if rec_offset == offset then return tonumber(count) end
+  return 0
+end
+
+local function set_attempts(sub, offset, count)
+  redis.call('HSET', K_ATTEMPTS, sub, offset .. '|' .. string.format('%d', count))
+end
+
+-- After `count` items of sub finished, shorten its single-step (exact) window.
+local function consume_exact(sub, count)
+  local left = tonumber(redis.call('HGET', K_EXACT, sub) or '0')
+  if left <= 0 then return end
+  if left <= count then
+    redis.call('HDEL', K_EXACT, sub)
+  else
+    redis.call('HSET', K_EXACT, sub, string.format('%d', left - count))
+  end
+end
+
+local function extend_lease(sub, lease_ms, now)
+  redis.call('ZADD', K_LEASES, 'XX', now + lease_ms, sub)
+end
+
+-- Drop the lease; if the sub key still has items, queue it for the next worker.
+local function release_lease(sub, list_key, requeue)
+  redis.call('HDEL', K_OWNERS, sub)
+  redis.call('ZREM', K_LEASES, sub)
+  if requeue and redis.call('LLEN', list_key) > 0 then
+    redis.call('RPUSH', K_READY, sub)
+    return true
+  end
+  return false
+end
+
+-- The stored form of a dead letter or blocked record: "<error json>\n<attempts>\n<ms>\n<entry>".
+local function failure_record(error_json, attempts, now, entry)
+  return error_json .. '\n' .. string.format('%d', attempts) .. '\n' ..
+    string.format('%d', now) .. '\n' .. entry
+end
+
+-- Take the head item of sub out of its queue as finished-by-giving-up, keeping its record.
+local function dead_letter_head(sub, list_key, error_json, attempts, now)
+  local entry = redis.call('LPOP', list_key)
+  if not entry then return false end
+  local offset = entry_offset(entry)
+  local field = offset or ('corrupt:' .. string.format('%d', now))
+  redis.call('HSET', K_DEAD, field, failure_record(error_json, attempts, now, entry))
+  if offset then
+    redis.call('ZREM', K_PENDING, offset)
+    redis.call('ZADD', K_DONE, offset, offset)
+  end
+  redis.call('HDEL', K_ATTEMPTS, sub)
+  consume_exact(sub, 1)
+  return true
+end

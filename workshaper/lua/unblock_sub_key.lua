@@ -1,0 +1,27 @@
+-- Operator action on a sub key held by on_exhausted="block".
+--
+-- KEYS[1..10]  the partition's fixed keys
+-- KEYS[11]     the sub key's queue list
+-- ARGV[1]      sub key
+-- ARGV[2]      "retry": run the head item again with fresh attempts
+--              "dead_letter": give the head item up, then go on with the rest
+-- ARGV[3]      operator note as JSON (type, message, traceback, worker), for "dead_letter"
+--
+-- Returns 1 when the sub key was blocked and is now runnable again, 0 when it was not blocked.
+--@include partition.lua
+
+local sub, action, note = ARGV[1], ARGV[2], ARGV[3]
+local list_key = KEYS[FIRST_EXTRA_KEY]
+local record = redis.call('HGET', K_BLOCKED, sub)
+if not record then return 0 end
+redis.call('HDEL', K_BLOCKED, sub)
+redis.call('HDEL', K_ATTEMPTS, sub)
+redis.call('HDEL', K_EXACT, sub)
+if action == 'dead_letter' then
+  local attempts = tonumber(string.match(record, '^[^\n]*\n(%d+)\n')) or 0
+  dead_letter_head(sub, list_key, note, attempts, now_ms())
+end
+if redis.call('HEXISTS', K_OWNERS, sub) == 0 and redis.call('LLEN', list_key) > 0 then
+  redis.call('RPUSH', K_READY, sub)
+end
+return 1

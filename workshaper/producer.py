@@ -1,0 +1,273 @@
+"""The producer: validates, encodes and enqueues items; owns the ack loop of its partitions."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from types import TracebackType
+from typing import Any
+
+from workshaper import codec, scripts
+from workshaper.ackloop import AckCallback, AckLoop
+from workshaper.connection import Backend, connect
+from workshaper.errors import InvalidInput, InvalidType, QueueFull
+from workshaper.keys import NamespaceKeys, PartitionKeys
+from workshaper.scripts import Batch, EncodedItem
+
+log = logging.getLogger(__name__)
+
+#: Items per partition sent in one script call: large enough to amortise the round trip, small
+#: enough to keep one script's run (which blocks Redis) in the low milliseconds.
+MAX_ITEMS_PER_CALL = 1000
+#: While a partition is full, how often to look again even without a local ack (another
+#: process may be acking it).
+FULL_RECHECK = 0.1
+
+
+class Enqueued(enum.Enum):
+    """What happened to an enqueued item."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"  # pending, running, or finished above the watermark
+    ALREADY_ACKED = "already_acked"  # at or below the (being) acked watermark
+
+
+_STATUS = {0: Enqueued.ACCEPTED, 1: Enqueued.DUPLICATE, 2: Enqueued.ALREADY_ACKED}
+_FULL = 3
+
+Item = tuple[codec.SubKey, codec.Message, int, int]
+
+
+def check_positive(name: str, value: object, *, allow_float: bool = False) -> None:
+    kinds: tuple[type, ...] = (int, float) if allow_float else (int,)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise InvalidType(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if value <= 0 if allow_float else value < 1:  # type: ignore[operator]
+        raise InvalidInput(f"{name} must be {'> 0' if allow_float else '>= 1'}, got {value!r}")
+
+
+class Producer:
+    """Enqueue (sub_key, message, partition, offset) items and ack contiguous watermarks.
+
+    Use one producer per partition at a time (like a Kafka consumer owns its partitions): its
+    ack loop advances the watermark of the partitions it enqueued to.
+    """
+
+    def __init__(
+        self,
+        redis: Any = None,
+        namespace: str = "default",
+        *,
+        max_in_queue: int = 1000,
+        ack: AckCallback | None = None,
+        ack_interval: float = 0.005,
+        ack_each: bool = False,
+        max_message_bytes: int = codec.DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        codec.check_namespace(namespace)
+        check_positive("max_in_queue", max_in_queue)
+        check_positive("ack_interval", ack_interval, allow_float=True)
+        check_positive("max_message_bytes", max_message_bytes)
+        if ack is not None and not callable(ack):
+            raise InvalidType(f"ack must be callable, got {type(ack).__name__}")
+        self.namespace = namespace
+        self.max_in_queue = max_in_queue
+        self.max_message_bytes = max_message_bytes
+        self._backend: Backend = connect(redis)
+        self._keys = NamespaceKeys(namespace)
+        self._partition_keys: dict[int, PartitionKeys] = {}
+        self._registered: set[int] = set()
+        self._lock = threading.Lock()  # one enqueue at a time keeps per-partition order
+        self._closed = False
+        self._ack_loop = AckLoop(self._backend, self._keys, ack, ack_interval, ack_each)
+        self._ack_loop.start()
+
+    # --- enqueue -----------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        sub_key: codec.SubKey,
+        message: codec.Message,
+        partition: int,
+        offset: int,
+        timeout: float | None = None,
+    ) -> Enqueued:
+        """Enqueue one item; block while its partition is full (QueueFull after ``timeout``)."""
+        return self.enqueue_many([(sub_key, message, partition, offset)], timeout=timeout)[0]
+
+    def enqueue_many(self, items: Iterable[Item], timeout: float | None = None) -> list[Enqueued]:
+        """Enqueue items in order: one round trip moves every partition's share of the batch.
+
+        Every item is validated before anything is written. A full partition blocks until its
+        ack loop frees room; after ``timeout`` seconds QueueFull is raised (its ``statuses``
+        say which items were written).
+        """
+        encoded = self._encode_all(list(items))
+        by_partition: dict[int, list[tuple[int, EncodedItem]]] = {}
+        for index, (partition, item) in enumerate(encoded):
+            by_partition.setdefault(partition, []).append((index, item))
+        statuses: list[Enqueued | None] = [None] * len(encoded)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            self._check_open()
+            self._register(by_partition)
+            self._send_until_done(by_partition, statuses, deadline)
+        return [s for s in statuses if s is not None]
+
+    def _encode_all(self, items: list[Item]) -> list[tuple[int, EncodedItem]]:
+        out: list[tuple[int, EncodedItem]] = []
+        for position, item in enumerate(items):
+            label = f"item {position}: " if len(items) > 1 else ""
+            if not isinstance(item, tuple | list) or len(item) != 4:
+                raise InvalidType(
+                    f"{label}an item must be a (sub_key, message, partition, offset) tuple,"
+                    f" got {type(item).__name__}"
+                )
+            sub_key, message, partition, offset = item
+            try:
+                codec.check_sub_key(sub_key)
+                codec.check_partition(partition)
+                codec.check_offset(offset)
+                payload = codec.encode_message(message, self.max_message_bytes)
+            except InvalidInput as exc:
+                if not label:
+                    raise
+                raise type(exc)(f"{label}{exc}") from None
+            out.append(
+                (
+                    partition,
+                    EncodedItem(
+                        codec.encode_sub_key(sub_key, offset),
+                        offset,
+                        codec.make_entry(offset, payload),
+                    ),
+                )
+            )
+        return out
+
+    def _pkeys(self, partition: int) -> PartitionKeys:
+        pkeys = self._partition_keys.get(partition)
+        if pkeys is None:
+            pkeys = self._partition_keys[partition] = self._keys.partition(partition)
+        return pkeys
+
+    def _register(self, partitions: Iterable[int]) -> None:
+        """Add new partitions to the namespace index the reapers walk (once per producer)."""
+        new = [p for p in partitions if p not in self._registered]
+        if new:
+            self._backend.client.sadd(self._keys.partitions, *new)
+            self._registered.update(new)
+
+    def _send_until_done(
+        self,
+        by_partition: dict[int, list[tuple[int, EncodedItem]]],
+        statuses: list[Enqueued | None],
+        deadline: float | None,
+    ) -> None:
+        cursor = dict.fromkeys(by_partition, 0)  # next item to send, per partition
+        while True:
+            todo = {p: c for p, c in cursor.items() if c < len(by_partition[p])}
+            if not todo:
+                return
+            seen = {p: self._ack_loop.commits(p) for p in todo}
+            full = self._send_round(by_partition, todo, cursor, statuses)
+            for partition in full:
+                self._wait_for_room(partition, seen[partition], deadline, statuses)
+
+    def _send_round(
+        self,
+        by_partition: dict[int, list[tuple[int, EncodedItem]]],
+        todo: dict[int, int],
+        cursor: dict[int, int],
+        statuses: list[Enqueued | None],
+    ) -> list[int]:
+        """One round trip: a script call per partition. Returns the partitions found full."""
+        batch = Batch(self._backend)
+        sent: dict[int, tuple[list[tuple[int, EncodedItem]], scripts.Reply[list[int]]]] = {}
+        for partition, start in todo.items():
+            chunk = by_partition[partition][start : start + MAX_ITEMS_PER_CALL]
+            reply = scripts.enqueue_items(
+                batch, self._pkeys(partition), [item for _, item in chunk], self.max_in_queue
+            )
+            sent[partition] = (chunk, reply)
+        # Ring the wake-up bell for every partition written to (a cheap no-op when it rings).
+        now = time.time()
+        batch.command("ZADD", self._keys.wake, "NX", *[x for p in todo for x in (now, p)])
+        batch.execute()
+        full: list[int] = []
+        for partition, (chunk, reply) in sent.items():
+            codes = reply.get()
+            for (index, item), code in zip(chunk, codes, strict=True):
+                if code == _FULL:
+                    full.append(partition)
+                    break
+                status = _STATUS[code]
+                statuses[index] = status
+                cursor[partition] += 1
+                if status is not Enqueued.ALREADY_ACKED:
+                    self._ack_loop.track(partition, item.offset)
+        return full
+
+    def _wait_for_room(
+        self,
+        partition: int,
+        seen_commits: int,
+        deadline: float | None,
+        statuses: list[Enqueued | None],
+    ) -> None:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise QueueFull(
+                f"partition {partition} of namespace {self.namespace!r} stayed full"
+                f" (max_in_queue={self.max_in_queue}) past the timeout",
+                partition,
+                list(statuses),
+            )
+        wait = FULL_RECHECK
+        if deadline is not None:
+            wait = min(wait, max(0.0, deadline - time.monotonic()))
+        self._ack_loop.wait_commit(partition, seen_commits, wait)
+
+    # --- watermark, flush, lifecycle ---------------------------------------------------------
+
+    def watermark(self, partition: int) -> int | None:
+        """The acked watermark of ``partition`` as stored in Redis (None: nothing acked yet)."""
+        codec.check_partition(partition)
+        value = self._backend.client.hget(self._pkeys(partition).meta, "acked")
+        return None if value is None else int(value)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until every item this producer enqueued (accepted, or found still in flight
+        as a duplicate) is acked. False if ``timeout`` passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._ack_loop.wait_caught_up(deadline)
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this Producer is closed")
+
+    def close(self) -> None:
+        """Stop the ack loop and release the connection. Items stay in Redis; workers go on,
+        and the next producer of these partitions acks what is left."""
+        if self._closed:
+            return
+        self._closed = True
+        self._ack_loop.stop()
+        self._backend.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

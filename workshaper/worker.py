@@ -1,0 +1,759 @@
+"""The worker: leases sub keys, runs their items in order, records results, renews and reaps.
+
+Threads of one worker process:
+
+- the coordinator (``run()``'s thread): the only code that changes lease state. Each turn of
+  its loop drains the inbox, then sends everything due in ONE round trip (completions of all
+  leases, failures, claims, batch reads, lease renewals, the reaper's checks, wake-ups);
+- the waker: blocks on the namespace's wake-up sorted set (BZPOPMIN) while the worker has free
+  slots, and tells the coordinator which partition has runnable sub keys; never polls;
+- the executor: runs handlers (a thread per slot, or one event loop for ``async def``).
+
+A lease lives in one of these states::
+
+    FETCHING  claimed; its first batch is being read
+    RUNNING   a batch is in the executor
+    REPORTING the batch ended; its completion / failure is being recorded
+    WAITING   a failed item waits for its retry (the lease is kept, so successors wait too)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import json
+import logging
+import os
+import queue
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from types import FrameType
+from typing import Any
+
+import redis
+
+from workshaper import codec, scripts
+from workshaper.connection import Backend, connect
+from workshaper.errors import InvalidInput, InvalidType
+from workshaper.executor import BatchRunner, Executor, make_executor
+from workshaper.keys import NamespaceKeys, PartitionKeys
+from workshaper.producer import check_positive
+from workshaper.scripts import Batch, Completion
+
+log = logging.getLogger(__name__)
+
+#: How long a lease may keep a sub key while others of its partition wait (fairness).
+LEASE_QUANTUM = 1.0
+#: Items a worker reads per lease per round trip.
+DEFAULT_BATCH_SIZE = 100
+#: Longest the waker blocks in one BZPOPMIN (bounds how fast it notices a stop).
+WAKE_BLOCK_SECONDS = 1.0
+#: How often every worker checks every partition for expired leases.
+REAP_INTERVAL = 1.0
+#: How often the worker refreshes the partition list and its registry entry.
+REFRESH_INTERVAL = 5.0
+#: Pause after Redis was unreachable, doubled up to the max while it stays unreachable.
+REDIS_RETRY_MIN, REDIS_RETRY_MAX = 0.05, 2.0
+
+EXHAUSTED_MODES = {"dead_letter": "d", "block": "b"}
+
+FETCHING, RUNNING, REPORTING, WAITING = "fetching", "running", "reporting", "waiting"
+
+
+@dataclass(eq=False)
+class Lease:
+    """A sub key this worker holds. Only the coordinator changes it, except ``stop``."""
+
+    partition: int
+    pkeys: PartitionKeys
+    sub: bytes
+    sub_key: codec.SubKey
+    token: int
+    exact: int  # items left to run one at a time after an unattributed crash
+    attempts_record: bytes
+    acquired: float = field(default_factory=time.monotonic)
+    state: str = FETCHING
+    entries: list[bytes] = field(default_factory=list)  # the batch, head first
+    attempt: int = 1  # attempt number of entries[0]
+    unreported: list[int] = field(default_factory=list)  # finished, not yet recorded
+    end_action: str | None = None  # "c", "y" or "r" once the batch ended
+    failure: tuple[Any, ...] | None = None  # an outcome waiting to be recorded
+    stop: bool = False  # read by the executor before each item
+    lost: bool = False
+
+    def attempt_of_head(self) -> int:
+        """1 + the attempts already used by the head entry (from the Redis record)."""
+        if not self.entries or not self.attempts_record:
+            return 1
+        offset, _, count = self.attempts_record.partition(b"|")
+        if self.entries[0].startswith(offset + b"|"):
+            return int(count) + 1
+        return 1
+
+
+@dataclass
+class _Claim:
+    partition: int
+    request_id: str
+    count: int
+
+
+class Worker:
+    """Runs ``work(message, partition, offset)`` for the items of a namespace, in sub-key order.
+
+    ``run()`` blocks until ``stop()`` (or SIGTERM/SIGINT when called from the main thread);
+    ``start()`` runs the same loop in a background thread.
+    """
+
+    def __init__(
+        self,
+        redis: Any = None,
+        namespace: str = "default",
+        *,
+        work: Callable[..., Any],
+        on_done: Callable[..., Any] | None = None,
+        on_error: Callable[..., Any] | None = None,
+        concurrency: int = 8,
+        lease: float = 30.0,
+        max_attempts: int = 3,
+        retry_backoff: float = 0.2,
+        on_exhausted: str = "dead_letter",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        name: str | None = None,
+    ) -> None:
+        codec.check_namespace(namespace)
+        for label, fn in (("work", work), ("on_done", on_done), ("on_error", on_error)):
+            if fn is not None and not callable(fn):
+                raise InvalidType(f"{label} must be callable, got {type(fn).__name__}")
+        if work is None:
+            raise InvalidType("work must be callable, got None")
+        check_positive("concurrency", concurrency)
+        check_positive("lease", lease, allow_float=True)
+        check_positive("max_attempts", max_attempts)
+        check_positive("batch_size", batch_size)
+        if isinstance(retry_backoff, bool) or not isinstance(retry_backoff, int | float):
+            raise InvalidType(f"retry_backoff must be a number, got {retry_backoff!r}")
+        if retry_backoff < 0:
+            raise InvalidInput(f"retry_backoff must be >= 0, got {retry_backoff}")
+        if on_exhausted not in EXHAUSTED_MODES:
+            raise InvalidInput(
+                f"on_exhausted must be 'dead_letter' or 'block', got {on_exhausted!r}"
+            )
+        if lease < 0.05:
+            raise InvalidInput(f"lease must be >= 0.05 seconds, got {lease}")
+        self.namespace = namespace
+        self.concurrency = concurrency
+        self.lease_seconds = float(lease)
+        self.max_attempts = max_attempts
+        self.retry_backoff = float(retry_backoff)
+        self.on_exhausted = on_exhausted
+        self.batch_size = batch_size
+        self.id = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._owns_backend = not isinstance(redis, Backend)
+        self._backend = connect(redis)
+        self._keys = NamespaceKeys(namespace)
+        self._lease_ms = max(1, int(self.lease_seconds * 1000))
+        self._mode = EXHAUSTED_MODES[on_exhausted]
+        self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._runner = BatchRunner(work, on_done, on_error, self._inbox.put, self.id)
+        self._executor: Executor | None = None  # made by run(): an unrun worker holds no threads
+        # coordinator state
+        self._leases: dict[tuple[int, bytes], Lease] = {}
+        self._claims: list[_Claim] = []
+        self._wakes: set[int] = set()
+        self._retries: list[tuple[float, int, Lease]] = []
+        self._retry_seq = itertools.count()
+        self._request_seq = itertools.count()
+        self._expired: dict[int, list[bytes]] = {}
+        self._partitions: list[int] = []
+        self._next_renew = self._next_reap = self._next_refresh = 0.0
+        self._free = threading.Condition()
+        self._free_slots = concurrency
+        self._stop_requested = threading.Event()
+        self._stop_deadline: float | None = None
+        self._running = False
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: Counters for tests, metrics and logs.
+        self.stats: dict[str, int] = {
+            "claimed": 0,
+            "finished": 0,
+            "failed": 0,
+            "dead_lettered": 0,
+            "fenced": 0,
+            "reaped": 0,
+        }
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> Worker:
+        """Run the worker in a background thread; returns self."""
+        if self._thread is not None:
+            raise RuntimeError("this Worker was started already")
+        self._thread = threading.Thread(target=self.run, name="workshaper-worker", daemon=True)
+        self._thread.start()
+        return self
+
+    def run(self) -> None:
+        """Run until stop() (or SIGTERM/SIGINT when called from the main thread)."""
+        if self._running:
+            raise RuntimeError("this Worker is running already")
+        self._running = True
+        restore = self._install_signal_handlers()
+        waker = threading.Thread(target=self._wake_loop, name="workshaper-waker", daemon=True)
+        try:
+            scripts.register_scripts(self._backend)
+            self._executor = make_executor(self._runner, self.concurrency)
+            self._executor.start()
+            waker.start()
+            log.info(
+                "worker %s started: namespace %r, concurrency %d, lease %.1fs",
+                self.id,
+                self.namespace,
+                self.concurrency,
+                self.lease_seconds,
+            )
+            self._loop()
+        except Exception:
+            log.exception("worker %s crashed", self.id)
+            raise
+        finally:
+            self._stop_requested.set()
+            with self._free:
+                self._free.notify_all()
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)
+            self._unregister()
+            restore()
+            if self._owns_backend:
+                self._backend.close()
+            self._done.set()
+            log.info("worker %s stopped", self.id)
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop claiming, let running items finish (up to ``timeout`` s), record them, release
+        every lease so other workers continue at once. True when everything was drained."""
+        self._request_stop(timeout)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._done.wait()
+        return not self._leases
+
+    def _request_stop(self, timeout: float | None) -> None:
+        self._stop_deadline = None if timeout is None else time.monotonic() + timeout
+        self._stop_requested.set()
+        self._inbox.put(("stop",))
+        with self._free:
+            self._free.notify_all()
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        signals = (signal.SIGTERM, signal.SIGINT)
+        previous = {s: signal.getsignal(s) for s in signals}
+
+        def handle(signum: int, frame: FrameType | None) -> None:
+            if self._stop_requested.is_set():
+                log.error("second signal %d: exiting now; held leases will expire", signum)
+                os._exit(1)
+            log.info("signal %d: stopping (a second signal forces exit)", signum)
+            self._request_stop(None)
+
+        for s in signals:
+            signal.signal(s, handle)
+
+        def restore() -> None:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+        return restore
+
+    # --- the coordinator loop --------------------------------------------------------------
+
+    def _loop(self) -> None:
+        retry_delay = REDIS_RETRY_MIN
+        while True:
+            self._drain_inbox(self._idle_timeout())
+            if self._stop_requested.is_set():
+                self._begin_stop()
+                if self._drained() or self._stop_expired():
+                    break
+            self._due_retries()
+            try:
+                self._round_trip()
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                log.warning("Redis unreachable (%s); retrying in %.2fs", exc, retry_delay)
+                time.sleep(retry_delay)
+                retry_delay = min(retry_delay * 2, REDIS_RETRY_MAX)
+                continue
+            retry_delay = REDIS_RETRY_MIN
+            self._publish_free_slots()
+
+    def _drained(self) -> bool:
+        return not self._leases and not self._claims and not self._wakes
+
+    def _stop_expired(self) -> bool:
+        if self._stop_deadline is None or time.monotonic() < self._stop_deadline:
+            return False
+        log.warning("stop timeout: %d lease(s) still running are left to expire", len(self._leases))
+        return True
+
+    def _has_outgoing(self) -> bool:
+        if self._claims or self._wakes or self._expired:
+            return True
+        return any(
+            lease.unreported or lease.end_action or lease.failure or lease.state == FETCHING
+            for lease in self._leases.values()
+        )
+
+    def _idle_timeout(self) -> float:
+        """How long the loop may block on its inbox: until the next timer, or not at all."""
+        if self._has_outgoing():
+            return 0.0
+        now = time.monotonic()
+        timers = [self._next_reap, self._next_refresh]
+        if self._leases:
+            timers.append(self._next_renew)
+        if self._retries:
+            timers.append(self._retries[0][0])
+        if self._stop_deadline is not None:
+            timers.append(self._stop_deadline)
+        return max(0.0, min(timers) - now)
+
+    def _drain_inbox(self, timeout: float) -> None:
+        try:
+            event = self._inbox.get(timeout=timeout) if timeout > 0 else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._handle(event)
+            try:
+                event = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "done":
+            lease: Lease = event[1]
+            lease.unreported.append(event[2])
+        elif kind == "ended":
+            self._batch_ended(event[1], event[2])
+        elif kind == "wake":
+            self._woken(event[1])
+
+    def _woken(self, partition: int) -> None:
+        wanted = self._free_count() - sum(c.count for c in self._claims)
+        if wanted <= 0 or self._stop_requested.is_set():
+            self._wakes.add(partition)  # give the bell back for another worker
+            return
+        request_id = f"{self.id}:{next(self._request_seq)}"
+        self._claims.append(_Claim(partition, request_id, wanted))
+
+    def _batch_ended(self, lease: Lease, outcome: tuple[Any, ...]) -> None:
+        lease.state = REPORTING
+        kind = outcome[0]
+        if lease.lost:
+            self._drop(lease)
+            return
+        if kind == "finished":
+            lease.entries = []
+            lease.end_action = self._continue_action(lease)
+        elif kind == "stopped":
+            lease.entries = lease.entries[outcome[1] :]
+            lease.end_action = "r"
+        else:  # failed or corrupt: recorded by fail_item
+            lease.entries = lease.entries[outcome[1] :]
+            lease.failure = outcome
+
+    def _continue_action(self, lease: Lease) -> str:
+        if self._stop_requested.is_set():
+            return "r"
+        if time.monotonic() - lease.acquired > LEASE_QUANTUM:
+            return "y"
+        return "c"
+
+    def _begin_stop(self) -> None:
+        """Stop claiming; running batches stop before their next item; waiting retries and
+        leases between batches are released."""
+        for lease in list(self._leases.values()):
+            lease.stop = True
+            if lease.state == WAITING:
+                lease.state = REPORTING
+                lease.end_action = "r"
+        self._retries = []
+        for lease in self._leases.values():
+            if lease.state == REPORTING and lease.end_action in ("c", "y"):
+                lease.end_action = "r"
+
+    def _due_retries(self) -> None:
+        now = time.monotonic()
+        while self._retries and self._retries[0][0] <= now:
+            _, _, lease = heapq.heappop(self._retries)
+            if lease.state == WAITING and self._held(lease):
+                self._submit(lease)
+
+    def _held(self, lease: Lease) -> bool:
+        return self._leases.get((lease.partition, lease.sub)) is lease
+
+    def _drop(self, lease: Lease) -> None:
+        if self._held(lease):
+            del self._leases[(lease.partition, lease.sub)]
+
+    def _free_count(self) -> int:
+        busy = sum(1 for lease in self._leases.values() if lease.state != WAITING)
+        return self.concurrency - busy
+
+    def _publish_free_slots(self) -> None:
+        free = 0 if self._stop_requested.is_set() else self._free_count()
+        free -= sum(c.count for c in self._claims)
+        with self._free:
+            self._free_slots = free
+            if free > 0:
+                self._free.notify_all()
+
+    # --- one round trip ----------------------------------------------------------------------
+
+    def _round_trip(self) -> None:
+        now = time.monotonic()
+        batch = Batch(self._backend)
+        handlers: list[Callable[[], None]] = []
+        handlers += self._add_completions(batch)
+        handlers += self._add_failures(batch)
+        handlers += self._add_claims(batch)
+        handlers += self._add_fetches(batch)
+        handlers += self._add_expiries(batch)
+        if self._leases and now >= self._next_renew:
+            handlers += self._add_renewals(batch)
+            self._next_renew = now + self.lease_seconds / 3
+        if now >= self._next_reap:
+            handlers += self._add_reaper_scan(batch)
+            self._next_reap = now + min(REAP_INTERVAL, self.lease_seconds / 2)
+        if now >= self._next_refresh:
+            handlers += self._add_refresh(batch)
+            self._next_refresh = now + REFRESH_INTERVAL
+        if self._wakes:
+            wakes = sorted(self._wakes)
+            batch.command(
+                "ZADD", self._keys.wake, "NX", *[x for p in wakes for x in (time.time(), p)]
+            )
+            handlers.append(lambda: self._wakes.difference_update(wakes))
+        if not len(batch):
+            return
+        try:
+            batch.execute()
+        except BaseException:
+            # Nothing was applied locally: every op stays queued and is sent again (all idempotent).
+            self._next_renew = self._next_reap = 0.0
+            raise
+        for handle in handlers:
+            handle()
+
+    def _by_partition(self, leases: list[Lease]) -> dict[int, list[Lease]]:
+        grouped: dict[int, list[Lease]] = {}
+        for lease in leases:
+            grouped.setdefault(lease.partition, []).append(lease)
+        return grouped
+
+    def _add_completions(self, batch: Batch) -> list[Callable[[], None]]:
+        # Successes before a failure are recorded in the same round trip, ahead of it.
+        due = [lease for lease in self._leases.values() if lease.unreported or lease.end_action]
+        handlers: list[Callable[[], None]] = []
+        for leases in self._by_partition(due).values():
+            sent = [(lease, len(lease.unreported), lease.end_action or "k") for lease in leases]
+            completions = [
+                Completion(lease.sub, lease.token, action, lease.unreported[:n])
+                for lease, n, action in sent
+            ]
+            reply = scripts.complete_items(
+                batch,
+                leases[0].pkeys,
+                completions,
+                lease_ms=self._lease_ms,
+                batch_size=self.batch_size,
+            )
+            handlers.append(partial(self._completed, reply, sent))
+        return handlers
+
+    def _completed(
+        self,
+        reply: scripts.Reply[list[scripts.CompletionReply]],
+        sent: list[tuple[Lease, int, str]],
+    ) -> None:
+        for (lease, n, action), answer in zip(sent, reply.get(), strict=True):
+            del lease.unreported[:n]
+            if answer.code < 0:
+                self._fenced(lease, "completion")
+                continue
+            self.stats["finished"] += answer.finished
+            if action == "k":
+                continue
+            lease.end_action = None
+            if answer.code == 2:
+                self._drop(lease)
+            elif answer.next_entries:
+                lease.entries = answer.next_entries
+                lease.attempts_record = answer.attempts_record
+                lease.attempt = lease.attempt_of_head()
+                self._submit(lease)
+            else:  # held with nothing left: cannot happen, but never strand a lease
+                lease.end_action = "r"
+
+    def _fenced(self, lease: Lease, what: str) -> None:
+        self.stats["fenced"] += 1
+        log.warning(
+            "lease lost: %s rejected for partition %d (token %d); another worker owns it",
+            what,
+            lease.partition,
+            lease.token,
+        )
+        lease.lost = lease.stop = True
+        if lease.state != RUNNING:
+            self._drop(lease)
+
+    def _add_failures(self, batch: Batch) -> list[Callable[[], None]]:
+        handlers: list[Callable[[], None]] = []
+        for lease in self._leases.values():
+            if lease.failure is None:
+                continue
+            outcome = lease.failure
+            head = lease.entries[0]
+            try:
+                offset: int | None = codec.parse_entry(head).offset
+            except codec.CorruptEntry:
+                offset = None
+            if outcome[0] == "failed":
+                attempt, error, force = outcome[2], outcome[3], False
+            else:
+                attempt, force = lease.attempt, True
+                error = json.dumps(
+                    {
+                        "type": "CorruptItem",
+                        "message": outcome[2],
+                        "traceback": "",
+                        "worker": self.id,
+                    }
+                )
+                log.error(
+                    "corrupt item in partition %d (offset %s): %s; dead-lettering it",
+                    lease.partition,
+                    offset,
+                    outcome[2],
+                )
+            reply = scripts.fail_item(
+                batch,
+                lease.pkeys,
+                sub=lease.sub,
+                token=lease.token,
+                head_prefix=codec.head_prefix(head),
+                offset=offset,
+                attempt=attempt,
+                max_attempts=self.max_attempts,
+                exhausted_mode=self._mode,
+                force=force,
+                error_json=error,
+                lease_ms=self._lease_ms,
+            )
+            handlers.append(partial(self._failed, lease, reply, attempt))
+        return handlers
+
+    def _failed(self, lease: Lease, reply: scripts.Reply[tuple[int, int]], attempt: int) -> None:
+        code, _ = reply.get()
+        lease.failure = None
+        self.stats["failed"] += 1
+        if code < 0:
+            self._fenced(lease, "failure record")
+        elif code == 1:  # retry the same item after a backoff; the lease is kept meanwhile
+            lease.attempt = attempt + 1
+            if self._stop_requested.is_set():
+                lease.end_action = "r"
+                return
+            lease.state = WAITING
+            delay = self.retry_backoff * 2 ** (attempt - 1)
+            heapq.heappush(self._retries, (time.monotonic() + delay, next(self._retry_seq), lease))
+        elif code == 3:  # blocked: the script released the lease
+            log.error(
+                "partition %d: a sub key is blocked after %d attempts", lease.partition, attempt
+            )
+            self._drop(lease)
+        else:  # dead-lettered (2), or found already done (0): go on with the rest
+            if code == 2:
+                self.stats["dead_lettered"] += 1
+                log.error(
+                    "partition %d: item dead-lettered after %d attempt(s)", lease.partition, attempt
+                )
+            lease.entries = lease.entries[1:]
+            lease.attempt = 1
+            if lease.entries and not lease.stop:
+                self._submit(lease)
+            else:
+                lease.end_action = "r" if lease.stop else self._continue_action(lease)
+
+    def _add_claims(self, batch: Batch) -> list[Callable[[], None]]:
+        handlers: list[Callable[[], None]] = []
+        for claim in self._claims:
+            reply = scripts.claim_sub_keys(
+                batch,
+                self._keys.partition(claim.partition),
+                worker_id=self.id,
+                request_id=claim.request_id,
+                max_leases=claim.count,
+                lease_ms=self._lease_ms,
+                batch_size=self.batch_size,
+                max_attempts=self.max_attempts,
+                exhausted_mode=self._mode,
+            )
+            handlers.append(partial(self._claimed, claim, reply))
+        return handlers
+
+    def _claimed(
+        self, claim: _Claim, reply: scripts.Reply[tuple[bool, list[scripts.Claimed]]]
+    ) -> None:
+        self._claims.remove(claim)
+        more, claimed = reply.get()
+        pkeys = self._keys.partition(claim.partition)
+        for c in claimed:
+            lease = Lease(
+                claim.partition,
+                pkeys,
+                c.sub,
+                codec.decode_sub_key(c.sub),
+                c.token,
+                c.exact,
+                c.attempts_record,
+            )
+            if self._stop_requested.is_set():
+                lease.stop = True
+            self._leases[(claim.partition, c.sub)] = lease
+        self.stats["claimed"] += len(claimed)
+        if more:
+            self._wakes.add(claim.partition)
+
+    def _add_fetches(self, batch: Batch) -> list[Callable[[], None]]:
+        handlers: list[Callable[[], None]] = []
+        for lease in self._leases.values():
+            if lease.state != FETCHING:
+                continue
+            count = 1 if lease.exact > 0 else self.batch_size
+            reply: scripts.Reply[list[bytes]] = batch.command(
+                "LRANGE", lease.pkeys.queue(lease.sub), 0, count - 1, parse=list
+            )
+            handlers.append(partial(self._fetched, lease, reply))
+        return handlers
+
+    def _fetched(self, lease: Lease, reply: scripts.Reply[list[bytes]]) -> None:
+        lease.entries = reply.get()
+        lease.attempt = lease.attempt_of_head()
+        lease.state = REPORTING
+        if lease.stop or not lease.entries:
+            lease.end_action = "r"
+        else:
+            self._submit(lease)
+
+    def _add_renewals(self, batch: Batch) -> list[Callable[[], None]]:
+        handlers: list[Callable[[], None]] = []
+        for leases in self._by_partition(list(self._leases.values())).values():
+            pairs = [(lease.sub, lease.token) for lease in leases]
+            reply = scripts.extend_leases(batch, leases[0].pkeys, pairs, self._lease_ms)
+            handlers.append(partial(self._renewed, leases, reply))
+        return handlers
+
+    def _renewed(self, leases: list[Lease], reply: scripts.Reply[list[int]]) -> None:
+        for index in reply.get():
+            self._fenced(leases[index], "lease renewal")
+
+    def _add_reaper_scan(self, batch: Batch) -> list[Callable[[], None]]:
+        handlers: list[Callable[[], None]] = []
+        for partition in self._partitions:
+            reply = scripts.find_expired_leases(batch, self._keys.partition(partition))
+            handlers.append(partial(self._scanned, partition, reply))
+        return handlers
+
+    def _scanned(self, partition: int, reply: scripts.Reply[tuple[int, list[bytes]]]) -> None:
+        ready, expired = reply.get()
+        if ready:
+            self._wakes.add(partition)  # in case a producer died before ringing
+        if expired:
+            self._expired[partition] = expired
+
+    def _add_expiries(self, batch: Batch) -> list[Callable[[], None]]:
+        handlers: list[Callable[[], None]] = []
+        for partition, subs in self._expired.items():
+            pkeys = self._keys.partition(partition)
+            for sub in subs:
+                reply = scripts.expire_lease(batch, pkeys, sub, self.id)
+                handlers.append(partial(self._reaped, partition, reply))
+        handlers.append(self._expired.clear)
+        return handlers
+
+    def _reaped(self, partition: int, reply: scripts.Reply[tuple[int, int]]) -> None:
+        code, attempts = reply.get()
+        if code == 0:
+            return
+        self.stats["reaped"] += 1
+        log.warning(
+            "partition %d: reclaimed an expired lease (head item charged, attempts now %d)%s",
+            partition,
+            attempts,
+            {2: "; item dead-lettered", 3: "; sub key blocked"}.get(code, ""),
+        )
+        self._wakes.add(partition)
+
+    def _add_refresh(self, batch: Batch) -> list[Callable[[], None]]:
+        partitions: scripts.Reply[list[int]] = batch.command(
+            "SMEMBERS", self._keys.partitions, parse=lambda raw: sorted(int(p) for p in raw)
+        )
+        info = json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "concurrency": self.concurrency,
+                "leases": len(self._leases),
+                "seen": time.time(),
+            }
+        )
+        batch.command("HSET", self._keys.workers, self.id, info)
+
+        def refreshed() -> None:
+            self._partitions = partitions.get()
+
+        return [refreshed]
+
+    def _unregister(self) -> None:
+        with contextlib.suppress(Exception):
+            self._backend.client.hdel(self._keys.workers, self.id)
+
+    # --- handing batches to the executor -----------------------------------------------------
+
+    def _submit(self, lease: Lease) -> None:
+        assert self._executor is not None
+        lease.state = RUNNING
+        self._executor.submit(lease, lease.entries, lease.attempt)
+
+    # --- the waker -----------------------------------------------------------------------------
+
+    def _wake_loop(self) -> None:
+        client = self._backend.client
+        while not self._stop_requested.is_set():
+            with self._free:
+                while self._free_slots <= 0 and not self._stop_requested.is_set():
+                    self._free.wait(WAKE_BLOCK_SECONDS)
+            if self._stop_requested.is_set():
+                return
+            try:
+                popped = client.bzpopmin(self._keys.wake, timeout=WAKE_BLOCK_SECONDS)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                log.debug("waker: Redis unreachable (%s)", exc)
+                self._stop_requested.wait(REDIS_RETRY_MAX)
+                continue
+            if popped is None:
+                continue
+            with self._free:
+                self._free_slots -= 1  # until the coordinator publishes the real number
+            self._inbox.put(("wake", int(popped[1])))
