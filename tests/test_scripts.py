@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import pytest
 
 from workshaper import codec, scripts
+from workshaper.admin import Admin
 from workshaper.connection import Backend
 from workshaper.keys import NamespaceKeys, PartitionKeys
 from workshaper.scripts import Completion, EncodedItem
@@ -367,6 +368,9 @@ def test_exact_mode_after_crash_runs_one_item_at_a_time_and_can_dead_letter(
     part.make_expired(b"sa")
     assert part.expire(b"sa") == (2, 2)  # exact mode: the running item was the head
     assert part.queue("a") == [2, 3]
+    [dead] = Admin(part.backend, part.keys.namespace).dead_letters(0)
+    assert (dead.offset, dead.attempts, dead.error_type) == (1, 2, "LeaseExpired")
+    assert "worker w1 crashed or stalled" in dead.error_message and dead.worker == "reaper"
     _, [lease] = part.claim(max_attempts=2, batch=10)
     [reply] = part.complete(Completion(b"sa", lease.token, "c", [2]), batch=10)
     assert len(reply.next_entries) == 1  # still one at a time inside the window

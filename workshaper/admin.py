@@ -34,13 +34,14 @@ def parse_failure_record(
 ) -> FailureRecord:
     error_json, attempts, at_ms, entry = raw.split(b"\n", 3)
     error: dict[str, Any] = json.loads(error_json)
-    offset: int | None
-    message: codec.Message | None
+    offset: int | None = None
+    message: codec.Message | None = None
     try:
         parsed = codec.parse_entry(entry)
-        offset, message = parsed.offset, parsed.message()
+        offset = parsed.offset
+        message = parsed.message()
     except codec.CorruptEntry:
-        offset, message = None, None
+        pass  # kept as raw_entry; offset is known when only the payload is corrupt
     return FailureRecord(
         partition,
         offset,

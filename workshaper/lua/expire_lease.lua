@@ -44,9 +44,13 @@ set_attempts(sub, offset, count)
 
 local code = 1
 if count >= owner.max_attempts then
-  local error_json = '{"type":"LeaseExpired","message":"lease expired while running (attempt ' ..
-    string.format('%d', count) .. '): worker ' .. cjson.encode(owner.worker) ..
-    ' crashed or stalled","traceback":"","worker":' .. cjson.encode(reaper) .. '}'
+  local error_json = cjson.encode({
+    type = 'LeaseExpired',
+    message = 'lease expired while running (attempt ' .. string.format('%d', count) ..
+      '): worker ' .. owner.worker .. ' crashed or stalled',
+    traceback = '',
+    worker = reaper,
+  })
   if owner.mode == 'b' then
     redis.call('HSET', K_BLOCKED, sub, failure_record(error_json, count, now, head))
     return {3, count}

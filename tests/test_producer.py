@@ -1,0 +1,280 @@
+"""Producer: validation before writes, dedupe statuses, backpressure, acks, connection errors."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+
+import workshaper
+from workshaper import Enqueued, InvalidInput, InvalidType, QueueFull
+from workshaper.connection import Backend, connect, mask_url
+from workshaper.keys import NamespaceKeys
+from workshaper.testing import RedisServer, free_port
+
+from .conftest import wait_for
+
+
+def keys_of(backend: Backend, namespace: str) -> list[bytes]:
+    return sorted(backend.client.scan_iter(match=f"ws:{{{namespace}*"))
+
+
+def finish_everything(backend: Backend, namespace: str, partition: int = 0) -> None:
+    """Complete every queued item with a worker that does nothing."""
+    worker = workshaper.Worker(backend, namespace, work=lambda m, p, o: None).start()
+    try:
+        pkeys = NamespaceKeys(namespace).partition(partition)
+        wait_for(lambda: backend.client.zcard(pkeys.pending) == 0)
+    finally:
+        worker.stop(10)
+
+
+@pytest.mark.parametrize(
+    ("item", "error", "fragment"),
+    [
+        (("k", "m", -1, 0), InvalidInput, "partition"),
+        (("k", "m", True, 0), InvalidType, "partition"),
+        (("k", "m", 0, 1.0), InvalidType, "offset"),
+        (("k", "m", 0, -5), InvalidInput, "offset"),
+        (("k", "m", 0, 2**53), InvalidInput, "offset"),
+        ((1.5, "m", 0, 0), InvalidType, "sub_key"),
+        ((True, "m", 0, 0), InvalidType, "sub_key"),
+        (("k", object(), 0, 0), InvalidType, "JSON-serializable"),
+        (("k", b"x" * 101, 0, 0), InvalidInput, "max_message_bytes is 100"),
+    ],
+)
+def test_bad_input_raises_naming_the_value_and_writes_nothing(
+    backend: Backend, namespace: str, item: tuple[Any, ...], error: type[Exception], fragment: str
+) -> None:
+    with workshaper.Producer(backend, namespace, max_message_bytes=100) as producer:
+        good = ("k", "m", 0, 0)
+        with pytest.raises(error, match=fragment):
+            producer.enqueue(*item)
+        with pytest.raises(error, match=f"item 1: .*{fragment}"):
+            producer.enqueue_many([good, item])  # the good item before it is not written either
+        assert keys_of(backend, namespace) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"namespace": ""}, "empty"),
+        ({"namespace": "a:b"}, "':'"),
+        ({"namespace": "a b"}, "whitespace"),
+        ({"max_in_queue": 0}, "max_in_queue"),
+        ({"max_in_queue": True}, "max_in_queue"),
+        ({"ack_interval": 0}, "ack_interval"),
+        ({"ack": "not callable"}, "ack"),
+    ],
+)
+def test_bad_producer_settings(backend: Backend, kwargs: dict[str, Any], fragment: str) -> None:
+    with pytest.raises((InvalidInput, InvalidType), match=fragment):
+        workshaper.Producer(backend, **kwargs)
+
+
+def test_bad_items_shape(backend: Backend, namespace: str) -> None:
+    with (
+        workshaper.Producer(backend, namespace) as producer,
+        pytest.raises(InvalidType, match="tuple"),
+    ):
+        producer.enqueue_many([("k", "m", 0)])  # type: ignore[list-item]
+
+
+def test_statuses_for_accepted_duplicate_and_already_acked(
+    backend: Backend, namespace: str
+) -> None:
+    acks: list[tuple[int, int]] = []
+    with workshaper.Producer(backend, namespace, ack=lambda p, o: acks.append((p, o))) as producer:
+        assert producer.enqueue("a", "m", 0, 1) is Enqueued.ACCEPTED
+        assert producer.enqueue("b", "m", 0, 1) is Enqueued.DUPLICATE
+        finish_everything(backend, namespace)
+        assert producer.flush(timeout=10)
+        assert acks == [(0, 1)]
+        assert producer.watermark(0) == 1
+        assert producer.watermark(5) is None
+        assert producer.enqueue("a", "m", 0, 1) is Enqueued.ALREADY_ACKED
+        assert producer.enqueue_many([("a", "m", 0, 0), ("a", "m", 0, 2)]) == [
+            Enqueued.ALREADY_ACKED,
+            Enqueued.ACCEPTED,
+        ]
+
+
+def test_restarted_producer_re_enqueues_without_re_running(
+    backend: Backend, namespace: str
+) -> None:
+    runs: list[int] = []
+    worker = workshaper.Worker(backend, namespace, work=lambda m, p, o: runs.append(o)).start()
+    try:
+        items = [(f"k{o % 3}", o, 0, o) for o in range(50)]
+        with workshaper.Producer(backend, namespace) as first:
+            first.enqueue_many(items)
+            assert first.flush(timeout=30)
+        # A new producer (e.g. after a consumer restart) replays from an older position.
+        with workshaper.Producer(backend, namespace) as second:
+            statuses = second.enqueue_many(items)
+            assert set(statuses) == {Enqueued.ALREADY_ACKED}
+    finally:
+        worker.stop(10)
+    assert sorted(runs) == list(range(50))
+
+
+def test_full_partition_times_out_with_queue_full(backend: Backend, namespace: str) -> None:
+    with workshaper.Producer(backend, namespace, max_in_queue=3) as producer:
+        producer.enqueue_many([("a", "m", 1, o) for o in range(3)])
+        started = time.monotonic()
+        with pytest.raises(QueueFull, match=r"partition 1.*max_in_queue=3") as info:
+            producer.enqueue_many(
+                [("a", "m", 0, 0), ("a", "m", 1, 3), ("a", "m", 1, 4)], timeout=0.3
+            )
+        assert time.monotonic() - started >= 0.3
+        assert info.value.partition == 1
+        assert info.value.statuses == [Enqueued.ACCEPTED, None, None]  # partition 0 was not full
+        pkeys = NamespaceKeys(namespace).partition(1)
+        assert backend.client.zcard(pkeys.pending) == 3
+
+
+def test_full_partition_blocks_until_acks_free_room(backend: Backend, namespace: str) -> None:
+    release = threading.Event()
+
+    def work(message: Any, partition: int, offset: int) -> None:
+        release.wait(30)
+
+    worker = workshaper.Worker(backend, namespace, work=work, concurrency=4).start()
+    try:
+        with workshaper.Producer(backend, namespace, max_in_queue=2) as producer:
+            producer.enqueue_many([("a", "m", 0, 0), ("b", "m", 0, 1)])
+            done = threading.Event()
+
+            def enqueue_third() -> None:
+                producer.enqueue("c", "m", 0, 2)
+                done.set()
+
+            t = threading.Thread(target=enqueue_third)
+            t.start()
+            assert not done.wait(0.5)  # blocked: the partition holds 2 unacked items
+            pkeys = NamespaceKeys(namespace).partition(0)
+            assert backend.client.zcard(pkeys.pending) == 2
+            release.set()
+            assert done.wait(30)
+            t.join()
+            assert producer.flush(timeout=30)
+    finally:
+        release.set()
+        worker.stop(10)
+
+
+def test_backpressure_is_per_partition(backend: Backend, namespace: str) -> None:
+    with workshaper.Producer(backend, namespace, max_in_queue=1) as producer:
+        producer.enqueue("a", "m", 0, 0)
+        with pytest.raises(QueueFull):
+            producer.enqueue("a", "m", 0, 1, timeout=0)
+        assert producer.enqueue("a", "m", 1, 0, timeout=0) is Enqueued.ACCEPTED
+
+
+def test_flush_times_out_while_items_are_unfinished(backend: Backend, namespace: str) -> None:
+    with workshaper.Producer(backend, namespace) as producer:
+        producer.enqueue("a", "m", 0, 0)
+        assert producer.flush(timeout=0.2) is False
+
+
+def test_ack_that_raises_is_logged_and_offered_again(
+    backend: Backend, namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[tuple[int, int]] = []
+    failures = 2
+
+    def ack(partition: int, offset: int) -> None:
+        nonlocal failures
+        calls.append((partition, offset))
+        if failures:
+            failures -= 1
+            raise RuntimeError("commit failed")
+
+    with (
+        caplog.at_level(logging.ERROR, logger="workshaper.ackloop"),
+        workshaper.Producer(backend, namespace, ack=ack) as producer,
+    ):
+        producer.enqueue("a", "m", 0, 7)
+        finish_everything(backend, namespace)
+        assert producer.flush(timeout=30)
+    assert calls == [(0, 7), (0, 7), (0, 7)]
+    assert sum("ack(0, 7) raised" in r.getMessage() for r in caplog.records) == 2
+    assert "commit failed" in caplog.text
+
+
+def test_ack_each_calls_once_per_offset_in_order(backend: Backend, namespace: str) -> None:
+    calls: list[tuple[int, int]] = []
+    with workshaper.Producer(
+        backend, namespace, ack=lambda p, o: calls.append((p, o)), ack_each=True
+    ) as producer:
+        producer.enqueue_many([(f"k{o}", "m", 0, o) for o in (2, 3, 5, 8)])
+        finish_everything(backend, namespace)
+        assert producer.flush(timeout=30)
+    assert calls == [(0, 2), (0, 3), (0, 5), (0, 8)]
+
+
+def test_ack_watermark_waits_for_the_lowest_unfinished_offset(
+    backend: Backend, namespace: str
+) -> None:
+    gate = threading.Event()
+    acks: list[int] = []
+
+    def work(message: Any, partition: int, offset: int) -> None:
+        if offset == 1:
+            gate.wait(30)
+
+    worker = workshaper.Worker(backend, namespace, work=work, concurrency=4).start()
+    try:
+        with workshaper.Producer(backend, namespace, ack=lambda p, o: acks.append(o)) as producer:
+            producer.enqueue_many([("slow", "m", 0, 1), ("a", "m", 0, 2), ("b", "m", 0, 3)])
+            pkeys = NamespaceKeys(namespace).partition(0)
+            wait_for(lambda: backend.client.zcard(pkeys.done) == 2)  # 2 and 3 finished early
+            time.sleep(0.1)  # several ack ticks: none may pass offset 1
+            assert acks == []
+            gate.set()
+            assert producer.flush(timeout=30)
+    finally:
+        gate.set()
+        worker.stop(10)
+    assert acks == [3]
+
+
+def test_closed_producer_refuses_enqueue(backend: Backend, namespace: str) -> None:
+    producer = workshaper.Producer(backend, namespace)
+    producer.close()
+    producer.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        producer.enqueue("a", "m", 0, 0)
+
+
+def test_user_client_with_decode_responses_is_accepted(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    client = redis.Redis(port=redis_server.port, decode_responses=True)
+    with workshaper.Producer(client, namespace) as producer:
+        assert producer.enqueue("a", b"\xff\x00binary", 0, 0) is Enqueued.ACCEPTED
+    client.close()
+
+
+def test_unreachable_redis_names_host_and_port_and_masks_password() -> None:
+    port = free_port()
+    url = f"redis://user:s3cret@127.0.0.1:{port}/0"
+    with pytest.raises(workshaper.BackendUnavailable) as info:
+        workshaper.Producer(url)
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert "s3cret" not in str(info.value)
+    assert mask_url(url) == f"redis://user:****@127.0.0.1:{port}/0"
+
+
+def test_wrong_password_is_a_clear_error() -> None:
+    with RedisServer(password="right-pw") as server:
+        url = f"redis://:wrong-pw@127.0.0.1:{server.port}/0"
+        with pytest.raises(workshaper.BackendUnavailable, match="refused the credentials") as info:
+            connect(url)
+        assert "wrong-pw" not in str(info.value)
+        assert f"127.0.0.1:{server.port}" in str(info.value)
+        connect(server.url).close()  # the right one works
