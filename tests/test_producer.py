@@ -122,6 +122,29 @@ def test_restarted_producer_re_enqueues_without_re_running(
     assert sorted(runs) == list(range(50))
 
 
+def test_new_producer_acks_what_a_dead_producer_offered_but_never_committed(
+    backend: Backend, namespace: str
+) -> None:
+    from workshaper import scripts
+
+    with workshaper.Producer(backend, namespace) as first:
+        first.enqueue_many([("a", "m", 0, 0), ("b", "m", 0, 1)])
+    finish_everything(backend, namespace)
+    pkeys = NamespaceKeys(namespace).partition(0)
+    # The first producer's ack loop offered watermark 1 and died before committing it.
+    assert (
+        scripts.run_one(backend, lambda b: scripts.offer_watermark(b, pkeys, False)).watermark == 1
+    )
+    acks: list[tuple[int, int]] = []
+    with workshaper.Producer(backend, namespace, ack=lambda p, o: acks.append((p, o))) as second:
+        assert second.enqueue_many([("a", "m", 0, 0), ("b", "m", 0, 1)]) == [
+            Enqueued.ALREADY_ACKED,
+            Enqueued.ALREADY_ACKED,
+        ]
+        assert second.flush(timeout=30)
+        assert acks == [(0, 1)] and second.watermark(0) == 1
+
+
 def test_full_partition_times_out_with_queue_full(backend: Backend, namespace: str) -> None:
     with workshaper.Producer(backend, namespace, max_in_queue=3) as producer:
         producer.enqueue_many([("a", "m", 1, o) for o in range(3)])

@@ -126,7 +126,7 @@ def part(backend: Backend, namespace: str) -> Partition:
     return Partition(backend, namespace)
 
 
-ACCEPTED, DUPLICATE, ALREADY_ACKED, FULL = 0, 1, 2, 3
+ACCEPTED, DUPLICATE, ALREADY_ACKED, FULL, BEING_ACKED = 0, 1, 2, 3, 4
 
 
 # --- enqueue ---------------------------------------------------------------------------------
@@ -153,7 +153,8 @@ def test_enqueue_at_or_below_acked_watermark_is_ignored(part: Partition) -> None
     part.complete(Completion(b"sa", lease.token, "c", [5]))
     assert part.offer().watermark == 5
     # While 5 is being acked, a late offset below it is already covered by that ack.
-    assert part.enqueue(("z", 3)) == [ALREADY_ACKED]
+    assert part.enqueue(("z", 3), ("a", 5)) == [BEING_ACKED, BEING_ACKED]
+    assert part.queue("z") == []
     part.commit(5)
     assert part.enqueue(("a", 5), ("a", 4), ("a", 6)) == [ALREADY_ACKED, ALREADY_ACKED, ACCEPTED]
 

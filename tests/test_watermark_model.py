@@ -17,7 +17,7 @@ from workshaper.scripts import Completion
 from .test_scripts import Partition
 
 MAX_IN_QUEUE = 6
-ACCEPTED, DUPLICATE, ALREADY_ACKED, FULL = 0, 1, 2, 3
+ACCEPTED, DUPLICATE, ALREADY_ACKED, FULL, BEING_ACKED = 0, 1, 2, 3, 4
 
 sub_keys = st.sampled_from(["a", "b", "c", None])
 offsets = st.integers(min_value=0, max_value=25)
@@ -42,8 +42,10 @@ class WatermarkModel(RuleBasedStateMachine):
         for sub, offset in items:
             if full:
                 statuses.append(FULL)
-            elif offset <= max(self.acked, self.offer):
+            elif offset <= self.acked:
                 statuses.append(ALREADY_ACKED)
+            elif offset <= self.offer:
+                statuses.append(BEING_ACKED)
             elif offset in self.pending or offset in self.finished or offset in accepted_now:
                 statuses.append(DUPLICATE)
             elif in_queue >= MAX_IN_QUEUE:

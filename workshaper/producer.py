@@ -10,10 +10,12 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
+import redis
+
 from workshaper import codec, scripts
 from workshaper.ackloop import AckCallback, AckLoop
 from workshaper.connection import Backend, connect
-from workshaper.errors import InvalidInput, InvalidType, QueueFull
+from workshaper.errors import BackendUnavailable, InvalidInput, InvalidType, QueueFull
 from workshaper.keys import NamespaceKeys, PartitionKeys
 from workshaper.scripts import Batch, EncodedItem
 
@@ -37,6 +39,9 @@ class Enqueued(enum.Enum):
 
 _STATUS = {0: Enqueued.ACCEPTED, 1: Enqueued.DUPLICATE, 2: Enqueued.ALREADY_ACKED}
 _FULL = 3
+#: Covered by a watermark offered to ack but not committed (its producer may have died between
+#: ack and commit): reported as ALREADY_ACKED, but flush still waits for that ack.
+_BEING_ACKED = 4
 
 Item = tuple[codec.SubKey, codec.Message, int, int]
 
@@ -196,7 +201,13 @@ class Producer:
         # Ring the wake-up bell for every partition written to (a cheap no-op when it rings).
         now = time.time()
         batch.command("ZADD", self._keys.wake, "NX", *[x for p in todo for x in (now, p)])
-        batch.execute()
+        try:
+            batch.execute()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BackendUnavailable(
+                f"lost Redis at {self._backend.where} while enqueueing ({exc}); the batch may be"
+                " partly written: enqueue it again (written items come back as duplicates)"
+            ) from exc
         full: list[int] = []
         for partition, (chunk, reply) in sent.items():
             codes = reply.get()
@@ -204,10 +215,9 @@ class Producer:
                 if code == _FULL:
                     full.append(partition)
                     break
-                status = _STATUS[code]
-                statuses[index] = status
+                statuses[index] = _STATUS.get(code, Enqueued.ALREADY_ACKED)
                 cursor[partition] += 1
-                if status is not Enqueued.ALREADY_ACKED:
+                if code != 2:
                     self._ack_loop.track(partition, item.offset)
         return full
 

@@ -463,7 +463,11 @@ class Worker:
 
     def _add_completions(self, batch: Batch) -> list[Callable[[], None]]:
         # Successes before a failure are recorded in the same round trip, ahead of it.
-        due = [lease for lease in self._leases.values() if lease.unreported or lease.end_action]
+        due = [
+            lease
+            for lease in self._leases.values()
+            if (lease.unreported or lease.end_action) and not lease.lost
+        ]
         handlers: list[Callable[[], None]] = []
         for leases in self._by_partition(due).values():
             sent = [(lease, len(lease.unreported), lease.end_action or "k") for lease in leases]

@@ -8,8 +8,10 @@
 --
 -- Returns one status per item, in order:
 --   0 accepted, 1 duplicate (pending, running or finished above the watermark),
---   2 already acked (at or below the acked watermark or the watermark being acked),
---   3 full (max_in_queue reached: this item and every later one were not written)
+--   2 already acked (at or below the acked watermark),
+--   3 full (max_in_queue reached: this item and every later one were not written),
+--   4 being acked (above the acked watermark but at or below the watermark offered to the
+--     ack callback and not committed yet: finished, or a gap the ack will cover)
 --
 -- Idempotent: run twice, the second run finds every item a duplicate.
 --@include partition.lua
@@ -17,7 +19,8 @@
 local max_in_queue = tonumber(ARGV[1])
 local n = tonumber(ARGV[2])
 local meta = redis.call('HMGET', K_META, 'acked', 'offer', 'max')
-local floor = math.max(tonumber(meta[1] or '-1'), tonumber(meta[2] or '-1'))
+local acked = tonumber(meta[1] or '-1')
+local floor = math.max(acked, tonumber(meta[2] or '-1'))
 local highest_s = meta[3]
 local highest = tonumber(highest_s or '-1')
 local in_queue = redis.call('ZCARD', K_PENDING) + redis.call('ZCARD', K_DONE)
@@ -35,8 +38,10 @@ for i = 0, n - 1 do
   local status
   if full then
     status = 3
-  elseif offset <= floor then
+  elseif offset <= acked then
     status = 2
+  elseif offset <= floor then
+    status = 4
   elseif seen[offset_s] or (offset <= highest and
       (redis.call('ZSCORE', K_PENDING, offset_s) or redis.call('ZSCORE', K_DONE, offset_s))) then
     status = 1
