@@ -670,7 +670,11 @@ class Worker:
 
     def _renewed(self, leases: list[Lease], reply: scripts.Reply[list[int]]) -> None:
         for index in reply.get():
-            self._fenced(leases[index], "lease renewal")
+            lease = leases[index]
+            # A completion earlier in this round trip may have released it (queue empty):
+            # that is not a lost lease.
+            if self._held(lease):
+                self._fenced(lease, "lease renewal")
 
     def _add_reaper_scan(self, batch: Batch) -> list[Callable[[], None]]:
         handlers: list[Callable[[], None]] = []
