@@ -66,3 +66,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {predicate}")
         time.sleep(interval)
+
+
+def partition_counts(backend: Backend, namespace: str, partition: int) -> tuple[int, int]:
+    """(unfinished, finished-but-unacked) items of a partition, read from Redis."""
+    from workshaper.admin import Admin
+
+    for status in Admin(backend, namespace).status():
+        if status.partition == partition:
+            return status.pending, status.finished_unacked
+    return 0, 0

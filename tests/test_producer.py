@@ -16,7 +16,7 @@ from workshaper.connection import Backend, connect, mask_url
 from workshaper.keys import NamespaceKeys
 from workshaper.testing import RedisServer, free_port
 
-from .conftest import wait_for
+from .conftest import partition_counts, wait_for
 
 
 def keys_of(backend: Backend, namespace: str) -> list[bytes]:
@@ -27,8 +27,7 @@ def finish_everything(backend: Backend, namespace: str, partition: int = 0) -> N
     """Complete every queued item with a worker that does nothing."""
     worker = workshaper.Worker(backend, namespace, work=lambda m, p, o: None).start()
     try:
-        pkeys = NamespaceKeys(namespace).partition(partition)
-        wait_for(lambda: backend.client.zcard(pkeys.pending) == 0)
+        wait_for(lambda: partition_counts(backend, namespace, partition)[0] == 0)
     finally:
         worker.stop(10)
 
@@ -156,8 +155,7 @@ def test_full_partition_times_out_with_queue_full(backend: Backend, namespace: s
         assert time.monotonic() - started >= 0.3
         assert info.value.partition == 1
         assert info.value.statuses == [Enqueued.ACCEPTED, None, None]  # partition 0 was not full
-        pkeys = NamespaceKeys(namespace).partition(1)
-        assert backend.client.zcard(pkeys.pending) == 3
+        assert partition_counts(backend, namespace, 1) == (3, 0)
 
 
 def test_full_partition_blocks_until_acks_free_room(backend: Backend, namespace: str) -> None:
@@ -179,8 +177,7 @@ def test_full_partition_blocks_until_acks_free_room(backend: Backend, namespace:
             t = threading.Thread(target=enqueue_third)
             t.start()
             assert not done.wait(0.5)  # blocked: the partition holds 2 unacked items
-            pkeys = NamespaceKeys(namespace).partition(0)
-            assert backend.client.zcard(pkeys.pending) == 2
+            assert sum(partition_counts(backend, namespace, 0)) == 2
             release.set()
             assert done.wait(30)
             t.join()
@@ -254,8 +251,8 @@ def test_ack_watermark_waits_for_the_lowest_unfinished_offset(
     try:
         with workshaper.Producer(backend, namespace, ack=lambda p, o: acks.append(o)) as producer:
             producer.enqueue_many([("slow", "m", 0, 1), ("a", "m", 0, 2), ("b", "m", 0, 3)])
-            pkeys = NamespaceKeys(namespace).partition(0)
-            wait_for(lambda: backend.client.zcard(pkeys.done) == 2)  # 2 and 3 finished early
+            # 2 and 3 finished early; 1 holds the watermark
+            wait_for(lambda: partition_counts(backend, namespace, 0) == (1, 2))
             time.sleep(0.1)  # several ack ticks: none may pass offset 1
             assert acks == []
             gate.set()

@@ -174,6 +174,31 @@ def test_enqueue_backpressure_stops_at_the_first_item_that_does_not_fit(part: Pa
     assert part.enqueue(("a", 3), ("c", 4), ("d", 5), max_in_queue=2) == [ACCEPTED, ACCEPTED, FULL]
 
 
+def test_duplicates_are_reported_even_when_the_partition_is_full(part: Partition) -> None:
+    part.enqueue(("a", 1), ("b", 2), max_in_queue=2)
+    # A restarted producer replays 1 and 2: they must not block on backpressure.
+    assert part.enqueue(("a", 1), ("b", 2), ("c", 3), max_in_queue=2) == [
+        DUPLICATE,
+        DUPLICATE,
+        FULL,
+    ]
+
+
+def test_late_gap_fill_is_accepted_in_order_and_holds_the_watermark(part: Partition) -> None:
+    part.enqueue(("a", 1), ("b", 5))
+    assert part.enqueue(("c", 3)) == [ACCEPTED]  # 3 arrives after 5: a gap filled late
+    assert [int(o) for o in part.backend.client.lrange(part.keys.accepted, 0, -1)] == [1, 3, 5]
+    _, leases = part.claim()
+    token = {c.sub: c.token for c in leases}
+    part.complete(
+        Completion(b"sa", token[b"sa"], "c", [1]), Completion(b"sb", token[b"sb"], "c", [5])
+    )
+    assert part.offer().watermark == 1  # 3 is still running: the ack may not pass it
+    part.complete(Completion(b"sc", token[b"sc"], "c", [3]))
+    assert part.offer().watermark == 5
+    assert part.backend.client.exists(part.keys.late) == 0
+
+
 def test_enqueue_to_leased_sub_key_does_not_make_it_ready(part: Partition) -> None:
     part.enqueue(("a", 1))
     part.claim()
@@ -353,7 +378,7 @@ def test_unattributed_crash_charges_head_but_never_its_last_attempt(part: Partit
         _, [lease] = part.claim(max_attempts=3, batch=10)
         part.make_expired(b"sa")
         assert part.expire(b"sa") == (1, expected)
-        part.backend.client.hdel(part.keys.fixed[7], b"sa")  # leave exact mode for this test
+        part.backend.client.hdel(part.keys.exact, b"sa")  # leave exact mode for this test
     assert part.queue("a") == [1, 2]
 
 

@@ -29,6 +29,10 @@ class FailureRecord:
     raw_entry: bytes
 
 
+def _chunks(values: list[Any], size: int) -> list[list[Any]]:
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
 def parse_failure_record(
     partition: int, raw: bytes, sub_key: codec.SubKey | None = None
 ) -> FailureRecord:
@@ -62,11 +66,16 @@ class PartitionStatus:
     partition: int
     acked: int | None
     pending: int  # accepted, not finished
-    finished_unacked: int
+    finished_unacked: int  # finished, waiting for the watermark to pass them
     ready_sub_keys: int
     leased_sub_keys: int
     blocked_sub_keys: int
     dead_letters: int
+
+    @property
+    def unacked(self) -> int:
+        """What backpressure counts: accepted and not acked."""
+        return self.pending + self.finished_unacked
 
 
 class Admin:
@@ -79,27 +88,37 @@ class Admin:
         return sorted(int(p) for p in self._backend.client.smembers(self._keys.partitions))
 
     def status(self) -> list[PartitionStatus]:
-        pipe = self._backend.client.pipeline(transaction=False)
+        """Counts per partition (two round trips; reads every non-empty sub key's length):
+        an operator tool, not for hot paths."""
+        client = self._backend.client
         parts = self.partitions()
+        pipe = client.pipeline(transaction=False)
         for p in parts:
             k = self._keys.partition(p)
             pipe.hget(k.meta, "acked")
-            pipe.zcard(k.pending)
-            pipe.zcard(k.done)
+            pipe.llen(k.accepted)
+            pipe.zrange(k.heads, 0, -1)
             pipe.llen(k.ready)
             pipe.zcard(k.leases)
             pipe.hlen(k.blocked)
             pipe.hlen(k.dead)
-        raw = pipe.execute()
+        raw = _chunks(pipe.execute(), 7)
+        pipe = client.pipeline(transaction=False)
+        for p, fields in zip(parts, raw, strict=True):
+            for sub in fields[2]:
+                pipe.llen(self._keys.partition(p).queue(sub))
+        lengths = iter(pipe.execute())
         out = []
-        for i, p in enumerate(parts):
-            acked, pending, done, ready, leased, blocked, dead = raw[i * 7 : i * 7 + 7]
+        for p, (acked, unacked, heads, ready, leased, blocked, dead) in zip(
+            parts, raw, strict=True
+        ):
+            unfinished = sum(next(lengths) for _ in heads)
             out.append(
                 PartitionStatus(
                     p,
                     None if acked is None else int(acked),
-                    pending,
-                    done,
+                    unfinished,
+                    unacked - unfinished,
                     ready,
                     leased,
                     blocked,

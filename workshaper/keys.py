@@ -8,8 +8,12 @@ spans partitions (wake-ups, the partition index, the worker registry) has its ow
 Per partition ``ws:{ns:p}:``
     meta      HASH   acked (acked watermark), offer (watermark being acked), max (highest accepted
                      offset), token (fencing-token counter)
-    pending   ZSET   accepted offsets not finished yet (score = offset)
-    done      ZSET   finished offsets above the acked watermark (score = offset)
+    accepted  LIST   accepted offsets not acked yet, ascending (finished or not): its length is
+                     the backpressure count, acking trims its head
+    heads     ZSET   each sub key with items -> offset of its head item (its oldest unfinished
+                     one); the lowest score is the partition's lowest unfinished offset
+    late      ZSET   unfinished offsets that were accepted out of order (below a higher accepted
+                     one): rare, and counted in the lowest unfinished offset too
     ready     LIST   sub keys with items and no lease, in FIFO order
     leases    ZSET   leased sub key -> lease deadline (server ms)
     owners    HASH   leased sub key -> "token|worker|batch|max_attempts"
@@ -28,14 +32,16 @@ Per namespace ``ws:{ns}:``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 
 PREFIX = "ws"
 
-#: Order of the fixed per-partition keys every script receives as KEYS[1..10].
+#: Order of the fixed per-partition keys every script receives as KEYS[1..11].
 PARTITION_KEY_NAMES = (
     "meta",
-    "pending",
-    "done",
+    "accepted",
+    "heads",
+    "late",
     "ready",
     "leases",
     "owners",
@@ -63,36 +69,44 @@ class PartitionKeys:
         return self.fixed[0]
 
     @property
-    def pending(self) -> bytes:
+    def accepted(self) -> bytes:
         return self.fixed[1]
 
     @property
-    def done(self) -> bytes:
+    def heads(self) -> bytes:
         return self.fixed[2]
 
     @property
-    def ready(self) -> bytes:
+    def late(self) -> bytes:
         return self.fixed[3]
 
     @property
-    def leases(self) -> bytes:
+    def ready(self) -> bytes:
         return self.fixed[4]
 
     @property
-    def owners(self) -> bytes:
+    def leases(self) -> bytes:
         return self.fixed[5]
 
     @property
-    def attempts(self) -> bytes:
+    def owners(self) -> bytes:
         return self.fixed[6]
 
     @property
-    def blocked(self) -> bytes:
+    def attempts(self) -> bytes:
+        return self.fixed[7]
+
+    @property
+    def exact(self) -> bytes:
         return self.fixed[8]
 
     @property
-    def dead(self) -> bytes:
+    def blocked(self) -> bytes:
         return self.fixed[9]
+
+    @property
+    def dead(self) -> bytes:
+        return self.fixed[10]
 
     def queue(self, sub_key: bytes) -> bytes:
         """The list holding one sub key's entries (``sub_key`` as encoded by codec)."""
@@ -125,4 +139,10 @@ class NamespaceKeys:
         return self._key("workers")
 
     def partition(self, partition: int) -> PartitionKeys:
-        return PartitionKeys(self.namespace, partition)
+        return _partition_keys(self.namespace, partition)
+
+
+@cache
+def _partition_keys(namespace: str, partition: int) -> PartitionKeys:
+    """Key names are built once per (namespace, partition): the hot paths ask for them a lot."""
+    return PartitionKeys(namespace, partition)

@@ -1,6 +1,6 @@
 -- Move the acked watermark of a partition after the user's ack returned.
 --
--- KEYS[1..10]  the partition's fixed keys
+-- KEYS[1..11]  the partition's fixed keys
 -- ARGV[1]      the watermark that was acked
 --
 -- Returns the number of accepted-but-not-acked items left in the partition.
@@ -11,10 +11,11 @@ local watermark = ARGV[1]
 local acked = redis.call('HGET', K_META, 'acked')
 if not acked or tonumber(acked) < tonumber(watermark) then
   redis.call('HSET', K_META, 'acked', watermark)
-  redis.call('ZREMRANGEBYSCORE', K_DONE, '-inf', watermark)
+  local acked_count = accepted_rank(tonumber(watermark), true)
+  if acked_count > 0 then redis.call('LTRIM', K_ACCEPTED, acked_count, -1) end
 end
 local offer = redis.call('HGET', K_META, 'offer')
 if offer and tonumber(offer) <= tonumber(watermark) then
   redis.call('HDEL', K_META, 'offer')
 end
-return redis.call('ZCARD', K_PENDING) + redis.call('ZCARD', K_DONE)
+return redis.call('LLEN', K_ACCEPTED)

@@ -1,7 +1,7 @@
 -- Record finished items of one or more leases of a partition, then keep, continue or release.
 --
--- KEYS[1..10]  the partition's fixed keys
--- KEYS[11..]   the queue list of each lease in the call
+-- KEYS[1..11]  the partition's fixed keys
+-- KEYS[12..]   the queue list of each lease in the call
 -- ARGV[1]      lease duration ms
 -- ARGV[2]      batch: items to hand out when a lease continues
 -- ARGV[3]      n, the number of leases
@@ -23,6 +23,7 @@
 
 local lease_ms, batch, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
+local has_late = redis.call('EXISTS', K_LATE) == 1
 local replies = {}
 local a = 4
 
@@ -46,15 +47,12 @@ for i = 1, n do
       end
       if finished > 0 then
         redis.call('LTRIM', list_key, finished, -1)
-        local members, scored = {}, {}
-        for j = 1, finished do
-          local offset = ARGV[first + j - 1]
-          members[j] = offset
-          scored[2 * j - 1] = offset
-          scored[2 * j] = offset
+        refresh_head(sub, list_key)
+        if has_late then
+          local offsets = {}
+          for j = 1, finished do offsets[j] = ARGV[first + j - 1] end
+          forget_late(offsets, finished)
         end
-        redis.call('ZREM', K_PENDING, unpack(members))
-        redis.call('ZADD', K_DONE, unpack(scored))
         redis.call('HDEL', K_ATTEMPTS, sub)
         consume_exact(sub, finished)
       end

@@ -1,6 +1,6 @@
 -- List the sub keys of a partition whose lease deadline has passed (server time).
 --
--- KEYS[1..10]  the partition's fixed keys
+-- KEYS[1..11]  the partition's fixed keys
 -- ARGV[1]      limit
 --
 -- Returns {ready, sub1, sub2, ...}: ready is the number of runnable sub keys waiting (so the

@@ -1,7 +1,7 @@
 -- Operator action on a sub key held by on_exhausted="block".
 --
--- KEYS[1..10]  the partition's fixed keys
--- KEYS[11]     the sub key's queue list
+-- KEYS[1..11]  the partition's fixed keys
+-- KEYS[12]     the sub key's queue list
 -- ARGV[1]      sub key
 -- ARGV[2]      "retry": run the head item again with fresh attempts
 --              "dead_letter": give the head item up, then go on with the rest

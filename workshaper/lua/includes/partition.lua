@@ -1,8 +1,9 @@
--- Shared by every per-partition script. KEYS[1..10] are the partition's fixed keys, in the
--- order of keys.PARTITION_KEY_NAMES; script-specific keys start at KEYS[11].
-local K_META, K_PENDING, K_DONE, K_READY, K_LEASES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local K_OWNERS, K_ATTEMPTS, K_EXACT, K_BLOCKED, K_DEAD = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local FIRST_EXTRA_KEY = 11
+-- Shared by every per-partition script. KEYS[1..11] are the partition's fixed keys, in the
+-- order of keys.PARTITION_KEY_NAMES; script-specific keys start at KEYS[12].
+local K_META, K_ACCEPTED, K_HEADS, K_LATE = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local K_READY, K_LEASES, K_OWNERS, K_ATTEMPTS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local K_EXACT, K_BLOCKED, K_DEAD = KEYS[9], KEYS[10], KEYS[11]
+local FIRST_EXTRA_KEY = 12
 
 -- Server time in ms: leases never depend on a worker's clock.
 local function now_ms()
@@ -34,6 +35,47 @@ end
 
 local function entry_offset(entry)
   return string.match(entry, '^(%d+)|')
+end
+
+-- `accepted` is sorted ascending: binary search with LINDEX. Returns how many elements are
+-- below `value` (or at most `value` when `inclusive`).
+local function accepted_rank(value, inclusive)
+  local lo, hi = 0, redis.call('LLEN', K_ACCEPTED)
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    local v = tonumber(redis.call('LINDEX', K_ACCEPTED, mid))
+    if v < value or (inclusive and v == value) then lo = mid + 1 else hi = mid end
+  end
+  return lo
+end
+
+-- Keep `heads` in step with a sub key's queue after its first entries were removed or added:
+-- the score is the head item's offset, the member leaves when the queue is empty. A corrupt
+-- head (no offset) keeps the old score, which can only hold the watermark back.
+local function refresh_head(sub, list_key)
+  local head = redis.call('LINDEX', list_key, 0)
+  if not head then
+    redis.call('ZREM', K_HEADS, sub)
+    return
+  end
+  local offset = entry_offset(head)
+  if offset then redis.call('ZADD', K_HEADS, offset, sub) end
+end
+
+-- Finished offsets that had been accepted out of order leave `late`.
+local function forget_late(offsets, count)
+  if count > 0 and redis.call('EXISTS', K_LATE) == 1 then
+    redis.call('ZREM', K_LATE, unpack(offsets, 1, count))
+  end
+end
+
+-- The lowest unfinished offset of the partition, or nil when every accepted item finished.
+local function lowest_unfinished()
+  local low = redis.call('ZRANGE', K_HEADS, 0, 0, 'WITHSCORES')[2]
+  low = low and tonumber(low)
+  local late = redis.call('ZRANGE', K_LATE, 0, 0, 'WITHSCORES')[2]
+  if late and (not low or tonumber(late) < low) then low = tonumber(late) end
+  return low
 end
 
 -- Attempts of the head item that ended without success. The record names its offset, so a
@@ -89,10 +131,8 @@ local function dead_letter_head(sub, list_key, error_json, attempts, now)
   local offset = entry_offset(entry)
   local field = offset or ('corrupt:' .. string.format('%d', now))
   redis.call('HSET', K_DEAD, field, failure_record(error_json, attempts, now, entry))
-  if offset then
-    redis.call('ZREM', K_PENDING, offset)
-    redis.call('ZADD', K_DONE, offset, offset)
-  end
+  refresh_head(sub, list_key)
+  if offset then forget_late({offset}, 1) end
   redis.call('HDEL', K_ATTEMPTS, sub)
   consume_exact(sub, 1)
   return true
