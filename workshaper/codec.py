@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from workshaper.errors import InvalidInput, InvalidType
 
@@ -147,6 +147,34 @@ def decode_message(data: bytes) -> Message:
     except (UnicodeDecodeError, ValueError) as exc:
         raise CorruptEntry(f"message payload does not decode: {exc}") from None
     raise CorruptEntry(f"unknown message tag {tag!r}")
+
+
+def encode_item(
+    sub_key: object, message: Message, partition: object, offset: object, max_bytes: int
+) -> tuple[int, bytes, int, bytes]:
+    """Validate and encode one item: (partition, encoded sub key, offset, queue entry).
+
+    The common case (int partition and offset in range, a str/int/bytes sub key) is checked
+    inline; anything else goes through the check functions, which raise the precise error.
+    """
+    if type(partition) is not int or not 0 <= partition <= MAX_PARTITION:
+        check_partition(partition)
+    if type(offset) is not int or not 0 <= offset <= MAX_OFFSET:
+        check_offset(offset)
+    p, o = cast(int, partition), cast(int, offset)
+    if type(sub_key) is str:
+        sub = b"s" + sub_key.encode("utf-8")
+    elif type(sub_key) is int:
+        sub = b"i%d" % sub_key
+    else:
+        sub = encode_sub_key(check_sub_key(sub_key), o)
+    if type(message) is bytes and len(message) <= max_bytes:
+        payload = _TAG_BYTES + message
+    elif type(message) is str and len(message) * 4 <= max_bytes:  # UTF-8: <= 4 bytes a char
+        payload = _TAG_STR + message.encode("utf-8")
+    else:
+        payload = encode_message(message, max_bytes)
+    return p, sub, o, b"%d|%s" % (o, payload)
 
 
 def make_entry(offset: int, encoded_message: bytes) -> bytes:

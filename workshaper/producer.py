@@ -124,34 +124,29 @@ class Producer:
 
     def _encode_all(self, items: list[Item]) -> list[tuple[int, EncodedItem]]:
         out: list[tuple[int, EncodedItem]] = []
+        append = out.append
+        max_bytes = self.max_message_bytes
         for position, item in enumerate(items):
-            label = f"item {position}: " if len(items) > 1 else ""
-            if not isinstance(item, tuple | list) or len(item) != 4:
-                raise InvalidType(
-                    f"{label}an item must be a (sub_key, message, partition, offset) tuple,"
-                    f" got {type(item).__name__}"
-                )
-            sub_key, message, partition, offset = item
             try:
-                codec.check_sub_key(sub_key)
-                codec.check_partition(partition)
-                codec.check_offset(offset)
-                payload = codec.encode_message(message, self.max_message_bytes)
-            except InvalidInput as exc:
-                if not label:
-                    raise
-                raise type(exc)(f"{label}{exc}") from None
-            out.append(
-                (
-                    partition,
-                    EncodedItem(
-                        codec.encode_sub_key(sub_key, offset),
-                        offset,
-                        codec.make_entry(offset, payload),
-                    ),
+                sub_key, message, partition, offset = item
+                partition, sub, offset, entry = codec.encode_item(
+                    sub_key, message, partition, offset, max_bytes
                 )
-            )
+            except (TypeError, ValueError) as exc:
+                raise self._item_error(items, position, exc) from None
+            append((partition, EncodedItem(sub, offset, entry)))
         return out
+
+    @staticmethod
+    def _item_error(items: list[Item], position: int, exc: Exception) -> Exception:
+        """The error for a bad item, naming its position in a batch."""
+        label = f"item {position}: " if len(items) > 1 else ""
+        if not isinstance(exc, InvalidInput):  # the item was not a 4-tuple
+            return InvalidType(
+                f"{label}an item must be a (sub_key, message, partition, offset) tuple,"
+                f" got {type(items[position]).__name__}"
+            )
+        return type(exc)(f"{label}{exc}") if label else exc
 
     def _pkeys(self, partition: int) -> PartitionKeys:
         pkeys = self._partition_keys.get(partition)
@@ -211,14 +206,17 @@ class Producer:
         full: list[int] = []
         for partition, (chunk, reply) in sent.items():
             codes = reply.get()
+            to_ack = -1  # the highest offset this producer must see acked
             for (index, item), code in zip(chunk, codes, strict=True):
                 if code == _FULL:
                     full.append(partition)
                     break
                 statuses[index] = _STATUS.get(code, Enqueued.ALREADY_ACKED)
                 cursor[partition] += 1
-                if code != 2:
-                    self._ack_loop.track(partition, item.offset)
+                if code != 2 and item.offset > to_ack:
+                    to_ack = item.offset
+            if to_ack >= 0:
+                self._ack_loop.track(partition, to_ack)
         return full
 
     def _wait_for_room(

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import redis
 
@@ -182,8 +182,7 @@ def run_one(backend: Backend, build: Callable[[Batch], Reply[T]]) -> T:
 # --- typed calls, one per script ------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class EncodedItem:
+class EncodedItem(NamedTuple):
     sub: bytes  # encoded sub key (codec.encode_sub_key)
     offset: int
     entry: bytes  # queue entry (codec.make_entry)
@@ -192,17 +191,36 @@ class EncodedItem:
 def enqueue_items(
     batch: Batch, pkeys: PartitionKeys, items: Sequence[EncodedItem], max_in_queue: int
 ) -> Reply[list[int]]:
-    """Statuses per item: 0 accepted, 1 duplicate, 2 already acked, 3 full."""
-    key_index: dict[bytes, int] = {}
-    extra: list[bytes] = []
-    args: list[Any] = [max_in_queue, len(items)]
+    """Statuses per item: 0 accepted, 1 duplicate, 2 already acked, 3 full, 4 being acked.
+
+    Items are sent grouped by sub key (each group's entries contiguous), so the script can push
+    a whole group from its arguments in one RPUSH.
+    """
+    group_of: dict[bytes, int] = {}
+    entries: list[list[bytes]] = []
+    subs: list[bytes] = []
+    offsets: list[int] = []
+    groups: list[int] = []
     for item in items:
-        index = key_index.get(item.sub)
-        if index is None:
-            extra.append(pkeys.queue(item.sub))
-            index = key_index[item.sub] = len(extra)
-        args += (index, item.sub, item.offset, item.entry)
-    return batch.script("enqueue_items", [*pkeys.fixed, *extra], args, parse=list)
+        group = group_of.get(item.sub)
+        if group is None:
+            group = group_of[item.sub] = len(subs) + 1
+            subs.append(item.sub)
+            entries.append([])
+        entries[group - 1].append(item.entry)
+        offsets.append(item.offset)
+        groups.append(group)
+    args: list[Any] = [max_in_queue, len(items), len(subs), *offsets, *groups]
+    for sub, group_entries in zip(subs, entries, strict=True):
+        args += (sub, len(group_entries), *group_entries)
+    count = len(items)
+
+    def parse(raw: Any) -> list[int]:
+        return [0] * count if isinstance(raw, int) else list(raw)
+
+    return batch.script(
+        "enqueue_items", [*pkeys.fixed, *(pkeys.queue(sub) for sub in subs)], args, parse=parse
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,15 @@
 -- Enqueue a batch of items into one partition, in order, with dedupe and backpressure.
 --
 -- KEYS[1..11]  the partition's fixed keys (includes/partition.lua)
--- KEYS[12..]   the queue list of each distinct sub key in the batch
+-- KEYS[12..]   the queue list of each sub key group (group j -> KEYS[11 + j])
 -- ARGV[1]      max_in_queue: accepted-but-not-acked items allowed in this partition
 -- ARGV[2]      n, the number of items
--- ARGV[3..]    n groups of 4: extra-key index (1-based), encoded sub key, offset, queue entry
+-- ARGV[3]      g, the number of sub key groups
+-- ARGV[4 .. 3+n]        the items' offsets, in item order
+-- ARGV[4+n .. 3+2n]     the items' group numbers (1-based), in item order
+-- then per group j: encoded sub key, count, then its items' queue entries in item order
 --
--- Returns one status per item, in order:
+-- Returns the integer n when every item was accepted, else one status per item, in order:
 --   0 accepted, 1 duplicate (pending, running or finished above the watermark),
 --   2 already acked (at or below the acked watermark),
 --   3 full (max_in_queue reached: this item and every later one were not written; a
@@ -14,8 +17,9 @@
 --   4 being acked (above the acked watermark but at or below the watermark offered to the
 --     ack callback and not committed yet: finished, or a gap the ack will cover)
 --
--- Offsets normally arrive in increasing order: those above the highest accepted one take the
--- fast path (no lookups; appended to `accepted` in one RPUSH). An offset at or below it is a
+-- Fast path: offsets strictly increasing, all above every accepted one, and room for all of
+-- them: each group's entries go from ARGV to its list in one RPUSH, with no per-item work.
+-- Otherwise each item is decided in order. An offset at or below the highest accepted one is a
 -- re-delivery (binary search in `accepted` finds it: duplicate) or, rarely, a gap filled late
 -- (inserted in order, and tracked in `late` so the watermark waits for it).
 --
@@ -23,7 +27,10 @@
 --@include partition.lua
 
 local max_in_queue = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
+local n, groups = tonumber(ARGV[2]), tonumber(ARGV[3])
+local OFFSETS, GROUP_OF = 3, 3 + n  -- ARGV[OFFSETS + i] / ARGV[GROUP_OF + i], i = 1..n
+local CHUNK = 2000  -- Lua's unpack() has a stack limit: write in chunks
+
 local meta = redis.call('HMGET', K_META, 'acked', 'offer', 'max')
 local acked = tonumber(meta[1] or '-1')
 local floor = math.max(acked, tonumber(meta[2] or '-1'))
@@ -31,9 +38,71 @@ local highest_s = meta[3]
 local highest = tonumber(highest_s or '-1')
 local in_queue = redis.call('LLEN', K_ACCEPTED)
 
-local CHUNK = 2000  -- Lua's unpack() has a stack limit: write in chunks
+-- Where each group's entries start in ARGV, and its sub key.
+local group_sub, group_first = {}, {}
+local a = 4 + 2 * n
+for j = 1, groups do
+  group_sub[j] = ARGV[a]
+  group_first[j] = a + 2
+  a = a + 2 + tonumber(ARGV[a + 1])
+end
+
+local function rpush_range(key, first, last)
+  local len = 0
+  for s = first, last, CHUNK do
+    len = redis.call('RPUSH', key, unpack(ARGV, s, math.min(s + CHUNK - 1, last)))
+  end
+  return len
+end
+
+-- Queues that were empty get their first entry as head; they become runnable unless leased (a
+-- leased sub key is picked up by its holder; a blocked one keeps its head item, so its queue is
+-- never empty). One ZADD, HMGET and RPUSH for all of them.
+local function register_new_heads(new_heads, new_subs)
+  for s = 1, #new_subs, CHUNK do
+    local last = math.min(s + CHUNK - 1, #new_subs)
+    redis.call('ZADD', K_HEADS, unpack(new_heads, 2 * s - 1, 2 * last))
+    local owners = redis.call('HMGET', K_OWNERS, unpack(new_subs, s, last))
+    local runnable = {}
+    for j = s, last do
+      if not owners[j - s + 1] then runnable[#runnable + 1] = new_subs[j] end
+    end
+    if #runnable > 0 then redis.call('RPUSH', K_READY, unpack(runnable)) end
+  end
+end
+
+local function fast_path_applies()
+  if in_queue + n > max_in_queue then return false end
+  local previous = math.max(highest, floor)
+  for i = 1, n do
+    local offset = tonumber(ARGV[OFFSETS + i])
+    if offset <= previous then return false end
+    previous = offset
+  end
+  return true
+end
+
+if n > 0 and fast_path_applies() then
+  rpush_range(K_ACCEPTED, OFFSETS + 1, OFFSETS + n)
+  local new_heads, new_subs = {}, {}
+  for j = 1, groups do
+    local count = tonumber(ARGV[group_first[j] - 1])
+    local len = rpush_range(KEYS[FIRST_EXTRA_KEY + j - 1], group_first[j], group_first[j] + count - 1)
+    if len == count then
+      new_heads[#new_heads + 1] = entry_offset(ARGV[group_first[j]])
+      new_heads[#new_heads + 1] = group_sub[j]
+      new_subs[#new_subs + 1] = group_sub[j]
+    end
+  end
+  register_new_heads(new_heads, new_subs)
+  redis.call('HSET', K_META, 'max', ARGV[OFFSETS + n])
+  return n
+end
+
+-- The general path: decide each item in order.
 local statuses = {}
-local buckets, order = {}, {}
+local taken = {}  -- group -> its entries accepted so far, in order
+local cursor = {}  -- group -> how many of its entries were looked at
 local fresh = {}  -- accepted offsets above every earlier one, appended to `accepted` at the end
 local seen = {}
 local full = false
@@ -63,19 +132,10 @@ local function insert_late(offset, offset_s)
   redis.call('ZADD', K_LATE, offset_s, offset_s)
 end
 
-local function keep(key_index, sub, entry)
-  local bucket = buckets[key_index]
-  if not bucket then
-    bucket = {sub = sub, entries = {}}
-    buckets[key_index] = bucket
-    order[#order + 1] = key_index
-  end
-  bucket.entries[#bucket.entries + 1] = entry
-end
-
-for i = 0, n - 1 do
-  local a = 3 + i * 4
-  local key_index, sub, offset_s, entry = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+for i = 1, n do
+  local offset_s, group = ARGV[OFFSETS + i], tonumber(ARGV[GROUP_OF + i])
+  local entry = ARGV[group_first[group] + (cursor[group] or 0)]
+  cursor[group] = (cursor[group] or 0) + 1
   local offset = tonumber(offset_s)
   local status
   if full then
@@ -85,7 +145,7 @@ for i = 0, n - 1 do
   elseif offset <= floor then
     status = 4
   elseif seen[offset_s] or (offset <= highest and already_accepted(offset)) then
-    status = 1  -- a duplicate is never refused as full: a replaying producer must not block
+    status = 1
   elseif in_queue >= max_in_queue then
     full = true
     status = 3
@@ -100,32 +160,34 @@ for i = 0, n - 1 do
   if status == 0 then
     seen[offset_s] = true
     in_queue = in_queue + 1
-    keep(key_index, sub, entry)
+    local list = taken[group]
+    if not list then
+      list = {}
+      taken[group] = list
+    end
+    list[#list + 1] = entry
   end
-  statuses[i + 1] = status
+  statuses[i] = status
 end
 append_fresh()
 
-for _, key_index in ipairs(order) do
-  local bucket = buckets[key_index]
-  local list_key = KEYS[FIRST_EXTRA_KEY + key_index - 1]
-  local entries = bucket.entries
-  local before
-  for s = 1, #entries, CHUNK do
-    local last = math.min(s + CHUNK - 1, #entries)
-    local len = redis.call('RPUSH', list_key, unpack(entries, s, last))
-    before = before or (len - (last - s + 1))
-  end
-  if before == 0 then
-    -- The queue was empty: its first entry is now its head (the oldest unfinished item).
-    redis.call('ZADD', K_HEADS, entry_offset(entries[1]), bucket.sub)
-    -- Nobody holds or waits on it, so make it runnable. (A leased sub key is picked up by its
-    -- holder; a blocked one keeps its head item, so its queue is never empty.)
-    if redis.call('HEXISTS', K_OWNERS, bucket.sub) == 0 then
-      redis.call('RPUSH', K_READY, bucket.sub)
+local new_heads, new_subs = {}, {}
+for j = 1, groups do
+  local entries = taken[j]
+  if entries then
+    local len = 0
+    for s = 1, #entries, CHUNK do
+      len = redis.call('RPUSH', KEYS[FIRST_EXTRA_KEY + j - 1],
+        unpack(entries, s, math.min(s + CHUNK - 1, #entries)))
+    end
+    if len == #entries then
+      new_heads[#new_heads + 1] = entry_offset(entries[1])
+      new_heads[#new_heads + 1] = group_sub[j]
+      new_subs[#new_subs + 1] = group_sub[j]
     end
   end
 end
+register_new_heads(new_heads, new_subs)
 if highest_s and highest_s ~= meta[3] then
   redis.call('HSET', K_META, 'max', highest_s)
 end
