@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from workshaper.codec import SubKey
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
+class Job(NamedTuple):
     """The item being run. ``token`` is the fencing token of the worker's lease on this sub key:
     tokens of a partition only grow, so a downstream store can reject a write that carries a
     smaller token than one it has already seen for (partition, sub key)."""

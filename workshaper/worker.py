@@ -31,6 +31,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -83,6 +84,10 @@ class Lease:
     entries: list[bytes] = field(default_factory=list)  # the batch, head first
     attempt: int = 1  # attempt number of entries[0]
     unreported: list[int] = field(default_factory=list)  # finished, not yet recorded
+    #: Offsets the executor finished, not yet collected by the coordinator (deque: append and
+    #: popleft are atomic, so the two threads need no lock).
+    finished: deque[int] = field(default_factory=deque)
+    notified: bool = False  # the executor posted a "done" wake-up not yet handled
     end_action: str | None = None  # "c", "y" or "r" once the batch ended
     failure: tuple[Any, ...] | None = None  # an outcome waiting to be recorded
     stop: bool = False  # read by the executor before each item
@@ -341,12 +346,20 @@ class Worker:
     def _handle(self, event: tuple[Any, ...]) -> None:
         kind = event[0]
         if kind == "done":
-            lease: Lease = event[1]
-            lease.unreported.append(event[2])
+            self._collect(event[1])
         elif kind == "ended":
             self._batch_ended(event[1], event[2])
         elif kind == "wake":
             self._woken(event[1])
+
+    @staticmethod
+    def _collect(lease: Lease) -> None:
+        """Move what the executor finished into ``unreported``. The flag is cleared first: an
+        item finished meanwhile either is drained here or posts a new wake-up."""
+        lease.notified = False
+        finished, take = lease.finished, lease.unreported.append
+        while finished:
+            take(finished.popleft())
 
     def _woken(self, partition: int) -> None:
         wanted = self._free_count() - sum(c.count for c in self._claims)
@@ -357,6 +370,7 @@ class Worker:
         self._claims.append(_Claim(partition, request_id, wanted))
 
     def _batch_ended(self, lease: Lease, outcome: tuple[Any, ...]) -> None:
+        self._collect(lease)
         lease.state = REPORTING
         kind = outcome[0]
         if lease.lost:
