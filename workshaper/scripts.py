@@ -163,7 +163,7 @@ class Batch:
         for attempt in range(SEND_ATTEMPTS):
             conn = pool.get_connection()
             try:
-                conn.send_packed_command(packed)
+                conn.send_packed_command(packed)  # type: ignore[no-untyped-call]
                 return [_read_reply(conn) for _ in commands]
             except (redis.ConnectionError, redis.TimeoutError, OSError):
                 conn.disconnect()  # type: ignore[no-untyped-call]
