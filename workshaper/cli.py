@@ -199,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     demo.add_argument("--max-in-queue", type=int, default=None)
     demo.add_argument("--namespace", default=None)
 
+    sub.add_parser("bench", help="run the benchmark suite (arguments: workshaper bench --help)")
     status = sub.add_parser("status", help="per-partition queue, lease and watermark counts")
     dead = sub.add_parser("dead-letters", help="list the dead letters of a partition")
     dead.add_argument("partition", type=int)
@@ -208,6 +209,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         cmd.add_argument("--redis", default=_env("REDIS_URL", DEFAULT_REDIS_URL))
         cmd.add_argument("--namespace", default=_env("NAMESPACE", "default"))
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from workshaper.bench.__main__ import main as bench_main  # noqa: PLC0415
+
+        bench_main(argv[1:])
     args = parser.parse_args(argv)
     setup_logging("WARNING")
     try:

@@ -1,0 +1,136 @@
+"""The benchmark suite as a CI smoke test: quick mode runs end to end (no timing assertions),
+and its invariant checks fail when fed an order, watermark or loss violation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from workshaper.bench import __main__ as bench_main
+from workshaper.bench import throughput
+from workshaper.bench.common import plan_noop
+from workshaper.bench.handlers import Record
+from workshaper.bench.throughput import RunConfig, WsRun, run_workshaper
+from workshaper.bench.verify import AckCall, Plan, Verdict, ack_delays, verify
+from workshaper.testing import RedisServer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_mode_runs_every_scenario_and_checks_invariants(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # redis_server: skip (locally) or fail (CI) without redis-server; the bench starts its own.
+    proc = subprocess.run(
+        [sys.executable, "-m", "workshaper.bench", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {"s1", "s2", "s3", "s4", "s5", "peers"} <= results.keys()
+    verdicts = [*results["s1"]["verdicts"], results["s3"]["verdict"]]
+    verdicts += [r["verdict"] for r in results["s2"]["rows"]]
+    verdicts += [r["verdict"] for r in results["s5"]["by_sub_keys"]]
+    for verdict in verdicts:
+        assert " 0 lost, 0 order violations, 0 watermark violations" in verdict, verdict
+    assert (tmp_path / "results.md").read_text().startswith("Run ")
+
+
+PLANS: dict[int, Plan] = {}
+
+
+@pytest.fixture(scope="module")
+def real_run(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> WsRun:
+    """A small real run (2 worker processes) whose records the tests below tamper with."""
+    items = plan_noop(3000, partitions=4, sub_keys=40)
+    run = run_workshaper(
+        redis_server.url,
+        items,
+        RunConfig(workers=2, concurrency=4),
+        tmp_path_factory.mktemp("bench"),
+    )
+    PLANS[id(run)] = items.plan
+    return run
+
+
+def _plan(run: WsRun) -> Plan:
+    return PLANS[id(run)]
+
+
+def test_a_real_run_passes_the_check(real_run: WsRun) -> None:
+    verdict = verify(_plan(real_run), real_run.records, real_run.ack_calls)
+    assert verdict.ok and verdict.finished == 3000, verdict.summary()
+    assert len(ack_delays(_plan(real_run), real_run.records, real_run.ack_calls)) == 3000
+
+
+def _chain_pair(plan: Plan) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(partition, offset) of two consecutive items of one sub key."""
+    last: dict[tuple[int, object], int] = {}
+    for sub, partition, offset in zip(plan.sub_keys, plan.partitions, plan.offsets, strict=True):
+        if (partition, sub) in last:
+            return (partition, last[(partition, sub)]), (partition, offset)
+        last[(partition, sub)] = offset
+    raise AssertionError("no sub key with two items")
+
+
+def test_order_violation_is_caught(real_run: WsRun) -> None:
+    plan = _plan(real_run)
+    (p, first), (_, second) = _chain_pair(plan)
+    ended = next(r[4] for r in real_run.records if (r[0], r[2]) == (p, first))
+    records: list[Record] = [
+        (r[0], r[1], r[2], ended - 0.001, r[4]) if (r[0], r[2]) == (p, second) else r
+        for r in real_run.records
+    ]
+    verdict = verify(plan, records, real_run.ack_calls)
+    assert not verdict.ok and verdict.order_violations >= 1, verdict.summary()
+
+
+def test_wrong_sub_key_is_caught(real_run: WsRun) -> None:
+    records = list(real_run.records)
+    p, sub, o, start, end = records[0]
+    records[0] = (p, f"{sub}-other", o, start, end)
+    verdict = verify(_plan(real_run), records, real_run.ack_calls)
+    assert verdict.order_violations == 1, verdict.summary()
+
+
+def test_watermark_passing_an_unfinished_offset_is_caught(real_run: WsRun) -> None:
+    plan = _plan(real_run)
+    first = real_run.ack_calls[0]
+    end_of_all = max(r[4] for r in real_run.records if r[0] == first.partition)
+    last_offset = max(
+        o for p, o in zip(plan.partitions, plan.offsets, strict=True) if p == first.partition
+    )
+    early = AckCall(first.partition, last_offset, end_of_all - 0.5)  # before the work ended
+    verdict = verify(plan, real_run.records, [early, *real_run.ack_calls[1:]])
+    assert not verdict.ok and verdict.watermark_violations >= 1, verdict.summary()
+
+
+def test_acks_that_do_not_increase_are_caught(real_run: WsRun) -> None:
+    calls = list(real_run.ack_calls)
+    repeated = dataclasses.replace(calls[0], at=calls[-1].at + 1)
+    verdict = verify(_plan(real_run), real_run.records, [*calls, repeated])
+    assert verdict.watermark_violations == 1, verdict.summary()
+
+
+def test_lost_item_is_caught(real_run: WsRun) -> None:
+    verdict = verify(_plan(real_run), real_run.records[1:], real_run.ack_calls)
+    assert verdict.lost >= 1 and not verdict.ok, verdict.summary()
+
+
+def test_a_broken_verdict_fails_the_bench(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        throughput, "verify", lambda *args: Verdict(items=1, finished=1, order_violations=1)
+    )
+    status = bench_main.run(["--quick", "--only", "s1", "--s1-items", "2000"])
+    assert status == 1
