@@ -78,6 +78,7 @@ def run_items(
         ({"retry_backoff": -1}, "retry_backoff"),
         ({"on_exhausted": "explode"}, "on_exhausted"),
         ({"batch_size": 0}, "batch_size"),
+        ({"prefetch": -1}, "prefetch"),
         ({"work": None}, "work"),
         ({"work": 3}, "work"),
         ({"on_error": "x"}, "on_error"),

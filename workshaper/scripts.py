@@ -261,12 +261,13 @@ class Claimed:
     exact: int  # items left to run one at a time
 
 
-def _parse_claim(raw: list[Any]) -> tuple[bool, list[Claimed]]:
-    more = bool(int(raw[0]))
+def _parse_claim(raw: list[Any]) -> tuple[int, list[Claimed]]:
+    """(runnable sub keys left in the partition, the new leases)."""
+    ready_left = int(raw[0])
     claims = [
         Claimed(raw[i], int(raw[i + 1]), raw[i + 2], int(raw[i + 3])) for i in range(1, len(raw), 4)
     ]
-    return more, claims
+    return ready_left, claims
 
 
 def claim_sub_keys(
@@ -280,7 +281,7 @@ def claim_sub_keys(
     batch_size: int,
     max_attempts: int,
     exhausted_mode: str,
-) -> Reply[tuple[bool, list[Claimed]]]:
+) -> Reply[tuple[int, list[Claimed]]]:
     return batch.script(
         "claim_sub_keys",
         [*pkeys.fixed, pkeys.claim_record(worker_id)],

@@ -12,6 +12,7 @@ Threads of one worker process:
 A lease lives in one of these states::
 
     FETCHING  claimed; its first batch is being read
+    READY     a batch is read and waits for a free executor slot (prefetched)
     RUNNING   a batch is in the executor
     REPORTING the batch ended; its completion / failure is being recorded
     WAITING   a failed item waits for its retry (the lease is kept, so successors wait too)
@@ -65,7 +66,8 @@ REDIS_RETRY_MIN, REDIS_RETRY_MAX = 0.05, 2.0
 
 EXHAUSTED_MODES = {"dead_letter": "d", "block": "b"}
 
-FETCHING, RUNNING, REPORTING, WAITING = "fetching", "running", "reporting", "waiting"
+FETCHING, READY, RUNNING = "fetching", "ready", "running"
+REPORTING, WAITING = "reporting", "waiting"
 
 
 @dataclass(eq=False)
@@ -131,6 +133,7 @@ class Worker:
         retry_backoff: float = 0.2,
         on_exhausted: str = "dead_letter",
         batch_size: int = DEFAULT_BATCH_SIZE,
+        prefetch: int | None = None,
         name: str | None = None,
     ) -> None:
         codec.check_namespace(namespace)
@@ -160,6 +163,12 @@ class Worker:
         self.retry_backoff = float(retry_backoff)
         self.on_exhausted = on_exhausted
         self.batch_size = batch_size
+        if prefetch is None:
+            prefetch = max(1, concurrency // 4)
+        elif isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+            raise InvalidInput(f"prefetch must be an int >= 0, got {prefetch!r}")
+        #: Leases held beyond ``concurrency`` (batch read ahead) while the backlog is deep.
+        self.prefetch = prefetch
         self.id = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._owns_backend = not isinstance(redis, Backend)
         self._backend = connect(redis)
@@ -181,6 +190,9 @@ class Worker:
         self._next_renew = self._next_reap = self._next_refresh = 0.0
         self._free = threading.Condition()
         self._free_slots = concurrency
+        self._in_executor = 0  # leases whose batch is in the executor
+        self._standby: deque[Lease] = deque()  # READY leases, in the order they became ready
+        self._deep_backlog = False  # the last claim left >= concurrency sub keys runnable
         self._stop_requested = threading.Event()
         self._stop_deadline: float | None = None
         self._running = False
@@ -362,7 +374,7 @@ class Worker:
             take(finished.popleft())
 
     def _woken(self, partition: int) -> None:
-        wanted = self._free_count() - sum(c.count for c in self._claims)
+        wanted = self._wanted()
         if wanted <= 0 or self._stop_requested.is_set():
             self._wakes.add(partition)  # give the bell back for another worker
             return
@@ -372,6 +384,8 @@ class Worker:
     def _batch_ended(self, lease: Lease, outcome: tuple[Any, ...]) -> None:
         self._collect(lease)
         lease.state = REPORTING
+        self._in_executor -= 1
+        self._dispatch_standby()
         kind = outcome[0]
         if lease.lost:
             self._drop(lease)
@@ -398,10 +412,11 @@ class Worker:
         leases between batches are released."""
         for lease in list(self._leases.values()):
             lease.stop = True
-            if lease.state == WAITING:
+            if lease.state in (WAITING, READY):
                 lease.state = REPORTING
                 lease.end_action = "r"
         self._retries = []
+        self._standby.clear()
         for lease in self._leases.values():
             if lease.state == REPORTING and lease.end_action in ("c", "y"):
                 lease.end_action = "r"
@@ -419,14 +434,23 @@ class Worker:
     def _drop(self, lease: Lease) -> None:
         if self._held(lease):
             del self._leases[(lease.partition, lease.sub)]
+        if lease.state == READY:
+            self._standby.remove(lease)
+            lease.state = REPORTING
 
-    def _free_count(self) -> int:
-        busy = sum(1 for lease in self._leases.values() if lease.state != WAITING)
-        return self.concurrency - busy
+    def _wanted(self) -> int:
+        """How many more leases to claim: one per executor slot, plus a few prefetched (their
+        first batch read ahead) while the backlog is deep, so a slot that frees up starts its
+        next sub key at once instead of after a claim and a read. With few sub keys no worker
+        prefetches, so none holds sub keys that another worker could be running."""
+        if self._stop_requested.is_set():
+            return 0
+        held = sum(1 for lease in self._leases.values() if lease.state != WAITING)
+        extra = self.prefetch if self._deep_backlog else 0
+        return self.concurrency + extra - held - sum(c.count for c in self._claims)
 
     def _publish_free_slots(self) -> None:
-        free = 0 if self._stop_requested.is_set() else self._free_count()
-        free -= sum(c.count for c in self._claims)
+        free = self._wanted()
         with self._free:
             self._free_slots = free
             if free > 0:
@@ -631,10 +655,11 @@ class Worker:
         return handlers
 
     def _claimed(
-        self, claim: _Claim, reply: scripts.Reply[tuple[bool, list[scripts.Claimed]]]
+        self, claim: _Claim, reply: scripts.Reply[tuple[int, list[scripts.Claimed]]]
     ) -> None:
         self._claims.remove(claim)
-        more, claimed = reply.get()
+        ready_left, claimed = reply.get()
+        self._deep_backlog = ready_left >= self.concurrency
         pkeys = self._keys.partition(claim.partition)
         for c in claimed:
             lease = Lease(
@@ -650,7 +675,7 @@ class Worker:
                 lease.stop = True
             self._leases[(claim.partition, c.sub)] = lease
         self.stats["claimed"] += len(claimed)
-        if more:
+        if ready_left:
             self._wakes.add(claim.partition)
 
     def _add_fetches(self, batch: Batch) -> list[Callable[[], None]]:
@@ -754,9 +779,24 @@ class Worker:
     # --- handing batches to the executor -----------------------------------------------------
 
     def _submit(self, lease: Lease) -> None:
+        """Run the lease's batch now if an executor slot is free, else keep it ready."""
+        if self._in_executor >= self.concurrency:
+            lease.state = READY
+            self._standby.append(lease)
+            return
         assert self._executor is not None
         lease.state = RUNNING
+        self._in_executor += 1
         self._executor.submit(lease, lease.entries, lease.attempt)
+
+    def _dispatch_standby(self) -> None:
+        while self._standby and self._in_executor < self.concurrency:
+            lease = self._standby.popleft()
+            if lease.stop:
+                lease.state = REPORTING
+                lease.end_action = "r"
+            else:
+                self._submit(lease)
 
     # --- the waker -----------------------------------------------------------------------------
 

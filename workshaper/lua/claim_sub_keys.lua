@@ -10,8 +10,8 @@
 -- ARGV[6]      max_attempts
 -- ARGV[7]      on exhausted: "d" dead-letter or "b" block
 --
--- Returns {more, sub1, token1, attempts1, exact1, sub2, ...}
---   more      1 when runnable sub keys are left for other workers, else 0
+-- Returns {ready_left, sub1, token1, attempts1, exact1, sub2, ...}
+--   ready_left  how many runnable sub keys are left (for other workers, or to prefetch)
 --   tokenN    the fencing token of the new lease (grows per partition)
 --   attemptsN "offset|n" record of the head item, or ""
 --   exactN    items left to run one at a time (after an unattributed crash), "0" if none
@@ -77,6 +77,6 @@ if subs then
     end
   end
 end
-if redis.call('LLEN', K_READY) > 0 then answer[1] = 1 end
+answer[1] = redis.call('LLEN', K_READY)
 redis.call('SET', record_key, request_id .. '\n' .. pack(answer), 'PX', math.max(lease_ms * 2, 60000))
 return answer
