@@ -19,7 +19,7 @@ import redis
 from workshaper import scripts
 from workshaper.connection import Backend
 from workshaper.keys import NamespaceKeys
-from workshaper.scripts import Batch, Offer
+from workshaper.scripts import Link, Offer
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class AckLoop:
         self._retry_at: dict[int, float] = {}  # partition -> when a failed ack is offered again
         self._failures: dict[int, int] = {}
         self._stopping = False
+        self._link = Link(backend)  # used by the loop's thread only
         self._thread = threading.Thread(target=self._run, name="workshaper-ack", daemon=True)
 
     # --- used by the producer --------------------------------------------------------------
@@ -121,6 +122,7 @@ class AckLoop:
         while True:
             with self._changed:
                 if self._stopping:
+                    self._link.close()
                     return
                 active = self._active_partitions()
                 if not active:
@@ -130,6 +132,7 @@ class AckLoop:
             try:
                 self._tick(active)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self._link.broken()
                 log.warning("ack loop: Redis unreachable (%s); retrying", exc)
                 self._sleep(REDIS_RETRY_DELAY)
                 continue
@@ -156,7 +159,7 @@ class AckLoop:
                 self._changed.wait(seconds)
 
     def _tick(self, partitions: list[int]) -> None:
-        batch = Batch(self._backend)
+        batch = self._link.batch()
         offers = {
             p: scripts.offer_watermark(batch, self._keys.partition(p), self._ack_each)
             for p in partitions
@@ -172,7 +175,7 @@ class AckLoop:
                     commits[partition] = acked_to
         if not commits:
             return
-        batch = Batch(self._backend)
+        batch = self._link.batch()
         committed = [
             scripts.commit_watermark(batch, self._keys.partition(p), w) for p, w in commits.items()
         ]

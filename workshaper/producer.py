@@ -17,7 +17,7 @@ from workshaper.ackloop import AckCallback, AckLoop
 from workshaper.connection import Backend, connect
 from workshaper.errors import BackendUnavailable, InvalidInput, InvalidType, QueueFull
 from workshaper.keys import NamespaceKeys, PartitionKeys
-from workshaper.scripts import Batch, EncodedItem
+from workshaper.scripts import EncodedItem, Link
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class Producer:
         self._partition_keys: dict[int, PartitionKeys] = {}
         self._registered: set[int] = set()
         self._lock = threading.Lock()  # one enqueue at a time keeps per-partition order
+        self._link = Link(self._backend)  # used under the lock only
         self._closed = False
         self._ack_loop = AckLoop(self._backend, self._keys, ack, ack_interval, ack_each)
         self._ack_loop.start()
@@ -185,7 +186,7 @@ class Producer:
         statuses: list[Enqueued | None],
     ) -> list[int]:
         """One round trip: a script call per partition. Returns the partitions found full."""
-        batch = Batch(self._backend)
+        batch = self._link.batch()
         sent: dict[int, tuple[list[tuple[int, EncodedItem]], scripts.Reply[list[int]]]] = {}
         for partition, start in todo.items():
             chunk = by_partition[partition][start : start + MAX_ITEMS_PER_CALL]
@@ -267,6 +268,8 @@ class Producer:
             return
         self._closed = True
         self._ack_loop.stop()
+        with self._lock:
+            self._link.close()
         self._backend.close()
 
     def __enter__(self) -> Producer:

@@ -13,6 +13,7 @@ retry of a whole pipeline after a timeout safe.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import time
@@ -104,11 +105,44 @@ def _identity(raw: Any) -> Any:
     return raw
 
 
+class Link:
+    """One connection kept by one thread for its batches (the coordinator, an ack loop, a
+    producer): taking a pooled connection per round trip costs more than the round trip's own
+    Python work in redis-py 8. Reconnects by itself after an error."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._conn: Any = None
+
+    def connection(self) -> Any:
+        if self._conn is None:
+            self._conn = self.backend.client.connection_pool.get_connection()
+        return self._conn
+
+    def broken(self) -> None:
+        """The connection failed: drop it; the next batch opens a new one."""
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.disconnect()
+                self.backend.client.connection_pool.release(self._conn)
+            self._conn = None
+
+    def batch(self) -> Batch:
+        return Batch(self.backend, self)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self.backend.client.connection_pool.release(self._conn)
+            self._conn = None
+
+
 class Batch:
     """Commands sent together in one round trip (a non-transactional pipeline)."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, link: Link | None = None) -> None:
         self._backend = backend
+        self._link = link
         self._commands: list[tuple[tuple[Any, ...], Reply[Any]]] = []
 
     def __len__(self) -> int:
@@ -153,26 +187,28 @@ class Batch:
         self._commands = []
 
     def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Write every command on one pooled connection, then read every reply: raw replies,
-        an error reply as its exception. Commands are packed by hiredis in C (redis-py's own
-        packing inspects each argument in Python, a quarter of a worker's CPU at high
-        throughput). A broken connection is replaced and the whole batch sent again, which
-        every script allows (idempotent)."""
+        """Write every command on one connection, then read every reply: raw replies, an error
+        reply as its exception. Commands are packed by hiredis in C (redis-py's own packing
+        inspects each argument in Python, a quarter of a worker's CPU at high throughput). A
+        broken connection is replaced and the whole batch sent again, which every script
+        allows (idempotent)."""
         packed = [hiredis.pack_command(args) for args in commands]
-        pool = self._backend.client.connection_pool
-        for attempt in range(SEND_ATTEMPTS):
-            conn = pool.get_connection()
-            try:
-                conn.send_packed_command(packed)  # type: ignore[no-untyped-call]
-                return [_read_reply(conn) for _ in commands]
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                conn.disconnect()  # type: ignore[no-untyped-call]
-                if attempt + 1 == SEND_ATTEMPTS:
-                    raise
-                time.sleep(SEND_RETRY_PAUSE * (attempt + 1))
-            finally:
-                pool.release(conn)
-        raise AssertionError("unreachable")
+        link = self._link or Link(self._backend)
+        try:
+            for attempt in range(SEND_ATTEMPTS):
+                conn = link.connection()
+                try:
+                    conn.send_packed_command(packed)
+                    return [_read_reply(conn) for _ in commands]
+                except (redis.ConnectionError, redis.TimeoutError, OSError):
+                    link.broken()
+                    if attempt + 1 == SEND_ATTEMPTS:
+                        raise
+                    time.sleep(SEND_RETRY_PAUSE * (attempt + 1))
+            raise AssertionError("unreachable")
+        finally:
+            if self._link is None:
+                link.close()
 
 
 #: How often a batch is sent before a connection error is raised to the caller, and the pause

@@ -47,7 +47,7 @@ from workshaper.errors import InvalidInput, InvalidType
 from workshaper.executor import BatchRunner, Executor, make_executor
 from workshaper.keys import NamespaceKeys, PartitionKeys
 from workshaper.producer import check_positive
-from workshaper.scripts import Batch, Completion
+from workshaper.scripts import Batch, Completion, Link
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class Worker:
         self.on_exhausted = on_exhausted
         self.batch_size = batch_size
         if prefetch is None:
-            prefetch = max(1, concurrency // 4)
+            prefetch = max(1, concurrency // 2)
         elif isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
             raise InvalidInput(f"prefetch must be an int >= 0, got {prefetch!r}")
         #: Leases held beyond ``concurrency`` (batch read ahead) while the backlog is deep.
@@ -176,6 +176,7 @@ class Worker:
         self._lease_ms = max(1, int(self.lease_seconds * 1000))
         self._mode = EXHAUSTED_MODES[on_exhausted]
         self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._link = Link(self._backend)  # the coordinator's connection
         self._runner = BatchRunner(work, on_done, on_error, self._inbox.put, self.id)
         self._executor: Executor | None = None  # made by run(): an unrun worker holds no threads
         # coordinator state
@@ -248,6 +249,7 @@ class Worker:
             if self._executor is not None:
                 self._executor.shutdown(wait=False)
             self._unregister()
+            self._link.close()
             restore()
             if self._owns_backend:
                 self._backend.close()
@@ -305,6 +307,7 @@ class Worker:
             try:
                 self._round_trip()
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                self._link.broken()
                 log.warning("Redis unreachable (%s); retrying in %.2fs", exc, retry_delay)
                 time.sleep(retry_delay)
                 retry_delay = min(retry_delay * 2, REDIS_RETRY_MAX)
@@ -378,6 +381,8 @@ class Worker:
         if wanted <= 0 or self._stop_requested.is_set():
             self._wakes.add(partition)  # give the bell back for another worker
             return
+        if any(c.partition == partition for c in self._claims):
+            return  # one claim per partition at a time: its answer says if more are left
         request_id = f"{self.id}:{next(self._request_seq)}"
         self._claims.append(_Claim(partition, request_id, wanted))
 
@@ -451,6 +456,8 @@ class Worker:
 
     def _publish_free_slots(self) -> None:
         free = self._wanted()
+        if free == self._free_slots:
+            return  # unchanged: no lock, no wake-up (the waker only lowers it by popping)
         with self._free:
             self._free_slots = free
             if free > 0:
@@ -460,7 +467,7 @@ class Worker:
 
     def _round_trip(self) -> None:
         now = time.monotonic()
-        batch = Batch(self._backend)
+        batch = self._link.batch()
         handlers: list[Callable[[], None]] = []
         handlers += self._add_completions(batch)
         handlers += self._add_failures(batch)
@@ -676,7 +683,9 @@ class Worker:
             self._leases[(claim.partition, c.sub)] = lease
         self.stats["claimed"] += len(claimed)
         if ready_left:
+            # Others may take the rest (ring the bell) and so may we, at once: no waker hop.
             self._wakes.add(claim.partition)
+            self._woken(claim.partition)
 
     def _add_fetches(self, batch: Batch) -> list[Callable[[], None]]:
         handlers: list[Callable[[], None]] = []
