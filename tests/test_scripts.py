@@ -385,7 +385,7 @@ def test_unattributed_crash_charges_head_but_never_its_last_attempt(part: Partit
 def test_exact_mode_after_crash_runs_one_item_at_a_time_and_can_dead_letter(
     part: Partition,
 ) -> None:
-    part.enqueue(("a", 1), ("a", 2), ("a", 3))
+    part.enqueue(("a", 1), ("a", 2), ("a", 3), ("a", 4))
     _, [lease] = part.claim(max_attempts=2, batch=10)
     part.make_expired(b"sa")
     assert part.expire(b"sa") == (1, 1)  # unattributed: charged, capped below 2
@@ -393,13 +393,15 @@ def test_exact_mode_after_crash_runs_one_item_at_a_time_and_can_dead_letter(
     assert lease.exact == 10 and lease.attempts_record == b"1|1"
     part.make_expired(b"sa")
     assert part.expire(b"sa") == (2, 2)  # exact mode: the running item was the head
-    assert part.queue("a") == [2, 3]
+    assert part.queue("a") == [2, 3, 4]
     [dead] = Admin(part.backend, part.keys.namespace).dead_letters(0)
     assert (dead.offset, dead.attempts, dead.error_type) == (1, 2, "LeaseExpired")
     assert "worker w1 crashed or stalled" in dead.error_message and dead.worker == "reaper"
     _, [lease] = part.claim(max_attempts=2, batch=10)
-    [reply] = part.complete(Completion(b"sa", lease.token, "c", [2]), batch=10)
+    assert lease.exact == 9  # the dead-lettered item used one step of the window
+    [reply] = part.complete(Completion(b"sa", lease.token, "c", [2], exact=True), batch=10)
     assert len(reply.next_entries) == 1  # still one at a time inside the window
+    assert part.backend.client.hget(part.keys.exact, b"sa") == b"8"
 
 
 def test_expire_requeues_and_blocks_when_asked(part: Partition) -> None:

@@ -332,6 +332,7 @@ class Completion:
     token: int
     action: str  # "k" keep, "c" continue, "y" yield (continue unless others wait), "r" release
     offsets: Sequence[int]
+    exact: bool = False  # the lease runs one item at a time after a crash (claim said so)
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +361,8 @@ def complete_items(
     args: list[Any] = [lease_ms, batch_size, len(completions)]
     for c in completions:
         extra.append(pkeys.queue(c.sub))
-        args += (len(extra), c.sub, c.token, c.action, len(c.offsets), *c.offsets)
+        args += (len(extra), c.sub, c.token, c.action, 1 if c.exact else 0, len(c.offsets))
+        args += c.offsets
     return batch.script("complete_items", [*pkeys.fixed, *extra], args, parse=_parse_completions)
 
 

@@ -517,7 +517,7 @@ class Worker:
         for leases in self._by_partition(due).values():
             sent = [(lease, len(lease.unreported), lease.end_action or "k") for lease in leases]
             completions = [
-                Completion(lease.sub, lease.token, action, lease.unreported[:n])
+                Completion(lease.sub, lease.token, action, lease.unreported[:n], lease.exact > 0)
                 for lease, n, action in sent
             ]
             reply = scripts.complete_items(
@@ -541,6 +541,7 @@ class Worker:
                 self._fenced(lease, "completion")
                 continue
             self.stats["finished"] += answer.finished
+            lease.exact = max(0, lease.exact - answer.finished)
             if action == "k":
                 continue
             lease.end_action = None

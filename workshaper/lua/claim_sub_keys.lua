@@ -59,21 +59,33 @@ end
 
 local now = now_ms()
 local answer = {0}
-local subs = redis.call('LPOP', K_READY, max_leases)
-if subs then
-  local token = tonumber(redis.call('HINCRBY', K_META, 'token', #subs)) - #subs
-  for _, sub in ipairs(subs) do
-    -- A sub key is in `ready` only when unleased; the check makes a double lease impossible.
-    if redis.call('HEXISTS', K_OWNERS, sub) == 0 then
-      token = token + 1
-      local token_s = string.format('%d', token)
-      redis.call('ZADD', K_LEASES, now + lease_ms, sub)
-      redis.call('HSET', K_OWNERS, sub,
-        token_s .. '|' .. worker .. '|' .. batch .. '|' .. max_attempts .. '|' .. mode)
+local popped = redis.call('LPOP', K_READY, max_leases)
+if popped then
+  -- A sub key is in `ready` only when unleased; the check makes a double lease impossible.
+  local owned = redis.call('HMGET', K_OWNERS, unpack(popped))
+  local subs = {}
+  for j, sub in ipairs(popped) do
+    if not owned[j] then subs[#subs + 1] = sub end
+  end
+  if #subs > 0 then
+    local token = tonumber(redis.call('HINCRBY', K_META, 'token', #subs)) - #subs
+    local deadline = now + lease_ms
+    local suffix = '|' .. worker .. '|' .. batch .. '|' .. max_attempts .. '|' .. mode
+    local deadlines, owners, tokens = {}, {}, {}
+    for j, sub in ipairs(subs) do
+      tokens[j] = string.format('%d', token + j)
+      deadlines[2 * j - 1], deadlines[2 * j] = deadline, sub
+      owners[2 * j - 1], owners[2 * j] = sub, tokens[j] .. suffix
+    end
+    redis.call('ZADD', K_LEASES, unpack(deadlines))
+    redis.call('HSET', K_OWNERS, unpack(owners))
+    local attempts = redis.call('HMGET', K_ATTEMPTS, unpack(subs))
+    local exact = redis.call('HMGET', K_EXACT, unpack(subs))
+    for j, sub in ipairs(subs) do
       answer[#answer + 1] = sub
-      answer[#answer + 1] = token_s
-      answer[#answer + 1] = redis.call('HGET', K_ATTEMPTS, sub) or ''
-      answer[#answer + 1] = redis.call('HGET', K_EXACT, sub) or '0'
+      answer[#answer + 1] = tokens[j]
+      answer[#answer + 1] = attempts[j] or ''
+      answer[#answer + 1] = exact[j] or '0'
     end
   end
 end

@@ -5,7 +5,8 @@
 -- ARGV[1]      lease duration ms
 -- ARGV[2]      batch: items to hand out when a lease continues
 -- ARGV[3]      n, the number of leases
--- ARGV[4..]    per lease: extra-key index, sub key, token, action, k, then k offsets in order
+-- ARGV[4..]    per lease: extra-key index, sub key, token, action, exact ("1" when the lease
+--              runs in single-step mode after a crash, else "0"), k, then k offsets in order
 --              action "k" keep: record, extend the lease
 --                     "c" continue: record, then hand out the next batch, or release if empty
 --                     "y" yield: like "c" when no other sub key of the partition is waiting,
@@ -29,8 +30,8 @@ local a = 4
 
 for i = 1, n do
   local key_index, sub, token, action = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local k = tonumber(ARGV[a + 4])
-  local first = a + 5
+  local exact_mode, k = ARGV[a + 4] == '1', tonumber(ARGV[a + 5])
+  local first = a + 6
   a = first + k
   local list_key = KEYS[FIRST_EXTRA_KEY + key_index - 1]
 
@@ -47,33 +48,47 @@ for i = 1, n do
       end
       if finished > 0 then
         redis.call('LTRIM', list_key, finished, -1)
-        refresh_head(sub, list_key)
         if has_late then
           local offsets = {}
           for j = 1, finished do offsets[j] = ARGV[first + j - 1] end
           forget_late(offsets, finished)
         end
         redis.call('HDEL', K_ATTEMPTS, sub)
-        consume_exact(sub, finished)
+        if exact_mode then consume_exact(sub, finished) end
       end
     end
 
-    local continues = action == 'c' or (action == 'y' and redis.call('LLEN', K_READY) == 0)
     if action == 'k' then
+      if finished > 0 then refresh_head(sub, list_key) end
       extend_lease(sub, lease_ms, now)
       replies[i] = {1, finished}
-    elseif continues and redis.call('LLEN', list_key) > 0 then
-      extend_lease(sub, lease_ms, now)
-      local take = batch
-      if tonumber(redis.call('HGET', K_EXACT, sub) or '0') > 0 then take = 1 end
-      local reply = redis.call('LRANGE', list_key, 0, take - 1)
-      table.insert(reply, 1, redis.call('HGET', K_ATTEMPTS, sub) or '')
-      table.insert(reply, 1, finished)
-      table.insert(reply, 1, 1)
-      replies[i] = reply
     else
-      release_lease(sub, list_key, true)
-      replies[i] = {2, finished}
+      local continues = action == 'c' or (action == 'y' and redis.call('LLEN', K_READY) == 0)
+      local take = 1  -- a release only needs to know the new head
+      if continues then take = batch end
+      if exact_mode and tonumber(redis.call('HGET', K_EXACT, sub) or '0') > 0 then take = 1 end
+      local nexts = redis.call('LRANGE', list_key, 0, take - 1)
+      if finished > 0 then  -- the head moved: keep `heads` in step (the read above shows it)
+        if nexts[1] then
+          redis.call('ZADD', K_HEADS, entry_offset(nexts[1]), sub)
+        else
+          redis.call('ZREM', K_HEADS, sub)
+        end
+      end
+      if continues and nexts[1] then
+        extend_lease(sub, lease_ms, now)
+        local attempts = ''
+        if finished == 0 then attempts = redis.call('HGET', K_ATTEMPTS, sub) or '' end
+        table.insert(nexts, 1, attempts)
+        table.insert(nexts, 1, finished)
+        table.insert(nexts, 1, 1)
+        replies[i] = nexts
+      else
+        redis.call('HDEL', K_OWNERS, sub)
+        redis.call('ZREM', K_LEASES, sub)
+        if nexts[1] then redis.call('RPUSH', K_READY, sub) end
+        replies[i] = {2, finished}
+      end
     end
   end
 end
