@@ -209,3 +209,30 @@ def test_demo_against_redis_with_worker_processes(redis_server: RedisServer) -> 
     )
     assert result.returncode == 0, result.stderr + result.stdout
     assert "order verified" in result.stdout and "2 worker processes" in result.stdout
+
+
+def test_blocked_and_unblock_commands(redis_server: RedisServer, namespace: str) -> None:
+    failing = {"on": True}
+
+    def work(message: object, partition: int, offset: int) -> None:
+        if failing["on"] and offset == 1:
+            raise ValueError("needs an operator")
+
+    worker = workshaper.Worker(
+        redis_server.url, namespace, work=work, max_attempts=1, on_exhausted="block"
+    ).start()
+    common = ["--redis", redis_server.url, "--namespace", namespace]
+    try:
+        with workshaper.Producer(redis_server.url, namespace) as producer:
+            producer.enqueue_many([(7, "m", 0, 0), (7, "m", 0, 1), (7, "m", 0, 2)])
+            wait_for(lambda: Admin(redis_server.url, namespace).blocked(0))
+            listed = run(str(BIN / "workshaper"), "blocked", "0", *common)
+            assert "sub key 7 offset 1 attempts 1 ValueError: needs an operator" in listed.stdout
+            missing = run(str(BIN / "workshaper"), "unblock", "0", "7", *common)  # "7" is a str
+            assert missing.returncode == 2 and "is not blocked" in missing.stderr
+            failing["on"] = False
+            done = run(str(BIN / "workshaper"), "unblock", "0", "7", "--int", *common)
+            assert done.returncode == 0 and "will run again" in done.stdout
+            assert producer.flush(timeout=30)
+    finally:
+        worker.stop(10)

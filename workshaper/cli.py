@@ -205,7 +205,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     dead.add_argument("partition", type=int)
     blocked = sub.add_parser("blocked", help="list blocked sub keys of a partition")
     blocked.add_argument("partition", type=int)
-    for cmd in (status, dead, blocked):
+    unblock = sub.add_parser(
+        "unblock", help="run a blocked sub key's head item again (or --dead-letter it)"
+    )
+    unblock.add_argument("partition", type=int)
+    unblock.add_argument("sub_key", help="the sub key, as text (see --int, --hex)")
+    kind = unblock.add_mutually_exclusive_group()
+    kind.add_argument("--int", action="store_true", help="the sub key is an int")
+    kind.add_argument("--hex", action="store_true", help="the sub key is bytes, given as hex")
+    unblock.add_argument(
+        "--dead-letter", action="store_true", help="give the head item up instead of retrying"
+    )
+    for cmd in (status, dead, blocked, unblock):
         cmd.add_argument("--redis", default=_env("REDIS_URL", DEFAULT_REDIS_URL))
         cmd.add_argument("--namespace", default=_env("NAMESPACE", "default"))
 
@@ -224,6 +235,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         _ops(args)
     except (BackendUnavailable, InvalidInput) as exc:
         fail(str(exc))
+
+
+def _sub_key_argument(args: argparse.Namespace) -> str | int | bytes:
+    text: str = args.sub_key
+    try:
+        if args.int:
+            return int(text)
+        if args.hex:
+            return bytes.fromhex(text)
+    except ValueError:
+        fail(f"sub key {text!r} is not {'an int' if args.int else 'hex'}")
+    return text
 
 
 def _ops(args: argparse.Namespace) -> None:
@@ -245,6 +268,16 @@ def _ops(args: argparse.Namespace) -> None:
     elif args.command == "dead-letters":
         for r in admin.dead_letters(args.partition):
             print(f"offset {r.offset} attempts {r.attempts} {r.error_type}: {r.error_message}")
+    elif args.command == "unblock":
+        sub_key = _sub_key_argument(args)
+        act = admin.dead_letter_blocked if args.dead_letter else admin.retry_blocked
+        if not act(args.partition, sub_key):
+            admin.close()
+            fail(f"sub key {sub_key!r} of partition {args.partition} is not blocked")
+        print(
+            f"sub key {sub_key!r} of partition {args.partition}: "
+            f"{'head item dead-lettered' if args.dead_letter else 'head item will run again'}"
+        )
     elif args.command == "blocked":
         for r in admin.blocked(args.partition):
             print(
