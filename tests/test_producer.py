@@ -298,3 +298,16 @@ def test_wrong_password_is_a_clear_error() -> None:
         assert "wrong-pw" not in str(info.value)
         assert f"127.0.0.1:{server.port}" in str(info.value)
         connect(server.url).close()  # the right one works
+
+
+def test_ack_loop_backs_off_on_a_partition_that_makes_no_progress(namespace: str) -> None:
+    with RedisServer() as server:
+        client = server.client()
+        with workshaper.Producer(server.url, namespace) as producer:
+            producer.enqueue("stuck", "m", 0, 0)  # no worker: it never finishes
+            client.config_resetstat()
+            time.sleep(1.0)
+            calls = client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+        # Without the back-off: one offer every 5 ms, ~200 in a second. With it: four at 5 ms,
+        # then 10, 20, 40, 80, 100, 100, ... ms apart.
+        assert 0 < calls <= 20

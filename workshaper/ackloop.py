@@ -5,6 +5,8 @@ the next watermark (the highest finished offset below the lowest unfinished one)
 ``ack`` is called; a second round trip commits the partitions whose ack returned. The acked
 watermark therefore moves in Redis only after ``ack`` returned, and an ``ack`` that raises is
 offered again later (with a growing pause, so a broken ack does not spin or flood the log).
+A partition whose offers keep finding nothing new (slow work, a blocked sub key) is checked
+less often, down to every 100 ms, until its watermark moves again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ AckCallback = Callable[[int, int], object]
 
 #: Longest pause between retries of an ack that keeps raising.
 MAX_ACK_RETRY_DELAY = 1.0
+#: Offers in a row that may find nothing new before a partition is checked less often, and the
+#: longest interval it then backs off to (reset as soon as its watermark moves).
+QUIET_CHECKS, MAX_QUIET_INTERVAL = 4, 0.1
 #: Pause after Redis was unreachable before the loop tries again.
 REDIS_RETRY_DELAY = 0.5
 
@@ -49,7 +54,9 @@ class AckLoop:
         self._targets: dict[int, int] = {}  # partition -> highest offset waiting to be acked
         self._acked: dict[int, int] = {}  # partition -> acked watermark as last seen
         self._generation: dict[int, int] = {}  # partition -> commits made by this loop
-        self._retry_at: dict[int, float] = {}  # partition -> when a failed ack is offered again
+        #: partition -> when it is offered next (after a failed ack, or after quiet checks)
+        self._next_check: dict[int, float] = {}
+        self._quiet: dict[int, int] = {}  # partition -> offers in a row that found no advance
         self._failures: dict[int, int] = {}
         self._stopping = False
         self._link = Link(backend)  # used by the loop's thread only
@@ -110,13 +117,15 @@ class AckLoop:
 
     # --- the loop ----------------------------------------------------------------------------
 
-    def _active_partitions(self) -> list[int]:
+    def _due(self) -> tuple[list[int], float | None]:
+        """Partitions to offer now, and how long to wait when there are none (None: until an
+        enqueue gives a new target)."""
         now = time.monotonic()
-        return [
-            p
-            for p, target in self._targets.items()
-            if self._acked.get(p, -1) < target and self._retry_at.get(p, 0.0) <= now
-        ]
+        behind = [p for p, target in self._targets.items() if self._acked.get(p, -1) < target]
+        due = [p for p in behind if self._next_check.get(p, 0.0) <= now]
+        if due or not behind:
+            return due, None
+        return due, max(0.0, min(self._next_check.get(p, 0.0) for p in behind) - now)
 
     def _run(self) -> None:
         while True:
@@ -124,13 +133,12 @@ class AckLoop:
                 if self._stopping:
                     self._link.close()
                     return
-                active = self._active_partitions()
-                if not active:
-                    # Nothing to ack: sleep until an enqueue gives us a target (or a retry is due).
-                    self._changed.wait(self._idle_wait())
+                due, wait = self._due()
+                if not due:
+                    self._changed.wait(wait)
                     continue
             try:
-                self._tick(active)
+                self._tick(due)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 self._link.broken()
                 log.warning("ack loop: Redis unreachable (%s); retrying", exc)
@@ -142,16 +150,14 @@ class AckLoop:
                 continue
             self._sleep(self._interval)
 
-    def _idle_wait(self) -> float | None:
-        """How long to sleep with nothing to ack: until the next ack retry, or until woken."""
-        behind = [
-            at
-            for p, at in self._retry_at.items()
-            if self._acked.get(p, -1) < self._targets.get(p, -1)
-        ]
-        if not behind:
-            return None
-        return max(0.0, min(behind) - time.monotonic())
+    def _quiet_check(self, partition: int) -> None:
+        """An offer found nothing new: after a few such checks, look less often (an idle or
+        stuck partition should not cost a script every ack_interval)."""
+        quiet = self._quiet.get(partition, 0) + 1
+        self._quiet[partition] = quiet
+        if quiet > QUIET_CHECKS:
+            delay = min(self._interval * 2 ** (quiet - QUIET_CHECKS), MAX_QUIET_INTERVAL)
+            self._next_check[partition] = time.monotonic() + delay
 
     def _sleep(self, seconds: float) -> None:
         with self._changed:
@@ -169,10 +175,13 @@ class AckLoop:
         for partition, reply in offers.items():
             offer = reply.get()
             self._note(partition, offer.acked)
-            if offer.advances:
-                acked_to = self._deliver(partition, offer)
-                if acked_to is not None:
-                    commits[partition] = acked_to
+            if not offer.advances:
+                self._quiet_check(partition)
+                continue
+            self._quiet.pop(partition, None)
+            acked_to = self._deliver(partition, offer)
+            if acked_to is not None:
+                commits[partition] = acked_to
         if not commits:
             return
         batch = self._link.batch()
@@ -209,7 +218,7 @@ class AckLoop:
             failures = self._failures.get(partition, 0) + 1
             self._failures[partition] = failures
             delay = min(self._interval * 2**failures, MAX_ACK_RETRY_DELAY)
-            self._retry_at[partition] = time.monotonic() + delay
+            self._next_check[partition] = time.monotonic() + delay
             log.exception(
                 "ack(%d, %d) raised (failure %d); offering it again in %.3fs",
                 partition,
@@ -219,7 +228,7 @@ class AckLoop:
             )
             return False
         self._failures.pop(partition, None)
-        self._retry_at.pop(partition, None)
+        self._next_check.pop(partition, None)
         return True
 
     def _note(self, partition: int, acked: int) -> None:
