@@ -391,17 +391,35 @@ def test_exact_mode_after_crash_runs_one_item_at_a_time_and_can_dead_letter(
     assert part.expire(b"sa") == (1, 1)  # unattributed: charged, capped below 2
     _, [lease] = part.claim(max_attempts=2, batch=10)
     assert lease.exact == 10 and lease.attempts_record == b"1|1"
+    # In the window but not isolated (its worker ran other items too): still capped.
     part.make_expired(b"sa")
-    assert part.expire(b"sa") == (2, 2)  # exact mode: the running item was the head
+    assert part.expire(b"sa") == (1, 1)
+    _, [lease] = part.claim(max_attempts=2, batch=10)
+    assert part.run(lambda b: scripts.mark_isolated(b, part.keys, b"sa", lease.token)) == 1
+    part.make_expired(b"sa")
+    assert part.expire(b"sa") == (2, 2)  # isolated: the crash can only be the head item's
     assert part.queue("a") == [2, 3, 4]
     [dead] = Admin(part.backend, part.keys.namespace).dead_letters(0)
     assert (dead.offset, dead.attempts, dead.error_type) == (1, 2, "LeaseExpired")
     assert "worker w1 crashed or stalled" in dead.error_message and dead.worker == "reaper"
     _, [lease] = part.claim(max_attempts=2, batch=10)
     assert lease.exact == 9  # the dead-lettered item used one step of the window
+    assert part.run(lambda b: scripts.mark_isolated(b, part.keys, b"sa", lease.token)) == 1
     [reply] = part.complete(Completion(b"sa", lease.token, "c", [2], exact=True), batch=10)
     assert len(reply.next_entries) == 1  # still one at a time inside the window
     assert part.backend.client.hget(part.keys.exact, b"sa") == b"8"
+    assert b"|i|" in part.backend.client.hget(part.keys.owners, b"sa")  # still isolated
+    part.backend.client.hset(part.keys.exact, b"sa", 1)  # the window's last item is next
+    [reply] = part.complete(Completion(b"sa", lease.token, "c", [3], exact=True), batch=10)
+    assert len(reply.next_entries) == 1 and not part.backend.client.hexists(part.keys.exact, b"sa")
+    assert b"|-|" in part.backend.client.hget(part.keys.owners, b"sa")  # isolation ended
+
+
+def test_mark_isolated_is_fenced(part: Partition) -> None:
+    part.enqueue(("a", 1))
+    _, [lease] = part.claim()
+    assert part.run(lambda b: scripts.mark_isolated(b, part.keys, b"sa", lease.token + 1)) == -1
+    assert b"|-|" in part.backend.client.hget(part.keys.owners, b"sa")
 
 
 def test_expire_requeues_and_blocks_when_asked(part: Partition) -> None:
@@ -410,6 +428,7 @@ def test_expire_requeues_and_blocks_when_asked(part: Partition) -> None:
     part.make_expired(b"sa")
     assert part.expire(b"sa") == (1, 0)
     _, [lease] = part.claim(max_attempts=1, mode="b")
+    assert part.run(lambda b: scripts.mark_isolated(b, part.keys, b"sa", lease.token)) == 1
     part.make_expired(b"sa")
     assert part.expire(b"sa") == (3, 1)
     assert part.backend.client.hexists(part.keys.blocked, b"sa")

@@ -57,6 +57,8 @@ class AckLoop:
         #: partition -> when it is offered next (after a failed ack, or after quiet checks)
         self._next_check: dict[int, float] = {}
         self._quiet: dict[int, int] = {}  # partition -> offers in a row that found no advance
+        #: partition -> the last watermark ack() returned for (committed to Redis or not yet)
+        self._delivered: dict[int, int] = {}
         self._failures: dict[int, int] = {}
         self._stopping = False
         self._link = Link(backend)  # used by the loop's thread only
@@ -182,6 +184,7 @@ class AckLoop:
             acked_to = self._deliver(partition, offer)
             if acked_to is not None:
                 commits[partition] = acked_to
+                self._delivered[partition] = acked_to
         if not commits:
             return
         batch = self._link.batch()
@@ -198,13 +201,19 @@ class AckLoop:
             self._note(partition, watermark)
 
     def _deliver(self, partition: int, offer: Offer) -> int | None:
-        """Call the user's ack; return the watermark it accepted (None: nothing accepted)."""
-        if self._ack is None:
+        """Call the user's ack; return the watermark it accepted (None: nothing accepted).
+
+        What ``ack`` already returned for (its commit to Redis may have failed since) is not
+        offered to it again: only the commit is retried, so ack values strictly increase."""
+        delivered = self._delivered.get(partition, -1)
+        if self._ack is None or offer.watermark <= delivered:
             return offer.watermark
         if not self._ack_each:
             return offer.watermark if self._call_ack(partition, offer.watermark) else None
-        accepted: int | None = None
+        accepted: int | None = delivered if delivered > offer.acked else None
         for offset in offer.offsets:
+            if offset <= delivered:
+                continue
             if not self._call_ack(partition, offset):
                 break
             accepted = offset

@@ -64,6 +64,7 @@ SCRIPT_NAMES = (
     "offer_watermark",
     "commit_watermark",
     "unblock_sub_key",
+    "mark_isolated",
 )
 
 
@@ -459,6 +460,11 @@ def offer_watermark(batch: Batch, pkeys: PartitionKeys, with_offsets: bool) -> R
 def commit_watermark(batch: Batch, pkeys: PartitionKeys, watermark: int) -> Reply[int]:
     """Accepted-but-not-acked items left in the partition."""
     return batch.script("commit_watermark", pkeys.fixed, [watermark], parse=int)
+
+
+def mark_isolated(batch: Batch, pkeys: PartitionKeys, sub: bytes, token: int) -> Reply[int]:
+    """1, or -1 when the lease is lost."""
+    return batch.script("mark_isolated", pkeys.fixed, [sub, token], parse=int)
 
 
 def unblock_sub_key(

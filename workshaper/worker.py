@@ -59,7 +59,7 @@ DEFAULT_BATCH_SIZE = 100
 WAKE_BLOCK_SECONDS = 1.0
 #: How often every worker checks every partition for expired leases.
 REAP_INTERVAL = 1.0
-#: How often the worker refreshes the partition list and its registry entry.
+#: How often the worker refreshes its registry entry (heartbeat).
 REFRESH_INTERVAL = 5.0
 #: Pause after Redis was unreachable, doubled up to the max while it stays unreachable.
 REDIS_RETRY_MIN, REDIS_RETRY_MAX = 0.05, 2.0
@@ -94,6 +94,7 @@ class Lease:
     failure: tuple[Any, ...] | None = None  # an outcome waiting to be recorded
     stop: bool = False  # read by the executor before each item
     lost: bool = False
+    isolated: bool = False  # flagged in Redis as running alone in this process
 
     def attempt_of_head(self) -> int:
         """1 + the attempts already used by the head entry (from the Redis record)."""
@@ -194,6 +195,9 @@ class Worker:
         self._in_executor = 0  # leases whose batch is in the executor
         self._standby: deque[Lease] = deque()  # READY leases, in the order they became ready
         self._deep_backlog = False  # the last claim left >= concurrency sub keys runnable
+        #: The lease in its single-step window after a crash, run with nothing else running in
+        #: this process so that a crash now can only be its head item's (see expire_lease.lua).
+        self._isolating: Lease | None = None
         self._stop_requested = threading.Event()
         self._stop_deadline: float | None = None
         self._running = False
@@ -325,7 +329,7 @@ class Worker:
         return True
 
     def _has_outgoing(self) -> bool:
-        if self._claims or self._wakes or self._expired:
+        if self._claims or self._wakes or self._expired or self._mark_due():
             return True
         return any(
             lease.unreported or lease.end_action or lease.failure or lease.state == FETCHING
@@ -439,16 +443,19 @@ class Worker:
     def _drop(self, lease: Lease) -> None:
         if self._held(lease):
             del self._leases[(lease.partition, lease.sub)]
-        if lease.state == READY:
+        if lease.state == READY and lease in self._standby:
             self._standby.remove(lease)
+        if lease.state == READY:
             lease.state = REPORTING
+        if lease is self._isolating:
+            self._end_isolation()
 
     def _wanted(self) -> int:
         """How many more leases to claim: one per executor slot, plus a few prefetched (their
         first batch read ahead) while the backlog is deep, so a slot that frees up starts its
         next sub key at once instead of after a claim and a read. With few sub keys no worker
         prefetches, so none holds sub keys that another worker could be running."""
-        if self._stop_requested.is_set():
+        if self._stop_requested.is_set() or self._isolating is not None:
             return 0
         held = sum(1 for lease in self._leases.values() if lease.state != WAITING)
         extra = self.prefetch if self._deep_backlog else 0
@@ -473,15 +480,19 @@ class Worker:
         handlers += self._add_failures(batch)
         handlers += self._add_claims(batch)
         handlers += self._add_fetches(batch)
+        handlers += self._add_mark(batch)
         handlers += self._add_expiries(batch)
         if self._leases and now >= self._next_renew:
             handlers += self._add_renewals(batch)
             self._next_renew = now + self.lease_seconds / 3
         if now >= self._next_reap:
+            # The partition list is read with every scan: a lease in a partition that appeared
+            # since the last scan is found by the next one (lease + ~2 reap intervals at most).
             handlers += self._add_reaper_scan(batch)
+            handlers += self._add_partition_refresh(batch)
             self._next_reap = now + min(REAP_INTERVAL, self.lease_seconds / 2)
         if now >= self._next_refresh:
-            handlers += self._add_refresh(batch)
+            handlers += self._add_heartbeat(batch)
             self._next_refresh = now + REFRESH_INTERVAL
         if self._wakes:
             wakes = sorted(self._wakes)
@@ -542,6 +553,8 @@ class Worker:
                 continue
             self.stats["finished"] += answer.finished
             lease.exact = max(0, lease.exact - answer.finished)
+            if lease is self._isolating and lease.exact == 0:
+                self._end_isolation()  # the window is over (the script cleared the flag)
             if action == "k":
                 continue
             lease.end_action = None
@@ -640,6 +653,10 @@ class Worker:
                 )
             lease.entries = lease.entries[1:]
             lease.attempt = 1
+            if lease.exact:  # a dead-lettered item used a step of the window too
+                lease.exact -= 1
+                if lease is self._isolating and not lease.exact:
+                    self._end_isolation()
             if lease.entries and not lease.stop:
                 self._submit(lease)
             else:
@@ -762,10 +779,17 @@ class Worker:
         )
         self._wakes.add(partition)
 
-    def _add_refresh(self, batch: Batch) -> list[Callable[[], None]]:
+    def _add_partition_refresh(self, batch: Batch) -> list[Callable[[], None]]:
         partitions: scripts.Reply[list[int]] = batch.command(
             "SMEMBERS", self._keys.partitions, parse=lambda raw: sorted(int(p) for p in raw)
         )
+
+        def refreshed() -> None:
+            self._partitions = partitions.get()
+
+        return [refreshed]
+
+    def _add_heartbeat(self, batch: Batch) -> list[Callable[[], None]]:
         info = json.dumps(
             {
                 "host": socket.gethostname(),
@@ -776,11 +800,7 @@ class Worker:
             }
         )
         batch.command("HSET", self._keys.workers, self.id, info)
-
-        def refreshed() -> None:
-            self._partitions = partitions.get()
-
-        return [refreshed]
+        return []
 
     def _unregister(self) -> None:
         with contextlib.suppress(Exception):
@@ -789,17 +809,36 @@ class Worker:
     # --- handing batches to the executor -----------------------------------------------------
 
     def _submit(self, lease: Lease) -> None:
-        """Run the lease's batch now if an executor slot is free, else keep it ready."""
+        """Run the lease's batch now if an executor slot is free, else keep it ready. A lease in
+        its single-step window runs isolated; while one does, other leases are handed back."""
+        if lease.exact > 0 and not lease.stop:
+            if self._isolating is None:
+                self._begin_isolation(lease)
+                return
+            if self._isolating is lease:
+                lease.state = READY
+                self._run_isolated()
+                return
+        if self._isolating is not None:
+            lease.state = REPORTING
+            lease.end_action = "r"  # another worker runs it meanwhile
+            return
         if self._in_executor >= self.concurrency:
             lease.state = READY
             self._standby.append(lease)
             return
+        self._dispatch(lease)
+
+    def _dispatch(self, lease: Lease) -> None:
         assert self._executor is not None
         lease.state = RUNNING
         self._in_executor += 1
         self._executor.submit(lease, lease.entries, lease.attempt)
 
     def _dispatch_standby(self) -> None:
+        if self._isolating is not None:
+            self._run_isolated()
+            return
         while self._standby and self._in_executor < self.concurrency:
             lease = self._standby.popleft()
             if lease.stop:
@@ -808,10 +847,68 @@ class Worker:
             else:
                 self._submit(lease)
 
+    # --- isolation after a crash -------------------------------------------------------------
+
+    def _begin_isolation(self, lease: Lease) -> None:
+        log.info(
+            "partition %d: running a sub key alone after a crash (%d item(s) one at a time)",
+            lease.partition,
+            lease.exact,
+        )
+        self._isolating = lease
+        lease.state = READY
+        while self._standby:  # hand prefetched leases back: other workers run them meanwhile
+            waiting = self._standby.popleft()
+            waiting.state = REPORTING
+            waiting.end_action = "r"
+        self._run_isolated()
+
+    def _run_isolated(self) -> None:
+        """Start the isolated lease's item once nothing else runs and the flag is in Redis."""
+        lease = self._isolating
+        if lease is None or lease.state != READY or self._in_executor:
+            return
+        if lease.isolated:
+            self._dispatch(lease)
+
+    def _mark_due(self) -> bool:
+        lease = self._isolating
+        return (
+            lease is not None
+            and not lease.isolated
+            and lease.state == READY
+            and not self._in_executor
+        )
+
+    def _add_mark(self, batch: Batch) -> list[Callable[[], None]]:
+        if not self._mark_due():
+            return []
+        lease = self._isolating
+        assert lease is not None
+        # Idempotent, and rebuilt from state each turn: a failed round trip just sends it again.
+        reply = scripts.mark_isolated(batch, lease.pkeys, lease.sub, lease.token)
+        return [partial(self._marked, lease, reply)]
+
+    def _marked(self, lease: Lease, reply: scripts.Reply[int]) -> None:
+        if reply.get() < 0:
+            self._fenced(lease, "isolation mark")
+            return
+        lease.isolated = True
+        if lease is self._isolating:
+            self._run_isolated()
+
+    def _end_isolation(self) -> None:
+        lease = self._isolating
+        self._isolating = None
+        if lease is not None:
+            lease.isolated = False
+        self._dispatch_standby()
+
     # --- the waker -----------------------------------------------------------------------------
 
     def _wake_loop(self) -> None:
         client = self._backend.client
+        pause = REDIS_RETRY_MIN  # after a failed BZPOPMIN; doubles while Redis stays away
         while not self._stop_requested.is_set():
             with self._free:
                 while self._free_slots <= 0 and not self._stop_requested.is_set():
@@ -821,9 +918,11 @@ class Worker:
             try:
                 popped = client.bzpopmin(self._keys.wake, timeout=WAKE_BLOCK_SECONDS)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                log.debug("waker: Redis unreachable (%s)", exc)
-                self._stop_requested.wait(REDIS_RETRY_MAX)
+                log.debug("waker: Redis unreachable (%s); retrying in %.2fs", exc, pause)
+                self._stop_requested.wait(pause)
+                pause = min(pause * 2, REDIS_RETRY_MAX)
                 continue
+            pause = REDIS_RETRY_MIN
             if popped is None:
                 continue
             with self._free:

@@ -70,7 +70,7 @@ if popped then
   if #subs > 0 then
     local token = tonumber(redis.call('HINCRBY', K_META, 'token', #subs)) - #subs
     local deadline = now + lease_ms
-    local suffix = '|' .. worker .. '|' .. batch .. '|' .. max_attempts .. '|' .. mode
+    local suffix = '|-|' .. batch .. '|' .. max_attempts .. '|' .. mode .. '|' .. worker
     local deadlines, owners, tokens = {}, {}, {}
     for j, sub in ipairs(subs) do
       tokens[j] = string.format('%d', token + j)

@@ -54,7 +54,10 @@ for i = 1, n do
           forget_late(offsets, finished)
         end
         redis.call('HDEL', K_ATTEMPTS, sub)
-        if exact_mode then consume_exact(sub, finished) end
+        if exact_mode then
+          consume_exact(sub, finished)
+          if redis.call('HEXISTS', K_EXACT, sub) == 0 then end_isolation(sub) end
+        end
       end
     end
 

@@ -5,10 +5,12 @@
 -- ARGV[1]      sub key
 -- ARGV[2]      id of the worker reaping (for the record)
 --
--- A worker runs several items of a lease and reports them in batches, so after a crash nobody
--- knows which of them was running. Normal leases: the head item is charged one attempt, but
--- never its last one, and the next `batch` items run one at a time ("exact" mode). In exact
--- mode the running item is always the head, so the charge is exact and can dead-letter.
+-- After a crash nobody knows which item was running: a worker runs several items of a lease
+-- and reports them in batches, and runs several leases at once. So the head item is charged
+-- one attempt but never its last one, and the next `batch` items of the sub key form a
+-- single-step window ("exact"): the worker that takes them runs them isolated, one at a time,
+-- with nothing else running in its process, and flags the lease. Only a lease flagged
+-- isolated gets a full charge, which can dead-letter: that crash can only be its head item's.
 --
 -- Returns {code, attempts}: 0 not expired (renewed meanwhile) or not leased, 1 requeued,
 -- 2 head dead-lettered (rest requeued), 3 head blocked (sub key waits for an operator).
@@ -34,11 +36,12 @@ if not offset then
 end
 
 local count = attempts_of(sub, offset)
-if tonumber(redis.call('HGET', K_EXACT, sub) or '0') > 0 then
+local in_window = tonumber(redis.call('HGET', K_EXACT, sub) or '0') > 0
+if in_window and owner.isolated then
   count = count + 1
 else
   count = math.max(count, math.min(count + 1, owner.max_attempts - 1))
-  redis.call('HSET', K_EXACT, sub, string.format('%d', owner.batch))
+  if not in_window then redis.call('HSET', K_EXACT, sub, string.format('%d', owner.batch)) end
 end
 set_attempts(sub, offset, count)
 

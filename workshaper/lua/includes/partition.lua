@@ -11,14 +11,20 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Owner record: "token|worker|batch|max_attempts|exhausted_mode".
+-- Owner record: "token|flag|batch|max_attempts|exhausted_mode|worker". flag is "i" while the
+-- lease runs isolated (its worker runs nothing else: a crash then is this item's), else "-".
 local function parse_owner(value)
   if not value then return nil end
-  local token, worker, batch, max_attempts, mode =
-    string.match(value, '^(%d+)|(.*)|(%d+)|(%d+)|(%a)$')
+  local token, flag, batch, max_attempts, mode, worker =
+    string.match(value, '^(%d+)|(.)|(%d+)|(%d+)|(%a)|(.*)$')
   if not token then return nil end
-  return {token = token, worker = worker, batch = tonumber(batch),
-          max_attempts = tonumber(max_attempts), mode = mode}
+  return {token = token, isolated = flag == 'i', batch = tonumber(batch),
+          max_attempts = tonumber(max_attempts), mode = mode, worker = worker, raw = value}
+end
+
+-- The owner record with its isolation flag set to `flag` ("i" or "-").
+local function with_flag(owner, flag)
+  return owner.token .. '|' .. flag .. string.sub(owner.raw, #owner.token + 3)
 end
 
 local function owner_token(sub)
@@ -101,6 +107,12 @@ local function consume_exact(sub, count)
   else
     redis.call('HSET', K_EXACT, sub, string.format('%d', left - count))
   end
+end
+
+-- The single-step window is over: the lease no longer runs isolated.
+local function end_isolation(sub)
+  local owner = parse_owner(redis.call('HGET', K_OWNERS, sub))
+  if owner and owner.isolated then redis.call('HSET', K_OWNERS, sub, with_flag(owner, '-')) end
 end
 
 local function extend_lease(sub, lease_ms, now)

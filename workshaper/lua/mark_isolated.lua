@@ -1,0 +1,18 @@
+-- Flag a lease as running isolated: its worker runs nothing else until the flag is cleared, so
+-- if the worker dies now the crash is this lease's head item's (expire_lease then charges it in
+-- full). Cleared by complete_items when the sub key's single-step window ends, or with the
+-- lease.
+--
+-- KEYS[1..11]  the partition's fixed keys
+-- ARGV[1]      sub key
+-- ARGV[2]      token
+--
+-- Returns 1, or -1 when the token no longer owns the lease (nothing written).
+-- Idempotent.
+--@include partition.lua
+
+local sub, token = ARGV[1], ARGV[2]
+local owner = parse_owner(redis.call('HGET', K_OWNERS, sub))
+if not owner or owner.token ~= token then return -1 end
+if not owner.isolated then redis.call('HSET', K_OWNERS, sub, with_flag(owner, 'i')) end
+return 1
