@@ -16,6 +16,11 @@ A lease lives in one of these states::
     RUNNING   a batch is in the executor
     REPORTING the batch ended; its completion / failure is being recorded
     WAITING   a failed item waits for its retry (the lease is kept, so successors wait too)
+
+After a crash the sub keys the dead worker held get a single-step window (expire_lease.lua).
+A lease in its window runs *isolated*: the worker lets its other batches finish, hands its
+prefetched leases back, flags the lease in Redis and runs the window's items one at a time
+with nothing else running, so a crash then can only be that item's and is charged to it.
 """
 
 from __future__ import annotations
