@@ -1,4 +1,4 @@
-"""Every exception WorkShaper raises, and the one place script return codes become exceptions."""
+"""Every exception WorkShaper raises."""
 
 from __future__ import annotations
 
@@ -34,25 +34,6 @@ class BackendUnavailable(WorkShaperError, ConnectionError):
     the password is never shown."""
 
 
-class LeaseLost(WorkShaperError):
-    """The worker no longer holds the lease of a sub key (it expired and another worker may have
-    it). Raised to nobody: logged when a fenced write is rejected."""
-
-
 class ScriptError(WorkShaperError):
-    """A Lua script answered with an error code this client does not know."""
-
-
-#: Return codes shared by the Lua scripts (see the header of each ``.lua`` file).
-CODE_OK = 1
-CODE_FENCED = -1  # the caller's fencing token no longer owns the lease
-CODE_STALE = 0  # the write was applied already (a retried script): nothing to do
-
-
-def raise_for_code(code: int, what: str) -> None:
-    """Turn a negative script return code into the exception that explains it."""
-    if code >= 0:
-        return
-    if code == CODE_FENCED:
-        raise LeaseLost(f"{what}: lease is not held by this worker's token")
-    raise ScriptError(f"{what}: unknown script return code {code}")
+    """A command of a batch answered with an error reply (a bug, or a server refusing a
+    script): raised by the Reply of that command only."""
