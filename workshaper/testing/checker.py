@@ -3,7 +3,10 @@
 - lost: accepted items that neither ended successfully (journal) nor were dead-lettered.
 - order: an item started before an end of its predecessor (same partition and sub key).
 - watermark: an ack passed an offset that had not finished by then, or acks of a partition did
-  not strictly increase.
+  not strictly increase. One exception: when the process calling ``ack`` was replaced (the
+  ``source`` of the acks changed, e.g. a producer killed between its ack and recording it), the
+  new one may repeat the last value once; such repeats are counted in ``reacks``, a smaller value
+  is always a violation.
 - re-runs: starts beyond the first per item (at-least-once delivery after faults).
 """
 
@@ -30,6 +33,7 @@ class Ack:
     partition: int
     offset: int
     at: float  # CLOCK_MONOTONIC when ack was called
+    source: str = ""  # which producer process called ack ("" when only one)
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Report:
     watermark_violations: list[str] = field(default_factory=list)
     starts: int = 0
     reruns: int = 0
+    reacks: int = 0  # repeats of the last ack by a replacement producer (allowed)
 
     @property
     def ok(self) -> bool:
@@ -110,16 +115,25 @@ def check(
         by_partition[item.partition].append(item.offset)
     for offsets in by_partition.values():
         offsets.sort()
-    last: dict[int, int] = {}
+    last: dict[int, Ack] = {}
+    checked: dict[int, int] = {}  # partition -> offsets[:n] already checked
     for ack in sorted(acks, key=lambda a: a.at):
-        if ack.offset <= last.get(ack.partition, -1):
-            report.watermark_violations.append(
-                f"partition {ack.partition}: ack {ack.offset} after ack {last[ack.partition]}"
-            )
-        last[ack.partition] = ack.offset
-        for offset in by_partition.get(ack.partition, []):
-            if offset > ack.offset:
-                break
+        previous_ack = last.get(ack.partition)
+        if previous_ack is not None and ack.offset <= previous_ack.offset:
+            if ack.offset == previous_ack.offset and ack.source != previous_ack.source:
+                report.reacks += 1
+            else:
+                report.watermark_violations.append(
+                    f"partition {ack.partition}: ack {ack.offset} at {ack.at:.6f} after ack "
+                    f"{previous_ack.offset} at {previous_ack.at:.6f}"
+                )
+        last[ack.partition] = ack
+        # Offsets at or below an earlier ack were checked against that earlier (smaller) time.
+        offsets = by_partition.get(ack.partition, [])
+        position = checked.get(ack.partition, 0)
+        while position < len(offsets) and offsets[position] <= ack.offset:
+            offset = offsets[position]
+            position += 1
             key = (ack.partition, offset)
             ended = first_end.get(key)
             if ended is not None and ended <= ack.at:
@@ -130,4 +144,5 @@ def check(
                 f"partition {ack.partition}: ack {ack.offset} at {ack.at:.6f} passed offset "
                 f"{offset}, unfinished then"
             )
+        checked[ack.partition] = position
     return report

@@ -11,9 +11,13 @@ Behaviour switches (environment, all optional):
     WS_FAIL             "p:o:n,...": these items raise on their first n attempts
     WS_SLOW             "p:o:s,...": these items sleep s seconds (to be paused or fenced)
 
+A message that is a dict with a true ``"poison"`` field also kills its worker every time (the
+chaos harness makes items poison while a run goes on, after the workers started).
+
 Event fields: ``k`` "s" start / "e" end (work returned) / "x" raised, ``p`` partition,
 ``o`` offset, ``sub`` sub key, ``a`` attempt, ``t`` token, ``pid``, ``m`` CLOCK_MONOTONIC
-seconds (one clock for every process on the machine).
+seconds (one clock for every process on the machine), and ``w`` the worker id when the process
+was started with ``WS_WORKER_ID`` set (the chaos harness names each worker incarnation).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ def _config() -> dict[str, Any]:
             "fail": _parse_pairs(os.environ.get("WS_FAIL", ""), 3),
             "slow": _parse_pairs(os.environ.get("WS_SLOW", ""), 3),
             "fsync": os.environ.get("WS_JOURNAL_FSYNC") == "1",
+            "worker": os.environ.get("WS_WORKER_ID", ""),
         }
     return _settings
 
@@ -72,7 +77,7 @@ def _event(kind: str) -> dict[str, Any]:
     sub = job.sub_key
     if isinstance(sub, bytes):
         sub = sub.decode("latin-1")
-    return {
+    event: dict[str, Any] = {
         "k": kind,
         "p": job.partition,
         "o": job.offset,
@@ -82,6 +87,18 @@ def _event(kind: str) -> dict[str, Any]:
         "pid": os.getpid(),
         "m": time.monotonic(),
     }
+    worker = _config()["worker"]
+    if worker:
+        event["w"] = worker
+    return event
+
+
+#: Exit status of a worker killed by a poison item.
+POISON_EXIT_STATUS = 17
+
+
+def is_poison_message(message: Any) -> bool:
+    return isinstance(message, dict) and bool(message.get("poison"))
 
 
 class InjectedFailure(Exception):
@@ -93,8 +110,8 @@ def work(message: Any, partition: int, offset: int) -> None:
     start = _event("s")
     _write(start)
     key = (partition, offset)
-    if key in settings["poison"]:
-        os._exit(17)
+    if key in settings["poison"] or is_poison_message(message):
+        os._exit(POISON_EXIT_STATUS)
     if key in settings["fail"] and start["a"] <= settings["fail"][key]:
         _write({**_event("x")})
         raise InjectedFailure(f"injected failure of attempt {start['a']}")
@@ -116,6 +133,7 @@ class Event:
     token: int
     pid: int
     at: float
+    worker: str = ""  # WS_WORKER_ID of the process, "" when not set
 
 
 def read_journal(directory: str | Path) -> list[Event]:
@@ -127,7 +145,19 @@ def read_journal(directory: str | Path) -> list[Event]:
                 e = json.loads(line)
             except ValueError:
                 continue  # a torn last line (only possible without O_APPEND semantics)
-            events.append(Event(e["k"], e["p"], e["o"], e["sub"], e["a"], e["t"], e["pid"], e["m"]))
+            events.append(
+                Event(
+                    e["k"],
+                    e["p"],
+                    e["o"],
+                    e["sub"],
+                    e["a"],
+                    e["t"],
+                    e["pid"],
+                    e["m"],
+                    e.get("w", ""),
+                )
+            )
     events.sort(key=lambda ev: ev.at)
     return events
 
