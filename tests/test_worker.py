@@ -319,3 +319,59 @@ def test_worker_survives_and_resumes_after_redis_restart(
         # finished successor is not: each item starts only after its predecessor finished.
         firsts = sorted(set(order), key=order.index)
         assert firsts == sorted(firsts)
+
+
+def test_prefetched_batches_queue_for_threads_and_never_exceed_concurrency(
+    backend: Backend, namespace: str
+) -> None:
+    """A lease per item (every sub key different), 2 threads and up to 4 prefetched leases
+    queued for them: at most 2 handlers ever run at once, and every item runs once."""
+    running = 0
+    most = 0
+    lock = threading.Lock()
+    done: list[int] = []
+
+    def work(message: Any, partition: int, offset: int) -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.002)
+        with lock:
+            running -= 1
+            done.append(offset)
+
+    items = [(f"k{i}", "m", 0, i) for i in range(300)]
+    worker, flushed = run_items(backend, namespace, items, work, concurrency=2, prefetch=4)
+    assert flushed
+    assert most <= 2
+    assert sorted(done) == list(range(300))
+    assert worker.stats["claimed"] == 300
+
+
+@pytest.mark.parametrize(
+    ("batch_seconds", "round_trip", "deep", "expected"),
+    [
+        (0.0, 0.0, True, 1),  # nothing measured yet: one
+        (0.002, 0.0005, True, 16),  # a lease per item: as many as allowed
+        (0.0045, 0.0005, True, 8),  # 8 slots x 4 round trips of >= 1 ms / 4.5 ms batches
+        (0.010, 0.0005, True, 4),  # 8 slots x 4 round trips of >= 1 ms / 10 ms batches
+        (0.250, 0.0005, True, 1),  # long batches: one, never zero
+        (0.250, 0.020, True, 3),  # a slow link needs more
+        (0.002, 0.0005, False, 0),  # shallow backlog: none, whatever the times
+    ],
+)
+def test_prefetch_follows_batch_and_round_trip_times(
+    backend: Backend,
+    namespace: str,
+    batch_seconds: float,
+    round_trip: float,
+    deep: bool,
+    expected: int,
+) -> None:
+    worker = workshaper.Worker(backend, namespace, work=print, concurrency=8)
+    assert worker.prefetch == 16
+    worker._deep_backlog = deep
+    worker._batch_seconds = batch_seconds
+    worker._round_trip_seconds = round_trip
+    assert worker._lookahead() == expected

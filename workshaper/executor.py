@@ -22,6 +22,7 @@ import json
 import logging
 import queue
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -118,6 +119,7 @@ class BatchRunner:
         work, on_done, finished = self.work, self._on_done, self._finished
         partition, sub_key, token = lease.partition, lease.sub_key, lease.token
         outcome: Outcome = ("finished",)
+        lease.started = time.monotonic()
         for index, raw in enumerate(entries):
             if lease.stop:
                 outcome = ("stopped", index)
@@ -146,6 +148,7 @@ class BatchRunner:
         work, on_done, finished = self.work, self._on_done, self._finished
         partition, sub_key, token = lease.partition, lease.sub_key, lease.token
         outcome: Outcome = ("finished",)
+        lease.started = time.monotonic()
         for index, raw in enumerate(entries):
             if lease.stop:
                 outcome = ("stopped", index)
@@ -172,6 +175,9 @@ class BatchRunner:
 
 
 class Executor(Protocol):
+    #: Whether batches submitted beyond ``concurrency`` wait in a queue (True) or run at once.
+    queues_beyond_concurrency: bool
+
     def start(self) -> None: ...
     def submit(self, lease: Lease, entries: list[bytes], attempt: int) -> None: ...
     def shutdown(self, wait: bool) -> None: ...
@@ -183,6 +189,8 @@ class ThreadExecutor:
     (A ThreadPoolExecutor builds a Future, a work item and a semaphore round per submit; with a
     lease per item that was a tenth of a worker's CPU.)
     """
+
+    queues_beyond_concurrency = True
 
     def __init__(self, runner: BatchRunner, concurrency: int) -> None:
         self._runner = runner
@@ -219,6 +227,8 @@ class ThreadExecutor:
 
 class AsyncExecutor:
     """``async def`` handlers: every lease batch is a task on one event loop thread."""
+
+    queues_beyond_concurrency = False
 
     def __init__(self, runner: BatchRunner) -> None:
         self._runner = runner

@@ -12,15 +12,16 @@ Threads of one worker process:
 A lease lives in one of these states::
 
     FETCHING  claimed; its first batch is being read
-    READY     a batch is read and waits for a free executor slot (prefetched)
-    RUNNING   a batch is in the executor
+    READY     a batch is read and waits for room in the executor (prefetched)
+    RUNNING   a batch is in the executor (running, or queued for a thread: prefetched)
     REPORTING the batch ended; its completion / failure is being recorded
     WAITING   a failed item waits for its retry (the lease is kept, so successors wait too)
 
 After a crash the sub keys the dead worker held get a single-step window (expire_lease.lua).
-A lease in its window runs *isolated*: the worker lets its other batches finish, hands its
-prefetched leases back, flags the lease in Redis and runs the window's items one at a time
-with nothing else running, so a crash then can only be that item's and is charged to it.
+A lease in its window runs *isolated*: the worker stops its other batches after their current
+item, hands its prefetched leases back, flags the lease in Redis and runs the window's items
+one at a time with nothing else running, so a crash then can only be that item's and is
+charged to it.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import heapq
 import itertools
 import json
 import logging
+import math
 import os
 import queue
 import secrets
@@ -66,6 +68,13 @@ WAKE_BLOCK_SECONDS = 1.0
 REAP_INTERVAL = 1.0
 #: How often the worker refreshes its registry entry (heartbeat).
 REFRESH_INTERVAL = 5.0
+#: How far ahead prefetching looks, in coordinator round trips: a lease claimed now is runnable
+#: after its claim, its batch read and a coordinator turn or two.
+LOOKAHEAD_ROUND_TRIPS = 4
+#: Floor of the round-trip time in that estimate (a loaded host answers slower than it measured).
+MIN_ROUND_TRIP = 0.001
+#: Weight of the newest sample in the moving averages of batch and round-trip times.
+EWMA_WEIGHT = 0.1
 #: Pause after Redis was unreachable, doubled up to the max while it stays unreachable.
 REDIS_RETRY_MIN, REDIS_RETRY_MAX = 0.05, 2.0
 
@@ -73,6 +82,13 @@ EXHAUSTED_MODES = {"dead_letter": "d", "block": "b"}
 
 FETCHING, READY, RUNNING = "fetching", "ready", "running"
 REPORTING, WAITING = "reporting", "waiting"
+
+
+def moving_average(average: float, sample: float) -> float:
+    """Exponentially weighted; the first sample (average 0) is taken as it is."""
+    if not average:
+        return sample
+    return average + EWMA_WEIGHT * (sample - average)
 
 
 @dataclass(eq=False)
@@ -98,6 +114,10 @@ class Lease:
     end_action: str | None = None  # "c", "y" or "r" once the batch ended
     failure: tuple[Any, ...] | None = None  # an outcome waiting to be recorded
     stop: bool = False  # read by the executor before each item
+    started: float = 0.0  # CLOCK_MONOTONIC when the executor began the current batch
+    #: The last read got fewer items than asked: the queue was read to its end, so once the
+    #: batch is recorded the lease most likely ends (always, for a ``sub_key=None`` item).
+    drained: bool = False
     lost: bool = False
     isolated: bool = False  # flagged in Redis as running alone in this process
 
@@ -170,10 +190,11 @@ class Worker:
         self.on_exhausted = on_exhausted
         self.batch_size = batch_size
         if prefetch is None:
-            prefetch = max(1, concurrency // 2)
+            prefetch = 2 * concurrency
         elif isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
             raise InvalidInput(f"prefetch must be an int >= 0, got {prefetch!r}")
-        #: Leases held beyond ``concurrency`` (batch read ahead) while the backlog is deep.
+        #: Most leases held beyond ``concurrency`` (batch read ahead) while the backlog is deep;
+        #: how many are used follows the batch times (see _lookahead).
         self.prefetch = prefetch
         self.id = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self._owns_backend = not isinstance(redis, Backend)
@@ -198,8 +219,11 @@ class Worker:
         self._free = threading.Condition()
         self._free_slots = concurrency
         self._in_executor = 0  # leases whose batch is in the executor
+        self._capacity = concurrency  # how many batches the executor may hold (set by run())
         self._standby: deque[Lease] = deque()  # READY leases, in the order they became ready
         self._deep_backlog = False  # the last claim left >= concurrency sub keys runnable
+        self._batch_seconds = 0.0  # moving average of a finished batch's run time (0: none yet)
+        self._round_trip_seconds = 0.0  # moving average of one coordinator round trip
         #: The lease in its single-step window after a crash, run with nothing else running in
         #: this process so that a crash now can only be its head item's (see expire_lease.lua).
         self._isolating: Lease | None = None
@@ -238,6 +262,11 @@ class Worker:
         try:
             scripts.register_scripts(self._backend)
             self._executor = make_executor(self._runner, self.concurrency)
+            self._capacity = self.concurrency
+            if self._executor.queues_beyond_concurrency:
+                # Prefetched leases wait in the executor's own queue: a thread that finishes a
+                # batch takes the next one at once, without waiting for a coordinator turn.
+                self._capacity += self.prefetch
             self._executor.start()
             waker.start()
             log.info(
@@ -405,6 +434,9 @@ class Worker:
             self._drop(lease)
             return
         if kind == "finished":
+            self._batch_seconds = moving_average(
+                self._batch_seconds, time.monotonic() - lease.started
+            )
             lease.entries = []
             lease.end_action = self._continue_action(lease)
         elif kind == "stopped":
@@ -462,9 +494,35 @@ class Worker:
         prefetches, so none holds sub keys that another worker could be running."""
         if self._stop_requested.is_set() or self._isolating is not None:
             return 0
-        held = sum(1 for lease in self._leases.values() if lease.state != WAITING)
-        extra = self.prefetch if self._deep_backlog else 0
-        return self.concurrency + extra - held - sum(c.count for c in self._claims)
+        held = sum(1 for lease in self._leases.values() if self._occupies(lease))
+        return self.concurrency + self._lookahead() - held - sum(c.count for c in self._claims)
+
+    @staticmethod
+    def _occupies(lease: Lease) -> bool:
+        """Does the lease count against the leases to hold? Not while it waits for a retry, nor
+        once its batch ended and it is about to go (released, yielded, or its queue read to
+        the end): its successor is claimed in the round trip that records it, not the next."""
+        if lease.state == WAITING:
+            return False
+        if lease.state == REPORTING and lease.end_action is not None:
+            return lease.end_action == "c" and not lease.drained
+        return True
+
+    def _lookahead(self) -> int:
+        """Leases to prefetch: as many as batches end (across the slots) while a new lease
+        becomes runnable, capped by ``prefetch`` (default twice the slots). Short batches (a
+        lease per item) need many, or slots sit idle waiting for claims; long ones need one,
+        and more would hold sub keys idle in this worker's queue while another worker has free
+        slots."""
+        if not self._deep_backlog or not self.prefetch:
+            return 0
+        if not self._batch_seconds:
+            # Nothing measured yet: one, until batches show they are short. A greedy start
+            # would queue sub keys here that another worker's idle threads could run.
+            return 1
+        ready_after = LOOKAHEAD_ROUND_TRIPS * max(self._round_trip_seconds, MIN_ROUND_TRIP)
+        needed = math.ceil(self.concurrency * ready_after / self._batch_seconds)
+        return max(1, min(self.prefetch, needed))
 
     def _publish_free_slots(self) -> None:
         free = self._wanted()
@@ -507,12 +565,14 @@ class Worker:
             handlers.append(lambda: self._wakes.difference_update(wakes))
         if not len(batch):
             return
+        sent = time.monotonic()
         try:
             batch.execute()
         except BaseException:
             # Nothing was applied locally: every op stays queued and is sent again (all idempotent).
             self._next_renew = self._next_reap = 0.0
             raise
+        self._round_trip_seconds = moving_average(self._round_trip_seconds, time.monotonic() - sent)
         for handle in handlers:
             handle()
 
@@ -567,6 +627,7 @@ class Worker:
                 self._drop(lease)
             elif answer.next_entries:
                 lease.entries = answer.next_entries
+                lease.drained = not lease.exact and len(lease.entries) < self.batch_size
                 lease.attempts_record = answer.attempts_record
                 lease.attempt = lease.attempt_of_head()
                 self._submit(lease)
@@ -719,11 +780,12 @@ class Worker:
             reply: scripts.Reply[list[bytes]] = batch.command(
                 "LRANGE", lease.pkeys.queue(lease.sub), 0, count - 1, parse=list
             )
-            handlers.append(partial(self._fetched, lease, reply))
+            handlers.append(partial(self._fetched, lease, count, reply))
         return handlers
 
-    def _fetched(self, lease: Lease, reply: scripts.Reply[list[bytes]]) -> None:
+    def _fetched(self, lease: Lease, count: int, reply: scripts.Reply[list[bytes]]) -> None:
         lease.entries = reply.get()
+        lease.drained = len(lease.entries) < count
         lease.attempt = lease.attempt_of_head()
         lease.state = REPORTING
         if lease.stop or not lease.entries:
@@ -828,7 +890,7 @@ class Worker:
             lease.state = REPORTING
             lease.end_action = "r"  # another worker runs it meanwhile
             return
-        if self._in_executor >= self.concurrency:
+        if self._in_executor >= self._capacity:
             lease.state = READY
             self._standby.append(lease)
             return
@@ -844,7 +906,7 @@ class Worker:
         if self._isolating is not None:
             self._run_isolated()
             return
-        while self._standby and self._in_executor < self.concurrency:
+        while self._standby and self._in_executor < self._capacity:
             lease = self._standby.popleft()
             if lease.stop:
                 lease.state = REPORTING
@@ -866,6 +928,11 @@ class Worker:
             waiting = self._standby.popleft()
             waiting.state = REPORTING
             waiting.end_action = "r"
+        for held in self._leases.values():
+            if held.state == RUNNING:
+                # Batches still queued in the executor hand their sub keys back without running;
+                # running ones stop after their current item, so the isolated one starts sooner.
+                held.stop = True
         self._run_isolated()
 
     def _run_isolated(self) -> None:
