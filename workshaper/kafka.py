@@ -43,13 +43,12 @@ import argparse
 import logging
 import os
 import re
-import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 from workshaper import codec
@@ -57,6 +56,7 @@ from workshaper.connection import Backend, connect
 from workshaper.errors import BackendUnavailable, InvalidInput, InvalidType, QueueFull
 from workshaper.hashing import sub_key_for
 from workshaper.producer import Enqueued, Producer, check_positive
+from workshaper.signals import install_stop_handlers
 
 try:
     from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -296,26 +296,11 @@ class KafkaBridge:
         self.stop()
 
     def _install_signal_handlers(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        signals = (signal.SIGTERM, signal.SIGINT)
-        previous = {s: signal.getsignal(s) for s in signals}
-
-        def handle(signum: int, frame: FrameType | None) -> None:
-            if self._stop_requested.is_set():
-                log.error("second signal %d: exiting now; uncommitted records come back", signum)
-                os._exit(1)
-            log.info("signal %d: stopping (a second signal forces exit)", signum)
-            self._stop_requested.set()
-
-        for s in signals:
-            signal.signal(s, handle)
-
-        def restore() -> None:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
-        return restore
+        return install_stop_handlers(
+            self._stop_requested.set,
+            self._stop_requested.is_set,
+            forced_exit_note="uncommitted records come back",
+        )
 
     # --- what tests and metrics read -------------------------------------------------------
 

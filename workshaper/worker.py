@@ -35,7 +35,6 @@ import math
 import os
 import queue
 import secrets
-import signal
 import socket
 import threading
 import time
@@ -43,7 +42,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from types import FrameType
 from typing import Any
 
 import redis
@@ -55,6 +53,7 @@ from workshaper.executor import BatchRunner, Executor, make_executor
 from workshaper.keys import NamespaceKeys, PartitionKeys
 from workshaper.producer import check_positive
 from workshaper.scripts import Batch, Completion, Link
+from workshaper.signals import install_stop_handlers
 
 log = logging.getLogger(__name__)
 
@@ -310,26 +309,11 @@ class Worker:
             self._free.notify_all()
 
     def _install_signal_handlers(self) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        signals = (signal.SIGTERM, signal.SIGINT)
-        previous = {s: signal.getsignal(s) for s in signals}
-
-        def handle(signum: int, frame: FrameType | None) -> None:
-            if self._stop_requested.is_set():
-                log.error("second signal %d: exiting now; held leases will expire", signum)
-                os._exit(1)
-            log.info("signal %d: stopping (a second signal forces exit)", signum)
-            self._request_stop(None)
-
-        for s in signals:
-            signal.signal(s, handle)
-
-        def restore() -> None:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
-        return restore
+        return install_stop_handlers(
+            partial(self._request_stop, None),
+            self._stop_requested.is_set,
+            forced_exit_note="held leases will expire",
+        )
 
     # --- the coordinator loop --------------------------------------------------------------
 
