@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -375,3 +376,26 @@ def test_prefetch_follows_batch_and_round_trip_times(
     worker._batch_seconds = batch_seconds
     worker._round_trip_seconds = round_trip
     assert worker._lookahead() == expected
+
+
+def test_async_handler_retries_and_sees_its_own_job(backend: Backend, namespace: str) -> None:
+    """``async def`` work runs on the event loop: a failure is retried like a thread's, and
+    every task reads its own item from current_job() while others are suspended."""
+    attempts: dict[int, list[int]] = {}
+    mismatched: list[int] = []
+
+    async def work(message: Any, partition: int, offset: int) -> None:
+        attempts.setdefault(offset, []).append(workshaper.current_job().attempt)
+        await asyncio.sleep(0.001)  # let the other leases' tasks run meanwhile
+        if workshaper.current_job().offset != offset:
+            mismatched.append(offset)
+        if offset == 3 and workshaper.current_job().attempt == 1:
+            raise ValueError("first attempt fails")
+
+    items = [(f"k{o % 4}", "m", 0, o) for o in range(40)]
+    worker, flushed = run_items(backend, namespace, items, work, retry_backoff=0.01)
+    assert flushed
+    assert attempts[3] == [1, 2]
+    assert all(attempts[o] == [1] for o in range(40) if o != 3)
+    assert mismatched == []
+    assert worker.stats["failed"] == 1

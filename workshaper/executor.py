@@ -24,7 +24,7 @@ import queue
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from workshaper import codec
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 Post = Callable[[tuple[Any, ...]], None]
 Outcome = tuple[Any, ...]
+#: A batch as BatchRunner.steps runs it: yields items, is sent handler errors, returns outcome.
+Steps = Generator[tuple[Job, codec.Message], Exception | None, Outcome]
 
 #: Bounds on what a dead letter keeps of an error (Redis memory, not the log).
 MAX_ERROR_MESSAGE = 2000
@@ -115,63 +117,69 @@ class BatchRunner:
             lease.notified = True
             self._post(("done", lease))
 
-    def run_sync(self, lease: Lease, entries: list[bytes], attempt: int) -> None:
-        work, on_done, finished = self.work, self._on_done, self._finished
+    def steps(self, lease: Lease, entries: list[bytes], attempt: int) -> Steps:
+        """The batch, one item at a time: yields ``(job, message)`` for the driver to run and
+        takes back what running it raised (None after a success); returns the outcome.
+
+        Everything but the handler call lives here, so the thread driver (``run_sync``) and
+        the event-loop driver (``run_async``) differ only in ``await``.
+        """
+        on_done, finished = self._on_done, self._finished
         partition, sub_key, token = lease.partition, lease.sub_key, lease.token
-        outcome: Outcome = ("finished",)
         lease.started = time.monotonic()
-        for index, raw in enumerate(entries):
-            if lease.stop:
-                outcome = ("stopped", index)
-                break
-            try:
-                head, _, payload = raw.partition(b"|")
-                offset = int(head)
-                message = codec.decode_message(payload)
-            except (ValueError, codec.CorruptEntry) as exc:
-                outcome = ("corrupt", index, f"queue entry does not decode: {exc}")
-                break
-            job = Job(sub_key, partition, offset, attempt if index == 0 else 1, token)
-            set_current_job(job)
-            try:
-                work(message, partition, offset)
-            except Exception as exc:
-                outcome = self.failed(lease, index, job, message, exc)
-                break
-            finished(lease, offset)
-            if on_done is not None:
-                self._done_callback(message, partition, offset)
-        set_current_job(None)
-        self.ended(lease, outcome)
+        try:
+            for index, raw in enumerate(entries):
+                if lease.stop:
+                    return ("stopped", index)
+                try:
+                    head, _, payload = raw.partition(b"|")
+                    offset = int(head)
+                    message = codec.decode_message(payload)
+                except (ValueError, codec.CorruptEntry) as exc:
+                    return ("corrupt", index, f"queue entry does not decode: {exc}")
+                job = Job(sub_key, partition, offset, attempt if index == 0 else 1, token)
+                set_current_job(job)
+                error = yield job, message
+                if error is not None:
+                    return self.failed(lease, index, job, message, error)
+                finished(lease, offset)
+                if on_done is not None:
+                    self._done_callback(message, partition, offset)
+            return ("finished",)
+        finally:
+            set_current_job(None)
+
+    def run_sync(self, lease: Lease, entries: list[bytes], attempt: int) -> None:
+        work = self.work
+        steps = self.steps(lease, entries, attempt)
+        error: Exception | None
+        try:
+            job, message = next(steps)
+            while True:
+                try:
+                    work(message, job.partition, job.offset)
+                    error = None
+                except Exception as exc:
+                    error = exc
+                job, message = steps.send(error)
+        except StopIteration as end:
+            self.ended(lease, end.value)
 
     async def run_async(self, lease: Lease, entries: list[bytes], attempt: int) -> None:
-        work, on_done, finished = self.work, self._on_done, self._finished
-        partition, sub_key, token = lease.partition, lease.sub_key, lease.token
-        outcome: Outcome = ("finished",)
-        lease.started = time.monotonic()
-        for index, raw in enumerate(entries):
-            if lease.stop:
-                outcome = ("stopped", index)
-                break
-            try:
-                head, _, payload = raw.partition(b"|")
-                offset = int(head)
-                message = codec.decode_message(payload)
-            except (ValueError, codec.CorruptEntry) as exc:
-                outcome = ("corrupt", index, f"queue entry does not decode: {exc}")
-                break
-            job = Job(sub_key, partition, offset, attempt if index == 0 else 1, token)
-            set_current_job(job)
-            try:
-                await work(message, partition, offset)
-            except Exception as exc:
-                outcome = self.failed(lease, index, job, message, exc)
-                break
-            finished(lease, offset)
-            if on_done is not None:
-                self._done_callback(message, partition, offset)
-        set_current_job(None)
-        self.ended(lease, outcome)
+        work = self.work
+        steps = self.steps(lease, entries, attempt)
+        error: Exception | None
+        try:
+            job, message = next(steps)
+            while True:
+                try:
+                    await work(message, job.partition, job.offset)
+                    error = None
+                except Exception as exc:
+                    error = exc
+                job, message = steps.send(error)
+        except StopIteration as end:
+            self.ended(lease, end.value)
 
 
 class Executor(Protocol):
