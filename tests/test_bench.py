@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from workshaper.bench import __main__ as bench_main
-from workshaper.bench import throughput
-from workshaper.bench.common import plan_noop
+from workshaper.bench import ordering, throughput
+from workshaper.bench.common import Items, plan_noop
 from workshaper.bench.handlers import Record
 from workshaper.bench.throughput import RunConfig, WsRun, run_workshaper
 from workshaper.bench.verify import AckCall, Plan, Verdict, ack_delays, verify
@@ -134,3 +134,14 @@ def test_a_broken_verdict_fails_the_bench(
     )
     status = bench_main.run(["--quick", "--only", "s1", "--s1-items", "2000"])
     assert status == 1
+
+
+def test_schedule_bound_packs_whole_chains() -> None:
+    """Three 1 s chains on two slots cannot end before 2 s, though total / slots is 1.5 s;
+    unordered items are chains of one."""
+    subs = ["a", "a", "b", "c", None, None]
+    sleeps = [500_000, 500_000, 1_000_000, 1_000_000, 250_000, 250_000]
+    items = Items(Plan(subs, [0] * 6, list(range(6))), [])
+    assert ordering.schedule_bound(items, sleeps, 2) == 2.0
+    assert ordering.schedule_bound(items, sleeps, 4) == 1.0
+    assert ordering.ideal_seconds(items, sleeps, 2)[0] == 1.75
