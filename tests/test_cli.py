@@ -88,6 +88,10 @@ def test_bad_settings_exit_2(redis_server: RedisServer) -> None:
         "workshaper.testing.journal:work", "--redis", redis_server.url, "--namespace", "bad:ns"
     )
     assert result.returncode == 2 and "namespace 'bad:ns'" in result.stderr
+    result = worker_cli(
+        "workshaper.testing.journal:work", "--redis", redis_server.url, "--prefetch", "-1"
+    )
+    assert result.returncode == 2 and "prefetch must be an int >= 0, got -1" in result.stderr
 
 
 def test_worker_configured_from_environment_runs_items_and_stops_on_sigterm(

@@ -105,6 +105,12 @@ def worker_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size", type=_number(int, "--batch-size"), default=_env("BATCH_SIZE", "100")
     )
+    p.add_argument(
+        "--prefetch",
+        type=_number(int, "--prefetch"),
+        default=_env("PREFETCH"),
+        help="most leases read ahead beyond --concurrency (default 2 x concurrency; 0: none)",
+    )
     p.add_argument("--on-done", default=_env("ON_DONE"), help="MODULE:FUNCTION after success")
     p.add_argument("--on-error", default=_env("ON_ERROR"), help="MODULE:FUNCTION per failure")
     p.add_argument("--name", default=_env("WORKER_NAME"), help="worker id (default host-pid-rand)")
@@ -120,6 +126,7 @@ def _convert_defaults(args: argparse.Namespace) -> None:
         ("max_attempts", int),
         ("retry_backoff", float),
         ("batch_size", int),
+        ("prefetch", int),
     ):
         value = getattr(args, name)
         if isinstance(value, str):
@@ -170,6 +177,7 @@ def worker_main(argv: Sequence[str] | None = None) -> None:
             retry_backoff=args.retry_backoff,
             on_exhausted=args.on_exhausted,
             batch_size=args.batch_size,
+            prefetch=args.prefetch,
             name=args.name,
         )
     except (SetupError, BackendUnavailable, InvalidInput) as exc:
