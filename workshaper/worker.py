@@ -116,7 +116,7 @@ class Lease:
     started: float = 0.0  # CLOCK_MONOTONIC when the executor began the current batch
     #: The last read got fewer items than asked: the queue was read to its end, so once the
     #: batch is recorded the lease most likely ends (always, for a ``sub_key=None`` item).
-    drained: bool = False
+    read_to_end: bool = False
     lost: bool = False
     isolated: bool = False  # flagged in Redis as running alone in this process
 
@@ -489,7 +489,7 @@ class Worker:
         if lease.state == WAITING:
             return False
         if lease.state == REPORTING and lease.end_action is not None:
-            return lease.end_action == "c" and not lease.drained
+            return lease.end_action == "c" and not lease.read_to_end
         return True
 
     def _lookahead(self) -> int:
@@ -601,9 +601,7 @@ class Worker:
                 self._fenced(lease, "completion")
                 continue
             self.stats["finished"] += answer.finished
-            lease.exact = max(0, lease.exact - answer.finished)
-            if lease is self._isolating and lease.exact == 0:
-                self._end_isolation()  # the window is over (the script cleared the flag)
+            self._use_window_steps(lease, answer.finished)
             if action == "k":
                 continue
             lease.end_action = None
@@ -611,7 +609,7 @@ class Worker:
                 self._drop(lease)
             elif answer.next_entries:
                 lease.entries = answer.next_entries
-                lease.drained = not lease.exact and len(lease.entries) < self.batch_size
+                lease.read_to_end = not lease.exact and len(lease.entries) < self.batch_size
                 lease.attempts_record = answer.attempts_record
                 lease.attempt = lease.attempt_of_head()
                 self._submit(lease)
@@ -703,10 +701,7 @@ class Worker:
                 )
             lease.entries = lease.entries[1:]
             lease.attempt = 1
-            if lease.exact:  # a dead-lettered item used a step of the window too
-                lease.exact -= 1
-                if lease is self._isolating and not lease.exact:
-                    self._end_isolation()
+            self._use_window_steps(lease, 1)  # a dead-lettered item used a step too
             if lease.entries and not lease.stop:
                 self._submit(lease)
             else:
@@ -769,7 +764,7 @@ class Worker:
 
     def _fetched(self, lease: Lease, count: int, reply: scripts.Reply[list[bytes]]) -> None:
         lease.entries = reply.get()
-        lease.drained = len(lease.entries) < count
+        lease.read_to_end = len(lease.entries) < count
         lease.attempt = lease.attempt_of_head()
         lease.state = REPORTING
         if lease.stop or not lease.entries:
@@ -952,6 +947,15 @@ class Worker:
         lease.isolated = True
         if lease is self._isolating:
             self._run_isolated()
+
+    def _use_window_steps(self, lease: Lease, steps: int) -> None:
+        """Count items that ended (finished or dead-lettered) against the lease's single-step
+        window; isolation ends with the window (the scripts clear the flag in Redis)."""
+        if not lease.exact:
+            return
+        lease.exact = max(0, lease.exact - steps)
+        if not lease.exact and lease is self._isolating:
+            self._end_isolation()
 
     def _end_isolation(self) -> None:
         lease = self._isolating
