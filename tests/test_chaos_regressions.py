@@ -18,9 +18,11 @@ import pytest
 import workshaper
 from workshaper import codec, scripts
 from workshaper.admin import Admin
+from workshaper.batch import run_one
 from workshaper.cli import worker_command
 from workshaper.connection import connect
 from workshaper.keys import NamespaceKeys
+from workshaper.lua_scripts import register_scripts
 from workshaper.scripts import EncodedItem
 from workshaper.testing.journal import read_journal
 from workshaper.testing.proxy import ChaosProxy
@@ -162,12 +164,12 @@ def test_lease_in_a_new_partition_is_reaped_within_lease_plus_2s(
         # The first round trip of the worker refreshes the partitions and registers it.
         wait_for(lambda: client.hexists(keys.workers, worker.id), timeout=30)
         pkeys = keys.partition(7)
-        scripts.register_scripts(backend)
+        register_scripts(backend)
         client.sadd(keys.partitions, 7)
         sub = codec.encode_sub_key("k", 0)
         item = EncodedItem(sub, 0, codec.make_entry(0, codec.encode_message("m", 1024)))
-        scripts.run_one(backend, lambda b: scripts.enqueue_items(b, pkeys, [item], 10))
-        _, claimed = scripts.run_one(
+        run_one(backend, lambda b: scripts.enqueue_items(b, pkeys, [item], 10))
+        _, claimed = run_one(
             backend,
             lambda b: scripts.claim_sub_keys(
                 b,

@@ -12,6 +12,7 @@ import redis
 
 import workshaper
 from workshaper import Enqueued, InvalidInput, InvalidType, QueueFull
+from workshaper.batch import run_one
 from workshaper.connection import Backend, connect, mask_url
 from workshaper.keys import NamespaceKeys
 from workshaper.testing import RedisServer, free_port
@@ -131,9 +132,7 @@ def test_new_producer_acks_what_a_dead_producer_offered_but_never_committed(
     finish_everything(backend, namespace)
     pkeys = NamespaceKeys(namespace).partition(0)
     # The first producer's ack loop offered watermark 1 and died before committing it.
-    assert (
-        scripts.run_one(backend, lambda b: scripts.offer_watermark(b, pkeys, False)).watermark == 1
-    )
+    assert run_one(backend, lambda b: scripts.offer_watermark(b, pkeys, False)).watermark == 1
     acks: list[tuple[int, int]] = []
     with workshaper.Producer(backend, namespace, ack=lambda p, o: acks.append((p, o))) as second:
         assert second.enqueue_many([("a", "m", 0, 0), ("b", "m", 0, 1)]) == [

@@ -9,6 +9,7 @@ import pytest
 
 from workshaper import codec, scripts
 from workshaper.admin import Admin
+from workshaper.batch import Batch, Reply, run_one
 from workshaper.connection import Backend
 from workshaper.keys import NamespaceKeys, PartitionKeys
 from workshaper.scripts import Completion, EncodedItem
@@ -25,8 +26,8 @@ class Partition:
         self.keys: PartitionKeys = NamespaceKeys(namespace).partition(partition)
         self.requests = 0
 
-    def run(self, build: Callable[[scripts.Batch], scripts.Reply[T]]) -> T:
-        return scripts.run_one(self.backend, build)
+    def run(self, build: Callable[[Batch], Reply[T]]) -> T:
+        return run_one(self.backend, build)
 
     def enqueue(self, *items: tuple[Any, int], max_in_queue: int = 1000) -> list[int]:
         encoded = [

@@ -16,6 +16,7 @@ from workshaper.admin import Admin
 from workshaper.connection import Backend
 from workshaper.keys import NamespaceKeys
 from workshaper.testing import RedisServer
+from workshaper.worker.prefetch import PrefetchPolicy
 
 from .conftest import wait_for
 
@@ -214,7 +215,7 @@ def test_exceptions_in_on_done_and_on_error_are_logged_not_fatal(
         raise RuntimeError("callback bug")
 
     rec = Recorder(fail_first={1: 1})
-    with caplog.at_level(logging.ERROR, logger="workshaper.executor"):
+    with caplog.at_level(logging.ERROR, logger="workshaper.worker.executor"):
         _, flushed = run_items(
             backend,
             namespace,
@@ -372,10 +373,11 @@ def test_prefetch_follows_batch_and_round_trip_times(
 ) -> None:
     worker = workshaper.Worker(backend, namespace, work=print, concurrency=8)
     assert worker.prefetch == 16
-    worker._deep_backlog = deep
-    worker._batch_seconds = batch_seconds
-    worker._round_trip_seconds = round_trip
-    assert worker._lookahead() == expected
+    policy = PrefetchPolicy(worker.concurrency, worker.prefetch)
+    policy.deep_backlog = deep
+    policy.batch_seconds = batch_seconds
+    policy.round_trip_seconds = round_trip
+    assert policy.lookahead() == expected
 
 
 def test_async_handler_retries_and_sees_its_own_job(backend: Backend, namespace: str) -> None:

@@ -19,9 +19,10 @@ from collections.abc import Callable
 import redis
 
 from workshaper import scripts
+from workshaper.batch import Link
 from workshaper.connection import Backend
 from workshaper.keys import NamespaceKeys
-from workshaper.scripts import Link, Offer
+from workshaper.scripts import Offer
 
 log = logging.getLogger(__name__)
 

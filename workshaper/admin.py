@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from workshaper import codec, scripts
+from workshaper.batch import run_one
 from workshaper.connection import Backend, connect
 from workshaper.errors import InvalidInput
 from workshaper.keys import NamespaceKeys
@@ -163,7 +164,7 @@ class Admin:
         )
         sub = codec.encode_sub_key(sub_key, 0)
         pkeys = self._keys.partition(partition)
-        result = scripts.run_one(
+        result = run_one(
             self._backend, lambda b: scripts.unblock_sub_key(b, pkeys, sub, action, note)
         )
         if result:

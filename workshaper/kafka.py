@@ -55,7 +55,8 @@ from workshaper import codec
 from workshaper.connection import Backend, connect
 from workshaper.errors import BackendUnavailable, InvalidInput, InvalidType, QueueFull
 from workshaper.hashing import sub_key_for
-from workshaper.producer import Enqueued, Producer, check_positive
+from workshaper.options import check_positive
+from workshaper.producer import Enqueued, Producer
 from workshaper.signals import install_stop_handlers
 
 try:

@@ -14,10 +14,12 @@ import redis
 
 from workshaper import codec, scripts
 from workshaper.ackloop import AckCallback, AckLoop
+from workshaper.batch import Link, Reply
 from workshaper.connection import Backend, connect
 from workshaper.errors import BackendUnavailable, InvalidInput, InvalidType, QueueFull
 from workshaper.keys import NamespaceKeys, PartitionKeys
-from workshaper.scripts import EncodedItem, Link
+from workshaper.options import check_positive
+from workshaper.scripts import EncodedItem
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +46,6 @@ _FULL = 3
 _BEING_ACKED = 4
 
 Item = tuple[codec.SubKey, codec.Message, int, int]
-
-
-def check_positive(name: str, value: object, *, allow_float: bool = False) -> None:
-    kinds: tuple[type, ...] = (int, float) if allow_float else (int,)
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        raise InvalidType(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    if value <= 0 if allow_float else value < 1:  # type: ignore[operator]
-        raise InvalidInput(f"{name} must be {'> 0' if allow_float else '>= 1'}, got {value!r}")
 
 
 class Producer:
@@ -187,7 +181,7 @@ class Producer:
     ) -> list[int]:
         """One round trip: a script call per partition. Returns the partitions found full."""
         batch = self._link.batch()
-        sent: dict[int, tuple[list[tuple[int, EncodedItem]], scripts.Reply[list[int]]]] = {}
+        sent: dict[int, tuple[list[tuple[int, EncodedItem]], Reply[list[int]]]] = {}
         for partition, start in todo.items():
             chunk = by_partition[partition][start : start + MAX_ITEMS_PER_CALL]
             reply = scripts.enqueue_items(

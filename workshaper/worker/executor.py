@@ -1,6 +1,6 @@
 """Running handlers: the items of one lease batch, in order, on threads or on an event loop.
 
-The coordinator (worker.py) hands a batch of queue entries to an executor; the executor runs
+The coordinator hands a batch of queue entries to an executor; the executor runs
 them one after another and posts what happened back to the coordinator's inbox:
 
     ("done", lease)                items succeeded: their offsets wait in lease.finished (one
@@ -25,13 +25,11 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from workshaper import codec
 from workshaper.jobs import Job, set_current_job
-
-if TYPE_CHECKING:
-    from workshaper.worker import Lease
+from workshaper.worker.lease import Lease
 
 log = logging.getLogger(__name__)
 

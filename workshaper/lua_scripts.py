@@ -1,0 +1,58 @@
+"""The Lua scripts as files: loading them with their includes, and SCRIPT LOAD on a server.
+
+Each ``.lua`` file in ``workshaper/lua`` is one atomic operation; its header documents KEYS,
+ARGV and the reply. Lines ``--@include name.lua`` inline a helper from ``lua/includes``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+from workshaper.connection import Backend
+
+_INCLUDE = re.compile(r"^--@include (\S+)$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class LuaScript:
+    name: str
+    source: str
+    sha: str
+
+
+def _read(path: str) -> str:
+    return (resources.files("workshaper") / "lua" / path).read_text(encoding="utf-8")
+
+
+@cache
+def load_script(name: str) -> LuaScript:
+    """The script ``name``.lua with its includes inlined."""
+    source = _INCLUDE.sub(lambda m: _read(f"includes/{m.group(1)}"), _read(f"{name}.lua"))
+    return LuaScript(name, source, hashlib.sha1(source.encode()).hexdigest())
+
+
+SCRIPT_NAMES = (
+    "enqueue_items",
+    "claim_sub_keys",
+    "complete_items",
+    "fail_item",
+    "extend_leases",
+    "find_expired_leases",
+    "expire_lease",
+    "offer_watermark",
+    "commit_watermark",
+    "unblock_sub_key",
+    "mark_isolated",
+)
+
+
+def register_scripts(backend: Backend) -> None:
+    """SCRIPT LOAD every script (after a server restart or SCRIPT FLUSH)."""
+    pipe = backend.client.pipeline(transaction=False)
+    for name in SCRIPT_NAMES:
+        pipe.script_load(load_script(name).source)
+    pipe.execute()

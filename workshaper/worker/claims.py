@@ -1,0 +1,126 @@
+"""Claims and fetches: leasing runnable sub keys of a partition that rang its bell, then reading
+each new lease's first batch."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from workshaper import codec, scripts
+from workshaper.batch import Batch, Reply
+from workshaper.worker.dispatch import Dispatcher
+from workshaper.worker.lease import FETCHING, REPORTING, Lease
+from workshaper.worker.prefetch import PrefetchPolicy
+from workshaper.worker.state import CoordinatorState
+
+
+@dataclass
+class _Claim:
+    partition: int
+    request_id: str
+    count: int
+
+
+class Claims:
+    def __init__(
+        self, state: CoordinatorState, prefetch: PrefetchPolicy, dispatcher: Dispatcher
+    ) -> None:
+        self._state = state
+        self._prefetch = prefetch
+        self._dispatcher = dispatcher
+        self._pending: list[_Claim] = []
+        self._request_seq = itertools.count()
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    def wanted(self) -> int:
+        """How many more leases to claim now (0 while stopping or running a crash window)."""
+        if self._state.stopping or self._dispatcher.isolation.lease is not None:
+            return 0
+        claiming = sum(c.count for c in self._pending)
+        return self._prefetch.wanted(self._state.leases.values(), claiming)
+
+    def woken(self, partition: int) -> None:
+        """The partition may have runnable sub keys: claim there if there is room."""
+        wanted = self.wanted()
+        if wanted <= 0 or self._state.stopping:
+            self._state.wakes.add(partition)  # give the bell back for another worker
+            return
+        if any(c.partition == partition for c in self._pending):
+            return  # one claim per partition at a time: its answer says if more are left
+        request_id = f"{self._state.settings.id}:{next(self._request_seq)}"
+        self._pending.append(_Claim(partition, request_id, wanted))
+
+    # --- claims --------------------------------------------------------------------------
+
+    def add_claims(self, batch: Batch) -> list[Callable[[], None]]:
+        settings = self._state.settings
+        handlers: list[Callable[[], None]] = []
+        for claim in self._pending:
+            reply = scripts.claim_sub_keys(
+                batch,
+                settings.keys.partition(claim.partition),
+                worker_id=settings.id,
+                request_id=claim.request_id,
+                max_leases=claim.count,
+                lease_ms=settings.lease_ms,
+                batch_size=settings.batch_size,
+                max_attempts=settings.max_attempts,
+                exhausted_mode=settings.exhausted_mode,
+            )
+            handlers.append(partial(self._claimed, claim, reply))
+        return handlers
+
+    def _claimed(self, claim: _Claim, reply: Reply[tuple[int, list[scripts.Claimed]]]) -> None:
+        self._pending.remove(claim)
+        ready_left, claimed = reply.get()
+        self._prefetch.claim_left(ready_left)
+        state = self._state
+        pkeys = state.settings.keys.partition(claim.partition)
+        for c in claimed:
+            lease = Lease(
+                claim.partition,
+                pkeys,
+                c.sub,
+                codec.decode_sub_key(c.sub),
+                c.token,
+                c.exact,
+                c.attempts_record,
+            )
+            if state.stopping:
+                lease.stop = True
+            state.leases[lease.key] = lease
+        state.stats["claimed"] += len(claimed)
+        if ready_left:
+            # Others may take the rest (ring the bell) and so may we, at once: no waker hop.
+            state.wakes.add(claim.partition)
+            self.woken(claim.partition)
+
+    # --- fetches: the first batch of each new lease -----------------------------------------
+
+    def add_fetches(self, batch: Batch) -> list[Callable[[], None]]:
+        batch_size = self._state.settings.batch_size
+        handlers: list[Callable[[], None]] = []
+        for lease in self._state.leases.values():
+            if lease.state != FETCHING:
+                continue
+            count = 1 if lease.exact > 0 else batch_size
+            reply: Reply[list[bytes]] = batch.command(
+                "LRANGE", lease.pkeys.queue(lease.sub), 0, count - 1, parse=list
+            )
+            handlers.append(partial(self._fetched, lease, count, reply))
+        return handlers
+
+    def _fetched(self, lease: Lease, count: int, reply: Reply[list[bytes]]) -> None:
+        lease.entries = reply.get()
+        lease.read_to_end = len(lease.entries) < count
+        lease.attempt = lease.attempt_of_head()
+        lease.state = REPORTING
+        if lease.stop or not lease.entries:
+            lease.hand_back()
+        else:
+            self._dispatcher.submit(lease)

@@ -1,0 +1,109 @@
+"""Completions: collecting what the executor finished, recording it in Redis, and going on with
+the next batch of the same sub key (or releasing it) in the same round trip."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from workshaper import scripts
+from workshaper.batch import Batch, Reply
+from workshaper.scripts import Completion
+from workshaper.worker.dispatch import Dispatcher
+from workshaper.worker.lease import KEEP, RELEASE, REPORTING, Lease
+from workshaper.worker.prefetch import PrefetchPolicy
+from workshaper.worker.state import CoordinatorState, by_partition
+
+
+def collect(lease: Lease) -> None:
+    """Move what the executor finished into ``unreported``. The flag is cleared first: an
+    item finished meanwhile either is drained here or posts a new wake-up."""
+    lease.notified = False
+    finished, take = lease.finished, lease.unreported.append
+    while finished:
+        take(finished.popleft())
+
+
+class Completions:
+    def __init__(
+        self, state: CoordinatorState, dispatcher: Dispatcher, prefetch: PrefetchPolicy
+    ) -> None:
+        self._state = state
+        self._dispatcher = dispatcher
+        self._prefetch = prefetch
+
+    def batch_ended(self, lease: Lease, outcome: tuple[Any, ...]) -> None:
+        """The executor is done with the lease's batch: decide what to record."""
+        collect(lease)
+        lease.state = REPORTING
+        self._dispatcher.batch_left()
+        kind = outcome[0]
+        if lease.lost:
+            self._dispatcher.drop(lease)
+            return
+        if kind == "finished":
+            self._prefetch.batch_took(time.monotonic() - lease.started)
+            lease.entries = []
+            lease.end_action = lease.next_action(self._state.stopping)
+        elif kind == "stopped":
+            lease.entries = lease.entries[outcome[1] :]
+            lease.end_action = RELEASE
+        else:  # failed or corrupt: recorded by fail_item
+            lease.entries = lease.entries[outcome[1] :]
+            lease.failure = outcome
+
+    def add(self, batch: Batch) -> list[Callable[[], None]]:
+        """One complete_items call per partition, for every lease with something to record.
+        Successes before a failure are recorded in the same round trip, ahead of it."""
+        settings = self._state.settings
+        due = [
+            lease
+            for lease in self._state.leases.values()
+            if (lease.unreported or lease.end_action) and not lease.lost
+        ]
+        handlers: list[Callable[[], None]] = []
+        for leases in by_partition(due).values():
+            sent = [(lease, len(lease.unreported), lease.end_action or KEEP) for lease in leases]
+            completions = [
+                Completion(lease.sub, lease.token, action, lease.unreported[:n], lease.exact > 0)
+                for lease, n, action in sent
+            ]
+            reply = scripts.complete_items(
+                batch,
+                leases[0].pkeys,
+                completions,
+                lease_ms=settings.lease_ms,
+                batch_size=settings.batch_size,
+            )
+            handlers.append(partial(self._completed, reply, sent))
+        return handlers
+
+    def _completed(
+        self,
+        reply: Reply[list[scripts.CompletionReply]],
+        sent: list[tuple[Lease, int, str]],
+    ) -> None:
+        dispatcher = self._dispatcher
+        for (lease, n, action), answer in zip(sent, reply.get(), strict=True):
+            del lease.unreported[:n]
+            if answer.code < 0:
+                dispatcher.fenced(lease, "completion")
+                continue
+            self._state.stats["finished"] += answer.finished
+            dispatcher.isolation.use_window_steps(lease, answer.finished)
+            if action == KEEP:
+                continue
+            lease.end_action = None
+            if answer.code == 2:
+                dispatcher.drop(lease)
+            elif answer.next_entries:
+                lease.entries = answer.next_entries
+                batch_size = self._state.settings.batch_size
+                lease.read_to_end = not lease.exact and len(lease.entries) < batch_size
+                lease.attempts_record = answer.attempts_record
+                lease.attempt = lease.attempt_of_head()
+                dispatcher.submit(lease)
+            else:  # held with nothing left: cannot happen, but never strand a lease
+                lease.end_action = RELEASE

@@ -1,0 +1,205 @@
+"""The coordinator: the only thread that changes lease state.
+
+Each turn of its loop drains the inbox (batches finished or ended by the executor, bells
+popped by the waker), then sends everything due in ONE round trip: completions of all leases,
+failures, claims, first-batch reads, the isolation mark, expiries, lease renewals, the reaper's
+scan, the heartbeat and wake-ups. Then it dispatches every reply to the part that asked.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from workshaper.batch import Batch, Link
+from workshaper.worker.claims import Claims
+from workshaper.worker.completions import Completions, collect
+from workshaper.worker.dispatch import Dispatcher
+from workshaper.worker.failures import Failures
+from workshaper.worker.lease import (
+    CONTINUE,
+    FETCHING,
+    READY,
+    RELEASE,
+    REPORTING,
+    WAITING,
+    YIELD,
+)
+from workshaper.worker.prefetch import PrefetchPolicy
+from workshaper.worker.reaper import Reaper
+from workshaper.worker.registry import Registry
+from workshaper.worker.renewals import Renewals
+from workshaper.worker.state import CoordinatorState
+from workshaper.worker.waker import REDIS_RETRY_MAX, REDIS_RETRY_MIN, Waker
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[], None]
+
+
+class Coordinator:
+    def __init__(
+        self,
+        state: CoordinatorState,
+        link: Link,
+        inbox: queue.SimpleQueue[tuple[Any, ...]],
+        waker: Waker,
+    ) -> None:
+        settings = state.settings
+        self.state = state
+        self._link = link
+        self._inbox = inbox
+        self._waker = waker
+        self.prefetch = PrefetchPolicy(settings.concurrency, settings.prefetch)
+        self.dispatcher = Dispatcher(state)
+        self.claims = Claims(state, self.prefetch, self.dispatcher)
+        self.completions = Completions(state, self.dispatcher, self.prefetch)
+        self.failures = Failures(state, self.dispatcher)
+        self.renewals = Renewals(state, self.dispatcher)
+        self.reaper = Reaper(state)
+        self.registry = Registry(state)
+        self.stop_deadline: float | None = None
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Turn until a requested stop has drained every lease (or its timeout passed)."""
+        retry_delay = REDIS_RETRY_MIN
+        while True:
+            self._drain_inbox(self._idle_timeout())
+            if self.state.stopping:
+                self._begin_stop()
+                if self._drained() or self._stop_expired():
+                    break
+            self.failures.run_due_retries()
+            try:
+                self._round_trip()
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                self._link.broken()
+                log.warning("Redis unreachable (%s); retrying in %.2fs", exc, retry_delay)
+                time.sleep(retry_delay)
+                retry_delay = min(retry_delay * 2, REDIS_RETRY_MAX)
+                continue
+            retry_delay = REDIS_RETRY_MIN
+            self._waker.publish_free_slots(self.claims.wanted())
+
+    def _drain_inbox(self, timeout: float) -> None:
+        try:
+            event = self._inbox.get(timeout=timeout) if timeout > 0 else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            self._handle(event)
+            try:
+                event = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "done":
+            collect(event[1])
+        elif kind == "ended":
+            self.completions.batch_ended(event[1], event[2])
+        elif kind == "wake":
+            self.claims.woken(event[1])
+
+    def _has_outgoing(self) -> bool:
+        if self.claims.pending or self.state.wakes or self.reaper.has_expired:
+            return True
+        if self.dispatcher.isolation.mark_due():
+            return True
+        return any(
+            lease.unreported or lease.end_action or lease.failure or lease.state == FETCHING
+            for lease in self.state.leases.values()
+        )
+
+    def _idle_timeout(self) -> float:
+        """How long the loop may block on its inbox: until the next timer, or not at all."""
+        if self._has_outgoing():
+            return 0.0
+        now = time.monotonic()
+        timers = [self.reaper.next_due, self.registry.next_due]
+        if self.state.leases:
+            timers.append(self.renewals.next_due)
+        next_retry = self.failures.next_retry()
+        if next_retry is not None:
+            timers.append(next_retry)
+        if self.stop_deadline is not None:
+            timers.append(self.stop_deadline)
+        return max(0.0, min(timers) - now)
+
+    # --- stopping ----------------------------------------------------------------------------
+
+    def _begin_stop(self) -> None:
+        """Stop claiming; running batches stop before their next item; waiting retries and
+        leases between batches are released."""
+        leases = self.state.leases.values()
+        for lease in leases:
+            lease.stop = True
+            if lease.state in (WAITING, READY):
+                lease.hand_back()
+        self.failures.drop_retries()
+        self.dispatcher.standby.clear()
+        for lease in leases:
+            if lease.state == REPORTING and lease.end_action in (CONTINUE, YIELD):
+                lease.end_action = RELEASE
+
+    def _drained(self) -> bool:
+        return not self.state.leases and not self.claims.pending and not self.state.wakes
+
+    def _stop_expired(self) -> bool:
+        if self.stop_deadline is None or time.monotonic() < self.stop_deadline:
+            return False
+        log.warning(
+            "stop timeout: %d lease(s) still running are left to expire", len(self.state.leases)
+        )
+        return True
+
+    # --- one round trip ----------------------------------------------------------------------
+
+    def _round_trip(self) -> None:
+        now = time.monotonic()
+        batch = self._link.batch()
+        handlers: list[Handler] = []
+        handlers += self.completions.add(batch)
+        handlers += self.failures.add(batch)
+        handlers += self.claims.add_claims(batch)
+        handlers += self.claims.add_fetches(batch)
+        handlers += self.dispatcher.isolation.add_mark(batch)
+        handlers += self.reaper.add_expiries(batch)
+        handlers += self.renewals.add(batch, now)
+        handlers += self.reaper.add_scan(batch, now)
+        handlers += self.registry.add_heartbeat(batch, now)
+        handlers += self._add_wakes(batch)
+        if not len(batch):
+            return
+        sent = time.monotonic()
+        try:
+            batch.execute()
+        except BaseException:
+            # Nothing was applied locally: every op stays queued and is sent again (all idempotent).
+            self.renewals.resend_soon()
+            self.reaper.resend_soon()
+            raise
+        self.prefetch.round_trip_took(time.monotonic() - sent)
+        for handle in handlers:
+            handle()
+
+    def _add_wakes(self, batch: Batch) -> list[Handler]:
+        wakes = self.state.wakes
+        if not wakes:
+            return []
+        rung = sorted(wakes)
+        batch.command(
+            "ZADD",
+            self.state.settings.keys.wake,
+            "NX",
+            *[x for p in rung for x in (time.time(), p)],
+        )
+        return [lambda: wakes.difference_update(rung)]

@@ -1,0 +1,91 @@
+"""A lease: a sub key this worker holds, the batch it runs, and the states it moves through.
+
+::
+
+    FETCHING  claimed; its first batch is being read
+    READY     a batch is read and waits for room in the executor (prefetched)
+    RUNNING   a batch is in the executor (running, or queued for a thread: prefetched)
+    REPORTING the batch ended; its completion / failure is being recorded
+    WAITING   a failed item waits for its retry (the lease is kept, so successors wait too)
+
+Only the coordinator thread changes a lease, except the executor, which appends to
+``finished`` and sets ``notified``, and reads ``stop`` before each item.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from workshaper import codec
+from workshaper.keys import PartitionKeys
+
+FETCHING, READY, RUNNING = "fetching", "ready", "running"
+REPORTING, WAITING = "reporting", "waiting"
+
+#: How long a lease may keep a sub key while others of its partition wait (fairness).
+LEASE_QUANTUM = 1.0
+
+#: What the completion of a batch asks of its lease (complete_items.lua): keep it, continue
+#: with the next batch, yield (continue unless others wait), or release it.
+KEEP, CONTINUE, YIELD, RELEASE = "k", "c", "y", "r"
+
+
+@dataclass(eq=False)
+class Lease:
+    """A sub key this worker holds."""
+
+    partition: int
+    pkeys: PartitionKeys
+    sub: bytes
+    sub_key: codec.SubKey
+    token: int
+    exact: int  # items left to run one at a time after an unattributed crash
+    attempts_record: bytes
+    acquired: float = field(default_factory=time.monotonic)
+    state: str = FETCHING
+    entries: list[bytes] = field(default_factory=list)  # the batch, head first
+    attempt: int = 1  # attempt number of entries[0]
+    unreported: list[int] = field(default_factory=list)  # finished, not yet recorded
+    #: Offsets the executor finished, not yet collected by the coordinator (deque: append and
+    #: popleft are atomic, so the two threads need no lock).
+    finished: deque[int] = field(default_factory=deque)
+    notified: bool = False  # the executor posted a "done" wake-up not yet handled
+    end_action: str | None = None  # CONTINUE, YIELD or RELEASE once the batch ended
+    failure: tuple[Any, ...] | None = None  # an outcome waiting to be recorded
+    stop: bool = False  # read by the executor before each item
+    started: float = 0.0  # CLOCK_MONOTONIC when the executor began the current batch
+    #: The last read got fewer items than asked: the queue was read to its end, so once the
+    #: batch is recorded the lease most likely ends (always, for a ``sub_key=None`` item).
+    read_to_end: bool = False
+    lost: bool = False
+    isolated: bool = False  # flagged in Redis as running alone in this process
+
+    @property
+    def key(self) -> tuple[int, bytes]:
+        """Where the lease is filed in the coordinator's table."""
+        return (self.partition, self.sub)
+
+    def attempt_of_head(self) -> int:
+        """1 + the attempts already used by the head entry (from the Redis record)."""
+        if not self.entries or not self.attempts_record:
+            return 1
+        offset, _, count = self.attempts_record.partition(b"|")
+        if self.entries[0].startswith(offset + b"|"):
+            return int(count) + 1
+        return 1
+
+    def hand_back(self) -> None:
+        """Give the sub key back without running its batch: released in the next round trip."""
+        self.state = REPORTING
+        self.end_action = RELEASE
+
+    def next_action(self, stopping: bool) -> str:
+        """After a batch ended well: release when stopping, yield after a quantum, else go on."""
+        if stopping:
+            return RELEASE
+        if time.monotonic() - self.acquired > LEASE_QUANTUM:
+            return YIELD
+        return CONTINUE

@@ -1,0 +1,103 @@
+"""A worker's settings, checked once and then read by every part of the coordinator."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from workshaper import codec
+from workshaper.errors import InvalidInput, InvalidType
+from workshaper.keys import NamespaceKeys
+from workshaper.options import check_positive
+
+#: Items a worker reads per lease per round trip.
+DEFAULT_BATCH_SIZE = 100
+#: Shortest lease accepted: renewals run every lease / 3 and must fit a round trip.
+MIN_LEASE_SECONDS = 0.05
+
+EXHAUSTED_MODES = {"dead_letter": "d", "block": "b"}
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    id: str
+    namespace: str
+    keys: NamespaceKeys
+    concurrency: int
+    lease_seconds: float
+    max_attempts: int
+    retry_backoff: float
+    on_exhausted: str
+    batch_size: int
+    #: Most leases held beyond ``concurrency`` (batch read ahead) while the backlog is deep;
+    #: how many are used follows the batch times (see prefetch.PrefetchPolicy).
+    prefetch: int
+
+    @property
+    def lease_ms(self) -> int:
+        return max(1, int(self.lease_seconds * 1000))
+
+    @property
+    def exhausted_mode(self) -> str:
+        """The script's code for ``on_exhausted``: "d" dead-letter, "b" block."""
+        return EXHAUSTED_MODES[self.on_exhausted]
+
+
+def check_handlers(
+    work: Callable[..., Any] | None,
+    on_done: Callable[..., Any] | None,
+    on_error: Callable[..., Any] | None,
+) -> None:
+    for label, fn in (("work", work), ("on_done", on_done), ("on_error", on_error)):
+        if fn is not None and not callable(fn):
+            raise InvalidType(f"{label} must be callable, got {type(fn).__name__}")
+    if work is None:
+        raise InvalidType("work must be callable, got None")
+
+
+def worker_settings(
+    namespace: str,
+    *,
+    concurrency: int,
+    lease: float,
+    max_attempts: int,
+    retry_backoff: float,
+    on_exhausted: str,
+    batch_size: int,
+    prefetch: int | None,
+    name: str | None,
+) -> WorkerSettings:
+    """Check every option (nothing connects before this passed) and fill in the defaults."""
+    codec.check_namespace(namespace)
+    check_positive("concurrency", concurrency)
+    check_positive("lease", lease, allow_float=True)
+    check_positive("max_attempts", max_attempts)
+    check_positive("batch_size", batch_size)
+    if isinstance(retry_backoff, bool) or not isinstance(retry_backoff, int | float):
+        raise InvalidType(f"retry_backoff must be a number, got {retry_backoff!r}")
+    if retry_backoff < 0:
+        raise InvalidInput(f"retry_backoff must be >= 0, got {retry_backoff}")
+    if on_exhausted not in EXHAUSTED_MODES:
+        raise InvalidInput(f"on_exhausted must be 'dead_letter' or 'block', got {on_exhausted!r}")
+    if lease < MIN_LEASE_SECONDS:
+        raise InvalidInput(f"lease must be >= {MIN_LEASE_SECONDS} seconds, got {lease}")
+    if prefetch is None:
+        prefetch = 2 * concurrency
+    elif isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+        raise InvalidInput(f"prefetch must be an int >= 0, got {prefetch!r}")
+    return WorkerSettings(
+        id=name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
+        namespace=namespace,
+        keys=NamespaceKeys(namespace),
+        concurrency=concurrency,
+        lease_seconds=float(lease),
+        max_attempts=max_attempts,
+        retry_backoff=float(retry_backoff),
+        on_exhausted=on_exhausted,
+        batch_size=batch_size,
+        prefetch=prefetch,
+    )

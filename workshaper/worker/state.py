@@ -1,0 +1,53 @@
+"""What the parts of the coordinator share: the settings, the leases held, the bells to ring,
+the stop flag and the counters. Only the coordinator thread changes it (``stop_requested`` is
+set from any thread)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from workshaper.worker.lease import Lease
+from workshaper.worker.settings import WorkerSettings
+
+
+def new_stats() -> dict[str, int]:
+    """Counters for tests, metrics and logs."""
+    return {
+        "claimed": 0,
+        "finished": 0,
+        "failed": 0,
+        "dead_lettered": 0,
+        "fenced": 0,
+        "reaped": 0,
+    }
+
+
+@dataclass
+class CoordinatorState:
+    settings: WorkerSettings
+    stop_requested: threading.Event = field(default_factory=threading.Event)
+    leases: dict[tuple[int, bytes], Lease] = field(default_factory=dict)
+    #: Partitions whose wake-up bell to ring in the next round trip (others may claim there).
+    wakes: set[int] = field(default_factory=set)
+    stats: dict[str, int] = field(default_factory=new_stats)
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_requested.is_set()
+
+    def held(self, lease: Lease) -> bool:
+        """Is this very lease (not a later one of the same sub key) still in the table?"""
+        return self.leases.get(lease.key) is lease
+
+    def forget(self, lease: Lease) -> None:
+        if self.held(lease):
+            del self.leases[lease.key]
+
+
+def by_partition(leases: Iterable[Lease]) -> dict[int, list[Lease]]:
+    grouped: dict[int, list[Lease]] = {}
+    for lease in leases:
+        grouped.setdefault(lease.partition, []).append(lease)
+    return grouped

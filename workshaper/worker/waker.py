@@ -1,0 +1,81 @@
+"""The waker: a thread that blocks on the namespace's wake-up bell (BZPOPMIN) while the worker
+has free slots and tells the coordinator which partition has runnable sub keys. It never
+polls: with no free slot it waits on a condition until the coordinator publishes room."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any
+
+import redis
+
+from workshaper.connection import Backend
+from workshaper.keys import NamespaceKeys
+
+log = logging.getLogger(__name__)
+
+#: Longest the waker blocks in one BZPOPMIN (bounds how fast it notices a stop).
+WAKE_BLOCK_SECONDS = 1.0
+#: Pause after Redis was unreachable, doubled up to the max while it stays unreachable.
+REDIS_RETRY_MIN, REDIS_RETRY_MAX = 0.05, 2.0
+
+
+class Waker:
+    def __init__(
+        self,
+        backend: Backend,
+        keys: NamespaceKeys,
+        inbox: queue.SimpleQueue[tuple[Any, ...]],
+        stop_requested: threading.Event,
+        free_slots: int,
+    ) -> None:
+        self._backend = backend
+        self._keys = keys
+        self._inbox = inbox
+        self._stop_requested = stop_requested
+        self._free = threading.Condition()
+        self._free_slots = free_slots
+        self._thread = threading.Thread(target=self._run, name="workshaper-waker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def publish_free_slots(self, free: int) -> None:
+        """The coordinator's count of leases it wants (the waker only lowers it by popping)."""
+        if free == self._free_slots:
+            return  # unchanged: no lock, no wake-up
+        with self._free:
+            self._free_slots = free
+            if free > 0:
+                self._free.notify_all()
+
+    def wake_up(self) -> None:
+        """Stopping: let a waker waiting for free slots see it."""
+        with self._free:
+            self._free.notify_all()
+
+    def _run(self) -> None:
+        client = self._backend.client
+        stop = self._stop_requested
+        pause = REDIS_RETRY_MIN  # after a failed BZPOPMIN; doubles while Redis stays away
+        while not stop.is_set():
+            with self._free:
+                while self._free_slots <= 0 and not stop.is_set():
+                    self._free.wait(WAKE_BLOCK_SECONDS)
+            if stop.is_set():
+                return
+            try:
+                popped = client.bzpopmin(self._keys.wake, timeout=WAKE_BLOCK_SECONDS)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                log.debug("waker: Redis unreachable (%s); retrying in %.2fs", exc, pause)
+                stop.wait(pause)
+                pause = min(pause * 2, REDIS_RETRY_MAX)
+                continue
+            pause = REDIS_RETRY_MIN
+            if popped is None:
+                continue
+            with self._free:
+                self._free_slots -= 1  # until the coordinator publishes the real number
+            self._inbox.put(("wake", int(popped[1])))
