@@ -1,0 +1,269 @@
+"""KafkaBridge: the public API, its lifecycle (start, run, stop) and the poll loop.
+
+One poll thread does everything that touches the consumer: it polls batches, hands them to the
+intake (one ``enqueue_many`` per topic and batch), runs the rebalance callbacks, pauses and
+resumes full partitions, and commits offsets. The producers' ack loops only record what may be
+committed; they never call the consumer.
+
+Commits: ``enable.auto.commit`` and ``enable.auto.offset.store`` are forced off. The ack
+callback ``ack(partition, W)`` records ``W + 1`` for the (topic, partition) if the bridge owns
+it, and the poll thread commits what is recorded every ``commit_interval`` seconds, and once
+more when partitions are revoked and at stop. W is a contiguous watermark (every record at or
+below it finished), so the committed offset never passes an unfinished record. Doing the
+commit in the poll thread, which is also the thread that runs the revoke callback, makes
+"never commit a partition we no longer own" a plain check instead of a race with librdkafka's
+auto-commit timer. Records found ALREADY_ACKED (re-delivered after a crash between the ack and
+the Kafka commit) prove their offset finished, so ``offset + 1`` is committed too.
+
+Topics: WorkShaper partitions are ints, so each topic gets its own namespace,
+``f"{namespace}.{topic}"``, and its own Producer; the WorkShaper partition is the Kafka
+partition. Payloads are never logged: log lines name topic, partition and offset only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+from confluent_kafka import Consumer
+
+from workshaper import codec
+from workshaper.connection import Backend, connect
+from workshaper.errors import InvalidInput, InvalidType
+from workshaper.kafka.intake import Intake
+from workshaper.kafka.offsets import OffsetTracker
+from workshaper.kafka.options import (
+    TP,
+    MessageFn,
+    SubKeyFn,
+    check_consumer_config,
+    record_key,
+    record_value,
+    topic_namespace,
+)
+from workshaper.kafka.rebalance import Rebalancer
+from workshaper.options import check_positive
+from workshaper.signals import install_stop_handlers
+
+log = logging.getLogger(__name__)
+
+
+class KafkaBridge:
+    """Consume ``topics`` with confluent-kafka and enqueue every record into WorkShaper.
+
+    ``run()`` blocks until ``stop()`` (or SIGTERM/SIGINT when called from the main thread);
+    ``start()`` runs it in a background thread; the context manager starts and stops it.
+    Offsets are committed only as ``watermark + 1`` of finished records (see the module doc).
+    """
+
+    def __init__(
+        self,
+        consumer_config: dict[str, Any],
+        topics: Sequence[str],
+        redis: Any,
+        namespace: str = "default",
+        *,
+        sub_key: SubKeyFn = record_key,
+        message: MessageFn | None = None,
+        max_in_queue: int = 1000,
+        batch_size: int = 500,
+        poll_timeout: float = 0.1,
+        commit_interval: float = 1.0,
+        revoke_timeout: float = 10.0,
+        max_message_bytes: int = codec.DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        if redis is None:
+            raise InvalidType("redis must be a URL or a redis-py client (workers must reach it)")
+        codec.check_namespace(namespace)
+        if isinstance(topics, str) or not topics:
+            raise InvalidInput(f"topics must be a non-empty list of topic names, got {topics!r}")
+        if len(set(topics)) != len(topics):
+            raise InvalidInput(f"topics has duplicates: {list(topics)!r}")
+        self.namespaces = {t: topic_namespace(namespace, t) for t in topics}
+        for label, fn in (("sub_key", sub_key), ("message", message)):
+            if fn is not None and not callable(fn):
+                raise InvalidType(f"{label} must be callable, got {type(fn).__name__}")
+        check_positive("max_in_queue", max_in_queue)
+        check_positive("batch_size", batch_size)
+        check_positive("poll_timeout", poll_timeout, allow_float=True)
+        check_positive("commit_interval", commit_interval, allow_float=True)
+        check_positive("revoke_timeout", revoke_timeout, allow_float=True)
+        self.topics = list(topics)
+        self.namespace = namespace
+        self.max_in_queue = max_in_queue
+        self.batch_size = batch_size
+        self.poll_timeout = float(poll_timeout)
+        self.commit_interval = float(commit_interval)
+        self.revoke_timeout = float(revoke_timeout)
+        self.max_message_bytes = max_message_bytes
+        self._config = check_consumer_config(consumer_config, self.revoke_timeout)
+        self._redis = redis
+        #: Counters for tests, metrics and logs.
+        self.stats: dict[str, int] = dict.fromkeys(
+            (
+                "records",
+                "accepted",
+                "duplicate",
+                "already_acked",
+                "commits",
+                "skipped_commits",
+                "pauses",
+                "resumes",
+            ),
+            0,
+        )
+        self._tracker = OffsetTracker(self.stats)
+        self._intake = Intake(
+            redis,
+            self.namespaces,
+            self._tracker,
+            self.stats,
+            sub_key=sub_key,
+            message=message or record_value,
+            max_in_queue=max_in_queue,
+            max_message_bytes=max_message_bytes,
+        )
+        self._rebalancer = Rebalancer(self._intake, self._tracker, self.revoke_timeout)
+        self._consumer: Consumer | None = None
+        self._stop_requested = threading.Event()
+        self._drain_timeout: float | None = None
+        self._drained = False
+        self._running = False
+        self._run_thread: threading.Thread | None = None
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        #: The exception that ended a bridge run by ``start()``, if any.
+        self.error: BaseException | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> KafkaBridge:
+        """Run the bridge in a background thread; returns self."""
+        if self._thread is not None:
+            raise RuntimeError("this KafkaBridge was started already")
+        self._thread = threading.Thread(
+            target=self._run_in_thread, name="workshaper-kafka", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def _run_in_thread(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:
+            self.error = exc
+            log.exception("kafka bridge stopped by an error")
+
+    def run(self) -> None:
+        """Consume and enqueue until stop() (or SIGTERM/SIGINT in the main thread)."""
+        if self._running:
+            raise RuntimeError("this KafkaBridge is running already")
+        self._running = True
+        self._run_thread = threading.current_thread()
+        restore = self._install_signal_handlers()
+        try:
+            if not isinstance(self._redis, Backend):
+                connect(self._redis).close()  # fail now, not at the first assignment
+            consumer = self._consumer = Consumer(self._config)
+            try:
+                self._loop(consumer)
+            finally:
+                self._shutdown(consumer)
+        finally:
+            restore()
+            self._done.set()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop polling, wait up to ``timeout`` seconds (default ``revoke_timeout``) for the
+        enqueued records to be acked, commit, leave the group. True when everything enqueued
+        was acked and committed; records still running are re-delivered to the next owner."""
+        self._drain_timeout = timeout
+        self._stop_requested.set()
+        me = threading.current_thread()
+        if self._thread is not None and self._thread is not me:
+            self._thread.join()
+        elif self._running and self._run_thread is not me:
+            self._done.wait()
+        return self._drained
+
+    def __enter__(self) -> KafkaBridge:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        return install_stop_handlers(
+            self._stop_requested.set,
+            self._stop_requested.is_set,
+            forced_exit_note="uncommitted records come back",
+        )
+
+    # --- what tests and metrics read -------------------------------------------------------
+
+    def assignment(self) -> set[TP]:
+        """The (topic, partition) pairs this bridge owns now."""
+        with self._tracker.cond:
+            return set(self._tracker.owned)
+
+    def paused(self) -> set[TP]:
+        """The partitions paused because WorkShaper's queue for them is full."""
+        with self._tracker.cond:
+            return set(self._intake.paused)
+
+    def committed(self) -> dict[TP, int]:
+        """The offsets this bridge committed, for the partitions it owns."""
+        return self._tracker.committed()
+
+    # --- the poll loop ---------------------------------------------------------------------
+
+    def _loop(self, consumer: Consumer) -> None:
+        rebalancer, intake, tracker = self._rebalancer, self._intake, self._tracker
+        consumer.subscribe(
+            list(self.topics),
+            on_assign=rebalancer.on_assign,
+            on_revoke=rebalancer.on_revoke,
+            on_lost=rebalancer.on_lost,
+        )
+        log.info(
+            "kafka bridge started: topics %s, group %r, namespaces %s",
+            self.topics,
+            self._config["group.id"],
+            sorted(self.namespaces.values()),
+        )
+        next_commit = time.monotonic() + self.commit_interval
+        while not self._stop_requested.is_set():
+            if intake.backlog:
+                intake.retry_backlog(consumer)
+            messages = consumer.consume(num_messages=self.batch_size, timeout=self.poll_timeout)
+            if messages:
+                intake.handle(consumer, messages)
+            now = time.monotonic()
+            if now >= next_commit:
+                rebalancer.reconcile(tracker.owned)
+                tracker.commit(consumer, tracker.owned)
+                next_commit = now + self.commit_interval
+
+    def _shutdown(self, consumer: Consumer) -> None:
+        timeout = self.revoke_timeout if self._drain_timeout is None else self._drain_timeout
+        try:
+            self._drained = self._rebalancer.release(
+                consumer, set(self._tracker.owned), drain=True, timeout=timeout
+            )
+        except Exception:
+            log.exception("kafka bridge: draining on stop failed")
+        finally:
+            try:
+                consumer.close()  # leaves the group; its revoke callback finds nothing owned
+            finally:
+                self._intake.close_producers(keep=set())
+                log.info("kafka bridge stopped")

@@ -1,0 +1,84 @@
+"""The console entry: ``workshaper kafka-bridge``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import KafkaException
+
+from workshaper.errors import BackendUnavailable, InvalidInput
+from workshaper.kafka.bridge import KafkaBridge
+from workshaper.kafka.options import hashed_key, record_key
+
+
+def parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(
+        prog="workshaper kafka-bridge",
+        description="Consume Kafka topics into WorkShaper (namespace NS.TOPIC per topic); "
+        "commit each partition's finished watermark + 1.",
+    )
+    p.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers, HOST:PORT[,...]")
+    p.add_argument("--group", required=True, help="consumer group id")
+    p.add_argument("--topic", action="append", required=True, help="topic (repeat for more)")
+    p.add_argument("--redis", default=env("WORKSHAPER_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    p.add_argument("--namespace", default=env("WORKSHAPER_NAMESPACE", "default"))
+    p.add_argument(
+        "--key-hash",
+        type=int,
+        default=None,
+        metavar="N",
+        help="sub key = sub_key_for(record key, N) instead of the key itself (null stays null)",
+    )
+    p.add_argument("--max-in-queue", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--commit-interval", type=float, default=1.0)
+    p.add_argument("--revoke-timeout", type=float, default=10.0)
+    p.add_argument(
+        "-X",
+        dest="config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra librdkafka consumer setting, e.g. -X auto.offset.reset=earliest",
+    )
+    p.add_argument("--log-level", default=env("WORKSHAPER_LOG_LEVEL", "INFO"))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from workshaper.cli import fail, setup_logging  # noqa: PLC0415 - cli imports us lazily
+
+    args = parser().parse_args(argv)
+    try:
+        setup_logging(args.log_level)
+    except ValueError:
+        fail(f"unknown log level {args.log_level!r}")
+    config: dict[str, Any] = {"bootstrap.servers": args.bootstrap, "group.id": args.group}
+    for setting in args.config:
+        key, sep, value = setting.partition("=")
+        if not sep or not key:
+            fail(f"-X {setting!r} must look like KEY=VALUE")
+        config[key] = value
+    if args.key_hash is not None and args.key_hash < 1:
+        fail(f"--key-hash must be >= 1, got {args.key_hash}")
+    sub_key = record_key if args.key_hash is None else hashed_key(args.key_hash)
+    try:
+        bridge = KafkaBridge(
+            config,
+            args.topic,
+            args.redis,
+            args.namespace,
+            sub_key=sub_key,
+            max_in_queue=args.max_in_queue,
+            batch_size=args.batch_size,
+            commit_interval=args.commit_interval,
+            revoke_timeout=args.revoke_timeout,
+        )
+        bridge.run()
+    except (InvalidInput, BackendUnavailable, KafkaException) as exc:
+        fail(str(exc))
+    return 0

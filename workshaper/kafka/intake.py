@@ -1,0 +1,214 @@
+"""Records into WorkShaper: one ``enqueue_many`` per topic and batch, a backlog and a paused
+partition for what a full partition did not take, the producers of the owned topics.
+
+Enqueue never blocks the poll thread (``timeout=0``): the records of a full partition that did
+not fit stay in a local backlog, that partition alone is paused (``consumer.pause``), the
+backlog is offered again every ``BACKLOG_RETRY`` seconds, and the partition is resumed once its
+backlog is written. The consumer keeps polling, so ``max.poll.interval.ms`` is never at risk
+and the other partitions go on. Everything here runs in the poll thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable
+from functools import partial
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from workshaper import codec
+from workshaper.errors import BackendUnavailable, InvalidInput, QueueFull
+from workshaper.kafka.offsets import OffsetTracker
+from workshaper.kafka.options import BACKLOG_RETRY, REDIS_RETRY, TP, MessageFn, SubKeyFn, coords
+from workshaper.producer import Enqueued, Producer
+
+log = logging.getLogger(__name__)
+
+
+class Intake:
+    def __init__(
+        self,
+        redis: Any,
+        namespaces: dict[str, str],
+        tracker: OffsetTracker,
+        stats: dict[str, int],
+        *,
+        sub_key: SubKeyFn,
+        message: MessageFn,
+        max_in_queue: int,
+        max_message_bytes: int,
+    ) -> None:
+        self._redis = redis
+        self._namespaces = namespaces
+        self._tracker = tracker
+        self._stats = stats
+        self._sub_key = sub_key
+        self._message = message
+        self.max_in_queue = max_in_queue
+        self.max_message_bytes = max_message_bytes
+        self.producers: dict[str, Producer] = {}
+        self.backlog: dict[TP, deque[Message]] = {}
+        #: Partitions paused because their queue is full; changed by the poll thread only,
+        #: under the tracker's lock (``KafkaBridge.paused()`` reads it from other threads).
+        self.paused: set[TP] = set()
+        self._next_retry = 0.0
+
+    # --- producers ---------------------------------------------------------------------------
+
+    def open_producers(self, topics: Iterable[str]) -> None:
+        """A producer for each of ``topics`` that has none; its acks go to the tracker."""
+        for topic in sorted(set(topics) - set(self.producers)):
+            self.producers[topic] = Producer(
+                self._redis,
+                self._namespaces[topic],
+                max_in_queue=self.max_in_queue,
+                ack=partial(self._tracker.on_ack, topic),
+                max_message_bytes=self.max_message_bytes,
+            )
+
+    def close_producers(self, keep: set[str]) -> None:
+        """Close the producers of topics not in ``keep``: their ack loops end with them, so
+        no acks arrive for work another member owns now."""
+        for topic in [t for t in self.producers if t not in keep]:
+            self.producers.pop(topic).close()
+
+    # --- records -----------------------------------------------------------------------------
+
+    def handle(self, consumer: Consumer, messages: list[Message]) -> None:
+        by_topic: dict[str, list[Message]] = {}
+        owned = self._tracker.owned
+        for msg in messages:
+            error = msg.error()
+            if error is not None:
+                self._consumer_error(error)
+                continue
+            topic, partition, _ = coords(msg)
+            tp = (topic, partition)
+            if tp not in owned:
+                continue  # revoked inside this poll: the next owner gets it from Kafka
+            self._stats["records"] += 1
+            backlog = self.backlog.get(tp)
+            if backlog is not None:
+                backlog.append(msg)  # behind records that did not fit yet: keep the order
+            else:
+                by_topic.setdefault(topic, []).append(msg)
+        for topic, batch in by_topic.items():
+            self._send(consumer, topic, batch)
+
+    @staticmethod
+    def _consumer_error(error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.fatal():
+            raise KafkaException(error)
+        log.warning("kafka consumer error: %s", error)
+
+    def _item(self, msg: Message) -> tuple[codec.SubKey, Any, int, int]:
+        topic, partition, offset = coords(msg)
+        try:
+            return self._sub_key(msg), self._message(msg), partition, offset
+        except Exception as exc:
+            exc.add_note(f"while mapping record {topic}[{partition}] offset {offset}")
+            raise
+
+    def _send(self, consumer: Consumer, topic: str, batch: list[Message]) -> None:
+        """One enqueue_many for the batch; what a full partition did not take is backlogged."""
+        producer = self.producers[topic]
+        items = [self._item(msg) for msg in batch]
+        statuses: list[object]
+        try:
+            statuses = list(producer.enqueue_many(items, timeout=0))
+        except QueueFull as exc:
+            statuses = list(exc.statuses)
+        except BackendUnavailable as exc:
+            log.warning("topic %r: %s; pausing and retrying %d record(s)", topic, exc, len(batch))
+            statuses = [None] * len(batch)
+            self._next_retry = time.monotonic() + REDIS_RETRY
+        except InvalidInput as exc:
+            raise self._bad_record(topic, items, exc) from None
+        self._record(consumer, batch, statuses)
+
+    def _bad_record(
+        self,
+        topic: str,
+        items: list[tuple[codec.SubKey, Any, int, int]],
+        exc: InvalidInput,
+    ) -> InvalidInput:
+        """Name the record that could not be enqueued (never its payload)."""
+        for sub, value, partition, offset in items:
+            try:
+                codec.encode_item(sub, value, partition, offset, self.max_message_bytes)
+            except InvalidInput as bad:
+                return type(bad)(f"record {topic}[{partition}] offset {offset}: {bad}")
+        return exc
+
+    def _record(self, consumer: Consumer, batch: list[Message], statuses: list[object]) -> None:
+        stats = self._stats
+        tracker = self._tracker
+        with tracker.cond:
+            for msg, status in zip(batch, statuses, strict=True):
+                topic, partition, offset = coords(msg)
+                tp = (topic, partition)
+                if status is None:
+                    self.backlog.setdefault(tp, deque()).append(msg)
+                elif status is Enqueued.ALREADY_ACKED:
+                    # At or below the acked watermark: finished, so offset + 1 may be committed.
+                    stats["already_acked"] += 1
+                    tracker.finished(tp, offset)
+                else:
+                    stats["accepted" if status is Enqueued.ACCEPTED else "duplicate"] += 1
+                    tracker.enqueued(tp, offset)
+        for tp in self.backlog:
+            if tp not in self.paused:
+                self._pause(consumer, tp)
+
+    # --- pause, resume, backlog ------------------------------------------------------------
+
+    def _pause(self, consumer: Consumer, tp: TP) -> None:
+        consumer.pause([TopicPartition(tp[0], tp[1])])
+        with self._tracker.cond:
+            self.paused.add(tp)
+            self._stats["pauses"] += 1
+        log.info(
+            "%s[%d]: WorkShaper queue full (max_in_queue=%d); partition paused",
+            tp[0],
+            tp[1],
+            self.max_in_queue,
+        )
+
+    def resume(self, consumer: Consumer, tp: TP) -> None:
+        with self._tracker.cond:
+            self.paused.discard(tp)
+            self._stats["resumes"] += 1
+        try:
+            consumer.resume([TopicPartition(tp[0], tp[1])])
+        except KafkaException as exc:  # e.g. no longer assigned: nothing to resume
+            log.debug("%s[%d]: resume failed: %s", tp[0], tp[1], exc)
+            return
+        log.info("%s[%d]: room in the WorkShaper queue; partition resumed", tp[0], tp[1])
+
+    def retry_backlog(self, consumer: Consumer) -> None:
+        now = time.monotonic()
+        if now < self._next_retry:
+            return
+        self._next_retry = now + BACKLOG_RETRY
+        by_topic: dict[str, list[Message]] = {}
+        for tp, backlog in self.backlog.items():
+            by_topic.setdefault(tp[0], []).extend(backlog)
+        self.backlog.clear()
+        for topic, batch in by_topic.items():
+            self._send(consumer, topic, batch)
+        for tp in list(self.paused):
+            if tp not in self.backlog:
+                self.resume(consumer, tp)
+
+    def drop(self, consumer: Consumer, tps: Iterable[TP]) -> None:
+        """Forget the backlog of ``tps`` (never written, and no commit passed it) and resume
+        them, so a later assignment of them fetches again."""
+        for tp in tps:
+            self.backlog.pop(tp, None)
+            if tp in self.paused:
+                self.resume(consumer, tp)

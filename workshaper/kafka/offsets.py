@@ -1,0 +1,138 @@
+"""Commit tracking: what each owned partition enqueued, what finished, what was committed.
+
+The producers' ack loops call ``on_ack`` from their own threads; everything else runs in the
+poll thread. All state is guarded by ``cond``; only the poll thread changes ``owned``, so it
+may read it without the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from workshaper.kafka.options import DRAIN_CHECK, TP, names
+
+log = logging.getLogger(__name__)
+
+
+class OffsetTracker:
+    """Per (topic, partition): the highest offset enqueued, the finished watermark, the next
+    offset to commit (watermark + 1) and the last offset committed."""
+
+    def __init__(self, stats: dict[str, int]) -> None:
+        self.cond = threading.Condition()
+        self.owned: set[TP] = set()
+        self._stats = stats
+        self._targets: dict[TP, int] = {}  # highest offset enqueued that must be acked
+        self._acked: dict[TP, int] = {}  # highest watermark known finished
+        self._to_commit: dict[TP, int] = {}  # next offset to commit (watermark + 1)
+        self._committed: dict[TP, int] = {}  # last offset this bridge committed
+
+    # --- ownership ---------------------------------------------------------------------------
+
+    def own(self, tps: set[TP]) -> None:
+        """Start tracking ``tps`` afresh (consumption restarts from the committed offset)."""
+        with self.cond:
+            self._forget(tps)
+            self.owned |= tps
+
+    def disown(self, tps: set[TP]) -> None:
+        """Stop tracking ``tps``: later acks of them are skipped."""
+        with self.cond:
+            self.owned -= tps
+            self._forget(tps)
+
+    def _forget(self, tps: Iterable[TP]) -> None:
+        for tp in tps:
+            for state in (self._targets, self._acked, self._to_commit, self._committed):
+                state.pop(tp, None)
+
+    def committed(self) -> dict[TP, int]:
+        """The offsets committed for the partitions owned now."""
+        with self.cond:
+            return {tp: o for tp, o in self._committed.items() if tp in self.owned}
+
+    # --- enqueues and acks -------------------------------------------------------------------
+
+    def enqueued(self, tp: TP, offset: int) -> None:
+        """``offset`` was enqueued (or found in flight) and must be acked (caller holds cond)."""
+        if offset > self._targets.get(tp, -1):
+            self._targets[tp] = offset
+
+    def finished(self, tp: TP, watermark: int) -> None:
+        """Every record of ``tp`` at or below ``watermark`` finished (caller holds cond)."""
+        if watermark > self._acked.get(tp, -1):
+            self._acked[tp] = watermark
+        if watermark + 1 > self._to_commit.get(tp, -1):
+            self._to_commit[tp] = watermark + 1
+        self.cond.notify_all()
+
+    def on_ack(self, topic: str, partition: int, watermark: int) -> None:
+        """The producers' ack callback (their ack-loop threads): remember what to commit."""
+        tp = (topic, partition)
+        with self.cond:
+            if tp not in self.owned:
+                self._stats["skipped_commits"] += 1
+                log.debug("%s[%d]: ack %d after revoke: not committed", topic, partition, watermark)
+                return
+            self.finished(tp, watermark)
+
+    def behind(self, tps: Iterable[TP]) -> set[TP]:
+        """The partitions of ``tps`` with enqueued records not acked yet."""
+        with self.cond:
+            return {tp for tp in tps if self._acked.get(tp, -1) < self._targets.get(tp, -1)}
+
+    def wait_acked(
+        self, tps: set[TP], deadline: float, reconcile: Callable[[set[TP]], None]
+    ) -> bool:
+        """Wait until every enqueued record of ``tps`` is acked; False at ``deadline``.
+        ``reconcile`` reads acks made elsewhere, every DRAIN_CHECK seconds."""
+        while True:
+            with self.cond:
+                behind = {tp for tp in tps if self._acked.get(tp, -1) < self._targets.get(tp, -1)}
+                remaining = deadline - time.monotonic()
+                if not behind:
+                    return True
+                if remaining <= 0:
+                    log.warning(
+                        "%s: records still running; they stay uncommitted and the next owner"
+                        " gets them back as duplicates (not run again)",
+                        names(behind),
+                    )
+                    return False
+                self.cond.wait(min(remaining, DRAIN_CHECK))
+            reconcile(behind)
+
+    # --- commits -----------------------------------------------------------------------------
+
+    def commit(self, consumer: Consumer, tps: Iterable[TP]) -> bool:
+        """Commit what the acks allow, for owned partitions only. True when nothing is left."""
+        with self.cond:
+            due = {
+                tp: self._to_commit[tp]
+                for tp in tps
+                if tp in self.owned and self._to_commit.get(tp, -1) > self._committed.get(tp, -1)
+            }
+        if not due:
+            return True
+        offsets = [TopicPartition(t, p, offset) for (t, p), offset in due.items()]
+        try:
+            result = consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("committing %d partition(s) failed (%s); retrying", len(due), exc)
+            return False
+        ok = True
+        with self.cond:
+            self._stats["commits"] += 1
+            for tpo in result:
+                tp = (tpo.topic, tpo.partition)
+                if tpo.error is not None:
+                    ok = False
+                    log.warning("%s[%d]: commit failed: %s", tp[0], tp[1], tpo.error)
+                elif tpo.offset > self._committed.get(tp, -1):
+                    self._committed[tp] = tpo.offset
+        return ok

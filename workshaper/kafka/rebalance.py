@@ -1,0 +1,85 @@
+"""Rebalances: assign, revoke and lost callbacks, and the release of partitions (also at stop).
+
+On revoke the bridge stops enqueueing those partitions (their backlog is dropped: it was never
+written, and nothing past it was committed), waits up to ``revoke_timeout`` seconds for their
+enqueued records to be acked, commits, and only then drops ownership; an ack that arrives later
+is skipped. A topic's producer is closed once the bridge owns none of its partitions, so its
+ack loop stops with it. On assign, consumption starts from the committed offset; re-delivered
+records that are in flight or finished come back DUPLICATE or ALREADY_ACKED and are not run
+again. The callbacks run in the poll thread, inside ``consumer.consume``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+from confluent_kafka import Consumer, TopicPartition
+
+from workshaper.kafka.intake import Intake
+from workshaper.kafka.offsets import OffsetTracker
+from workshaper.kafka.options import TP, names
+
+log = logging.getLogger(__name__)
+
+
+class Rebalancer:
+    def __init__(self, intake: Intake, tracker: OffsetTracker, revoke_timeout: float) -> None:
+        self._intake = intake
+        self._tracker = tracker
+        self.revoke_timeout = revoke_timeout
+
+    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = {(tp.topic, tp.partition) for tp in partitions}
+        self._intake.open_producers(t for t, _ in tps)
+        self._tracker.own(tps)
+        log.info("assigned %s", names(tps))
+
+    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = {(tp.topic, tp.partition) for tp in partitions} & self._tracker.owned
+        if tps:
+            log.info("revoked %s: draining for up to %.1fs", names(tps), self.revoke_timeout)
+            self.release(consumer, tps, drain=True, timeout=self.revoke_timeout)
+
+    def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        tps = {(tp.topic, tp.partition) for tp in partitions} & self._tracker.owned
+        if tps:
+            log.warning("lost %s (another member may own them): no commit", names(tps))
+            self.release(consumer, tps, drain=False, timeout=0.0)
+
+    def release(self, consumer: Consumer, tps: set[TP], *, drain: bool, timeout: float) -> bool:
+        """Stop enqueueing ``tps``; if ``drain``, wait up to ``timeout`` for their records to
+        be acked and commit them; then drop ownership, so later acks are skipped. True when
+        every enqueued record of ``tps`` was acked and committed."""
+        tracker = self._tracker
+        self._intake.drop(consumer, tps)
+        done = not drain
+        if drain:
+            done = tracker.wait_acked(tps, time.monotonic() + timeout, self.reconcile)
+            done = tracker.commit(consumer, tps) and done
+        tracker.disown(tps)
+        with tracker.cond:
+            owned_topics = {t for t, _ in tracker.owned}
+        self._intake.close_producers(owned_topics)
+        return done
+
+    def reconcile(self, tps: Iterable[TP]) -> None:
+        """Take acks another process made: when a producer is caught up but a partition's
+        records were acked without calling our ack (a previous owner acked them in Redis),
+        read the acked watermark from Redis. Rare, and one read per such partition."""
+        behind = self._tracker.behind(tps)
+        for topic in {t for t, _ in behind}:
+            producer = self._intake.producers.get(topic)
+            if producer is None or not producer.flush(timeout=0):
+                continue
+            for t, partition in behind:
+                if t != topic:
+                    continue
+                try:
+                    watermark = producer.watermark(partition)
+                except Exception as exc:
+                    log.warning("%s[%d]: reading the watermark failed: %s", t, partition, exc)
+                    continue
+                if watermark is not None:
+                    self._tracker.on_ack(t, partition, watermark)
