@@ -2,6 +2,7 @@
 offset watermarks, coordinated through Redis."""
 
 from workshaper.errors import (
+    AccessDenied,
     BackendUnavailable,
     InvalidInput,
     InvalidType,
@@ -18,6 +19,7 @@ from workshaper.worker import Worker
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessDenied",
     "BackendUnavailable",
     "Enqueued",
     "InvalidInput",

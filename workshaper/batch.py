@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 import hiredis
 import redis
 
-from workshaper.connection import Backend
+from workshaper.connection import Backend, is_transient
 from workshaper.errors import ScriptError
 from workshaper.lua_scripts import load_script, register_scripts
 
@@ -173,18 +173,13 @@ def _read_reply(conn: Any) -> Any:
         return exc
 
 
-#: Error replies that mean "not now", not "wrong": the server is loading, busy or failing over.
-TRANSIENT_ERROR_PREFIXES = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN")
-
-
 def _raise_if_transient(results: list[Any]) -> None:
     for result in results:
         if isinstance(result, redis.ConnectionError | redis.TimeoutError):
             raise result
-        if isinstance(result, redis.ResponseError) and str(result).startswith(
-            TRANSIENT_ERROR_PREFIXES
-        ):
-            raise redis.ConnectionError(f"Redis is not ready: {result}")
+        if isinstance(result, redis.ResponseError) and is_transient(result):
+            code = getattr(result, "status_code", None)
+            raise redis.ConnectionError(f"Redis is not ready: {code + ' ' if code else ''}{result}")
 
 
 def run_one(backend: Backend, build: Callable[[Batch], Reply[T]]) -> T:

@@ -1,42 +1,154 @@
-"""Reaching Redis: URLs, user clients, the embedded backend, and clear connection errors."""
+"""Reaching Redis: URLs, user clients, the embedded backend, and clear connection errors.
+
+URL forms (README "Connecting to Redis"):
+
+- ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS), ``unix:///path``;
+- ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]`` and
+  ``rediss+sentinel://...`` (TLS to the sentinels and the primary), through redis-py's
+  ``Sentinel.master_for``: every new connection asks the sentinels where the primary is.
+
+Query parameters are redis-py's names: ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
+``ssl_cert_reqs`` (TLS), ``socket_timeout`` and the others redis-py parses, plus
+``sentinel_username`` / ``sentinel_password`` (the sentinels' own credentials). Unknown names
+are refused with an error naming them. Passwords and the TLS key path are secrets: ``mask_url``
+hides them, and no error or repr of this module shows them.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
+import redis.sentinel
 
-from workshaper.errors import BackendUnavailable, InvalidType
+from workshaper.errors import AccessDenied, BackendUnavailable, InvalidType
 
 log = logging.getLogger(__name__)
 
+MASK = "****"
+
+#: Query parameters whose values are secrets: never shown.
+SECRET_PARAMS = frozenset({"password", "sentinel_password", "ssl_keyfile", "ssl_password"})
+
+#: The TLS query parameters (redis-py's names); they need a ``rediss`` scheme.
+TLS_PARAMS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+_TLS_EXTRA = ("ssl_check_hostname", "ssl_ca_path", "ssl_password", "ssl_min_version")
+_CERT_REQS = ("none", "optional", "required")
+
+#: Query parameters accepted in every URL (redis-py parses them; typed ones are converted).
+_PLAIN_PARAMS: dict[str, Callable[[str], Any]] = {
+    "db": int,
+    "socket_timeout": float,
+    "socket_connect_timeout": float,
+    "socket_keepalive": lambda v: v.lower() in ("1", "true", "yes", "on"),
+    "health_check_interval": int,
+    "max_connections": int,
+    "client_name": str,
+    "username": str,
+    "password": str,
+    "protocol": int,
+}
+_SENTINEL_PARAMS = ("sentinel_username", "sentinel_password")
+
+SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+
+
+def _mask_netloc(netloc: str) -> str:
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        return netloc
+    user, colon, _password = userinfo.partition(":")
+    return f"{user}:{MASK}@{hosts}" if colon else netloc
+
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ****, safe to log or show."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """The URL with its password and secret query values (passwords, the TLS key path)
+    replaced by ****, safe to log or show."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = _mask_netloc(parts.netloc)
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = "&".join(
+            f"{quote(k)}={MASK if k in SECRET_PARAMS else quote(v, safe='/')}" for k, v in pairs
+        )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """TLS settings given apart from the URL (CLI flags, environment): added to a URL's query
+    by ``with_tls``. The key file's path is a secret: it is not in the repr."""
+
+    ca_certs: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = field(default=None, repr=False)
+    cert_reqs: str | None = None
+
+    def params(self) -> dict[str, str]:
+        values = (self.ca_certs, self.certfile, self.keyfile, self.cert_reqs)
+        return {k: v for k, v in zip(TLS_PARAMS, values, strict=True) if v}
+
+
+def with_tls(url: str, tls: TLSFiles) -> str:
+    """``url`` with the TLS settings of ``tls`` in its query. A setting that the URL already
+    has with another value is an error (which one should win is not ours to guess)."""
+    extra = tls.params()
+    if not extra:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    netloc = f"{user}:****@{host}"
-    if parts.port is not None:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    have = dict(pairs)
+    for name, value in extra.items():
+        if name in have and have[name] != value:
+            shown = MASK if name in SECRET_PARAMS else repr(have[name])
+            raise BackendUnavailable(
+                f"{name} is given twice: in the Redis URL ({shown}) and as a TLS option"
+            )
+    pairs += [(k, v) for k, v in extra.items() if k not in have]
+    return urlunsplit(parts._replace(query=urlencode(pairs)))
+
+
+#: Error replies that mean "not now", not "wrong": the server is loading, busy, or failing over
+#: (a demoted primary answers READONLY). redis-py strips the code from most of these messages
+#: and keeps it in ``status_code``.
+TRANSIENT_ERROR_CODES = frozenset(
+    {"LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN"}
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is worth waiting out and retrying: a lost or timed-out connection, or a
+    server that cannot answer right now. Wrong credentials and ACL denials are not."""
+    if isinstance(exc, redis.AuthenticationError):
+        return False
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
+        return True
+    if isinstance(exc, redis.ResponseError):
+        code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0]
+        return code in TRANSIENT_ERROR_CODES
+    return False
 
 
 @dataclass
 class Backend:
     """One Redis server as WorkShaper uses it: a client (bytes replies) and where it points."""
 
-    client: redis.Redis
-    where: str  # "host:port" or "embedded"; never holds a password
+    client: redis.Redis = field(repr=False)
+    where: str  # "host:port", "unix:/path", "sentinel ...", or "embedded"; never holds a secret
     embedded: bool = False
     _closed: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _also_close: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def check(self) -> None:
         """Ping the server; raise BackendUnavailable naming host and port if it fails."""
@@ -46,6 +158,8 @@ class Backend:
             raise BackendUnavailable(
                 f"Redis at {self.where} refused the credentials: {exc}"
             ) from None
+        except redis.exceptions.NoPermissionError as exc:
+            raise access_denied(self, exc) from None
         except redis.ResponseError as exc:
             if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
                 raise BackendUnavailable(
@@ -62,6 +176,16 @@ class Backend:
             self._closed = True
         if not self.embedded:
             self.client.close()
+        for close in self._also_close:
+            close()
+
+
+def access_denied(backend: Backend, exc: BaseException) -> AccessDenied:
+    """The error for an ACL denial (NOPERM): what was refused, and where."""
+    return AccessDenied(
+        f"Redis at {backend.where} denied access: {exc} "
+        "(check the user's ACL: `workshaper acl --help`)"
+    )
 
 
 def _where(kwargs: dict[str, Any]) -> str:
@@ -76,8 +200,31 @@ def _bytes_client_like(client: redis.Redis) -> redis.Redis:
     pool = client.connection_pool
     kwargs = dict(pool.connection_kwargs)
     kwargs["decode_responses"] = False
-    new_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    if isinstance(pool, redis.sentinel.SentinelConnectionPool):
+        kwargs.pop("connection_pool", None)  # the old pool's proxy; the new pool sets its own
+        new_pool: redis.ConnectionPool = redis.sentinel.SentinelConnectionPool(  # type: ignore[no-untyped-call]
+            pool.service_name,
+            pool.sentinel_manager,
+            connection_class=pool.connection_class,
+            is_master=pool.is_master,
+            check_connection=pool.check_connection,
+            **kwargs,
+        )
+    else:
+        new_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
     return redis.Redis(connection_pool=new_pool)
+
+
+def _client_where(client: redis.Redis) -> str:
+    pool = client.connection_pool
+    if isinstance(pool, redis.sentinel.SentinelConnectionPool):
+        return _sentinel_where(pool.service_name, pool.sentinel_manager)
+    return _where(pool.connection_kwargs)
+
+
+def _sentinel_where(service: str, sentinel: redis.sentinel.Sentinel) -> str:
+    hosts = ",".join(_where(s.connection_pool.connection_kwargs) for s in sentinel.sentinels)
+    return f"sentinel service {service!r} via {hosts}"
 
 
 def embedded_backend() -> Backend:
@@ -97,16 +244,10 @@ def connect(target: object, *, check: bool = True) -> Backend:
     if isinstance(target, Backend):
         return target
     if isinstance(target, str):
-        try:
-            client = redis.Redis.from_url(
-                target, decode_responses=False, socket_keepalive=True, health_check_interval=30
-            )
-        except ValueError as exc:
-            raise BackendUnavailable(f"bad Redis URL {mask_url(target)!r}: {exc}") from None
-        backend = Backend(client=client, where=_where(client.connection_pool.connection_kwargs))
+        backend = backend_from_url(target)
     elif isinstance(target, redis.Redis):
         client = _bytes_client_like(target)
-        backend = Backend(client=client, where=_where(client.connection_pool.connection_kwargs))
+        backend = Backend(client=client, where=_client_where(client))
         backend.embedded = type(target).__module__.startswith("fakeredis")
     else:
         raise InvalidType(
@@ -115,3 +256,139 @@ def connect(target: object, *, check: bool = True) -> Backend:
     if check:
         backend.check()
     return backend
+
+
+# --- URLs ---------------------------------------------------------------------------------------
+
+
+def _bad(url: str, why: str) -> BackendUnavailable:
+    return BackendUnavailable(f"bad Redis URL {mask_url(url)!r}: {why}")
+
+
+def _query_options(url: str, scheme: str, query: str) -> dict[str, Any]:
+    """The URL's query parameters as client keyword arguments, each checked."""
+    tls = scheme.startswith("rediss")
+    allowed = set(_PLAIN_PARAMS) | set(TLS_PARAMS) | set(_TLS_EXTRA)
+    if scheme.endswith("+sentinel"):
+        allowed |= set(_SENTINEL_PARAMS)
+    options: dict[str, Any] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in allowed:
+            raise _bad(
+                url, f"unknown query parameter {name!r} (known: {', '.join(sorted(allowed))})"
+            )
+        if (name in TLS_PARAMS or name in _TLS_EXTRA) and not tls:
+            secure = "rediss+sentinel" if scheme == "redis+sentinel" else "rediss"
+            raise _bad(url, f"{name} needs TLS: use a {secure}:// URL")
+        parse = _PLAIN_PARAMS.get(name, str)
+        if name == "ssl_check_hostname":
+            parse = _PLAIN_PARAMS["socket_keepalive"]
+        elif name == "ssl_min_version":
+            parse = int
+        try:
+            options[name] = parse(value)
+        except ValueError:
+            shown = MASK if name in SECRET_PARAMS else repr(value)
+            raise _bad(url, f"{name}={shown} is not valid") from None
+    if tls:
+        _check_tls_files(url, options)
+    return options
+
+
+def _check_tls_files(url: str, options: dict[str, Any]) -> None:
+    """Name a missing CA or certificate file now, not as an SSL error at the first command.
+    The key file's path is a secret, so its error says which setting, not which path."""
+    reqs = options.get("ssl_cert_reqs")
+    if reqs is not None and reqs not in _CERT_REQS:
+        raise _bad(url, f"ssl_cert_reqs must be one of {', '.join(_CERT_REQS)}, got {reqs!r}")
+    for name in ("ssl_ca_certs", "ssl_certfile"):
+        path = options.get(name)
+        if path is not None and not os.access(path, os.R_OK):
+            raise _bad(url, f"{name} file {path!r} does not exist or cannot be read")
+    keyfile = options.get("ssl_keyfile")
+    if keyfile is not None:
+        if not os.access(keyfile, os.R_OK):
+            raise _bad(url, "the ssl_keyfile (TLS key) file does not exist or cannot be read")
+        if options.get("ssl_certfile") is None:
+            raise _bad(url, "ssl_keyfile needs ssl_certfile (the certificate of that key)")
+    ca_path = options.get("ssl_ca_path")
+    if ca_path is not None and not os.path.isdir(ca_path):
+        raise _bad(url, f"ssl_ca_path {ca_path!r} is not a directory")
+
+
+def backend_from_url(url: str) -> Backend:
+    """A Backend for one of the URL forms of the module docstring (not yet checked)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise _bad(url, str(exc)) from None
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise _bad(url, f"the scheme must be one of {', '.join(s + '://' for s in SCHEMES)}")
+    options = _query_options(url, scheme, parts.query)
+    if scheme.endswith("+sentinel"):
+        return _sentinel_backend(url, scheme, parts.netloc, parts.path, options)
+    defaults: dict[str, Any] = {"decode_responses": False, "health_check_interval": 30}
+    if scheme != "unix":  # a unix socket connection takes no TCP keepalive
+        defaults["socket_keepalive"] = True
+    try:
+        client = redis.Redis.from_url(url, **defaults)
+    except ValueError as exc:
+        raise _bad(url, str(exc)) from None
+    where = _where(client.connection_pool.connection_kwargs)
+    if scheme == "rediss":
+        where += " (TLS)"
+    return Backend(client=client, where=where)
+
+
+def _sentinel_backend(
+    url: str, scheme: str, netloc: str, path: str, options: dict[str, Any]
+) -> Backend:
+    userinfo, _, hostlist = netloc.rpartition("@")
+    sentinels: list[tuple[str, int]] = []
+    for item in hostlist.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon:
+            host, port = port, "26379"
+        host = host.strip("[]")  # an IPv6 address in brackets
+        if not host or not port.isdigit():
+            raise _bad(url, f"sentinel address {item!r} is not host:port")
+        sentinels.append((host, int(port)))
+    segments = [unquote(s) for s in path.split("/") if s]
+    if not segments or len(segments) > 2:
+        raise _bad(url, "the path must be /service_name or /service_name/db")
+    service = segments[0]
+    if len(segments) == 2:
+        if not segments[1].isdigit():
+            raise _bad(url, f"the database {segments[1]!r} is not a number")
+        options["db"] = int(segments[1])
+    if userinfo:
+        user, colon, password = userinfo.partition(":")
+        if user:
+            options["username"] = unquote(user)
+        if colon:
+            options["password"] = unquote(password)
+    tls = {k: options[k] for k in (*TLS_PARAMS, *_TLS_EXTRA) if k in options}
+    if scheme == "rediss+sentinel":
+        tls["ssl"] = True
+    sentinel_kwargs: dict[str, Any] = {
+        k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options
+    }
+    sentinel_kwargs.update(tls)  # TLS to the sentinels too, with the same files
+    if "sentinel_username" in options:
+        sentinel_kwargs["username"] = options.pop("sentinel_username")
+    if "sentinel_password" in options:
+        sentinel_kwargs["password"] = options.pop("sentinel_password")
+    master_kwargs: dict[str, Any] = {
+        "decode_responses": False,
+        "health_check_interval": 30,
+        "socket_keepalive": True,
+        **options,
+        **tls,
+    }
+    sentinel = redis.sentinel.Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    client = sentinel.master_for(service, **master_kwargs)  # type: ignore[no-untyped-call]
+    where = _sentinel_where(service, sentinel)
+    if scheme == "rediss+sentinel":
+        where += " (TLS)"
+    return Backend(client=client, where=where, _also_close=[sentinel.close])

@@ -34,6 +34,11 @@ class BackendUnavailable(WorkShaperError, ConnectionError):
     the password is never shown."""
 
 
+class AccessDenied(BackendUnavailable):
+    """Redis refused a command or key to our user (an ACL denial, NOPERM): the user's ACL
+    lacks what this role needs (see ``workshaper acl``)."""
+
+
 class ScriptError(WorkShaperError):
     """A command of a batch answered with an error reply (a bug, or a server refusing a
     script): raised by the Reply of that command only."""

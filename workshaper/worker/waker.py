@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 
-from workshaper.connection import Backend
+from workshaper.connection import Backend, is_transient
 from workshaper.keys import NamespaceKeys
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,11 @@ class Waker:
                 return
             try:
                 popped = client.bzpopmin(self._keys.wake, timeout=WAKE_BLOCK_SECONDS)
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            except (redis.ConnectionError, redis.TimeoutError, OSError, redis.ResponseError) as exc:
+                # Unreachable, or failing over (a demoted primary answers READONLY): wait it
+                # out. Any other error reply is a bug or a refusal, not ours to retry.
+                if isinstance(exc, redis.ResponseError) and not is_transient(exc):
+                    raise
                 log.debug("waker: Redis unreachable (%s); retrying in %.2fs", exc, pause)
                 stop.wait(pause)
                 pause = min(pause * 2, REDIS_RETRY_MAX)

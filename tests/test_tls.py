@@ -1,0 +1,182 @@
+"""TLS: rediss:// against a redis-server with a TLS port, a CA and certificates made here by
+openssl (server-only TLS, mutual TLS, and a client that trusts the wrong CA)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import workshaper
+from workshaper.connection import TLSFiles, connect, with_tls
+from workshaper.errors import BackendUnavailable
+from workshaper.testing import RedisServer, free_port
+
+from .conftest import _need_redis_server
+
+
+@dataclass
+class Certs:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path  # a CA that signed nothing here
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _make_ca(d: Path, name: str) -> None:
+    _openssl(
+        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        "-keyout", f"{name}.key", "-out", f"{name}.pem", "-subj", f"/CN={name}",
+        cwd=d,
+    )  # fmt: skip
+
+
+def _make_cert(d: Path, name: str, ca: str, ext: str) -> None:
+    (d / f"{name}.ext").write_text(ext)
+    _openssl(
+        "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+        "-out", f"{name}.csr", "-subj", f"/CN={name}",
+        cwd=d,
+    )  # fmt: skip
+    _openssl(
+        "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+        "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", "-extfile", f"{name}.ext",
+        cwd=d,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    d = tmp_path_factory.mktemp("tls")
+    _make_ca(d, "ca")
+    _make_ca(d, "other-ca")
+    _make_cert(d, "server", "ca", "subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _make_cert(d, "client", "ca", "extendedKeyUsage=clientAuth\n")
+    return Certs(
+        d / "ca.pem",
+        d / "server.pem",
+        d / "server.key",
+        d / "client.pem",
+        d / "client.key",
+        d / "other-ca.pem",
+    )
+
+
+def _tls_server(certs: Certs, *, mutual: bool) -> RedisServer:
+    """A redis-server with a TLS port (its plain port stays, for the readiness check)."""
+    _need_redis_server()
+    server = RedisServer(
+        extra=[
+            "--tls-port", str(free_port()),
+            "--tls-cert-file", str(certs.server_cert),
+            "--tls-key-file", str(certs.server_key),
+            "--tls-ca-cert-file", str(certs.ca),
+            "--tls-auth-clients", "yes" if mutual else "no",
+        ]
+    )  # fmt: skip
+    server.tls_port = int(server.extra[1])  # type: ignore[attr-defined]
+    return server
+
+
+@pytest.fixture(scope="module")
+def tls_server(certs: Certs) -> Iterator[RedisServer]:
+    with _tls_server(certs, mutual=False) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def mtls_server(certs: Certs) -> Iterator[RedisServer]:
+    with _tls_server(certs, mutual=True) as server:
+        yield server
+
+
+def _url(server: RedisServer, **query: Path | str) -> str:
+    url = f"rediss://127.0.0.1:{server.tls_port}/0"  # type: ignore[attr-defined]
+    if query:
+        url += "?" + "&".join(f"{k}={v}" for k, v in query.items())
+    return url
+
+
+def test_rediss_with_a_ca_runs_producer_and_worker(
+    tls_server: RedisServer, certs: Certs, namespace: str
+) -> None:
+    url = _url(tls_server, ssl_ca_certs=certs.ca)
+    backend = connect(url)
+    assert backend.where.endswith("(TLS)")
+    backend.close()
+    done: list[int] = []
+    with workshaper.Producer(url, namespace) as producer:
+        producer.enqueue_many([("k", f"m{o}", 0, o) for o in range(20)])
+        worker = workshaper.Worker(url, namespace, work=lambda m, p, o: done.append(o))
+        worker.start()
+        try:
+            assert producer.flush(timeout=60)
+        finally:
+            worker.stop()
+    assert sorted(done) == list(range(20))
+
+
+def test_mutual_tls_needs_the_client_certificate(mtls_server: RedisServer, certs: Certs) -> None:
+    url = _url(
+        mtls_server,
+        ssl_ca_certs=certs.ca,
+        ssl_certfile=certs.client_cert,
+        ssl_keyfile=certs.client_key,
+    )
+    backend = connect(url)
+    assert backend.client.ping()
+    backend.close()
+    with pytest.raises(BackendUnavailable, match="cannot reach Redis"):
+        connect(_url(mtls_server, ssl_ca_certs=certs.ca))  # no client certificate
+
+
+def test_tls_files_from_options_as_the_cli_gives_them(
+    mtls_server: RedisServer, certs: Certs
+) -> None:
+    tls = TLSFiles(str(certs.ca), str(certs.client_cert), str(certs.client_key))
+    assert str(certs.client_key) not in repr(tls)
+    url = with_tls(_url(mtls_server), tls)
+    connect(url).close()
+    with pytest.raises(BackendUnavailable, match="ssl_ca_certs is given twice"):
+        with_tls(_url(mtls_server, ssl_ca_certs=certs.other_ca), tls)
+
+
+def test_a_server_signed_by_another_ca_is_a_clear_error(
+    tls_server: RedisServer, certs: Certs
+) -> None:
+    url = _url(tls_server, ssl_ca_certs=certs.other_ca)
+    with pytest.raises(BackendUnavailable) as info:
+        connect(url)
+    message = str(info.value)
+    assert f"cannot reach Redis at 127.0.0.1:{tls_server.tls_port} (TLS)" in message  # type: ignore[attr-defined]
+    assert "certificate verify failed" in message
+
+
+def test_bad_tls_settings_are_named(tls_server: RedisServer, certs: Certs, tmp_path: Path) -> None:
+    plain = f"redis://127.0.0.1:{tls_server.port}/0?ssl_ca_certs={certs.ca}"
+    with pytest.raises(BackendUnavailable, match="ssl_ca_certs needs TLS: use a rediss://"):
+        connect(plain)
+    with pytest.raises(BackendUnavailable, match=r"ssl_ca_certs file .*missing.pem. does not"):
+        connect(_url(tls_server, ssl_ca_certs=tmp_path / "missing.pem"))
+    secret = tmp_path / "secret-key-name.key"
+    with pytest.raises(BackendUnavailable, match=r"ssl_keyfile .TLS key. file does not") as info:
+        connect(_url(tls_server, ssl_certfile=certs.client_cert, ssl_keyfile=secret))
+    assert "secret-key-name" not in str(info.value)
+    with pytest.raises(BackendUnavailable, match="ssl_cert_reqs must be one of"):
+        connect(_url(tls_server, ssl_cert_reqs="maybe"))
+    with pytest.raises(BackendUnavailable, match="unknown query parameter 'ssl_ca_cert'"):
+        connect(_url(tls_server, ssl_ca_cert=certs.ca))
+    with pytest.raises(BackendUnavailable, match="ssl_keyfile needs ssl_certfile"):
+        connect(_url(tls_server, ssl_keyfile=certs.client_key))
