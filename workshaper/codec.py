@@ -83,6 +83,17 @@ def check_sub_key(sub_key: object) -> SubKey:
     )
 
 
+def _utf8(field: str, text: str) -> bytes:
+    """``text`` as UTF-8; a str that has none (a lone surrogate) is refused, naming ``field``."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(
+            f"{field} is not valid UTF-8 text: {exc.reason} {text[exc.start : exc.end]!r}"
+            f" at index {exc.start}"
+        ) from None
+
+
 def encode_sub_key(sub_key: SubKey, offset: int) -> bytes:
     """The sub key's name inside its partition: a type letter, then the value.
 
@@ -92,10 +103,15 @@ def encode_sub_key(sub_key: SubKey, offset: int) -> bytes:
     if sub_key is None:
         return b"n%d" % offset
     if isinstance(sub_key, str):
-        return b"s" + sub_key.encode("utf-8")
+        return b"s" + _utf8("sub_key", sub_key)
     if isinstance(sub_key, bytes):
         return b"b" + sub_key
-    return b"i%d" % sub_key
+    try:
+        return b"i%d" % sub_key
+    except ValueError:  # Python refuses to print ints of more than 4,300 digits
+        raise InvalidInput(
+            f"sub_key int has {sub_key.bit_length()} bits, more digits than Python prints"
+        ) from None
 
 
 def decode_sub_key(encoded: bytes) -> SubKey:
@@ -116,7 +132,7 @@ def encode_message(message: Message, max_bytes: int) -> bytes:
     if isinstance(message, bytes | bytearray | memoryview):
         data = _TAG_BYTES + bytes(message)
     elif isinstance(message, str):
-        data = _TAG_STR + message.encode("utf-8")
+        data = _TAG_STR + _utf8("message", message)
     else:
         try:
             text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -127,7 +143,9 @@ def encode_message(message: Message, max_bytes: int) -> bytes:
             ) from None
         except ValueError as exc:
             raise InvalidInput(f"message is not valid JSON: {exc}") from None
-        data = _TAG_JSON + text.encode("utf-8")
+        except RecursionError:
+            raise InvalidInput("message is nested too deeply to encode as JSON") from None
+        data = _TAG_JSON + _utf8("message", text)
     if len(data) - 1 > max_bytes:
         raise InvalidInput(
             f"message is {len(data) - 1} bytes encoded; max_message_bytes is {max_bytes}"
@@ -163,15 +181,19 @@ def encode_item(
         check_offset(offset)
     p, o = cast(int, partition), cast(int, offset)
     if type(sub_key) is str:
-        sub = b"s" + sub_key.encode("utf-8")
-    elif type(sub_key) is int:
-        sub = b"i%d" % sub_key
+        try:
+            sub = b"s" + sub_key.encode("utf-8")
+        except UnicodeEncodeError:
+            sub = encode_sub_key(sub_key, o)  # raises the error naming the field
     else:
         sub = encode_sub_key(check_sub_key(sub_key), o)
     if type(message) is bytes and len(message) <= max_bytes:
         payload = _TAG_BYTES + message
     elif type(message) is str and len(message) * 4 <= max_bytes:  # UTF-8: <= 4 bytes a char
-        payload = _TAG_STR + message.encode("utf-8")
+        try:
+            payload = _TAG_STR + message.encode("utf-8")
+        except UnicodeEncodeError:
+            payload = encode_message(message, max_bytes)  # raises the error naming the field
     else:
         payload = encode_message(message, max_bytes)
     return p, sub, o, b"%d|%s" % (o, payload)

@@ -48,6 +48,14 @@ _BEING_ACKED = 4
 Item = tuple[codec.SubKey, codec.Message, int, int]
 
 
+def _describe(value: object) -> str:
+    """A value's type and length, for error messages (never its content: it may be a payload)."""
+    try:
+        return f"{type(value).__name__} of {len(value)}"  # type: ignore[arg-type]
+    except Exception:
+        return type(value).__name__
+
+
 class Producer:
     """Enqueue (sub_key, message, partition, offset) items and ack contiguous watermarks.
 
@@ -105,7 +113,13 @@ class Producer:
         ack loop frees room; after ``timeout`` seconds QueueFull is raised (its ``statuses``
         say which items were written).
         """
-        encoded = self._encode_all(list(items))
+        try:
+            listed = list(items)
+        except TypeError:
+            raise InvalidType(
+                f"items must be an iterable of tuples, got {_describe(items)}"
+            ) from None
+        encoded = self._encode_all(listed)
         by_partition: dict[int, list[tuple[int, EncodedItem]]] = {}
         for index, (partition, item) in enumerate(encoded):
             by_partition.setdefault(partition, []).append((index, item))
@@ -113,7 +127,6 @@ class Producer:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._check_open()
-            self._register(by_partition)
             self._send_until_done(by_partition, statuses, deadline)
         return [s for s in statuses if s is not None]
 
@@ -123,38 +136,39 @@ class Producer:
         max_bytes = self.max_message_bytes
         for position, item in enumerate(items):
             try:
+                if isinstance(item, str | bytes | bytearray):
+                    raise TypeError  # would unpack into characters
                 sub_key, message, partition, offset = item
+            except (TypeError, ValueError):
+                raise self._item_error(
+                    items,
+                    position,
+                    InvalidType(
+                        "an item must be a (sub_key, message, partition, offset) tuple,"
+                        f" got {_describe(item)}"
+                    ),
+                ) from None
+            try:
                 partition, sub, offset, entry = codec.encode_item(
                     sub_key, message, partition, offset, max_bytes
                 )
-            except (TypeError, ValueError) as exc:
+            except InvalidInput as exc:
                 raise self._item_error(items, position, exc) from None
             append((partition, EncodedItem(sub, offset, entry)))
         return out
 
     @staticmethod
-    def _item_error(items: list[Item], position: int, exc: Exception) -> Exception:
+    def _item_error(items: list[Item], position: int, exc: InvalidInput) -> InvalidInput:
         """The error for a bad item, naming its position in a batch."""
-        label = f"item {position}: " if len(items) > 1 else ""
-        if not isinstance(exc, InvalidInput):  # the item was not a 4-tuple
-            return InvalidType(
-                f"{label}an item must be a (sub_key, message, partition, offset) tuple,"
-                f" got {type(items[position]).__name__}"
-            )
-        return type(exc)(f"{label}{exc}") if label else exc
+        if len(items) > 1:
+            return type(exc)(f"item {position}: {exc}")
+        return exc
 
     def _pkeys(self, partition: int) -> PartitionKeys:
         pkeys = self._partition_keys.get(partition)
         if pkeys is None:
             pkeys = self._partition_keys[partition] = self._keys.partition(partition)
         return pkeys
-
-    def _register(self, partitions: Iterable[int]) -> None:
-        """Add new partitions to the namespace index the reapers walk (once per producer)."""
-        new = [p for p in partitions if p not in self._registered]
-        if new:
-            self._backend.client.sadd(self._keys.partitions, *new)
-            self._registered.update(new)
 
     def _send_until_done(
         self,
@@ -181,6 +195,11 @@ class Producer:
     ) -> list[int]:
         """One round trip: a script call per partition. Returns the partitions found full."""
         batch = self._link.batch()
+        # New partitions join the namespace index the reapers walk (once per producer), in the
+        # same round trip, before their items: SADD is idempotent, so a re-sent batch is fine.
+        new = [p for p in todo if p not in self._registered]
+        if new:
+            batch.command("SADD", self._keys.partitions, *new)
         sent: dict[int, tuple[list[tuple[int, EncodedItem]], Reply[list[int]]]] = {}
         for partition, start in todo.items():
             chunk = by_partition[partition][start : start + MAX_ITEMS_PER_CALL]
@@ -198,6 +217,7 @@ class Producer:
                 f"lost Redis at {self._backend.where} while enqueueing ({exc}); the batch may be"
                 " partly written: enqueue it again (written items come back as duplicates)"
             ) from exc
+        self._registered.update(new)
         full: list[int] = []
         for partition, (chunk, reply) in sent.items():
             codes = reply.get()
@@ -238,7 +258,12 @@ class Producer:
     def watermark(self, partition: int) -> int | None:
         """The acked watermark of ``partition`` as stored in Redis (None: nothing acked yet)."""
         codec.check_partition(partition)
-        value = self._backend.client.hget(self._pkeys(partition).meta, "acked")
+        try:
+            value = self._backend.client.hget(self._pkeys(partition).meta, "acked")
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BackendUnavailable(
+                f"cannot reach Redis at {self._backend.where} to read the watermark: {exc}"
+            ) from exc
         return None if value is None else int(value)
 
     def flush(self, timeout: float | None = None) -> bool:
