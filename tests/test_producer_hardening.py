@@ -3,10 +3,12 @@ re-sent batches, the embedded backend shared by a producer and a worker."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 import workshaper
-from workshaper import BackendUnavailable, Enqueued, InvalidInput
+from workshaper import BackendUnavailable, Enqueued, InvalidInput, ProducerClosed
 from workshaper.connection import Backend
 from workshaper.testing import RedisServer
 
@@ -62,3 +64,45 @@ def test_deeply_nested_message_is_invalid_input(backend: Backend, namespace: str
         pytest.raises(InvalidInput, match=r"message .*nested too deeply"),
     ):
         producer.enqueue("k", message, 0, 0)
+
+
+# --- close while an enqueue waits (issue 8, item 7) ---------------------------------------------
+
+
+def test_close_wakes_an_enqueue_waiting_on_a_full_partition(
+    backend: Backend, namespace: str
+) -> None:
+    producer = workshaper.Producer(backend, namespace, max_in_queue=1)
+    assert producer.enqueue("a", "m", 0, 0) is Enqueued.ACCEPTED  # no worker: stays unacked
+    waiting = threading.Event()
+    wait_commit = producer._ack_loop.wait_commit
+
+    def noting_wait(partition: int, seen: int, timeout: float) -> None:
+        waiting.set()
+        wait_commit(partition, seen, timeout)
+
+    producer._ack_loop.wait_commit = noting_wait  # type: ignore[method-assign]
+    raised: list[BaseException] = []
+
+    def enqueue() -> None:
+        try:
+            producer.enqueue_many([("b", "m", 1, 0), ("a", "m", 0, 1)])
+        except BaseException as exc:  # recorded for the assertions below
+            raised.append(exc)
+
+    enqueuer = threading.Thread(target=enqueue, daemon=True)
+    enqueuer.start()
+    assert waiting.wait(30)
+    closer = threading.Thread(target=producer.close, daemon=True)
+    closer.start()
+    closer.join(30)
+    assert not closer.is_alive(), "close() hangs while an enqueue waits for room"
+    enqueuer.join(30)
+    assert not enqueuer.is_alive()
+    assert len(raised) == 1
+    assert isinstance(raised[0], ProducerClosed)
+    assert isinstance(raised[0], RuntimeError)  # as before, for an enqueue after close
+    assert "closed while" in str(raised[0]) and "partition 0" in str(raised[0])
+    assert raised[0].statuses == [Enqueued.ACCEPTED, None]  # partition 1's item was written
+    with pytest.raises(ProducerClosed, match="closed"):
+        producer.enqueue("a", "m", 0, 2)

@@ -29,6 +29,15 @@ class QueueFull(WorkShaperError):
         self.statuses = statuses or []
 
 
+class ProducerClosed(WorkShaperError, RuntimeError):
+    """The producer was closed: before the enqueue, or by ``close()`` while the enqueue waited
+    for room in a full partition. ``statuses`` as in QueueFull: what was written before."""
+
+    def __init__(self, message: str, statuses: list[object] | None = None) -> None:
+        super().__init__(message)
+        self.statuses = statuses or []
+
+
 class BackendUnavailable(WorkShaperError, ConnectionError):
     """Redis could not be reached or refused our credentials. The message names host and port;
     the password is never shown."""

@@ -16,7 +16,13 @@ from workshaper import codec, scripts
 from workshaper.ackloop import AckCallback, AckLoop
 from workshaper.batch import Link, Reply
 from workshaper.connection import Backend, connect
-from workshaper.errors import BackendUnavailable, InvalidInput, InvalidType, QueueFull
+from workshaper.errors import (
+    BackendUnavailable,
+    InvalidInput,
+    InvalidType,
+    ProducerClosed,
+    QueueFull,
+)
 from workshaper.keys import NamespaceKeys, PartitionKeys
 from workshaper.options import check_positive
 from workshaper.scripts import EncodedItem
@@ -185,6 +191,12 @@ class Producer:
             full = self._send_round(by_partition, todo, cursor, statuses)
             for partition in full:
                 self._wait_for_room(partition, seen[partition], deadline, statuses)
+                if self._closed:  # close() stopped the ack loop: no room will come
+                    raise ProducerClosed(
+                        f"this Producer was closed while partition {partition} of namespace"
+                        f" {self.namespace!r} was full; statuses say which items were written",
+                        list(statuses),
+                    )
 
     def _send_round(
         self,
@@ -278,15 +290,16 @@ class Producer:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("this Producer is closed")
+            raise ProducerClosed("this Producer is closed")
 
     def close(self) -> None:
         """Stop the ack loop and release the connection. Items stay in Redis; workers go on,
-        and the next producer of these partitions acks what is left."""
+        and the next producer of these partitions acks what is left. An enqueue waiting for
+        room in a full partition wakes and raises ProducerClosed."""
         if self._closed:
             return
         self._closed = True
-        self._ack_loop.stop()
+        self._ack_loop.stop()  # wakes every wait on the loop: waiting enqueues see _closed
         with self._lock:
             self._link.close()
         self._backend.close()
