@@ -8,7 +8,13 @@ import threading
 import pytest
 
 import workshaper
-from workshaper import BackendUnavailable, Enqueued, InvalidInput, ProducerClosed
+from workshaper import (
+    BackendUnavailable,
+    Enqueued,
+    InvalidInput,
+    ProducerClosed,
+    RedisOutOfMemory,
+)
 from workshaper.connection import Backend
 from workshaper.testing import RedisServer
 
@@ -106,3 +112,31 @@ def test_close_wakes_an_enqueue_waiting_on_a_full_partition(
     assert raised[0].statuses == [Enqueued.ACCEPTED, None]  # partition 1's item was written
     with pytest.raises(ProducerClosed, match="closed"):
         producer.enqueue("a", "m", 0, 2)
+
+
+# --- Redis at maxmemory (issue 8, item 8, producer side) ----------------------------------------
+
+
+def test_enqueue_at_maxmemory_raises_a_clear_error_and_writes_nothing(namespace: str) -> None:
+    with RedisServer(extra=["--maxmemory-policy", "noeviction"]) as server:
+        client = server.client()
+        with workshaper.Producer(server.url, namespace) as producer:
+            assert producer.enqueue("a", "m", 0, 0) is Enqueued.ACCEPTED
+            client.config_set("maxmemory", "1")  # every write is now refused
+            with pytest.raises(RedisOutOfMemory) as info:
+                producer.enqueue_many([("a", "m", 0, 1), ("b", "m", 1, 0)])
+            text = str(info.value)
+            assert f"127.0.0.1:{server.port}" in text
+            assert "maxmemory" in text and "nothing was written" in text
+            assert "partition 0" in text and "partition 1" in text
+            assert info.value.statuses == [None, None]
+            assert client.llen(f"ws:{{{namespace}:0}}:accepted") == 1
+            client.config_set("maxmemory", "0")  # memory freed: the same batch goes in
+            assert producer.enqueue_many([("a", "m", 0, 1), ("b", "m", 1, 0)]) == [
+                Enqueued.ACCEPTED,
+                Enqueued.ACCEPTED,
+            ]
+            # Partition 1's registration was refused too: it is in the reapers' index now.
+            assert client.smembers(f"ws:{{{namespace}}}:partitions") == {b"0", b"1"}
+            assert client.zscore(f"ws:{{{namespace}}}:wake", "1") is not None
+        client.close()

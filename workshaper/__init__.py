@@ -8,6 +8,7 @@ from workshaper.errors import (
     InvalidType,
     ProducerClosed,
     QueueFull,
+    RedisOutOfMemory,
     ScriptError,
     WorkShaperError,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "Producer",
     "ProducerClosed",
     "QueueFull",
+    "RedisOutOfMemory",
     "ScriptError",
     "WorkShaperError",
     "Worker",

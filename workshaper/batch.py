@@ -43,6 +43,11 @@ class Reply(Generic[T]):
         else:
             self._value = raw
 
+    @property
+    def error(self) -> Exception | None:
+        """The error reply this command got, if any (None before the batch was executed)."""
+        return self._error
+
     def get(self) -> T:
         if not self._ready:
             raise RuntimeError("Reply.get() before the batch was executed")

@@ -38,6 +38,16 @@ class ProducerClosed(WorkShaperError, RuntimeError):
         self.statuses = statuses or []
 
 
+class RedisOutOfMemory(WorkShaperError):
+    """Redis refused a write because it reached ``maxmemory`` (with a no-eviction policy).
+    Nothing of the refused partitions' items was written; ``statuses`` as in QueueFull. Free
+    memory (let workers drain, raise maxmemory), then enqueue the same items again."""
+
+    def __init__(self, message: str, statuses: list[object] | None = None) -> None:
+        super().__init__(message)
+        self.statuses = statuses or []
+
+
 class BackendUnavailable(WorkShaperError, ConnectionError):
     """Redis could not be reached or refused our credentials. The message names host and port;
     the password is never shown."""

@@ -22,6 +22,8 @@ from workshaper.errors import (
     InvalidType,
     ProducerClosed,
     QueueFull,
+    RedisOutOfMemory,
+    ScriptError,
 )
 from workshaper.keys import NamespaceKeys, PartitionKeys
 from workshaper.options import check_positive
@@ -93,6 +95,7 @@ class Producer:
         self._keys = NamespaceKeys(namespace)
         self._partition_keys: dict[int, PartitionKeys] = {}
         self._registered: set[int] = set()
+        self._unrung: set[int] = set()  # partitions whose wake-up bell Redis refused to ring
         self._lock = threading.Lock()  # one enqueue at a time keeps per-partition order
         self._link = Link(self._backend)  # used under the lock only
         self._closed = False
@@ -210,8 +213,9 @@ class Producer:
         # New partitions join the namespace index the reapers walk (once per producer), in the
         # same round trip, before their items: SADD is idempotent, so a re-sent batch is fine.
         new = [p for p in todo if p not in self._registered]
+        registered: Reply[Any] | None = None
         if new:
-            batch.command("SADD", self._keys.partitions, *new)
+            registered = batch.command("SADD", self._keys.partitions, *new)
         sent: dict[int, tuple[list[tuple[int, EncodedItem]], Reply[list[int]]]] = {}
         for partition, start in todo.items():
             chunk = by_partition[partition][start : start + MAX_ITEMS_PER_CALL]
@@ -219,9 +223,13 @@ class Producer:
                 batch, self._pkeys(partition), [item for _, item in chunk], self.max_in_queue
             )
             sent[partition] = (chunk, reply)
-        # Ring the wake-up bell for every partition written to (a cheap no-op when it rings).
+        # Ring the wake-up bell for every partition written to (a cheap no-op when it rings),
+        # and again for any whose bell a refused write (maxmemory) left silent.
         now = time.time()
-        batch.command("ZADD", self._keys.wake, "NX", *[x for p in todo for x in (now, p)])
+        rung = sorted(self._unrung.union(todo))
+        bell: Reply[Any] = batch.command(
+            "ZADD", self._keys.wake, "NX", *[x for p in rung for x in (now, p)]
+        )
         try:
             batch.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -229,10 +237,21 @@ class Producer:
                 f"lost Redis at {self._backend.where} while enqueueing ({exc}); the batch may be"
                 " partly written: enqueue it again (written items come back as duplicates)"
             ) from exc
-        self._registered.update(new)
+        if registered is not None and registered.error is None:
+            self._registered.update(new)
+        self._unrung = set(rung) if bell.error is not None else set()
         full: list[int] = []
+        out_of_memory: list[int] = []
+        failed: ScriptError | None = None
         for partition, (chunk, reply) in sent.items():
-            codes = reply.get()
+            try:
+                codes = reply.get()
+            except ScriptError as exc:  # this partition's script wrote nothing
+                if isinstance(exc.__cause__, redis.exceptions.OutOfMemoryError):
+                    out_of_memory.append(partition)
+                else:
+                    failed = failed or exc
+                continue
             to_ack = -1  # the highest offset this producer must see acked
             for (index, item), code in zip(chunk, codes, strict=True):
                 if code == _FULL:
@@ -244,6 +263,17 @@ class Producer:
                     to_ack = item.offset
             if to_ack >= 0:
                 self._ack_loop.track(partition, to_ack)
+        if out_of_memory:
+            raise RedisOutOfMemory(
+                f"Redis at {self._backend.where} is out of memory (it reached maxmemory and evicts"
+                f" nothing): nothing was written to partition"
+                f" {', partition '.join(map(str, out_of_memory))} of namespace"
+                f" {self.namespace!r}; let workers drain or raise maxmemory, then enqueue the"
+                " same items again (statuses say which were written)",
+                list(statuses),
+            )
+        if failed is not None:
+            raise failed
         return full
 
     def _wait_for_room(
