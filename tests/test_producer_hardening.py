@@ -4,6 +4,8 @@ re-sent batches, the embedded backend shared by a producer and a worker."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -140,3 +142,56 @@ def test_enqueue_at_maxmemory_raises_a_clear_error_and_writes_nothing(namespace:
             assert client.smembers(f"ws:{{{namespace}}}:partitions") == {b"0", b"1"}
             assert client.zscore(f"ws:{{{namespace}}}:wake", "1") is not None
         client.close()
+
+
+# --- a re-sent enqueue (issue 8, item 13) -------------------------------------------------------
+
+
+@pytest.fixture
+def reply_lost_once(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """The next batch holding an enqueue runs on the server, then its replies are lost and
+    Batch sends it again, as it does after a connection broke mid-read."""
+    from workshaper.batch import Batch
+    from workshaper.lua_scripts import load_script
+
+    send = Batch._send
+    enqueue_sha = load_script("enqueue_items").sha
+    armed = [1]
+
+    def send_twice(self: Batch, commands: list[tuple[Any, ...]]) -> list[Any]:
+        replies = send(self, commands)
+        if armed[0] and any(c[:2] == ("EVALSHA", enqueue_sha) for c in commands):
+            armed[0] = 0
+            replies = send(self, commands)  # the re-send after a lost reply
+        return replies
+
+    monkeypatch.setattr(Batch, "_send", send_twice)
+    yield armed
+
+
+def test_a_re_sent_enqueue_reports_what_it_accepted(
+    backend: Backend, namespace: str, reply_lost_once: list[int]
+) -> None:
+    with workshaper.Producer(backend, namespace) as producer:
+        items = [("a", "m", 0, 0), ("b", "m", 0, 1), ("a", "m", 1, 5)]
+        assert producer.enqueue_many(items) == [Enqueued.ACCEPTED] * 3
+        assert reply_lost_once == [0]  # the loss did happen
+        reply_lost_once[0] = 1  # the general path (a gap filled late, a duplicate) too
+        assert producer.enqueue_many([("a", "m", 0, 3), ("c", "m", 0, 2), ("a", "m", 0, 1)]) == [
+            Enqueued.ACCEPTED,
+            Enqueued.ACCEPTED,
+            Enqueued.DUPLICATE,
+        ]
+        assert reply_lost_once == [0]
+        # A later enqueue of the same offsets is a real duplicate.
+        assert producer.enqueue_many(items) == [Enqueued.DUPLICATE] * 3
+
+
+def test_manager_counts_items_of_a_re_sent_enqueue(reply_lost_once: list[int]) -> None:
+    reply_lost_once[0] = 0
+    with workshaper.Manager(work=lambda m, p, o: None) as manager:
+        reply_lost_once[0] = 1
+        assert manager.enqueue("a", "m", 0, 0) is Enqueued.ACCEPTED
+        assert manager.flush(timeout=30)
+        assert manager.total_enqueued == 1
+        assert manager.total_acked == 1

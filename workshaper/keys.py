@@ -7,7 +7,8 @@ spans partitions (wake-ups, the partition index, the worker registry) has its ow
 
 Per partition ``ws:{ns:p}:``
     meta      HASH   acked (acked watermark), offer (watermark being acked), max (highest accepted
-                     offset), token (fencing-token counter)
+                     offset), token (fencing-token counter), request (the last enqueue call's id
+                     and answer, so a re-sent call is answered as the first time)
     accepted  LIST   accepted offsets not acked yet, ascending (finished or not): its length is
                      the backpressure count, acking trims its head
     heads     ZSET   each sub key with items -> offset of its head item (its oldest unfinished

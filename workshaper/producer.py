@@ -6,6 +6,7 @@ import enum
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
@@ -95,6 +96,9 @@ class Producer:
         self._keys = NamespaceKeys(namespace)
         self._partition_keys: dict[int, PartitionKeys] = {}
         self._registered: set[int] = set()
+        #: Enqueue request ids are unique across processes and restarts: a random prefix.
+        self._producer_id = uuid.uuid4().hex[:16]
+        self._requests = 0
         self._unrung: set[int] = set()  # partitions whose wake-up bell Redis refused to ring
         self._lock = threading.Lock()  # one enqueue at a time keeps per-partition order
         self._link = Link(self._backend)  # used under the lock only
@@ -217,10 +221,18 @@ class Producer:
         if new:
             registered = batch.command("SADD", self._keys.partitions, *new)
         sent: dict[int, tuple[list[tuple[int, EncodedItem]], Reply[list[int]]]] = {}
+        # One id for the round (each partition keeps its own answer): a re-sent round is
+        # answered as it was the first time, its accepted items not turned into duplicates.
+        self._requests += 1
+        request_id = f"{self._producer_id}:{self._requests}"
         for partition, start in todo.items():
             chunk = by_partition[partition][start : start + MAX_ITEMS_PER_CALL]
             reply = scripts.enqueue_items(
-                batch, self._pkeys(partition), [item for _, item in chunk], self.max_in_queue
+                batch,
+                self._pkeys(partition),
+                [item for _, item in chunk],
+                self.max_in_queue,
+                request_id,
             )
             sent[partition] = (chunk, reply)
         # Ring the wake-up bell for every partition written to (a cheap no-op when it rings),

@@ -3,6 +3,7 @@ shape of its reply. Each call adds the script to a Batch and returns a Reply."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -18,9 +19,16 @@ class EncodedItem(NamedTuple):
 
 
 def enqueue_items(
-    batch: Batch, pkeys: PartitionKeys, items: Sequence[EncodedItem], max_in_queue: int
+    batch: Batch,
+    pkeys: PartitionKeys,
+    items: Sequence[EncodedItem],
+    max_in_queue: int,
+    request_id: str | None = None,
 ) -> Reply[list[int]]:
     """Statuses per item: 0 accepted, 1 duplicate, 2 already acked, 3 full, 4 being acked.
+
+    ``request_id`` must be unique per call across processes (default: a random one): a re-sent
+    call (same id) gets the answer of its first run.
 
     Items are sent grouped by sub key (each group's entries contiguous), so the script can push
     a whole group from its arguments in one RPUSH.
@@ -39,7 +47,9 @@ def enqueue_items(
         entries[group - 1].append(item.entry)
         offsets.append(item.offset)
         groups.append(group)
-    args: list[Any] = [max_in_queue, len(items), len(subs), *offsets, *groups]
+    if request_id is None:
+        request_id = uuid.uuid4().hex
+    args: list[Any] = [request_id, max_in_queue, len(items), len(subs), *offsets, *groups]
     for sub, group_entries in zip(subs, entries, strict=True):
         args += (sub, len(group_entries), *group_entries)
     count = len(items)

@@ -2,11 +2,13 @@
 --
 -- KEYS[1..11]  the partition's fixed keys (includes/partition.lua)
 -- KEYS[12..]   the queue list of each sub key group (group j -> KEYS[11 + j])
--- ARGV[1]      max_in_queue: accepted-but-not-acked items allowed in this partition
--- ARGV[2]      n, the number of items
--- ARGV[3]      g, the number of sub key groups
--- ARGV[4 .. 3+n]        the items' offsets, in item order
--- ARGV[4+n .. 3+2n]     the items' group numbers (1-based), in item order
+-- ARGV[1]      request id: unique per call of this producer process (a re-sent call has the
+--              same id and gets the answer of its first run, not "duplicate" for its own items)
+-- ARGV[2]      max_in_queue: accepted-but-not-acked items allowed in this partition
+-- ARGV[3]      n, the number of items
+-- ARGV[4]      g, the number of sub key groups
+-- ARGV[5 .. 4+n]        the items' offsets, in item order
+-- ARGV[5+n .. 4+2n]     the items' group numbers (1-based), in item order
 -- then per group j: encoded sub key, count, then its items' queue entries in item order
 --
 -- Returns the integer n when every item was accepted, else one status per item, in order:
@@ -23,15 +25,26 @@
 -- re-delivery (binary search in `accepted` finds it: duplicate) or, rarely, a gap filled late
 -- (inserted in order, and tracked in `late` so the watermark waits for it).
 --
--- Idempotent: run twice, the second run finds every item a duplicate.
+-- Idempotent: run twice with the same request id, the second run returns the first one's answer,
+-- kept in meta field `request` ("<id>|n<count>" or "<id>|<one status digit per item>") until
+-- the partition's next enqueue (one producer per partition: nothing else overwrites it between
+-- a call and its re-send). Under another id, the same items are duplicates.
 --@include partition.lua
 
-local max_in_queue = tonumber(ARGV[1])
-local n, groups = tonumber(ARGV[2]), tonumber(ARGV[3])
-local OFFSETS, GROUP_OF = 3, 3 + n  -- ARGV[OFFSETS + i] / ARGV[GROUP_OF + i], i = 1..n
+local request = ARGV[1]
+local max_in_queue = tonumber(ARGV[2])
+local n, groups = tonumber(ARGV[3]), tonumber(ARGV[4])
+local OFFSETS, GROUP_OF = 4, 4 + n  -- ARGV[OFFSETS + i] / ARGV[GROUP_OF + i], i = 1..n
 local CHUNK = 2000  -- Lua's unpack() has a stack limit: write in chunks
 
-local meta = redis.call('HMGET', K_META, 'acked', 'offer', 'max')
+local meta = redis.call('HMGET', K_META, 'acked', 'offer', 'max', 'request')
+if meta[4] and string.sub(meta[4], 1, #request + 1) == request .. '|' then
+  local answer = string.sub(meta[4], #request + 2)
+  if string.sub(answer, 1, 1) == 'n' then return tonumber(string.sub(answer, 2)) end
+  local statuses = {}
+  for i = 1, #answer do statuses[i] = string.byte(answer, i) - 48 end
+  return statuses
+end
 local acked = tonumber(meta[1] or '-1')
 local floor = math.max(acked, tonumber(meta[2] or '-1'))
 local highest_s = meta[3]
@@ -40,7 +53,7 @@ local in_queue = redis.call('LLEN', K_ACCEPTED)
 
 -- Where each group's entries start in ARGV, and its sub key.
 local group_sub, group_first = {}, {}
-local a = 4 + 2 * n
+local a = 5 + 2 * n
 for j = 1, groups do
   group_sub[j] = ARGV[a]
   group_first[j] = a + 2
@@ -95,7 +108,7 @@ if n > 0 and fast_path_applies() then
     end
   end
   register_new_heads(new_heads, new_subs)
-  redis.call('HSET', K_META, 'max', ARGV[OFFSETS + n])
+  redis.call('HSET', K_META, 'max', ARGV[OFFSETS + n], 'request', request .. '|n' .. n)
   return n
 end
 
@@ -191,4 +204,5 @@ register_new_heads(new_heads, new_subs)
 if highest_s and highest_s ~= meta[3] then
   redis.call('HSET', K_META, 'max', highest_s)
 end
+redis.call('HSET', K_META, 'request', request .. '|' .. table.concat(statuses))
 return statuses
