@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import workshaper
+import workshaper.admin
 from workshaper import (
     BackendUnavailable,
     Enqueued,
@@ -195,3 +196,25 @@ def test_manager_counts_items_of_a_re_sent_enqueue(reply_lost_once: list[int]) -
         assert manager.flush(timeout=30)
         assert manager.total_enqueued == 1
         assert manager.total_acked == 1
+
+
+# --- None = the embedded backend, one per process (issue 8, item 13) ----------------------------
+
+
+def test_producer_none_and_worker_none_share_the_embedded_backend(namespace: str) -> None:
+    runs: list[int] = []
+    worker = workshaper.Worker(None, namespace, work=lambda m, p, o: runs.append(o)).start()
+    try:
+        with workshaper.Producer(None, namespace) as producer:
+            producer.enqueue_many([("a", "m", 0, 0), ("a", "m", 0, 1), (None, "m", 1, 7)])
+            assert producer.flush(timeout=30), "the worker never saw the producer's items"
+            assert producer.watermark(0) == 1 and producer.watermark(1) == 7
+    finally:
+        worker.stop(10)
+    assert sorted(runs) == [0, 1, 7]
+    # An Admin(None) reads the same state; a Manager(redis=None) keeps its own backend.
+    admin = workshaper.admin.Admin(None, namespace)
+    assert admin.partitions() == [0, 1]
+    admin.close()
+    with workshaper.Manager(work=lambda m, p, o: None, namespace=namespace) as manager:
+        assert manager.enqueue("a", "m", 0, 0) is Enqueued.ACCEPTED  # not ALREADY_ACKED

@@ -227,20 +227,37 @@ def _sentinel_where(service: str, sentinel: redis.sentinel.Sentinel) -> str:
     return f"sentinel service {service!r} via {hosts}"
 
 
-def embedded_backend() -> Backend:
-    """An in-process Redis (fakeredis with real Lua via lupa): no server needed."""
+def embedded_backend(server: Any = None) -> Backend:
+    """An in-process Redis (fakeredis with real Lua via lupa): no server needed. Without
+    ``server``, a private one that nothing else sees."""
     import fakeredis  # noqa: PLC0415 - lazily: production servers never load it
 
-    server = fakeredis.FakeServer()
-    client = fakeredis.FakeRedis(server=server)
+    client = fakeredis.FakeRedis(server=server or fakeredis.FakeServer())
     return Backend(client=client, where="embedded", embedded=True)
 
 
+_shared_server: Any = None
+_shared_server_lock = threading.Lock()
+
+
+def shared_embedded_backend() -> Backend:
+    """A client of the process's one embedded server: what ``None`` means for a Producer, a
+    Worker or an Admin, so that a ``Producer(None)`` and a ``Worker(None)`` of one process work
+    together as clients of one Redis would."""
+    global _shared_server  # one server per process, made on first use
+    import fakeredis  # noqa: PLC0415 - lazily: production servers never load it
+
+    with _shared_server_lock:
+        if _shared_server is None:
+            _shared_server = fakeredis.FakeServer()
+        return embedded_backend(_shared_server)
+
+
 def connect(target: object, *, check: bool = True) -> Backend:
-    """Accept a URL, a redis-py client, a Backend, or None (the embedded backend)."""
+    """Accept a URL, a redis-py client, a Backend, or None (the process's embedded backend)."""
     backend: Backend
     if target is None:
-        return embedded_backend()
+        return shared_embedded_backend()
     if isinstance(target, Backend):
         return target
     if isinstance(target, str):

@@ -1,7 +1,7 @@
 """The seed's all-in-one facade: a Producer and an in-process Worker on one backend.
 
-``redis=None`` runs on the embedded backend (the same Lua scripts on fakeredis, in this
-process), so the seed-style program needs no server.
+``redis=None`` runs on a private embedded backend (the same Lua scripts on fakeredis, in this
+process, its own server), so the seed-style program needs no server.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any
 
 from workshaper import codec
-from workshaper.connection import connect
+from workshaper.connection import connect, embedded_backend
 from workshaper.errors import InvalidType
 from workshaper.producer import Enqueued, Producer
 from workshaper.worker import Worker
@@ -47,7 +47,8 @@ class Manager:
         self._acked_to: dict[int, int] = {}  # partition -> highest offset acked
         self._total_enqueued = 0
         self._total_acked = 0
-        self._backend = connect(redis)
+        # redis=None: a private embedded server, so each Manager starts empty like the seed's.
+        self._backend = embedded_backend() if redis is None else connect(redis)
         self._producer = Producer(
             self._backend,
             namespace,
