@@ -436,12 +436,14 @@ def test_expire_requeues_and_blocks_when_asked(part: Partition) -> None:
     assert part.ready() == []
 
 
-def test_find_expired_leases_reports_ready_count(part: Partition) -> None:
-    part.enqueue(("a", 1), ("b", 2))
-    part.claim(n=1)
+def test_expired_leases_lists_only_deadlines_before_the_bound(part: Partition) -> None:
+    part.enqueue(("a", 1), ("b", 2), ("c", 3))
+    part.claim(n=3)
     part.make_expired(b"sa")
-    ready, expired = part.run(lambda b: scripts.find_expired_leases(b, part.keys))
-    assert (ready, expired) == (1, [b"sa"])
+    part.backend.client.zadd(part.keys.leases, {b"sb": 5000}, xx=True)
+    read = part.run(lambda b: scripts.expired_leases(b, part.keys, 5000, 10))
+    assert read == [b"sa"]  # sb's deadline is not before the bound, sc's far after it
+    assert part.run(lambda b: scripts.expired_leases(b, part.keys, 5001, 1)) == [b"sa"]
 
 
 # --- watermark -------------------------------------------------------------------------------

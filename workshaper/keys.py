@@ -27,7 +27,12 @@ Per partition ``ws:{ns:p}:``
 Per namespace ``ws:{ns}:``
     wake        ZSET  partitions that may have ready sub keys (workers block on it)
     partitions  SET   every partition that ever had items (the reaper's list)
-    workers     HASH  worker id -> JSON (host, pid, started, last heartbeat)
+    workers     HASH  worker id -> JSON (host, pid, concurrency, leases, ``seen``: the last
+                      heartbeat in server time); entries older than registry.STALE_SECONDS are
+                      pruned by the elected reaper
+    reaper      STRING "term|worker id" of the one worker that reaps the namespace, with a TTL
+                      its holder renews (reaper_lock.lua)
+    reaper_term STRING counter of reaper terms (fencing: a term is never reused)
 """
 
 from __future__ import annotations
@@ -138,6 +143,14 @@ class NamespaceKeys:
     @property
     def workers(self) -> bytes:
         return self._key("workers")
+
+    @property
+    def reaper(self) -> bytes:
+        return self._key("reaper")
+
+    @property
+    def reaper_term(self) -> bytes:
+        return self._key("reaper_term")
 
     def partition(self, partition: int) -> PartitionKeys:
         return _partition_keys(self.namespace, partition)

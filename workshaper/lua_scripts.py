@@ -41,12 +41,14 @@ SCRIPT_NAMES = (
     "complete_items",
     "fail_item",
     "extend_leases",
-    "find_expired_leases",
     "expire_lease",
     "offer_watermark",
     "commit_watermark",
     "unblock_sub_key",
     "mark_isolated",
+    "reaper_lock",
+    "register_worker",
+    "prune_workers",
 )
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from workshaper.batch import Batch, Reply
-from workshaper.keys import PartitionKeys
+from workshaper.keys import NamespaceKeys, PartitionKeys
 
 
 class EncodedItem(NamedTuple):
@@ -186,12 +186,14 @@ def extend_leases(
     )
 
 
-def find_expired_leases(
-    batch: Batch, pkeys: PartitionKeys, limit: int = 100
-) -> Reply[tuple[int, list[bytes]]]:
-    """(runnable sub keys waiting, expired sub keys)."""
-    return batch.script(
-        "find_expired_leases", pkeys.fixed, [limit], parse=lambda raw: (int(raw[0]), list(raw[1:]))
+def expired_leases(
+    batch: Batch, pkeys: PartitionKeys, before_ms: int, limit: int
+) -> Reply[list[bytes]]:
+    """Up to ``limit`` sub keys whose lease deadline is before ``before_ms`` (server ms). A plain
+    read, no script: the reaper asks it of every partition, so it costs one command (a script
+    would add its own commands to the count), and expire_lease.lua re-checks each deadline."""
+    return batch.command(
+        "ZRANGEBYSCORE", pkeys.leases, "-inf", f"({before_ms}", "LIMIT", 0, limit, parse=list
     )
 
 
@@ -248,3 +250,38 @@ def unblock_sub_key(
         [sub, action, note_json],
         parse=lambda raw: bool(int(raw)),
     )
+
+
+# --- namespace-wide: the reaper's election and the worker registry -------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReaperLock:
+    held: bool  # the caller is the reaper for ``term``
+    term: int  # the holder's term (0: nobody holds it)
+    ttl_ms: int  # what is left of the lock (the full TTL when the caller just took or renewed it)
+    server_ms: int  # server time when the script ran
+
+
+def reaper_lock(
+    batch: Batch, nkeys: NamespaceKeys, worker_id: str, term: int, ttl_ms: int
+) -> Reply[ReaperLock]:
+    """Take, renew (``term`` > 0, held by this worker) or give up (``ttl_ms`` 0) the lock."""
+    return batch.script(
+        "reaper_lock",
+        [nkeys.reaper, nkeys.reaper_term],
+        [worker_id, term, ttl_ms],
+        parse=lambda raw: ReaperLock(bool(int(raw[0])), int(raw[1]), int(raw[2]), int(raw[3])),
+    )
+
+
+def register_worker(
+    batch: Batch, nkeys: NamespaceKeys, worker_id: str, info_json: str
+) -> Reply[int]:
+    """The worker's heartbeat; the script stamps ``seen`` with server time."""
+    return batch.script("register_worker", [nkeys.workers], [worker_id, info_json], parse=int)
+
+
+def prune_workers(batch: Batch, nkeys: NamespaceKeys, max_age_ms: int) -> Reply[int]:
+    """Drop registry entries whose heartbeat is older than ``max_age_ms``: how many went."""
+    return batch.script("prune_workers", [nkeys.workers], [max_age_ms], parse=int)

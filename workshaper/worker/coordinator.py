@@ -3,7 +3,8 @@
 Each turn of its loop drains the inbox (batches finished or ended by the executor, bells
 popped by the waker), then sends everything due in ONE round trip: completions of all leases,
 failures, claims, first-batch reads, the isolation mark, expiries, lease renewals, the reaper's
-scan, the heartbeat and wake-ups. Then it dispatches every reply to the part that asked.
+election and (on the elected worker) its scan and the registry's pruning, the heartbeat and
+wake-ups. Then it dispatches every reply to the part that asked.
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ class Coordinator:
             return 0.0
         now = time.monotonic()
         timers = [self.reaper.next_due, self.registry.next_due]
+        if self.reaper.elected(now):
+            timers.append(self.registry.next_prune)
         if self.state.leases:
             timers.append(self.renewals.next_due)
         next_retry = self.failures.next_retry()
@@ -174,8 +177,11 @@ class Coordinator:
         handlers += self.dispatcher.isolation.add_mark(batch)
         handlers += self.reaper.add_expiries(batch)
         handlers += self.renewals.add(batch, now)
+        handlers += self.reaper.add_election(batch, now)
         handlers += self.reaper.add_scan(batch, now)
         handlers += self.registry.add_heartbeat(batch, now)
+        if self.reaper.elected(now):
+            handlers += self.registry.add_prune(batch, now)
         handlers += self._add_wakes(batch)
         if not len(batch):
             return

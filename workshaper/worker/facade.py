@@ -188,6 +188,7 @@ class Worker:
         self._waker.wake_up()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
+        self._coordinator.reaper.resign(self._backend)
         self._coordinator.registry.unregister(self._backend)
         self._link.close()
         if self._owns_backend:

@@ -1,0 +1,14 @@
+-- Write a worker's heartbeat into the namespace's registry, stamped with server time.
+--
+-- KEYS[1]  ws:{ns}:workers  HASH worker id -> JSON
+-- ARGV[1]  worker id
+-- ARGV[2]  JSON object describing the worker (host, pid, concurrency, leases, ...)
+--
+-- Sets the field "seen" (server time, seconds) so that pruning (prune_workers.lua) compares
+-- one clock, never the clocks of different hosts. Returns 1. Idempotent.
+
+local info = cjson.decode(ARGV[2])
+local t = redis.call('TIME')
+info['seen'] = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(info))
+return 1
