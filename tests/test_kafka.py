@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 import workshaper
+from workshaper import scripts
 from workshaper.admin import Admin
 from workshaper.testing import RedisServer, free_port
 
@@ -290,6 +291,16 @@ def harness(kafka: str, redis_server: RedisServer) -> Iterator[Harness]:
         h.close()
 
 
+@pytest.fixture
+def aof_harness(kafka: str, fresh_redis_server: RedisServer) -> Iterator[Harness]:
+    """A harness on a redis-server of this test alone (AOF always), which it may restart."""
+    h = Harness(kafka, fresh_redis_server)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
 def last_offsets(placed: list[tuple[int, int]]) -> dict[int, int]:
     last: dict[int, int] = {}
     for p, o in placed:
@@ -492,6 +503,47 @@ def test_full_partition_pauses_only_itself(harness: Harness) -> None:
     assert bridge.stats["resumes"] >= 1
     assert journal.runs() == Counter(hot + cold)
     journal.check_key_order()
+
+
+# --- Redis and broker faults ---------------------------------------------------------------
+
+
+def test_redis_crash_before_the_watermark_is_recorded_strands_nothing(
+    aof_harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Partition 0 is full (max_in_queue 10) behind a slow record. It finishes, the ack loop
+    offers watermark 9, and Redis crashes before recording it. The bridge must not commit
+    offset 10 to Kafka, stop() must report the drain failed, and once Redis is back a new
+    bridge must run records 10.. (the partition used to stay full and paused for good)."""
+    h = aof_harness
+    topic = make_topic(h.kafka, 1)
+    journal = h.journal(topic)
+    slow = journal.gate(0, 0)
+    placed = produce(h.kafka, topic, [(0, b"k%d" % i, b"v") for i in range(20)])
+    crashed = threading.Event()
+    record_watermark = scripts.commit_watermark
+
+    def crash_first(batch: Any, keys: Any, watermark: int) -> Any:
+        if not crashed.is_set():
+            crashed.set()
+            h.redis.kill()  # the round trip that would record the watermark fails
+        return record_watermark(batch, keys, watermark)
+
+    monkeypatch.setattr(scripts, "commit_watermark", crash_first)
+    first = h.bridge([topic], max_in_queue=10)
+    wait_for(lambda: first.paused() == {(topic, 0)}, timeout=WAIT)
+    journal.wait_ended({(0, o) for o in range(1, 10)})
+    slow.set()
+    assert crashed.wait(WAIT)
+    assert first.stop(timeout=1.0) is False  # watermark 9 is not recorded in Redis
+    assert h.offsets.get(topic, 1) == {0: NO_OFFSET}, "Kafka ran ahead of Redis"
+
+    h.redis.start()
+    monkeypatch.setattr(scripts, "commit_watermark", record_watermark)
+    h.bridge([topic], max_in_queue=10)
+    h.offsets.wait_for(topic, {0: 20})
+    journal.wait_ended(set(placed))
+    assert journal.runs() == Counter(placed), "each record ran exactly once"
 
 
 # --- validation (no broker needed) -------------------------------------------------------------

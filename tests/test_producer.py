@@ -310,3 +310,62 @@ def test_ack_loop_backs_off_on_a_partition_that_makes_no_progress(namespace: str
         # Without the back-off: one offer every 5 ms, ~200 in a second. With it: four at 5 ms,
         # then 10, 20, 40, 80, 100, 100, ... ms apart.
         assert 0 < calls <= 20
+
+
+def test_new_producer_frees_a_partition_full_of_finished_items_nobody_acked(
+    backend: Backend, namespace: str
+) -> None:
+    """The previous producer died after its items finished and after offering the watermark,
+    but before acking it: the partition is full, and the new producer has nothing of its own
+    to ack there. Its ack loop must still offer the partition, or it stays full for good."""
+    from workshaper import scripts
+
+    def broken_ack(partition: int, offset: int) -> None:
+        raise RuntimeError("the consumer died")
+
+    with workshaper.Producer(backend, namespace, max_in_queue=2, ack=broken_ack) as first:
+        first.enqueue_many([("a", "m", 0, 0), ("b", "m", 0, 1)])
+        finish_everything(backend, namespace)
+    pkeys = NamespaceKeys(namespace).partition(0)
+    assert run_one(backend, lambda b: scripts.offer_watermark(b, pkeys, False)).watermark == 1
+    assert workshaper.Producer(backend, namespace).watermark(0) is None
+    acks: list[tuple[int, int]] = []
+    recorded: list[tuple[int, int]] = []
+    with workshaper.Producer(
+        backend,
+        namespace,
+        max_in_queue=2,
+        ack=lambda p, o: acks.append((p, o)),
+        recorded=lambda p, o: recorded.append((p, o)),
+    ) as second:
+        with pytest.raises(QueueFull):
+            second.enqueue("c", "m", 0, 2, timeout=0)  # full now; its ack loop looks at it
+        assert second.enqueue("c", "m", 0, 2, timeout=30) is Enqueued.ACCEPTED
+        assert acks[0] == (0, 1) and recorded[0] == (0, 1)
+
+
+def test_close_records_an_ack_whose_commit_failed(namespace: str) -> None:
+    """ack returned, then Redis went down before the watermark was recorded: close() retries
+    the commit until Redis is back instead of dropping it."""
+    with RedisServer(appendonly=True, appendfsync="always") as server:
+        worker = workshaper.Worker(server.url, namespace, work=lambda m, p, o: None).start()
+        killed = threading.Event()
+
+        def ack(partition: int, offset: int) -> None:
+            if not killed.is_set():
+                killed.set()
+                server.kill()  # Redis crashes right after the ack returned
+
+        try:
+            producer = workshaper.Producer(server.url, namespace, ack=ack)
+            producer.enqueue("a", "m", 0, 0)
+            assert killed.wait(30)
+            restart = threading.Thread(target=server.start)
+            restart.start()  # comes back while close() retries
+            assert producer.close(timeout=60) is True
+            restart.join()
+            meta = NamespaceKeys(namespace).partition(0).meta
+            with server.client() as client:
+                assert client.hget(meta, "acked") == b"0"
+        finally:
+            worker.stop(10)

@@ -5,6 +5,7 @@ the next watermark (the highest finished offset below the lowest unfinished one)
 ``ack`` is called; a second round trip commits the partitions whose ack returned. The acked
 watermark therefore moves in Redis only after ``ack`` returned, and an ``ack`` that raises is
 offered again later (with a growing pause, so a broken ack does not spin or flood the log).
+After each commit the optional ``recorded`` callback gets the watermark now recorded in Redis.
 A partition whose offers keep finding nothing new (slow work, a blocked sub key) is checked
 less often, down to every 100 ms, until its watermark moves again.
 """
@@ -35,6 +36,8 @@ MAX_ACK_RETRY_DELAY = 1.0
 QUIET_CHECKS, MAX_QUIET_INTERVAL = 4, 0.1
 #: Pause after Redis was unreachable before the loop tries again.
 REDIS_RETRY_DELAY = 0.5
+#: How long stop() keeps retrying to record watermarks ``ack`` accepted (Redis unreachable).
+STOP_COMMIT_TIMEOUT = 5.0
 
 
 class AckLoop:
@@ -45,12 +48,15 @@ class AckLoop:
         ack: AckCallback | None,
         interval: float,
         ack_each: bool,
+        *,
+        recorded: AckCallback | None = None,
     ) -> None:
         self._backend = backend
         self._keys = keys
         self._ack = ack
         self._interval = interval
         self._ack_each = ack_each
+        self._recorded = recorded
         self._changed = threading.Condition()
         self._targets: dict[int, int] = {}  # partition -> highest offset waiting to be acked
         self._acked: dict[int, int] = {}  # partition -> acked watermark as last seen
@@ -61,7 +67,12 @@ class AckLoop:
         #: partition -> the last watermark ack() returned for (committed to Redis or not yet)
         self._delivered: dict[int, int] = {}
         self._failures: dict[int, int] = {}
+        #: Partitions an enqueue found full: offered even without a target of this loop, since
+        #: the items filling them may be a previous producer's, finished but never acked (its
+        #: ack loop died); without an offer nothing would ever free room.
+        self._full: set[int] = set()
         self._stopping = False
+        self._stop_deadline: float | None = None
         self._link = Link(backend)  # used by the loop's thread only
         self._thread = threading.Thread(target=self._run, name="workshaper-ack", daemon=True)
 
@@ -70,12 +81,37 @@ class AckLoop:
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float | None = None) -> None:
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop the loop. A watermark ``ack`` accepted but not yet recorded in Redis (Redis
+        was unreachable) is retried until ``timeout`` (default ``STOP_COMMIT_TIMEOUT``)
+        rather than dropped. False when such a watermark is left unrecorded."""
+        wait = STOP_COMMIT_TIMEOUT if timeout is None else timeout
         with self._changed:
             self._stopping = True
+            self._stop_deadline = time.monotonic() + wait
             self._changed.notify_all()
         if self._thread.is_alive():
-            self._thread.join(timeout)
+            self._thread.join(wait + REDIS_RETRY_DELAY)
+        unrecorded = self.unrecorded()
+        if unrecorded:
+            log.warning(
+                "ack loop stopped with watermarks acked but not recorded in Redis: %s;"
+                " the next producer of these partitions offers them again",
+                unrecorded,
+            )
+        return not unrecorded
+
+    def unrecorded(self) -> dict[int, int]:
+        """partition -> a watermark ``ack`` accepted that is not recorded in Redis yet."""
+        with self._changed:
+            return {p: w for p, w in self._delivered.items() if self._acked.get(p, -1) < w}
+
+    def watch_full(self, partition: int) -> None:
+        """An enqueue found ``partition`` full: offer its watermark at the next check."""
+        with self._changed:
+            if partition not in self._full:
+                self._full.add(partition)
+                self._changed.notify_all()
 
     def track(self, partition: int, offset: int) -> None:
         """Remember that ``offset`` of ``partition`` must be acked before flush returns."""
@@ -125,6 +161,7 @@ class AckLoop:
         enqueue gives a new target)."""
         now = time.monotonic()
         behind = [p for p, target in self._targets.items() if self._acked.get(p, -1) < target]
+        behind += [p for p in self._full if p not in behind]
         due = [p for p in behind if self._next_check.get(p, 0.0) <= now]
         if due or not behind:
             return due, None
@@ -133,13 +170,16 @@ class AckLoop:
     def _run(self) -> None:
         while True:
             with self._changed:
-                if self._stopping:
-                    self._link.close()
-                    return
-                due, wait = self._due()
-                if not due:
-                    self._changed.wait(wait)
-                    continue
+                stopping = self._stopping
+                if not stopping:
+                    due, wait = self._due()
+                    if not due:
+                        self._changed.wait(wait)
+                        continue
+            if stopping:
+                self._record_delivered()
+                self._link.close()
+                return
             try:
                 self._tick(due)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -174,6 +214,8 @@ class AckLoop:
             for p in partitions
         }
         batch.execute()
+        with self._changed:
+            self._full.difference_update(partitions)  # offered; a full enqueue asks again
         commits: dict[int, int] = {}
         for partition, reply in offers.items():
             offer = reply.get()
@@ -200,6 +242,44 @@ class AckLoop:
                 self._generation[partition] = self._generation.get(partition, 0) + 1
         for partition, watermark in commits.items():
             self._note(partition, watermark)
+            self._call_recorded(partition, watermark)
+
+    def _call_recorded(self, partition: int, watermark: int) -> None:
+        if self._recorded is None:
+            return
+        try:
+            self._recorded(partition, watermark)
+        except Exception:  # the watermark is recorded: nothing to retry
+            log.exception("recorded(%d, %d) raised", partition, watermark)
+
+    def _record_delivered(self) -> None:
+        """At stop: record the watermarks ``ack`` accepted whose commit to Redis failed,
+        retrying until the stop deadline, so a returned ack is not silently dropped."""
+        while True:
+            pending = self.unrecorded()
+            if not pending:
+                return
+            try:
+                batch = self._link.batch()
+                committed = [
+                    scripts.commit_watermark(batch, self._keys.partition(p), w)
+                    for p, w in pending.items()
+                ]
+                batch.execute()
+                for done in committed:
+                    done.get()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                self._link.broken()
+                assert self._stop_deadline is not None
+                remaining = self._stop_deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                log.warning("ack loop stopping: Redis unreachable (%s); retrying", exc)
+                time.sleep(min(REDIS_RETRY_DELAY, remaining))
+                continue
+            for partition, watermark in pending.items():
+                self._note(partition, watermark)
+                self._call_recorded(partition, watermark)
 
     def _deliver(self, partition: int, offer: Offer) -> int | None:
         """Call the user's ack; return the watermark it accepted (None: nothing accepted).

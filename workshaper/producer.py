@@ -82,13 +82,15 @@ class Producer:
         ack_interval: float = 0.005,
         ack_each: bool = False,
         max_message_bytes: int = codec.DEFAULT_MAX_MESSAGE_BYTES,
+        recorded: AckCallback | None = None,
     ) -> None:
         codec.check_namespace(namespace)
         check_positive("max_in_queue", max_in_queue)
         check_positive("ack_interval", ack_interval, allow_float=True)
         check_positive("max_message_bytes", max_message_bytes)
-        if ack is not None and not callable(ack):
-            raise InvalidType(f"ack must be callable, got {type(ack).__name__}")
+        for label, fn in (("ack", ack), ("recorded", recorded)):
+            if fn is not None and not callable(fn):
+                raise InvalidType(f"{label} must be callable, got {type(fn).__name__}")
         self.namespace = namespace
         self.max_in_queue = max_in_queue
         self.max_message_bytes = max_message_bytes
@@ -103,7 +105,9 @@ class Producer:
         self._lock = threading.Lock()  # one enqueue at a time keeps per-partition order
         self._link = Link(self._backend)  # used under the lock only
         self._closed = False
-        self._ack_loop = AckLoop(self._backend, self._keys, ack, ack_interval, ack_each)
+        self._ack_loop = AckLoop(
+            self._backend, self._keys, ack, ack_interval, ack_each, recorded=recorded
+        )
         self._ack_loop.start()
 
     # --- enqueue -----------------------------------------------------------------------------
@@ -268,6 +272,7 @@ class Producer:
             for (index, item), code in zip(chunk, codes, strict=True):
                 if code == _FULL:
                     full.append(partition)
+                    self._ack_loop.watch_full(partition)
                     break
                 statuses[index] = _STATUS.get(code, Enqueued.ALREADY_ACKED)
                 cursor[partition] += 1
@@ -334,17 +339,22 @@ class Producer:
         if self._closed:
             raise ProducerClosed("this Producer is closed")
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> bool:
         """Stop the ack loop and release the connection. Items stay in Redis; workers go on,
         and the next producer of these partitions acks what is left. An enqueue waiting for
-        room in a full partition wakes and raises ProducerClosed."""
+        room in a full partition wakes and raises ProducerClosed. A watermark ``ack``
+        accepted but not recorded yet (Redis unreachable) is retried for up to ``timeout``
+        seconds (default 5); False when one was left unrecorded."""
         if self._closed:
-            return
+            return True
         self._closed = True
-        self._ack_loop.stop()  # wakes every wait on the loop: waiting enqueues see _closed
+        # Wakes every wait on the loop (waiting enqueues see _closed); retries an unrecorded
+        # watermark until the timeout.
+        recorded = self._ack_loop.stop(timeout)
         with self._lock:
             self._link.close()
         self._backend.close()
+        return recorded
 
     def __enter__(self) -> Producer:
         return self

@@ -5,15 +5,17 @@ intake (one ``enqueue_many`` per topic and batch), runs the rebalance callbacks,
 resumes full partitions, and commits offsets. The producers' ack loops only record what may be
 committed; they never call the consumer.
 
-Commits: ``enable.auto.commit`` and ``enable.auto.offset.store`` are forced off. The ack
-callback ``ack(partition, W)`` records ``W + 1`` for the (topic, partition) if the bridge owns
-it, and the poll thread commits what is recorded every ``commit_interval`` seconds, and once
-more when partitions are revoked and at stop. W is a contiguous watermark (every record at or
-below it finished), so the committed offset never passes an unfinished record. Doing the
-commit in the poll thread, which is also the thread that runs the revoke callback, makes
-"never commit a partition we no longer own" a plain check instead of a race with librdkafka's
-auto-commit timer. Records found ALREADY_ACKED (re-delivered after a crash between the ack and
-the Kafka commit) prove their offset finished, so ``offset + 1`` is committed too.
+Commits: ``enable.auto.commit`` and ``enable.auto.offset.store`` are forced off. Once a
+producer's ack loop has recorded watermark W in Redis, its ``recorded(partition, W)`` callback
+notes ``W + 1`` for the (topic, partition) if the bridge owns it, and the poll thread commits
+what is noted every ``commit_interval`` seconds, and once more when partitions are revoked and
+at stop: Kafka's committed offset never runs ahead of the acked watermark in Redis. W is a
+contiguous watermark (every record at or below it finished), so the committed offset never
+passes an unfinished record. Doing the commit in the poll thread, which is also the thread
+that runs the revoke callback, makes "never commit a partition we no longer own" a plain check
+instead of a race with librdkafka's auto-commit timer. Records found ALREADY_ACKED
+(re-delivered after a crash between the Redis and the Kafka commit) prove their offset
+finished, so ``offset + 1`` is committed too.
 
 Topics: WorkShaper partitions are ints, so each topic gets its own namespace,
 ``f"{namespace}.{topic}"``, and its own Producer; the WorkShaper partition is the Kafka
@@ -265,5 +267,6 @@ class KafkaBridge:
             try:
                 consumer.close()  # leaves the group; its revoke callback finds nothing owned
             finally:
-                self._intake.close_producers(keep=set())
+                if not self._intake.close_producers(keep=set(), timeout=0.0):
+                    self._drained = False
                 log.info("kafka bridge stopped")

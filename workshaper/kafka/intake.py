@@ -59,21 +59,28 @@ class Intake:
     # --- producers ---------------------------------------------------------------------------
 
     def open_producers(self, topics: Iterable[str]) -> None:
-        """A producer for each of ``topics`` that has none; its acks go to the tracker."""
+        """A producer for each of ``topics`` that has none. It has no ``ack``: its ack loop
+        records each watermark in Redis first and then tells the tracker (``recorded``), so
+        a Kafka commit never runs ahead of the acked watermark in Redis. Were it the other
+        way round, a Redis crash between the two would leave finished items counted against
+        ``max_in_queue`` behind a Kafka offset no record will come back from."""
         for topic in sorted(set(topics) - set(self.producers)):
             self.producers[topic] = Producer(
                 self._redis,
                 self._namespaces[topic],
                 max_in_queue=self.max_in_queue,
-                ack=partial(self._tracker.on_ack, topic),
+                recorded=partial(self._tracker.on_recorded, topic),
                 max_message_bytes=self.max_message_bytes,
             )
 
-    def close_producers(self, keep: set[str]) -> None:
+    def close_producers(self, keep: set[str], timeout: float) -> bool:
         """Close the producers of topics not in ``keep``: their ack loops end with them, so
-        no acks arrive for work another member owns now."""
+        no acks arrive for work another member owns now. False when a producer was left
+        with a watermark it could not record in Redis within ``timeout``."""
+        ok = True
         for topic in [t for t in self.producers if t not in keep]:
-            self.producers.pop(topic).close()
+            ok = self.producers.pop(topic).close(timeout) and ok
+        return ok
 
     # --- records -----------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """Commit tracking: what each owned partition enqueued, what finished, what was committed.
 
-The producers' ack loops call ``on_ack`` from their own threads; everything else runs in the
-poll thread. All state is guarded by ``cond``; only the poll thread changes ``owned``, so it
-may read it without the lock.
+The producers' ack loops call ``on_recorded`` (once a watermark is recorded in Redis) from
+their own threads; everything else runs in the poll thread. All state is guarded by
+``cond``; only the poll thread changes ``owned``, so it may read it without the lock.
 """
 
 from __future__ import annotations
@@ -71,8 +71,9 @@ class OffsetTracker:
             self._to_commit[tp] = watermark + 1
         self.cond.notify_all()
 
-    def on_ack(self, topic: str, partition: int, watermark: int) -> None:
-        """The producers' ack callback (their ack-loop threads): remember what to commit."""
+    def on_recorded(self, topic: str, partition: int, watermark: int) -> None:
+        """The producers' ``recorded`` callback (their ack-loop threads): ``watermark`` is the
+        acked watermark in Redis now; remember ``watermark + 1`` to commit."""
         tp = (topic, partition)
         with self.cond:
             if tp not in self.owned:

@@ -55,14 +55,15 @@ class Rebalancer:
         tracker = self._tracker
         self._intake.drop(consumer, tps)
         done = not drain
+        deadline = time.monotonic() + timeout
         if drain:
-            done = tracker.wait_acked(tps, time.monotonic() + timeout, self.reconcile)
+            done = tracker.wait_acked(tps, deadline, self.reconcile)
             done = tracker.commit(consumer, tps) and done
         tracker.disown(tps)
         with tracker.cond:
             owned_topics = {t for t, _ in tracker.owned}
-        self._intake.close_producers(owned_topics)
-        return done
+        closed = self._intake.close_producers(owned_topics, max(0.0, deadline - time.monotonic()))
+        return done and closed
 
     def reconcile(self, tps: Iterable[TP]) -> None:
         """Take acks another process made: when a producer is caught up but a partition's
@@ -82,4 +83,4 @@ class Rebalancer:
                     log.warning("%s[%d]: reading the watermark failed: %s", t, partition, exc)
                     continue
                 if watermark is not None:
-                    self._tracker.on_ack(t, partition, watermark)
+                    self._tracker.on_recorded(t, partition, watermark)
