@@ -546,6 +546,34 @@ def test_redis_crash_before_the_watermark_is_recorded_strands_nothing(
     assert journal.runs() == Counter(placed), "each record ran exactly once"
 
 
+def test_redis_outage_pauses_the_bridge_and_it_resumes(aof_harness: Harness) -> None:
+    """Redis goes down; meanwhile a rebalance gives the first bridge the second one's
+    partition (its new producer cannot reach Redis) and records arrive for both partitions.
+    The bridge must stay up and, once Redis is back, run every record and commit to the end
+    (the rebalance used to end the bridge with BackendUnavailable)."""
+    h = aof_harness
+    topic = make_topic(h.kafka, 2)
+    journal = h.journal(topic)
+    before = produce(h.kafka, topic, [(p, b"k%d" % i, b"v") for i in range(5) for p in (0, 1)])
+    first = h.bridge([topic])
+    second = h.bridge([topic])
+    wait_for(lambda: len(first.assignment()) == len(second.assignment()) == 1, timeout=WAIT)
+    h.offsets.wait_for(topic, {0: 5, 1: 5})
+
+    h.redis.kill()
+    assert second.stop(timeout=1.0) is True  # nothing was left to ack
+    wait_for(lambda: len(first.assignment()) == 2, timeout=WAIT)
+    during = produce(h.kafka, topic, [(p, b"k%d" % i, b"v") for i in range(5) for p in (0, 1)])
+    wait_for(lambda: len(first.paused()) == 2, timeout=WAIT)
+    assert first.error is None
+    h.redis.start()
+
+    h.offsets.wait_for(topic, {0: 10, 1: 10})
+    journal.wait_ended(set(before + during))
+    assert journal.runs() == Counter(before + during)
+    assert first.error is None and first.paused() == set()
+
+
 # --- validation (no broker needed) -------------------------------------------------------------
 
 

@@ -17,10 +17,11 @@ from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
+import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from workshaper import codec
-from workshaper.errors import BackendUnavailable, InvalidInput, QueueFull
+from workshaper.errors import BackendUnavailable, InvalidInput, QueueFull, RedisOutOfMemory
 from workshaper.kafka.offsets import OffsetTracker
 from workshaper.kafka.options import BACKLOG_RETRY, REDIS_RETRY, TP, MessageFn, SubKeyFn, coords
 from workshaper.producer import Enqueued, Producer
@@ -65,13 +66,19 @@ class Intake:
         way round, a Redis crash between the two would leave finished items counted against
         ``max_in_queue`` behind a Kafka offset no record will come back from."""
         for topic in sorted(set(topics) - set(self.producers)):
-            self.producers[topic] = Producer(
-                self._redis,
-                self._namespaces[topic],
-                max_in_queue=self.max_in_queue,
-                recorded=partial(self._tracker.on_recorded, topic),
-                max_message_bytes=self.max_message_bytes,
-            )
+            try:
+                self.producers[topic] = Producer(
+                    self._redis,
+                    self._namespaces[topic],
+                    max_in_queue=self.max_in_queue,
+                    recorded=partial(self._tracker.on_recorded, topic),
+                    max_message_bytes=self.max_message_bytes,
+                )
+            except BackendUnavailable as exc:
+                # Runs inside a rebalance callback: raising would end the bridge. The topic's
+                # records wait in the backlog (partitions paused) until a producer opens.
+                log.warning("topic %r: %s; its records wait until Redis is back", topic, exc)
+                self._next_retry = time.monotonic() + REDIS_RETRY
 
     def close_producers(self, keep: set[str], timeout: float) -> bool:
         """Close the producers of topics not in ``keep``: their ack loops end with them, so
@@ -122,15 +129,26 @@ class Intake:
             raise
 
     def _send(self, consumer: Consumer, topic: str, batch: list[Message]) -> None:
-        """One enqueue_many for the batch; what a full partition did not take is backlogged."""
-        producer = self.producers[topic]
+        """One enqueue_many for the batch; what a full partition did not take, or what could
+        not be written while Redis is unreachable, is backlogged (its partition paused)."""
         items = [self._item(msg) for msg in batch]
         statuses: list[object]
+        if topic not in self.producers:
+            self.open_producers([topic])
+        producer = self.producers.get(topic)
         try:
+            if producer is None:
+                raise BackendUnavailable(f"no producer for topic {topic!r} yet")
             statuses = list(producer.enqueue_many(items, timeout=0))
         except QueueFull as exc:
             statuses = list(exc.statuses)
-        except BackendUnavailable as exc:
+        except RedisOutOfMemory as exc:  # what was written stays; the rest waits for memory
+            log.warning("topic %r: %s; pausing and retrying", topic, exc)
+            statuses = list(exc.statuses)
+            statuses += [None] * (len(batch) - len(statuses))
+            self._next_retry = time.monotonic() + REDIS_RETRY
+        except (BackendUnavailable, redis.ConnectionError, redis.TimeoutError) as exc:
+            # Never fatal: an outage of any length pauses these partitions, then resumes.
             log.warning("topic %r: %s; pausing and retrying %d record(s)", topic, exc, len(batch))
             statuses = [None] * len(batch)
             self._next_retry = time.monotonic() + REDIS_RETRY
