@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from workshaper.connection import Backend, connect, embedded_backend
-from workshaper.testing import RedisServer, redis_server_binary
+from workshaper_tools.testing import RedisServer, redis_server_binary
 
 
 def _need_redis_server() -> None:

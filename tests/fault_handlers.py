@@ -1,6 +1,6 @@
 """Handlers for fault tests run by workshaper-worker processes (``tests.fault_handlers:work``).
 
-Journal lines match workshaper.testing.journal (read them with read_journal). Switches:
+Journal lines match workshaper_tools.testing.journal (read them with read_journal). Switches:
     WS_JOURNAL_DIR      where each process appends <pid>.jsonl
     WS_WORK_DELAY_MAX   uniform(0, max) seconds per item, seeded by (partition, offset)
     WS_SLOW_FIRST       "p:o:s,...": sleep s seconds on the FIRST attempt only

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from workshaper.cli import worker_command
+from workshaper.cli.common import worker_command
 
 
 class Fleet:
-    """Worker processes running ``workshaper.testing.journal:work`` with a journal dir."""
+    """Worker processes running ``workshaper_tools.testing.journal:work`` with a journal dir."""
 
     def __init__(self, url: str, namespace: str, journal_dir: Path, **env: str) -> None:
         self.url = url
@@ -26,7 +26,7 @@ class Fleet:
     def start(
         self,
         *extra: str,
-        handler: str = "workshaper.testing.journal:work",
+        handler: str = "workshaper_tools.testing.journal:work",
         lease: float = 1.0,
         concurrency: int = 4,
     ) -> subprocess.Popen[bytes]:

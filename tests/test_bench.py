@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from workshaper.bench import __main__ as bench_main
-from workshaper.bench import ordering, throughput
-from workshaper.bench.common import Items, plan_noop
-from workshaper.bench.handlers import Record
-from workshaper.bench.throughput import RunConfig, WsRun, run_workshaper
-from workshaper.bench.verify import AckCall, Plan, Verdict, ack_delays, verify
-from workshaper.testing import RedisServer
+from workshaper_tools.bench import __main__ as bench_main
+from workshaper_tools.bench import ordering, throughput
+from workshaper_tools.bench.common import Items, plan_noop
+from workshaper_tools.bench.handlers import Record
+from workshaper_tools.bench.throughput import RunConfig, WsRun, run_workshaper
+from workshaper_tools.bench.verify import AckCall, Plan, Verdict, ack_delays, verify
+from workshaper_tools.testing import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +27,7 @@ def test_quick_mode_runs_every_scenario_and_checks_invariants(
 ) -> None:
     # redis_server: skip (locally) or fail (CI) without redis-server; the bench starts its own.
     proc = subprocess.run(
-        [sys.executable, "-m", "workshaper.bench", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", "workshaper_tools.bench", "--quick", "--out", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,

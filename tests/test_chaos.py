@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import redis
 
-from workshaper.testing import chaos, netns, redis_server_binary
-from workshaper.testing.chaos import ChaosConfig, ChaosResult, Harness, SkipRun, summary_table
-from workshaper.testing.checker import Ack, PlannedItem, check
-from workshaper.testing.journal import Event
-from workshaper.testing.proxy import ChaosProxy
-from workshaper.testing.redis_server import RedisServer
+from workshaper_tools import chaos
+from workshaper_tools.chaos import ChaosConfig, ChaosResult, Harness, SkipRun, summary_table
+from workshaper_tools.chaos import cli as chaos_cli
+from workshaper_tools.testing import netns, redis_server_binary
+from workshaper_tools.testing.checker import Ack, PlannedItem, check
+from workshaper_tools.testing.journal import Event
+from workshaper_tools.testing.proxy import ChaosProxy
+from workshaper_tools.testing.redis_server import RedisServer
 
 
 def _need_redis_server() -> None:
@@ -214,8 +216,8 @@ def test_command_line_repeats_the_run() -> None:
     config = ChaosConfig(faults=("kill", "stop"), fault_count=7, seed=9, lease=1.5)
     command = config.command()
     assert command.startswith("./scripts/chaos --faults kill,stop --fault-count 7 --seed 9")
-    args = chaos.build_parser().parse_args(command.split()[1:])
-    again = chaos._config_from(args)
+    args = chaos_cli.build_parser().parse_args(command.split()[1:])
+    again = chaos_cli._config_from(args)
     assert (again.faults, again.fault_count, again.seed, again.lease) == (
         config.faults,
         7,

@@ -19,14 +19,14 @@ import workshaper
 from workshaper import codec, scripts
 from workshaper.admin import Admin
 from workshaper.batch import run_one
-from workshaper.cli import worker_command
+from workshaper.cli.common import worker_command
 from workshaper.connection import connect
 from workshaper.keys import NamespaceKeys
 from workshaper.lua_scripts import register_scripts
 from workshaper.scripts import EncodedItem
-from workshaper.testing.journal import read_journal
-from workshaper.testing.proxy import ChaosProxy
-from workshaper.testing.redis_server import RedisServer
+from workshaper_tools.testing.journal import read_journal
+from workshaper_tools.testing.proxy import ChaosProxy
+from workshaper_tools.testing.redis_server import RedisServer
 
 from .conftest import wait_for
 
@@ -97,7 +97,7 @@ def test_poison_item_does_not_dead_letter_an_innocent_item_beside_it(
     }
     argv = [
         *worker_command(),
-        "workshaper.testing.journal:work",
+        "workshaper_tools.testing.journal:work",
         "--redis",
         redis_server.url,
         "--namespace",

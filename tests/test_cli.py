@@ -13,7 +13,7 @@ import pytest
 
 import workshaper
 from workshaper.admin import Admin
-from workshaper.testing import RedisServer, free_port
+from workshaper_tools.testing import RedisServer, free_port
 
 from .conftest import wait_for
 
@@ -41,7 +41,7 @@ def worker_cli(*args: str, **kw: object) -> subprocess.CompletedProcess[str]:
     ("handler", "fragment"),
     [
         ("no_such_module_xyz:work", "cannot import module 'no_such_module_xyz'"),
-        ("workshaper.testing.journal:nope", "has no attribute 'nope'"),
+        ("workshaper_tools.testing.journal:nope", "has no attribute 'nope'"),
         ("workshaper.codec:MAX_OFFSET", "not a callable"),
         ("just-a-name", "must look like MODULE:FUNCTION"),
     ],
@@ -57,7 +57,7 @@ def test_wrong_handler_path_exits_2_with_one_line(
 def test_unreachable_redis_exits_2_naming_host_port_without_password() -> None:
     port = free_port()
     result = worker_cli(
-        "workshaper.testing.journal:work", "--redis", f"redis://:hunter2@127.0.0.1:{port}/0"
+        "workshaper_tools.testing.journal:work", "--redis", f"redis://:hunter2@127.0.0.1:{port}/0"
     )
     assert result.returncode == 2
     assert f"cannot reach Redis at 127.0.0.1:{port}" in result.stderr
@@ -68,7 +68,7 @@ def test_unreachable_redis_exits_2_naming_host_port_without_password() -> None:
 def test_bad_password_exits_2() -> None:
     with RedisServer(password="correct") as server:
         result = worker_cli(
-            "workshaper.testing.journal:work",
+            "workshaper_tools.testing.journal:work",
             "--redis",
             f"redis://:wrong@127.0.0.1:{server.port}/0",
         )
@@ -81,15 +81,23 @@ def test_bad_password_exits_2() -> None:
 
 def test_bad_settings_exit_2(redis_server: RedisServer) -> None:
     result = worker_cli(
-        "workshaper.testing.journal:work", "--redis", redis_server.url, "--concurrency", "zero"
+        "workshaper_tools.testing.journal:work",
+        "--redis",
+        redis_server.url,
+        "--concurrency",
+        "zero",
     )
     assert result.returncode == 2 and "--concurrency must be a number" in result.stderr
     result = worker_cli(
-        "workshaper.testing.journal:work", "--redis", redis_server.url, "--namespace", "bad:ns"
+        "workshaper_tools.testing.journal:work",
+        "--redis",
+        redis_server.url,
+        "--namespace",
+        "bad:ns",
     )
     assert result.returncode == 2 and "namespace 'bad:ns'" in result.stderr
     result = worker_cli(
-        "workshaper.testing.journal:work", "--redis", redis_server.url, "--prefetch", "-1"
+        "workshaper_tools.testing.journal:work", "--redis", redis_server.url, "--prefetch", "-1"
     )
     assert result.returncode == 2 and "prefetch must be an int >= 0, got -1" in result.stderr
 

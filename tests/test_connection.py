@@ -18,8 +18,8 @@ from workshaper.batch import Batch
 from workshaper.connection import connect, is_transient, mask_url
 from workshaper.errors import BackendUnavailable
 from workshaper.keys import NamespaceKeys
-from workshaper.testing import RedisServer, free_port
 from workshaper.worker.waker import Waker
+from workshaper_tools.testing import RedisServer, free_port
 
 from .conftest import _need_redis_server, wait_for
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 import workshaper
-from workshaper.testing import journal
-from workshaper.testing.checker import Ack, PlannedItem, check
-from workshaper.testing.redis_server import RedisServer
+from workshaper_tools.testing import journal
+from workshaper_tools.testing.checker import Ack, PlannedItem, check
+from workshaper_tools.testing.redis_server import RedisServer
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from workshaper.testing import RedisServer
+from workshaper_tools.testing import RedisServer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 

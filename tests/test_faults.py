@@ -14,9 +14,9 @@ from typing import Any
 import workshaper
 from workshaper.admin import Admin
 from workshaper.keys import NamespaceKeys
-from workshaper.testing import RedisServer
-from workshaper.testing.checker import Ack, PlannedItem, check
-from workshaper.testing.journal import Event, read_journal
+from workshaper_tools.testing import RedisServer
+from workshaper_tools.testing.checker import Ack, PlannedItem, check
+from workshaper_tools.testing.journal import Event, read_journal
 
 from .conftest import wait_for
 from .fleet import fleet

@@ -27,7 +27,7 @@ import pytest
 import workshaper
 from workshaper import scripts
 from workshaper.admin import Admin
-from workshaper.testing import RedisServer, free_port
+from workshaper_tools.testing import RedisServer, free_port
 
 from .conftest import wait_for
 
@@ -438,7 +438,7 @@ def test_crashed_bridge_records_come_back_already_acked(harness: Harness) -> Non
     command = [
         sys.executable,
         "-c",
-        "import sys; from workshaper.cli import main; main(sys.argv[1:])",
+        "import sys; from workshaper.cli.main import main; main(sys.argv[1:])",
         "kafka-bridge",
         *("--bootstrap", harness.kafka, "--group", harness.group, "--topic", topic),
         *("--redis", harness.redis.url, "--namespace", harness.namespace),

@@ -15,7 +15,7 @@ from workshaper import Enqueued, InvalidInput, InvalidType, QueueFull
 from workshaper.batch import run_one
 from workshaper.connection import Backend, connect, mask_url
 from workshaper.keys import NamespaceKeys
-from workshaper.testing import RedisServer, free_port
+from workshaper_tools.testing import RedisServer, free_port
 
 from .conftest import partition_counts, wait_for
 

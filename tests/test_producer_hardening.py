@@ -19,7 +19,7 @@ from workshaper import (
     RedisOutOfMemory,
 )
 from workshaper.connection import Backend
-from workshaper.testing import RedisServer
+from workshaper_tools.testing import RedisServer
 
 from .conftest import wait_for
 

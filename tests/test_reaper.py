@@ -15,16 +15,16 @@ import pytest
 import workshaper
 from workshaper import codec, scripts
 from workshaper.batch import Link, run_one
-from workshaper.bench.idle import measure
 from workshaper.connection import Backend, connect
 from workshaper.keys import NamespaceKeys
 from workshaper.lua_scripts import register_scripts
 from workshaper.scripts import EncodedItem
-from workshaper.testing import RedisServer
 from workshaper.worker.reaper import REAP_BATCH, Reaper
 from workshaper.worker.registry import STALE_SECONDS
 from workshaper.worker.settings import worker_settings
 from workshaper.worker.state import CoordinatorState
+from workshaper_tools.bench.idle import measure
+from workshaper_tools.testing import RedisServer
 
 from .conftest import wait_for
 from .fleet import fleet

@@ -14,7 +14,7 @@ import pytest
 import workshaper
 from workshaper.connection import TLSFiles, connect, with_tls
 from workshaper.errors import BackendUnavailable
-from workshaper.testing import RedisServer, free_port
+from workshaper_tools.testing import RedisServer, free_port
 
 from .conftest import _need_redis_server
 

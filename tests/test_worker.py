@@ -15,8 +15,8 @@ from workshaper import InvalidInput, InvalidType, codec
 from workshaper.admin import Admin
 from workshaper.connection import Backend
 from workshaper.keys import NamespaceKeys
-from workshaper.testing import RedisServer
 from workshaper.worker.prefetch import PrefetchPolicy
+from workshaper_tools.testing import RedisServer
 
 from .conftest import wait_for
 

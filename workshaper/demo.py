@@ -155,7 +155,7 @@ def _run_embedded(args: argparse.Namespace) -> int:
 
 
 def _run_fleet(args: argparse.Namespace) -> int:
-    from workshaper.cli import worker_command  # noqa: PLC0415
+    from workshaper.cli.common import worker_command  # noqa: PLC0415
     from workshaper.producer import Producer  # noqa: PLC0415
 
     count = args.items or 20000

@@ -50,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from workshaper.cli import fail, setup_logging  # noqa: PLC0415 - cli imports us lazily
+    from workshaper.cli.common import fail, setup_logging  # noqa: PLC0415 - command line only
 
     args = parser().parse_args(argv)
     try:

@@ -1,0 +1,194 @@
+"""Run the scenarios: ``python -m workshaper_tools.bench``, ``scripts/bench``, ``workshaper bench``.
+
+    --quick          small sizes, finishes in under 2 minutes (the CI smoke test)
+    --only S1,S3     run a subset (s1 s2 s3 s4 s5 peers)
+    --out DIR        write results.json, results.md and one PNG chart per scenario (matplotlib)
+    --profile        also run S1 once under py-spy (producer and each worker) and summarize
+    --compare REF    first run the same scenarios on git revision REF (exported, with this
+                     bench), then on the working tree; print a before/after table
+
+Exit status: 1 when a run broke an invariant or lost items (always checked), 2 with
+``--strict`` when a target was missed; timing alone never fails a run otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from workshaper_tools.bench.common import BenchFailure, say
+
+SCENARIOS = ("s1", "s2", "s3", "s4", "s5", "peers")
+
+#: (quick, full) sizes.
+SIZES: dict[str, tuple[float, float]] = {
+    "s1_items": (20_000, 200_000),
+    "repeats": (1, 3),
+    "s2_items": (600, 10_000),
+    "s3_seconds": (2.0, 30.0),
+    "s4_memory_items": (10_000, 100_000),
+    "s5_items": (10_000, 200_000),
+    "dramatiq_items": (2_000, 50_000),
+    "rq_items": (300, 10_000),
+    "rq_fork_items": (100, 500),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="workshaper bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes (CI smoke test)")
+    p.add_argument("--only", default=",".join(SCENARIOS), help="scenarios, comma-separated")
+    p.add_argument("--out", type=Path, default=None, help="directory for results and charts")
+    p.add_argument("--profile", action="store_true", help="profile an S1 run with py-spy")
+    p.add_argument("--strict", action="store_true", help="exit 2 when a target is missed")
+    p.add_argument("--compare", metavar="REF", default=None, help="before/after vs git REF")
+    p.add_argument("--partitions", type=int, default=8)
+    p.add_argument("--sub-keys", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=2, help="worker processes")
+    p.add_argument("--concurrency", type=int, default=8, help="slots per worker (S1, S3, S5)")
+    p.add_argument("--max-in-queue", type=int, default=5000)
+    p.add_argument("--s3-rate", type=float, default=1000.0)
+    for name in SIZES:
+        p.add_argument(f"--{name.replace('_', '-')}", type=float, default=None)
+    return p
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    for name, (quick, full) in SIZES.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+        if name != "s3_seconds":
+            setattr(args, name, int(getattr(args, name)))
+    chosen = [s.strip().lower() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
+    args.scenarios = chosen
+    return args
+
+
+def machine() -> dict[str, Any]:
+    import os  # noqa: PLC0415
+
+    load = os.getloadavg()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_before": load,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def public(value: Any) -> Any:
+    """Drop the in-memory parts of results (keys starting with "_") for JSON."""
+    if isinstance(value, dict):
+        return {k: public(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, list | tuple):
+        return [public(v) for v in value]
+    return value
+
+
+def _without_compare(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in {"--compare", "--out"}:
+            skip = True
+        elif not arg.startswith(("--compare=", "--out=")) and arg != "--profile":
+            out.append(arg)
+    return out
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
+    args = resolve(parser().parse_args(raw_argv))
+    results: dict[str, Any] = {"machine": machine(), "quick": args.quick}
+    log_dir = Path(tempfile.mkdtemp(prefix="ws-bench-"))
+    before: dict[str, Any] | None = None
+    if args.compare:
+        from workshaper_tools.bench.compare import run_ref  # noqa: PLC0415
+
+        try:
+            before = run_ref(args.compare, _without_compare(raw_argv), log_dir / "before")
+        except BenchFailure as exc:
+            say(f"COMPARE FAILED: {exc}")
+            return 1
+        say("=== after: the working tree")
+    say(f"WorkShaper bench ({'quick' if args.quick else 'full'}); logs in {log_dir}")
+    say(f"machine: {results['machine']}")
+    started = time.monotonic()
+    failures: list[str] = []
+    # Imported here so `--help` stays fast and each scenario's module loads only when run.
+    from workshaper_tools.bench import cost, growth, latency, ordering, peers, throughput  # noqa: PLC0415
+
+    steps: list[tuple[str, Any]] = [
+        ("s1", lambda: throughput.scenario_s1(args, log_dir)),
+        ("s2", lambda: ordering.scenario_s2(args, log_dir)),
+        ("s3", lambda: latency.scenario_s3(args, log_dir)),
+        ("s4", lambda: cost.scenario_s4(args, log_dir, results.get("s1"))),
+        ("s5", lambda: growth.scenario_s5(args, log_dir)),
+        ("peers", lambda: peers.scenario_peers(args, log_dir, results.get("s1"))),
+    ]
+    for name, step in steps:
+        if name not in args.scenarios:
+            continue
+        try:
+            results[name] = step()
+        except BenchFailure as exc:
+            say(f"{name.upper()} FAILED: {exc}")
+            failures.append(f"{name}: {exc}")
+    if args.profile:
+        from workshaper_tools.bench.report import profile_run  # noqa: PLC0415
+
+        try:
+            results["profile"] = profile_run(args, log_dir)
+        except (BenchFailure, RuntimeError) as exc:
+            say(f"PROFILE FAILED: {exc}")
+            failures.append(f"profile: {exc}")
+    results["seconds"] = time.monotonic() - started
+    from workshaper_tools.bench import report  # noqa: PLC0415
+
+    missed = report.missed_targets(results)
+    markdown = report.markdown(results)
+    say("")
+    say(markdown)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(public(results), indent=1))
+        (args.out / "results.md").write_text(markdown)
+        charts = report.charts(results, args.out)
+        say(f"wrote {args.out / 'results.json'}, results.md and {len(charts)} chart(s)")
+    if before is not None:
+        from workshaper_tools.bench.compare import table  # noqa: PLC0415
+
+        comparison = table(args.compare, before, public(results))
+        say(comparison)
+        if args.out is not None:
+            (args.out / "compare.md").write_text(comparison)
+    say(f"total {results['seconds']:.0f} s")
+    if failures:
+        say("INVARIANT OR RUN FAILURES:\n  " + "\n  ".join(failures))
+        return 1
+    if missed:
+        say("targets missed: " + "; ".join(missed))
+        if args.strict:
+            return 2
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    sys.exit(run(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The chaos producer process: ``python -m workshaper_tools.chaos producer ...``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from workshaper_tools.chaos.plan import PlanSpec, append_line, line_count, plan_items, read_progress
+
+log = logging.getLogger("workshaper.chaos")
+
+
+def producer_main(argv: Sequence[str]) -> int:
+    """``python -m workshaper_tools.chaos producer ...``: enqueue the plan at a steady rate
+    until the stop file appears, record every ack, then flush and exit 0."""
+    import workshaper  # noqa: PLC0415 - keep the harness import light
+    from workshaper.errors import BackendUnavailable  # noqa: PLC0415
+
+    p = argparse.ArgumentParser(prog="chaos producer")
+    p.add_argument("--redis", required=True)
+    p.add_argument("--namespace", required=True)
+    p.add_argument("--run-dir", required=True, type=Path)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--partitions", type=int, required=True)
+    p.add_argument("--sub-keys", type=int, required=True)
+    p.add_argument("--rate", type=float, required=True)
+    p.add_argument("--max-in-queue", type=int, required=True)
+    p.add_argument("--batch", type=int, default=10)
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
+    )
+    run_dir: Path = args.run_dir
+    progress_path, stop_path = run_dir / "producer.progress", run_dir / "stop-producer"
+    poison_path, acks_path = run_dir / "poison.log", run_dir / "acks.log"
+    requests_path = run_dir / "poison-requests"
+    spec = PlanSpec(args.seed, args.partitions, args.sub_keys)
+    ack_fd = os.open(acks_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    source = str(os.getpid())
+
+    def ack(partition: int, offset: int) -> None:
+        line = f"{partition} {offset} {time.monotonic():.6f} {source}\n"
+        os.write(ack_fd, line.encode())
+
+    transient = (redis.ConnectionError, redis.TimeoutError, OSError, BackendUnavailable)
+
+    def retrying(what: str, call: Callable[[], Any]) -> Any:
+        delay = 0.05
+        while True:
+            try:
+                return call()
+            except transient as exc:
+                log.warning("%s: %s (retrying)", what, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    producer = retrying(
+        "connect",
+        lambda: workshaper.Producer(
+            args.redis, args.namespace, max_in_queue=args.max_in_queue, ack=ack
+        ),
+    )
+    plan = plan_items(spec)
+    done, _ = read_progress(progress_path)
+    if done:  # a restart: re-enqueue everything above the acked watermark (dedupe does the rest)
+        earlier = [next(plan) for _ in range(done)]
+        marks = {
+            partition: retrying("watermark", partial(producer.watermark, partition))
+            for partition in range(spec.partitions)
+        }
+        redo = [
+            (sub, {"i": i}, part, offset)
+            for i, (sub, part, offset) in enumerate(earlier)
+            if offset > (-1 if marks[part] is None else marks[part])
+        ]
+        log.info("restarted after %d items: re-enqueueing %d above the watermark", done, len(redo))
+        for start in range(0, len(redo), 200):
+            chunk = redo[start : start + 200]
+            retrying("re-enqueue", partial(producer.enqueue_many, chunk))
+    started, base = time.monotonic(), done
+    while not stop_path.exists():
+        # The harness asks for poison items by appending a line to poison-requests.
+        poison_wanted = line_count(requests_path) - line_count(poison_path)
+        batch: list[tuple[str | None, dict[str, int], int, int]] = []
+        for i in range(done, done + args.batch):
+            sub, part, offset = next(plan)
+            message = {"i": i}
+            if poison_wanted > 0 and sub is not None:
+                poison_wanted -= 1
+                message["poison"] = 1
+                append_line(poison_path, f"{part} {offset} {sub}\n")
+            batch.append((sub, message, part, offset))
+        retrying("enqueue", partial(producer.enqueue_many, batch))
+        done += len(batch)
+        append_line(progress_path, f"enqueued {done}\n")
+        pause = started + (done - base) / args.rate - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+    log.info("stop requested after %d items: flushing", done)
+    while not retrying("flush", lambda: producer.flush(timeout=1.0)):
+        pass
+    append_line(progress_path, f"final {done}\n")
+    producer.close()
+    os.close(ack_fd)
+    return 0

@@ -1,0 +1,80 @@
+"""What the console scripts, the demo and the Kafka bridge share: setup errors that exit with
+status 2 and one line on stderr, options read from the environment, logging, and the command
+line that starts a ``workshaper-worker`` process. It imports nothing of the commands, so the
+modules that need these pieces do not import each other (the demo and the bridge used to
+import the command line module that imports them)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+EXIT_SETUP_ERROR = 2
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class SetupError(Exception):
+    """A problem the operator must fix before the process can run (exit status 2)."""
+
+
+def fail(message: str) -> NoReturn:
+    print(f"workshaper: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_SETUP_ERROR)
+
+
+def load_callable(path: str) -> Callable[..., Any]:
+    """Import ``module:attribute`` (attribute may be dotted), as gunicorn and rq do."""
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise SetupError(f"handler {path!r} must look like MODULE:FUNCTION")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SetupError(
+            f"cannot import module {module_name!r} of handler {path!r}: {exc}"
+        ) from None
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise SetupError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if not callable(target):
+        raise SetupError(f"handler {path!r} is a {type(target).__name__}, not a callable")
+    return target  # type: ignore[no-any-return]
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"WORKSHAPER_{name}", default)
+
+
+def number(kind: type, flag: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a number, got {text!r}") from None
+
+    return parse
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+    )
+
+
+def worker_command() -> list[str]:
+    """argv that starts ``workshaper-worker`` with this interpreter (no PATH lookup)."""
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from workshaper.cli.worker import worker_main; worker_main(sys.argv[1:])",
+    ]

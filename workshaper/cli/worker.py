@@ -1,0 +1,128 @@
+"""``workshaper-worker MODULE:FUNCTION``: run one worker process of the fleet.
+
+Every setting can come from the environment (``WORKSHAPER_REDIS_URL``,
+``WORKSHAPER_NAMESPACE``, ``WORKSHAPER_CONCURRENCY``, ``WORKSHAPER_LEASE``,
+``WORKSHAPER_MAX_ATTEMPTS``, ``WORKSHAPER_RETRY_BACKOFF``, ``WORKSHAPER_ON_EXHAUSTED``,
+``WORKSHAPER_BATCH_SIZE``, ``WORKSHAPER_LOG_LEVEL``); a flag wins over the environment.
+Setup errors (a wrong handler path, an unreachable Redis, a bad password) exit with status 2
+and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from workshaper.cli.common import (
+    DEFAULT_REDIS_URL,
+    SetupError,
+    env,
+    fail,
+    load_callable,
+    number,
+    setup_logging,
+)
+from workshaper.connection import mask_url
+from workshaper.errors import BackendUnavailable, InvalidInput
+
+
+def worker_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="workshaper-worker",
+        description="Run a WorkShaper worker: MODULE:FUNCTION is called as "
+        "work(message, partition, offset) for each item, in sub-key order.",
+    )
+    p.add_argument("handler", help="the work function, as MODULE:FUNCTION (async def allowed)")
+    p.add_argument("--redis", default=env("REDIS_URL", DEFAULT_REDIS_URL), help="Redis URL")
+    p.add_argument("--namespace", default=env("NAMESPACE", "default"))
+    p.add_argument(
+        "--concurrency", type=number(int, "--concurrency"), default=env("CONCURRENCY", "8")
+    )
+    p.add_argument(
+        "--lease",
+        type=number(float, "--lease"),
+        default=env("LEASE", "30"),
+        help="lease seconds: a crashed worker's sub keys move on after this",
+    )
+    p.add_argument(
+        "--max-attempts", type=number(int, "--max-attempts"), default=env("MAX_ATTEMPTS", "3")
+    )
+    p.add_argument(
+        "--retry-backoff",
+        type=number(float, "--retry-backoff"),
+        default=env("RETRY_BACKOFF", "0.2"),
+    )
+    p.add_argument(
+        "--on-exhausted",
+        choices=["dead_letter", "block"],
+        default=env("ON_EXHAUSTED", "dead_letter"),
+    )
+    p.add_argument(
+        "--batch-size", type=number(int, "--batch-size"), default=env("BATCH_SIZE", "100")
+    )
+    p.add_argument(
+        "--prefetch",
+        type=number(int, "--prefetch"),
+        default=env("PREFETCH"),
+        help="most leases read ahead beyond --concurrency (default 2 x concurrency; 0: none)",
+    )
+    p.add_argument("--on-done", default=env("ON_DONE"), help="MODULE:FUNCTION after success")
+    p.add_argument("--on-error", default=env("ON_ERROR"), help="MODULE:FUNCTION per failure")
+    p.add_argument("--name", default=env("WORKER_NAME"), help="worker id (default host-pid-rand)")
+    p.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
+    return p
+
+
+def _convert_defaults(args: argparse.Namespace) -> None:
+    """Environment defaults arrive as strings: convert them like the flags."""
+    for name, kind in (
+        ("concurrency", int),
+        ("lease", float),
+        ("max_attempts", int),
+        ("retry_backoff", float),
+        ("batch_size", int),
+        ("prefetch", int),
+    ):
+        value = getattr(args, name)
+        if isinstance(value, str):
+            try:
+                setattr(args, name, kind(value))
+            except ValueError:
+                fail(f"WORKSHAPER_{name.upper()} must be a number, got {value!r}")
+
+
+def worker_main(argv: Sequence[str] | None = None) -> None:
+    from workshaper.worker import Worker  # noqa: PLC0415 - keep `--help` fast
+
+    args = worker_parser().parse_args(argv)
+    _convert_defaults(args)
+    try:
+        setup_logging(args.log_level)
+    except ValueError:
+        fail(f"unknown log level {args.log_level!r}")
+    try:
+        work = load_callable(args.handler)
+        on_done = load_callable(args.on_done) if args.on_done else None
+        on_error = load_callable(args.on_error) if args.on_error else None
+        worker = Worker(
+            args.redis,
+            args.namespace,
+            work=work,
+            on_done=on_done,
+            on_error=on_error,
+            concurrency=args.concurrency,
+            lease=args.lease,
+            max_attempts=args.max_attempts,
+            retry_backoff=args.retry_backoff,
+            on_exhausted=args.on_exhausted,
+            batch_size=args.batch_size,
+            prefetch=args.prefetch,
+            name=args.name,
+        )
+    except (SetupError, BackendUnavailable, InvalidInput) as exc:
+        fail(
+            f"{exc} (redis {mask_url(args.redis)})"
+            if isinstance(exc, BackendUnavailable)
+            else str(exc)
+        )
+    worker.run()

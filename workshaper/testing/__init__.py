@@ -1,6 +1,0 @@
-"""Test support shipped with the package (used by the test suite, the chaos harness and the
-benchmarks): private redis-server processes, a journaling handler, an invariant checker."""
-
-from workshaper.testing.redis_server import RedisServer, free_port, redis_server_binary
-
-__all__ = ["RedisServer", "free_port", "redis_server_binary"]
