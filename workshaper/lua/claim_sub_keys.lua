@@ -18,6 +18,7 @@
 -- The worker reads the first items of each leased list itself (LRANGE): the lease guarantees
 -- nobody else pops them, and the list keys are not known before the claim.
 --
+-- Malformed arguments raise an error reply before anything is written.
 -- Idempotent per request id: a retried call returns the first call's answer.
 --@include partition.lua
 
@@ -25,6 +26,27 @@ local worker, request_id = ARGV[1], ARGV[2]
 local max_leases, lease_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
 local batch, max_attempts, mode = ARGV[5], ARGV[6], ARGV[7]
 local record_key = KEYS[FIRST_EXTRA_KEY]
+
+-- Every argument is checked before the first write (the LPOP): nothing may fail after it.
+local function whole(value, least)
+  local n = tonumber(value)
+  return n and n == math.floor(n) and n >= least
+end
+if not worker or worker == '' then return bad_argument('claim_sub_keys', 'worker id', worker) end
+if not request_id or request_id == '' then
+  return bad_argument('claim_sub_keys', 'request id', request_id)
+end
+if not whole(max_leases, 1) then return bad_argument('claim_sub_keys', 'max_leases', ARGV[3]) end
+if not whole(lease_ms, 1) then return bad_argument('claim_sub_keys', 'lease ms', ARGV[4]) end
+if not string.match(batch or '', '^%d+$') then
+  return bad_argument('claim_sub_keys', 'batch', batch)
+end
+if not string.match(max_attempts or '', '^%d+$') then
+  return bad_argument('claim_sub_keys', 'max_attempts', max_attempts)
+end
+if mode ~= 'd' and mode ~= 'b' then
+  return bad_argument('claim_sub_keys', 'on exhausted', mode)
+end
 
 -- Records are length-prefixed fields, binary safe: "<len>:<bytes>" repeated.
 local function pack(items)
@@ -62,7 +84,7 @@ local answer = {0}
 local popped = redis.call('LPOP', K_READY, max_leases)
 if popped then
   -- A sub key is in `ready` only when unleased; the check makes a double lease impossible.
-  local owned = redis.call('HMGET', K_OWNERS, unpack(popped))
+  local owned = call_chunked('HMGET', K_OWNERS, popped)
   local subs = {}
   for j, sub in ipairs(popped) do
     if not owned[j] then subs[#subs + 1] = sub end
@@ -77,10 +99,10 @@ if popped then
       deadlines[2 * j - 1], deadlines[2 * j] = deadline, sub
       owners[2 * j - 1], owners[2 * j] = sub, tokens[j] .. suffix
     end
-    redis.call('ZADD', K_LEASES, unpack(deadlines))
-    redis.call('HSET', K_OWNERS, unpack(owners))
-    local attempts = redis.call('HMGET', K_ATTEMPTS, unpack(subs))
-    local exact = redis.call('HMGET', K_EXACT, unpack(subs))
+    call_chunked('ZADD', K_LEASES, deadlines, 2)
+    call_chunked('HSET', K_OWNERS, owners, 2)
+    local attempts = call_chunked('HMGET', K_ATTEMPTS, subs)
+    local exact = call_chunked('HMGET', K_EXACT, subs)
     for j, sub in ipairs(subs) do
       answer[#answer + 1] = sub
       answer[#answer + 1] = tokens[j]

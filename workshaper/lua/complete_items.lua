@@ -19,21 +19,56 @@
 --   attempts: the "offset|n" record of the new head item, or "" (with entries only)
 --   finished: how many of the given offsets this call took off the head of the queue
 --
+-- Malformed arguments raise an error reply before anything is written.
 -- Idempotent: an offset is recorded only while its entry is still at the head of the queue.
 --@include partition.lua
 
 local lease_ms, batch, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+
+-- Every argument is checked before the first write: nothing may fail after it.
+local function whole(value, least)
+  local v = tonumber(value)
+  return v and v == math.floor(v) and v >= least
+end
+if not whole(lease_ms, 1) then return bad_argument('complete_items', 'lease ms', ARGV[1]) end
+if not whole(batch, 1) then return bad_argument('complete_items', 'batch', ARGV[2]) end
+if not whole(n, 0) then return bad_argument('complete_items', 'lease count', ARGV[3]) end
+local calls = {}
+local a = 4
+for i = 1, n do
+  local key_index, sub, token, action = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local k = tonumber(ARGV[a + 5])
+  local what = 'of lease ' .. string.format('%d', i)
+  if not whole(key_index, 1) or not KEYS[FIRST_EXTRA_KEY + key_index - 1] then
+    return bad_argument('complete_items', 'key index ' .. what, ARGV[a])
+  end
+  if not sub or not token then
+    return bad_argument('complete_items', 'sub key/token ' .. what, nil)
+  end
+  if action ~= 'k' and action ~= 'c' and action ~= 'y' and action ~= 'r' then
+    return bad_argument('complete_items', 'action ' .. what, action)
+  end
+  if not whole(k, 0) or a + 5 + k > #ARGV then
+    return bad_argument('complete_items', 'offset count ' .. what, ARGV[a + 5])
+  end
+  for j = a + 6, a + 5 + k do
+    if not string.match(ARGV[j], '^%d+$') then
+      return bad_argument('complete_items', 'offset ' .. what, ARGV[j])
+    end
+  end
+  calls[i] = {list_key = KEYS[FIRST_EXTRA_KEY + key_index - 1], sub = sub, token = token,
+              action = action, exact_mode = ARGV[a + 4] == '1', k = k, first = a + 6}
+  a = a + 6 + k
+end
+
 local now = now_ms()
 local has_late = redis.call('EXISTS', K_LATE) == 1
 local replies = {}
-local a = 4
 
 for i = 1, n do
-  local key_index, sub, token, action = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local exact_mode, k = ARGV[a + 4] == '1', tonumber(ARGV[a + 5])
-  local first = a + 6
-  a = first + k
-  local list_key = KEYS[FIRST_EXTRA_KEY + key_index - 1]
+  local call = calls[i]
+  local list_key, sub, token, action = call.list_key, call.sub, call.token, call.action
+  local exact_mode, k, first = call.exact_mode, call.k, call.first
 
   if owner_token(sub) ~= token then
     replies[i] = {-1, 0}
@@ -72,11 +107,14 @@ for i = 1, n do
       if exact_mode and tonumber(redis.call('HGET', K_EXACT, sub) or '0') > 0 then take = 1 end
       local nexts = redis.call('LRANGE', list_key, 0, take - 1)
       if finished > 0 then  -- the head moved: keep `heads` in step (the read above shows it)
-        if nexts[1] then
-          redis.call('ZADD', K_HEADS, entry_offset(nexts[1]), sub)
-        else
+        local head_offset = nexts[1] and entry_offset(nexts[1])
+        if head_offset then
+          redis.call('ZADD', K_HEADS, head_offset, sub)
+        elseif not nexts[1] then
           redis.call('ZREM', K_HEADS, sub)
         end
+        -- A corrupt new head has no offset: the old score stays, which can only hold the
+        -- watermark back until the entry is dead-lettered (as refresh_head does).
       end
       if continues and nexts[1] then
         extend_lease(sub, lease_ms, now)

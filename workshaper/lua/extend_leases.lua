@@ -9,6 +9,8 @@
 --@include partition.lua
 
 local lease_ms = tonumber(ARGV[1])
+if not lease_ms or lease_ms < 1 then return bad_argument('extend_leases', 'lease ms', ARGV[1]) end
+if #ARGV % 2 ~= 1 then return bad_argument('extend_leases', 'pairs', 'a sub key without token') end
 local now = now_ms()
 local lost = {}
 local i = 0

@@ -18,6 +18,7 @@
 --   already dead-lettered it), 1 retry later (lease extended), 2 dead-lettered (lease held,
 --   continue with the next item), 3 blocked (lease released; the sub key waits for an operator)
 --
+-- Malformed arguments raise an error reply before anything is written.
 -- Idempotent: the attempts record only grows to the attempt number given.
 --@include partition.lua
 
@@ -25,6 +26,21 @@ local sub, token, prefix, offset = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local attempt, max_attempts = tonumber(ARGV[5]), tonumber(ARGV[6])
 local mode, force, error_json, lease_ms = ARGV[7], ARGV[8] == '1', ARGV[9], tonumber(ARGV[10])
 local list_key = KEYS[FIRST_EXTRA_KEY]
+
+-- Every argument is checked before the first write: nothing may fail after it.
+if not sub or not token or not prefix or prefix == '' then
+  return bad_argument('fail_item', 'sub key/token/head prefix', nil)
+end
+if offset ~= '' and not string.match(offset or '', '^%d+$') then
+  return bad_argument('fail_item', 'offset', offset)
+end
+if not attempt or attempt < 1 then return bad_argument('fail_item', 'attempt', ARGV[5]) end
+if not max_attempts or max_attempts < 1 then
+  return bad_argument('fail_item', 'max_attempts', ARGV[6])
+end
+if mode ~= 'd' and mode ~= 'b' then return bad_argument('fail_item', 'on exhausted', mode) end
+if not error_json then return bad_argument('fail_item', 'error', nil) end
+if not lease_ms or lease_ms < 1 then return bad_argument('fail_item', 'lease ms', ARGV[10]) end
 
 if owner_token(sub) ~= token then return {-1, 0} end
 if not head_matches(list_key, prefix) then return {0, 0} end

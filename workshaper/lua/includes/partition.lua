@@ -5,6 +5,32 @@ local K_READY, K_LEASES, K_OWNERS, K_ATTEMPTS = KEYS[5], KEYS[6], KEYS[7], KEYS[
 local K_EXACT, K_BLOCKED, K_DEAD = KEYS[9], KEYS[10], KEYS[11]
 local FIRST_EXTRA_KEY = 12
 
+-- Lua's unpack() has a stack limit (about 8,000 values on Redis): a variadic call past it
+-- raises, and a script that raises after its first write leaves half its work done. So every
+-- variadic call goes through call_chunked, in calls of at most VARIADIC_CHUNK values.
+local VARIADIC_CHUNK = 1000
+
+-- redis.call(command, key, values[first..last]) in chunks of whole elements of `width` values
+-- (2 for score/member or field/value pairs). Returns the replies of array-valued commands
+-- (HMGET) concatenated in order, nil values kept as false.
+local function call_chunked(command, key, values, width, first, last)
+  first, last = first or 1, last or #values
+  local step = VARIADIC_CHUNK * (width or 1)
+  local replies = {}
+  for s = first, last, step do
+    local reply = redis.call(command, key, unpack(values, s, math.min(s + step - 1, last)))
+    if type(reply) == 'table' then
+      for i = 1, #reply do replies[#replies + 1] = reply[i] end
+    end
+  end
+  return replies
+end
+
+-- Raise (before any write) naming the script and the bad argument.
+local function bad_argument(script, what, value)
+  return redis.error_reply(script .. ': bad argument ' .. what .. ': ' .. tostring(value))
+end
+
 -- Server time in ms: leases never depend on a worker's clock.
 local function now_ms()
   local t = redis.call('TIME')
@@ -71,7 +97,7 @@ end
 -- Finished offsets that had been accepted out of order leave `late`.
 local function forget_late(offsets, count)
   if count > 0 and redis.call('EXISTS', K_LATE) == 1 then
-    redis.call('ZREM', K_LATE, unpack(offsets, 1, count))
+    call_chunked('ZREM', K_LATE, offsets, 1, 1, count)
   end
 end
 
@@ -141,8 +167,18 @@ local function dead_letter_head(sub, list_key, error_json, attempts, now)
   local entry = redis.call('LPOP', list_key)
   if not entry then return false end
   local offset = entry_offset(entry)
-  local field = offset or ('corrupt:' .. string.format('%d', now))
-  redis.call('HSET', K_DEAD, field, failure_record(error_json, attempts, now, entry))
+  local record = failure_record(error_json, attempts, now, entry)
+  if offset then
+    redis.call('HSET', K_DEAD, offset, record)
+  else
+    -- No offset to file it under: "corrupt:<ms>:<n>" with the first n free, so corrupt entries
+    -- dead-lettered in the same millisecond all keep their record.
+    local field, n = nil, 0
+    repeat
+      n = n + 1
+      field = 'corrupt:' .. string.format('%d', now) .. ':' .. string.format('%d', n)
+    until redis.call('HSETNX', K_DEAD, field, record) == 1
+  end
   refresh_head(sub, list_key)
   if offset then forget_late({offset}, 1) end
   redis.call('HDEL', K_ATTEMPTS, sub)

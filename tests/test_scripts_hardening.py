@@ -1,0 +1,126 @@
+"""Regression tests of issue 8 for the worker's Lua scripts: nothing may fail after a script's
+first write, whatever the size of a call or the state it finds."""
+
+from __future__ import annotations
+
+import pytest
+
+from workshaper import codec, scripts
+from workshaper.admin import Admin
+from workshaper.batch import Batch
+from workshaper.connection import Backend
+from workshaper.errors import ScriptError
+from workshaper.scripts import Completion
+
+from .test_scripts import Partition
+
+
+@pytest.fixture
+def part(backend: Backend, namespace: str) -> Partition:
+    return Partition(backend, namespace)
+
+
+def enqueue_in_calls(part: Partition, items: list[tuple[object, int]]) -> None:
+    """As the producer does: at most 1,000 items per script call."""
+    for start in range(0, len(items), 1000):
+        part.enqueue(*items[start : start + 1000], max_in_queue=1_000_000)
+
+
+def test_a_claim_of_thousands_of_sub_keys_leases_every_one_it_pops(part: Partition) -> None:
+    # Item 1: 2N values in one ZADD passed Lua's stack limit after the LPOP had taken them.
+    count = 5000
+    enqueue_in_calls(part, [(f"k{i}", i) for i in range(count)])
+    _, claimed = part.claim(n=count)
+    assert len(claimed) == count
+    assert part.ready() == []
+    client = part.backend.client
+    assert client.zcard(part.keys.leases) == count and client.hlen(part.keys.owners) == count
+
+
+def test_a_completion_of_thousands_of_late_offsets_frees_the_watermark(part: Partition) -> None:
+    # Item 2: every finished offset of a lease in one ZREM of `late` failed after the LTRIM.
+    count = 9000
+    part.enqueue(("b", 100_000))  # first: every offset below it arrives late
+    enqueue_in_calls(part, [("a", i) for i in range(count)])
+    assert part.backend.client.zcard(part.keys.late) == count
+    _, claimed = part.claim(n=2, batch=count)
+    [lease] = [c for c in claimed if c.sub == b"sa"]
+    [reply] = part.complete(Completion(b"sa", lease.token, "c", range(count)), batch=count)
+    assert (reply.code, reply.finished) == (2, count)
+    assert part.backend.client.zcard(part.keys.late) == 0
+    assert part.offer().watermark == count - 1
+
+
+def test_a_corrupt_entry_just_after_a_batch_boundary_is_handed_out(part: Partition) -> None:
+    # Item 4: the next head's offset (nil for a corrupt entry) went to ZADD after the LTRIM.
+    part.enqueue(("a", 1), ("a", 2), ("a", 3))
+    part.backend.client.lset(part.keys.queue(b"sa"), 1, b"garbage")
+    _, [lease] = part.claim(batch=1)
+    [reply] = part.complete(Completion(b"sa", lease.token, "c", [1]), batch=1)
+    assert (reply.code, reply.finished, reply.next_entries) == (1, 1, [b"garbage"])
+    # It holds the watermark (the old head's score stays) until it is dead-lettered.
+    assert part.offer().watermark == -1
+    head = part.backend.client.lindex(part.keys.queue(b"sa"), 0)
+    assert head == b"garbage"
+    code, _ = part.run(
+        lambda b: scripts.fail_item(
+            b,
+            part.keys,
+            sub=b"sa",
+            token=lease.token,
+            head_prefix=codec.head_prefix(head),
+            offset=None,
+            attempt=1,
+            max_attempts=3,
+            exhausted_mode="d",
+            force=True,
+            error_json='{"type":"CorruptItem"}',
+            lease_ms=60_000,
+        )
+    )
+    assert code == 2
+    assert part.queue("a") == [3]
+    assert part.offer().watermark == 2
+
+
+def test_dead_letters_of_corrupt_entries_are_all_kept(part: Partition) -> None:
+    # Item 10: the field "corrupt:<ms>" kept one record per millisecond.
+    count = 50
+    part.enqueue(*[("a", i) for i in range(count)])
+    queue = part.keys.queue(b"sa")
+    for i in range(count):
+        part.backend.client.lset(queue, i, b"garbage %d" % i)
+    _, [lease] = part.claim(batch=count)
+    batch = Batch(part.backend)
+    replies = [
+        scripts.fail_item(
+            batch,
+            part.keys,
+            sub=b"sa",
+            token=lease.token,
+            head_prefix=b"garbage %d" % i,
+            offset=None,
+            attempt=1,
+            max_attempts=3,
+            exhausted_mode="d",
+            force=True,
+            error_json='{"type":"CorruptItem"}',
+            lease_ms=60_000,
+        )
+        for i in range(count)
+    ]
+    batch.execute()  # one round trip: most of them in the same millisecond
+    assert [r.get()[0] for r in replies] == [2] * count
+    dead = Admin(part.backend, part.keys.namespace).dead_letters(0)
+    assert sorted(d.raw_entry for d in dead) == sorted(b"garbage %d" % i for i in range(count))
+
+
+def test_complete_items_refuses_malformed_arguments_before_writing(part: Partition) -> None:
+    # "Check arguments before writing": a malformed call changes nothing.
+    part.enqueue(("a", 1), ("a", 2))
+    _, [lease] = part.claim()
+    keys = [*part.keys.fixed, part.keys.queue(b"sa")]
+    args = [60_000, 10, 2, 1, b"sa", lease.token, "c", 0, 1, 1, 1, b"sa", lease.token, "c", 0, "x"]
+    with pytest.raises(ScriptError, match="complete_items"):
+        part.run(lambda b: b.script("complete_items", keys, args))
+    assert part.queue("a") == [1, 2]
