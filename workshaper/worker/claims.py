@@ -4,6 +4,7 @@ each new lease's first batch."""
 from __future__ import annotations
 
 import itertools
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -31,6 +32,11 @@ class Claims:
         self._prefetch = prefetch
         self._dispatcher = dispatcher
         self._pending: list[_Claim] = []
+        # Request ids must never repeat, not even across restarts of a worker under a fixed
+        # name: claim_sub_keys answers a known request id from its cache (>= 60 s), so a
+        # restarted process counting from 0 again would be handed its predecessor's leases and
+        # tokens, and the crash that killed the predecessor would never be charged.
+        self._incarnation = secrets.token_hex(8)
         self._request_seq = itertools.count()
 
     @property
@@ -52,7 +58,7 @@ class Claims:
             return
         if any(c.partition == partition for c in self._pending):
             return  # one claim per partition at a time: its answer says if more are left
-        request_id = f"{self._state.settings.id}:{next(self._request_seq)}"
+        request_id = f"{self._incarnation}:{next(self._request_seq)}"
         self._pending.append(_Claim(partition, request_id, wanted))
 
     # --- claims --------------------------------------------------------------------------
