@@ -3,6 +3,7 @@ ends with its items, a worker never dies of a state it finds in Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -13,7 +14,7 @@ from workshaper.admin import Admin
 from workshaper.connection import Backend
 from workshaper.keys import NamespaceKeys
 
-from .test_worker import Recorder
+from .test_worker import Recorder, run_items
 
 
 def test_a_corrupt_entry_at_a_batch_boundary_is_dead_lettered_and_the_worker_lives(
@@ -36,3 +37,56 @@ def test_a_corrupt_entry_at_a_batch_boundary_is_dead_lettered_and_the_worker_liv
     [dead] = Admin(backend, namespace).dead_letters(0)
     assert dead.offset is None and dead.error_type == "CorruptItem"
     assert "crashed" not in caplog.text
+
+
+class RaisesAt:
+    """Raises ``exc`` on every attempt of one offset, recording (offset, attempt) of each call."""
+
+    def __init__(self, offset: int, exc: type[BaseException]) -> None:
+        self.offset = offset
+        self.exc = exc
+        self.calls: list[tuple[int, int]] = []
+
+    def record(self, offset: int) -> None:
+        self.calls.append((offset, workshaper.current_job().attempt))
+        if offset == self.offset:
+            raise self.exc("raised by the handler")
+
+
+@pytest.mark.parametrize("exc", [SystemExit, KeyboardInterrupt])
+def test_a_base_exception_from_a_handler_is_a_failed_attempt_of_its_own_item(
+    backend: Backend, namespace: str, exc: type[BaseException]
+) -> None:
+    # Item 6: it was reported as failing at index 0 of the batch, so items that had succeeded
+    # ran again and the attempts went to the wrong item.
+    handler = RaisesAt(2, exc)
+
+    def work(message: object, partition: int, offset: int) -> None:
+        handler.record(offset)
+
+    items = [("a", "m", 0, o) for o in range(5)]
+    worker, flushed = run_items(
+        backend, namespace, items, work, max_attempts=2, retry_backoff=0.01, concurrency=1
+    )
+    assert flushed
+    assert handler.calls == [(0, 1), (1, 1), (2, 1), (2, 2), (3, 1), (4, 1)]
+    [dead] = Admin(backend, namespace).dead_letters(0)
+    assert (dead.offset, dead.attempts, dead.error_type) == (2, 2, exc.__name__)
+    assert worker.stats["dead_lettered"] == 1
+
+
+def test_a_cancelled_error_from_an_async_handler_is_a_failed_attempt_of_its_own_item(
+    backend: Backend, namespace: str
+) -> None:
+    handler = RaisesAt(2, asyncio.CancelledError)
+
+    async def work(message: object, partition: int, offset: int) -> None:
+        await asyncio.sleep(0)
+        handler.record(offset)
+
+    items = [("a", "m", 0, o) for o in range(5)]
+    _, flushed = run_items(backend, namespace, items, work, max_attempts=2, retry_backoff=0.01)
+    assert flushed
+    assert handler.calls == [(0, 1), (1, 1), (2, 1), (2, 2), (3, 1), (4, 1)]
+    [dead] = Admin(backend, namespace).dead_letters(0)
+    assert (dead.offset, dead.attempts, dead.error_type) == (2, 2, "CancelledError")

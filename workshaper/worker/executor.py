@@ -36,7 +36,15 @@ log = logging.getLogger(__name__)
 Post = Callable[[tuple[Any, ...]], None]
 Outcome = tuple[Any, ...]
 #: A batch as BatchRunner.steps runs it: yields items, is sent handler errors, returns outcome.
-Steps = Generator[tuple[Job, codec.Message], Exception | None, Outcome]
+Steps = Generator[tuple[Job, codec.Message], BaseException | None, Outcome]
+
+
+class _BatchCancelled(Exception):
+    """Sent into a batch's steps when the task running it is cancelled (not its handler)."""
+
+
+#: The one instance: the batch ends "stopped" at the item that was running.
+BATCH_CANCELLED = _BatchCancelled()
 
 #: Bounds on what a dead letter keeps of an error (Redis memory, not the log).
 MAX_ERROR_MESSAGE = 2000
@@ -91,7 +99,7 @@ class BatchRunner:
         if self._on_error is not None:
             try:
                 self._on_error(exc, message, job.partition, job.offset)
-            except Exception:
+            except BaseException:  # even SystemExit: a callback's error is never fatal
                 log.exception(
                     "on_error raised for partition %d offset %d (ignored)",
                     job.partition,
@@ -103,7 +111,7 @@ class BatchRunner:
         assert self._on_done is not None
         try:
             self._on_done(message, partition, offset)
-        except Exception:
+        except BaseException:  # even SystemExit: a callback's error is never fatal
             log.exception("on_done raised for partition %d offset %d (ignored)", partition, offset)
 
     def ended(self, lease: Lease, outcome: Outcome) -> None:
@@ -118,6 +126,10 @@ class BatchRunner:
     def steps(self, lease: Lease, entries: list[bytes], attempt: int) -> Steps:
         """The batch, one item at a time: yields ``(job, message)`` for the driver to run and
         takes back what running it raised (None after a success); returns the outcome.
+
+        Whatever a handler raises, BaseException included (``SystemExit``, a
+        ``CancelledError`` of its own), is a failed attempt of the item that raised it: the
+        items before it succeeded and are recorded, the items after it have not started.
 
         Everything but the handler call lives here, so the thread driver (``run_sync``) and
         the event-loop driver (``run_async``) differ only in ``await``.
@@ -138,6 +150,8 @@ class BatchRunner:
                 job = Job(sub_key, partition, offset, attempt if index == 0 else 1, token)
                 set_current_job(job)
                 error = yield job, message
+                if error is BATCH_CANCELLED:
+                    return ("stopped", index)
                 if error is not None:
                     return self.failed(lease, index, job, message, error)
                 finished(lease, offset)
@@ -150,14 +164,14 @@ class BatchRunner:
     def run_sync(self, lease: Lease, entries: list[bytes], attempt: int) -> None:
         work = self.work
         steps = self.steps(lease, entries, attempt)
-        error: Exception | None
+        error: BaseException | None
         try:
             job, message = next(steps)
             while True:
                 try:
                     work(message, job.partition, job.offset)
                     error = None
-                except Exception as exc:
+                except BaseException as exc:  # the item's failure, whatever it is
                     error = exc
                 job, message = steps.send(error)
         except StopIteration as end:
@@ -166,18 +180,26 @@ class BatchRunner:
     async def run_async(self, lease: Lease, entries: list[bytes], attempt: int) -> None:
         work = self.work
         steps = self.steps(lease, entries, attempt)
-        error: Exception | None
+        error: BaseException | None
+        cancelled = False
         try:
             job, message = next(steps)
             while True:
                 try:
                     await work(message, job.partition, job.offset)
                     error = None
-                except Exception as exc:
+                except BaseException as exc:  # the item's failure, whatever it is ...
                     error = exc
+                    task = asyncio.current_task()
+                    if isinstance(exc, asyncio.CancelledError) and task and task.cancelling():
+                        # ... unless the task itself is being cancelled: then the batch
+                        # stops at this item, charged to nobody, and the task ends cancelled.
+                        error, cancelled = BATCH_CANCELLED, True
                 job, message = steps.send(error)
         except StopIteration as end:
             self.ended(lease, end.value)
+        if cancelled:
+            raise asyncio.CancelledError
 
 
 class Executor(Protocol):
@@ -218,9 +240,11 @@ class ThreadExecutor:
             lease, entries, attempt = task
             try:
                 self._runner.run_sync(lease, entries, attempt)
-            except BaseException as exc:  # a bug here must not leave the lease hanging silently
+            except BaseException:  # a bug here must not leave the lease hanging silently
                 log.exception("batch runner crashed")
-                self._runner.ended(lease, ("failed", 0, attempt, error_json(exc, "runner")))
+                # Which item ran is unknown: charge none; what finished is recorded, the rest
+                # is released for another run.
+                self._runner.ended(lease, ("stopped", 0))
 
     def shutdown(self, wait: bool) -> None:
         for _ in self._threads:
@@ -256,11 +280,12 @@ class AsyncExecutor:
     async def _guarded(self, lease: Lease, entries: list[bytes], attempt: int) -> None:
         try:
             await self._runner.run_async(lease, entries, attempt)
-        except BaseException as exc:
+        except asyncio.CancelledError:
+            raise  # run_async ended the batch at the item it was running
+        except BaseException:
             log.exception("batch runner crashed")
-            self._runner.ended(lease, ("failed", 0, attempt, error_json(exc, "runner")))
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+            # Which item ran is unknown: charge none (see ThreadExecutor._serve).
+            self._runner.ended(lease, ("stopped", 0))
 
     def shutdown(self, wait: bool) -> None:
         if not self._thread.is_alive():
