@@ -391,7 +391,7 @@ def test_exact_mode_after_crash_runs_one_item_at_a_time_and_can_dead_letter(
     part.make_expired(b"sa")
     assert part.expire(b"sa") == (1, 1)  # unattributed: charged, capped below 2
     _, [lease] = part.claim(max_attempts=2, batch=10)
-    assert lease.exact == 10 and lease.attempts_record == b"1|1"
+    assert lease.exact == 4 and lease.attempts_record == b"1|1"  # the 4 items queued
     # In the window but not isolated (its worker ran other items too): still capped.
     part.make_expired(b"sa")
     assert part.expire(b"sa") == (1, 1)
@@ -404,16 +404,18 @@ def test_exact_mode_after_crash_runs_one_item_at_a_time_and_can_dead_letter(
     assert (dead.offset, dead.attempts, dead.error_type) == (1, 2, "LeaseExpired")
     assert "worker w1 crashed or stalled" in dead.error_message and dead.worker == "reaper"
     _, [lease] = part.claim(max_attempts=2, batch=10)
-    assert lease.exact == 9  # the dead-lettered item used one step of the window
+    assert lease.exact == 3  # the dead-lettered item used one step of the window
     assert part.run(lambda b: scripts.mark_isolated(b, part.keys, b"sa", lease.token)) == 1
     [reply] = part.complete(Completion(b"sa", lease.token, "c", [2], exact=True), batch=10)
     assert len(reply.next_entries) == 1  # still one at a time inside the window
-    assert part.backend.client.hget(part.keys.exact, b"sa") == b"8"
-    assert b"|i|" in part.backend.client.hget(part.keys.owners, b"sa")  # still isolated
-    part.backend.client.hset(part.keys.exact, b"sa", 1)  # the window's last item is next
+    assert part.backend.client.hget(part.keys.exact, b"sa") == b"2"
+    # The item ended: unflagged until its worker flags the next one, just before running it.
+    assert b"|-|" in part.backend.client.hget(part.keys.owners, b"sa")
+    assert part.run(lambda b: scripts.mark_isolated(b, part.keys, b"sa", lease.token)) == 1
     [reply] = part.complete(Completion(b"sa", lease.token, "c", [3], exact=True), batch=10)
-    assert len(reply.next_entries) == 1 and not part.backend.client.hexists(part.keys.exact, b"sa")
-    assert b"|-|" in part.backend.client.hget(part.keys.owners, b"sa")  # isolation ended
+    assert len(reply.next_entries) == 1 and part.backend.client.hget(part.keys.exact, b"sa") == b"1"
+    [reply] = part.complete(Completion(b"sa", lease.token, "c", [4], exact=True), batch=10)
+    assert reply.code == 2 and not part.backend.client.hexists(part.keys.exact, b"sa")
 
 
 def test_mark_isolated_is_fenced(part: Partition) -> None:

@@ -124,3 +124,81 @@ def test_complete_items_refuses_malformed_arguments_before_writing(part: Partiti
     with pytest.raises(ScriptError, match="complete_items"):
         part.run(lambda b: b.script("complete_items", keys, args))
     assert part.queue("a") == [1, 2]
+
+
+def crash_and_reclaim(part: Partition, sub: bytes, **claim: object) -> scripts.Claimed:
+    """The lease of ``sub`` expires as if its worker died; the next claim takes it back."""
+    part.make_expired(sub)
+    assert part.expire(sub)[0] == 1
+    _, [lease] = part.claim(**claim)  # type: ignore[arg-type]
+    return lease
+
+
+def test_a_crash_window_covers_only_the_items_queued_at_the_crash(part: Partition) -> None:
+    # Item 5: `exact` only counted down, so a window of batch_size steps outlived the items
+    # it was for: items enqueued much later still ran isolated, one at a time.
+    part.enqueue(("a", 1), ("a", 2))
+    part.claim(batch=10)
+    lease = crash_and_reclaim(part, b"sa", batch=10)
+    assert lease.exact == 2  # the two items queued, not batch_size
+    for offset in (1, 2):
+        [reply] = part.complete(Completion(b"sa", lease.token, "c", [offset], exact=True))
+    assert reply.code == 2  # released: the queue is empty
+    assert not part.backend.client.hexists(part.keys.exact, b"sa")
+    part.enqueue(("a", 3), ("a", 4))
+    _, [later] = part.claim(batch=10)
+    assert later.exact == 0
+
+
+def test_a_crash_window_of_an_unordered_item_is_cleared_when_it_finishes(
+    part: Partition,
+) -> None:
+    # Item 5: each sub_key=None item has a sub key of its own; its window field stayed forever.
+    sub = codec.encode_sub_key(None, 7)
+    part.enqueue((None, 7))
+    part.claim(batch=10)
+    lease = crash_and_reclaim(part, sub, batch=10)
+    assert lease.exact == 1
+    [reply] = part.complete(Completion(sub, lease.token, "c", [7], exact=True))
+    assert reply.code == 2
+    assert part.backend.client.hlen(part.keys.exact) == 0
+
+
+def test_a_release_that_requeues_the_sub_key_says_so(part: Partition) -> None:
+    # Item 5: the worker rings the partition's bell for a sub key it handed back with items
+    # left (during isolation, or stopping), so other workers need not wait for the reaper.
+    part.enqueue(("a", 1), ("a", 2), ("b", 3))
+    _, claimed = part.claim(batch=10)
+    by_sub = {c.sub: c for c in claimed}
+    a, b = part.complete(
+        Completion(b"sa", by_sub[b"sa"].token, "r", [1]),
+        Completion(b"sb", by_sub[b"sb"].token, "r", [3]),
+    )
+    assert (a.code, a.requeued) == (2, True)
+    assert (b.code, b.requeued) == (2, False)
+
+
+def test_an_isolated_lease_is_unflagged_while_its_item_waits_for_a_retry(part: Partition) -> None:
+    # Item 13, first bullet: the flag stayed set through the retry backoff, so an unrelated
+    # SIGKILL then (a deploy) was charged in full to an item that was not running.
+    part.enqueue(("a", 1), ("a", 2))
+    part.claim(max_attempts=3, batch=10)
+    lease = crash_and_reclaim(part, b"sa", max_attempts=3, batch=10)
+    assert part.run(lambda b: scripts.mark_isolated(b, part.keys, b"sa", lease.token)) == 1
+    assert part.fail(b"sa", lease.token, attempt=2) == (1, 2)  # retry later
+    assert b"|-|" in part.backend.client.hget(part.keys.owners, b"sa")
+    part.make_expired(b"sa")  # killed during the backoff
+    assert part.expire(b"sa") == (1, 2)  # charged as unattributed: capped below max_attempts
+    assert part.queue("a") == [1, 2]
+
+
+def test_an_isolated_lease_is_unflagged_between_its_window_items(part: Partition) -> None:
+    part.enqueue(("a", 1), ("a", 2), ("a", 3))
+    part.claim(max_attempts=1, batch=10)
+    lease = crash_and_reclaim(part, b"sa", max_attempts=1, batch=10)
+    assert part.run(lambda b: scripts.mark_isolated(b, part.keys, b"sa", lease.token)) == 1
+    [reply] = part.complete(Completion(b"sa", lease.token, "c", [1], exact=True))
+    assert reply.code == 1 and b"|-|" in part.backend.client.hget(part.keys.owners, b"sa")
+    part.make_expired(b"sa")  # killed before the next item was flagged and started
+    assert part.expire(b"sa") == (1, 0)  # unattributed: never the last attempt
+    assert part.queue("a") == [2, 3]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 import pytest
 
@@ -14,6 +15,7 @@ from workshaper.admin import Admin
 from workshaper.connection import Backend
 from workshaper.keys import NamespaceKeys
 
+from .conftest import wait_for
 from .test_worker import Recorder, run_items
 
 
@@ -90,3 +92,65 @@ def test_a_cancelled_error_from_an_async_handler_is_a_failed_attempt_of_its_own_
     assert handler.calls == [(0, 1), (1, 1), (2, 1), (2, 2), (3, 1), (4, 1)]
     [dead] = Admin(backend, namespace).dead_letters(0)
     assert (dead.offset, dead.attempts, dead.error_type) == (2, 2, "CancelledError")
+
+
+def test_a_sub_key_handed_back_with_items_left_rings_its_partitions_bell(
+    backend: Backend, namespace: str
+) -> None:
+    # Item 5: leases handed back (stopping, or during another lease's isolation) rang no bell,
+    # so other workers waited for a reaper's scan (~1 s) to learn the sub key was runnable.
+    started, release = threading.Event(), threading.Event()
+
+    def work(message: object, partition: int, offset: int) -> None:
+        started.set()
+        release.wait(30)
+
+    keys = NamespaceKeys(namespace)
+    with workshaper.Producer(backend, namespace) as producer:
+        producer.enqueue_many([("a", "m", 0, o) for o in range(3)])
+        worker = workshaper.Worker(backend, namespace, work=work, concurrency=1, lease=60).start()
+        try:
+            assert started.wait(30)
+            assert backend.client.zscore(keys.wake, "0") is None  # the worker took the bell
+            stopper = threading.Thread(target=worker.stop, args=(30,))
+            stopper.start()
+            leases = worker._state.leases  # the coordinator told the running batch to stop
+            wait_for(lambda: leases and all(lease.stop for lease in leases.values()))
+            release.set()
+            stopper.join(30)
+        finally:
+            release.set()
+            worker.stop(10)
+    assert backend.client.lrange(keys.partition(0).ready, 0, -1) == [b"sa"]
+    assert backend.client.zscore(keys.wake, "0") is not None
+
+
+def test_isolated_window_items_are_flagged_one_by_one_and_run_alone(
+    backend: Backend, namespace: str
+) -> None:
+    # Item 13, first bullet, worker side: the lease is flagged in Redis only while one of its
+    # window items runs; between items, and while a retry waits, it is not.
+    keys = NamespaceKeys(namespace).partition(0)
+    seen: list[tuple[int, int, bool]] = []
+
+    def work(message: object, partition: int, offset: int) -> None:
+        owner = backend.client.hget(keys.owners, b"sa") or b""
+        seen.append((offset, workshaper.current_job().attempt, b"|i|" in owner))
+        if offset == 1 and workshaper.current_job().attempt == 1:
+            raise ValueError("once")
+
+    with workshaper.Producer(backend, namespace) as producer:
+        producer.enqueue_many([("a", "m", 0, o) for o in range(3)])
+        # A worker that died holding the lease: the reaper opens a crash window.
+        backend.client.lpop(keys.ready)
+        backend.client.hset(keys.owners, b"sa", b"1|-|10|3|d|dead")
+        backend.client.zadd(keys.leases, {b"sa": 0})
+        worker = workshaper.Worker(
+            backend, namespace, work=work, retry_backoff=0.2, lease=1.0
+        ).start()
+        try:
+            assert producer.flush(timeout=30)
+        finally:
+            worker.stop(10)
+    assert seen == [(0, 2, True), (1, 1, True), (1, 2, True), (2, 1, True)]
+    assert backend.client.hlen(keys.exact) == 0

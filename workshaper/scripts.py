@@ -114,12 +114,18 @@ class CompletionReply:
     finished: int
     attempts_record: bytes  # of the new head, when next_entries is given
     next_entries: list[bytes]
+    requeued: bool = False  # released with items left: the sub key is runnable again
+
+
+def _parse_completion(r: list[Any]) -> CompletionReply:
+    code, finished = int(r[0]), int(r[1])
+    if code == 2:
+        return CompletionReply(code, finished, b"", [], len(r) > 2 and int(r[2]) == 1)
+    return CompletionReply(code, finished, r[2] if len(r) > 2 else b"", list(r[3:]))
 
 
 def _parse_completions(raw: list[list[Any]]) -> list[CompletionReply]:
-    return [
-        CompletionReply(int(r[0]), int(r[1]), r[2] if len(r) > 2 else b"", list(r[3:])) for r in raw
-    ]
+    return [_parse_completion(r) for r in raw]
 
 
 def complete_items(

@@ -13,9 +13,12 @@
 --                         else like "r" (a long-held lease gives way; fairness)
 --                     "r" release: record, drop the lease, requeue the sub key if items remain
 --
--- Returns one reply per lease: {code, finished, attempts, entry1, entry2, ...}
+-- Returns one reply per lease: {code, finished, attempts, entry1, entry2, ...} when held,
+-- {2, finished, requeued} when released, {-1, 0} when fenced
 --   code -1 fenced (the token does not own the lease; nothing written),
 --         1 lease held (entries: the next batch, for "c"/"y"), 2 lease released
+--   requeued: 1 when the released sub key has items left and went back to `ready` (its
+--   worker rings the partition's bell for it), else 0
 --   attempts: the "offset|n" record of the new head item, or "" (with entries only)
 --   finished: how many of the given offsets this call took off the head of the queue
 --
@@ -91,7 +94,7 @@ for i = 1, n do
         redis.call('HDEL', K_ATTEMPTS, sub)
         if exact_mode then
           consume_exact(sub, finished)
-          if redis.call('HEXISTS', K_EXACT, sub) == 0 then end_isolation(sub) end
+          end_isolation(sub)  -- flagged again by its worker before the next item starts
         end
       end
     end
@@ -112,6 +115,7 @@ for i = 1, n do
           redis.call('ZADD', K_HEADS, head_offset, sub)
         elseif not nexts[1] then
           redis.call('ZREM', K_HEADS, sub)
+          redis.call('HDEL', K_EXACT, sub)  -- a crash window ends with the items it was for
         end
         -- A corrupt new head has no offset: the old score stays, which can only hold the
         -- watermark back until the entry is dead-lettered (as refresh_head does).
@@ -127,8 +131,12 @@ for i = 1, n do
       else
         redis.call('HDEL', K_OWNERS, sub)
         redis.call('ZREM', K_LEASES, sub)
-        if nexts[1] then redis.call('RPUSH', K_READY, sub) end
-        replies[i] = {2, finished}
+        local requeued = 0
+        if nexts[1] then
+          redis.call('RPUSH', K_READY, sub)
+          requeued = 1
+        end
+        replies[i] = {2, finished, requeued}
       end
     end
   end

@@ -9,8 +9,9 @@
 -- and reports them in batches, and runs several leases at once. So the head item is charged
 -- one attempt but never its last one, and the next `batch` items of the sub key form a
 -- single-step window ("exact"): the worker that takes them runs them isolated, one at a time,
--- with nothing else running in its process, and flags the lease. Only a lease flagged
--- isolated gets a full charge, which can dead-letter: that crash can only be its head item's.
+-- with nothing else running in its process, and flags the lease while each item runs. Only a
+-- lease flagged isolated gets a full charge, which can dead-letter: that crash can only be its
+-- head item's.
 --
 -- Returns {code, attempts}: 0 not expired (renewed meanwhile) or not leased, 1 requeued,
 -- 2 head dead-lettered (rest requeued), 3 head blocked (sub key waits for an operator).
@@ -41,7 +42,12 @@ if in_window and owner.isolated then
   count = count + 1
 else
   count = math.max(count, math.min(count + 1, owner.max_attempts - 1))
-  if not in_window then redis.call('HSET', K_EXACT, sub, string.format('%d', owner.batch)) end
+  if not in_window then
+    -- The window covers the items the dead worker may have been running: at most a batch of
+    -- those queued now, never items enqueued later.
+    local window = math.min(owner.batch, redis.call('LLEN', list_key))
+    redis.call('HSET', K_EXACT, sub, string.format('%d', window))
+  end
 end
 set_attempts(sub, offset, count)
 

@@ -60,9 +60,10 @@ if force or count >= max_attempts then
     return {3, count}
   end
   dead_letter_head(sub, list_key, error_json, count, now)
-  if redis.call('HEXISTS', K_EXACT, sub) == 0 then end_isolation(sub) end
+  end_isolation(sub)
   extend_lease(sub, lease_ms, now)
   return {2, count}
 end
+end_isolation(sub)  -- nothing runs during the backoff: a crash then is not this item's
 extend_lease(sub, lease_ms, now)
 return {1, count}

@@ -97,9 +97,10 @@ class Completions:
                 continue
             lease.end_action = None
             if answer.code == 2:
-                if lease.entries or not lease.read_to_end:
-                    # Released with items left (stop, hand-back, yield): runnable again, so
-                    # ring its bell; the reaper's ready sweep comes only every few seconds.
+                if answer.requeued:
+                    # Released with items left (stop, hand-back, yield): the script put it back
+                    # in ready, so ring its bell; the reaper's ready sweep comes only every few
+                    # seconds.
                     self._state.wakes.add(lease.partition)
                 dispatcher.drop(lease)
             elif answer.next_entries:

@@ -93,6 +93,7 @@ class Failures:
             dispatcher.fenced(lease, "failure record")
         elif code == RETRY:  # the same item after a backoff; the lease is kept meanwhile
             lease.attempt = attempt + 1
+            lease.isolated = False  # unflagged by the script: flagged again before the retry
             if state.stopping:
                 lease.end_action = RELEASE
                 return

@@ -6,6 +6,8 @@ sub key must each run alone. A lease in its window runs *isolated*: the worker s
 batches after their current item, hands its prefetched leases back, flags the lease in Redis
 (mark_isolated.lua) and runs the window's items one at a time with nothing else running in
 this process. A crash then can only be that item's, and expire_lease.lua charges it in full.
+The flag is set only while an item runs: the scripts clear it when the item ends (finished,
+failed and waiting for its retry, dead-lettered), and the next item is flagged again first.
 """
 
 from __future__ import annotations
@@ -94,8 +96,11 @@ class Isolation:
     def use_window_steps(self, lease: Lease, steps: int) -> None:
         """Count items that ended (finished or dead-lettered) against the lease's single-step
         window; isolation ends with the window (the scripts clear the flag in Redis)."""
-        if not lease.exact:
+        if not lease.exact or steps <= 0:
             return
+        # The scripts unflagged the lease as its item ended: the next item waits for a new
+        # mark, so a crash between two items is never charged in full.
+        lease.isolated = False
         lease.exact = max(0, lease.exact - steps)
         if not lease.exact and lease is self.lease:
             self.end()

@@ -88,6 +88,7 @@ local function refresh_head(sub, list_key)
   local head = redis.call('LINDEX', list_key, 0)
   if not head then
     redis.call('ZREM', K_HEADS, sub)
+    redis.call('HDEL', K_EXACT, sub)  -- a crash window ends with the items it was for
     return
   end
   local offset = entry_offset(head)
@@ -135,7 +136,8 @@ local function consume_exact(sub, count)
   end
 end
 
--- The single-step window is over: the lease no longer runs isolated.
+-- The lease's isolated item ended (finished, failed, dead-lettered): nothing of it runs until
+-- its worker flags the next one, so a crash in between is not charged in full.
 local function end_isolation(sub)
   local owner = parse_owner(redis.call('HGET', K_OWNERS, sub))
   if owner and owner.isolated then redis.call('HSET', K_OWNERS, sub, with_flag(owner, '-')) end
