@@ -339,7 +339,12 @@ def test_fail_with_block_holds_the_sub_key_and_the_watermark(part: Partition) ->
     assert part.offer().watermark == -1  # offset 1 is not finished
     assert part.ready() == [] and part.claim()[1] == []
     # Operator: retry it.
-    assert part.run(lambda b: scripts.unblock_sub_key(b, part.keys, b"sa", "retry", "{}")) is True
+    assert (
+        part.run(
+            lambda b: scripts.unblock_sub_key(b, part.keys, b"sa", "retry", "{}", request_id="r1")
+        )
+        is True
+    )
     assert part.ready() == [b"sa"]
     _, [again] = part.claim()
     assert again.attempts_record == b""  # fresh attempts
@@ -350,11 +355,18 @@ def test_unblock_dead_letter_moves_on(part: Partition) -> None:
     _, [lease] = part.claim()
     part.fail(b"sa", lease.token, attempt=3, mode="b")
     assert part.run(
-        lambda b: scripts.unblock_sub_key(b, part.keys, b"sa", "dead_letter", '{"type":"Operator"}')
+        lambda b: scripts.unblock_sub_key(
+            b, part.keys, b"sa", "dead_letter", '{"type":"Operator"}', request_id="r2"
+        )
     )
     assert part.queue("a") == [2]
     assert part.backend.client.hexists(part.keys.dead, "1")
-    assert part.run(lambda b: scripts.unblock_sub_key(b, part.keys, b"sa", "retry", "{}")) is False
+    assert (
+        part.run(
+            lambda b: scripts.unblock_sub_key(b, part.keys, b"sa", "retry", "{}", request_id="r3")
+        )
+        is False
+    )
 
 
 def test_corrupt_item_is_dead_lettered_at_once(part: Partition) -> None:

@@ -202,3 +202,34 @@ def test_an_isolated_lease_is_unflagged_between_its_window_items(part: Partition
     part.make_expired(b"sa")  # killed before the next item was flagged and started
     assert part.expire(b"sa") == (1, 0)  # unattributed: never the last attempt
     assert part.queue("a") == [2, 3]
+
+
+def block(part: Partition, sub_key: str, offset: int) -> None:
+    part.enqueue((sub_key, offset))
+    _, [lease] = part.claim(max_attempts=1, mode="b")
+    assert part.fail(codec.encode_sub_key(sub_key, 0), lease.token, 1, 1, "b") == (3, 1)
+
+
+@pytest.mark.parametrize("action", ["retry", "dead_letter"])
+def test_a_re_sent_unblock_answers_as_the_first_and_rings_the_bell(
+    part: Partition, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    # Item 13, fourth bullet: a re-sent unblock (the reply was lost, the batch sent again)
+    # found nothing blocked, returned False and rang no bell.
+    block(part, "a", 1)
+    send = Batch._send
+
+    def send_twice(self: Batch, commands: list[tuple[object, ...]]) -> list[object]:
+        send(self, commands)  # applied, but its reply "lost": the batch goes out again
+        return send(self, commands)
+
+    monkeypatch.setattr(Batch, "_send", send_twice)
+    admin = Admin(part.backend, part.keys.namespace)
+    unblock = admin.retry_blocked if action == "retry" else admin.dead_letter_blocked
+    assert unblock(0, "a") is True
+    monkeypatch.undo()
+    assert part.backend.client.zscore(admin._keys.wake, "0") is not None
+    assert part.backend.client.hlen(part.keys.blocked) == 0
+    assert part.ready() == ([b"sa"] if action == "retry" else [])
+    # A later unblock of a sub key that is not blocked is still refused.
+    assert admin.retry_blocked(0, "a") is False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -164,8 +165,10 @@ class Admin:
         )
         sub = codec.encode_sub_key(sub_key, 0)
         pkeys = self._keys.partition(partition)
+        request_id = secrets.token_hex(8)  # a re-sent call must answer as the first one
         result = run_one(
-            self._backend, lambda b: scripts.unblock_sub_key(b, pkeys, sub, action, note)
+            self._backend,
+            lambda b: scripts.unblock_sub_key(b, pkeys, sub, action, note, request_id=request_id),
         )
         if result:
             self._backend.client.zadd(self._keys.wake, {str(partition): 0}, nx=True)

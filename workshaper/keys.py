@@ -24,6 +24,7 @@ Per partition ``ws:{ns:p}:``
     dead      HASH   offset -> JSON dead letter (error, traceback, attempts, worker, time)
     q:<sub>   LIST   the sub key's queue entries, oldest first (see codec)
     claim:<worker>  STRING  the worker's last claim request and its answer (retry dedupe)
+    unblock:<request>  STRING  an applied operator unblock, for a minute (retry dedupe)
 Per namespace ``ws:{ns}:``
     wake        ZSET  partitions that may have ready sub keys (workers block on it)
     partitions  SET   every partition that ever had items (the reaper's list)
@@ -120,6 +121,9 @@ class PartitionKeys:
 
     def claim_record(self, worker_id: str) -> bytes:
         return self.base + b"claim:" + worker_id.encode()
+
+    def unblock_record(self, request_id: str) -> bytes:
+        return self.base + b"unblock:" + request_id.encode()
 
     def all_static(self) -> list[bytes]:
         return list(self.fixed)

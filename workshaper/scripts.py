@@ -248,11 +248,13 @@ def mark_isolated(batch: Batch, pkeys: PartitionKeys, sub: bytes, token: int) ->
 
 
 def unblock_sub_key(
-    batch: Batch, pkeys: PartitionKeys, sub: bytes, action: str, note_json: str
+    batch: Batch, pkeys: PartitionKeys, sub: bytes, action: str, note_json: str, *, request_id: str
 ) -> Reply[bool]:
+    """True when the sub key was blocked (``request_id``: unique per operator action, so a
+    re-sent call answers True again)."""
     return batch.script(
         "unblock_sub_key",
-        [*pkeys.fixed, pkeys.queue(sub)],
+        [*pkeys.fixed, pkeys.queue(sub), pkeys.unblock_record(request_id)],
         [sub, action, note_json],
         parse=lambda raw: bool(int(raw)),
     )
