@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 
 import pytest
 
@@ -154,3 +155,33 @@ def test_isolated_window_items_are_flagged_one_by_one_and_run_alone(
             worker.stop(10)
     assert seen == [(0, 2, True), (1, 1, True), (1, 2, True), (2, 1, True)]
     assert backend.client.hlen(keys.exact) == 0
+
+
+def test_no_item_starts_once_the_lease_may_have_expired_by_the_workers_clock(
+    backend: Backend,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Item 12: a worker paused past its lease (SIGSTOP, a long GC, a frozen VM) started the
+    # next item of its batch on waking, before it learned that its lease was gone. Here the
+    # worker's clock jumps past the lease during item 0 (Redis's clock does not: the lease is
+    # still this worker's), so the batch must stop and the coordinator ask Redis first.
+    from workshaper.worker import lease as lease_module
+
+    skew = [0.0]
+    monkeypatch.setattr(lease_module, "_monotonic", lambda: time.monotonic() + skew[0])
+    calls: list[int] = []
+
+    def work(message: object, partition: int, offset: int) -> None:
+        calls.append(offset)
+        if offset == 0:
+            skew[0] = 1000.0  # as if the process had been frozen for 1,000 s
+
+    items = [("a", "m", 0, o) for o in range(3)]
+    with caplog.at_level(logging.WARNING):
+        worker, flushed = run_items(backend, namespace, items, work, lease=30.0, concurrency=1)
+    assert flushed
+    assert calls == [0, 1, 2]  # the lease was still ours: the rest ran once, after asking
+    assert worker.stats["expired"] == 1
+    assert "lease may have expired" in caplog.text

@@ -97,6 +97,7 @@ class Claims:
                 c.exact,
                 c.attempts_record,
             )
+            state.extended(lease)
             if state.stopping:
                 lease.stop = True
             state.leases[lease.key] = lease

@@ -3,6 +3,7 @@ the next batch of the same sub key (or releasing it) in the same round trip."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from functools import partial
@@ -12,9 +13,11 @@ from workshaper import scripts
 from workshaper.batch import Batch, Reply
 from workshaper.scripts import Completion
 from workshaper.worker.dispatch import Dispatcher
-from workshaper.worker.lease import KEEP, RELEASE, REPORTING, Lease
+from workshaper.worker.lease import CONTINUE, KEEP, RELEASE, REPORTING, Lease
 from workshaper.worker.prefetch import PrefetchPolicy
 from workshaper.worker.state import CoordinatorState, by_partition
+
+log = logging.getLogger(__name__)
 
 
 def collect(lease: Lease) -> None:
@@ -50,6 +53,17 @@ class Completions:
         elif kind == "stopped":
             lease.entries = lease.entries[outcome[1] :]
             lease.end_action = RELEASE
+        elif kind == "expired":
+            # The zombie rule stopped the batch: ask Redis. If the lease is still ours the
+            # completion extends it and hands out the rest again; if not, it is fenced.
+            self._state.stats["expired"] += 1
+            log.warning(
+                "partition %d: lease may have expired (no extension confirmed within the "
+                "lease); not starting another item until Redis confirms it",
+                lease.partition,
+            )
+            lease.entries = []
+            lease.end_action = RELEASE if self._state.stopping else CONTINUE
         else:  # failed or corrupt: recorded by fail_item
             lease.entries = lease.entries[outcome[1] :]
             lease.failure = outcome
@@ -93,6 +107,8 @@ class Completions:
                 continue
             self._state.stats["finished"] += answer.finished
             dispatcher.isolation.use_window_steps(lease, answer.finished)
+            if answer.code == 1:  # held: the script extended the lease
+                self._state.extended(lease)
             if action == KEEP:
                 continue
             lease.end_action = None

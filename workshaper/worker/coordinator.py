@@ -31,6 +31,7 @@ from workshaper.worker.lease import (
     WAITING,
     YIELD,
 )
+from workshaper.worker.lease import clock as lease_clock
 from workshaper.worker.prefetch import PrefetchPolicy
 from workshaper.worker.reaper import Reaper
 from workshaper.worker.registry import Registry
@@ -186,6 +187,7 @@ class Coordinator:
         if not len(batch):
             return
         sent = time.monotonic()
+        self.state.sent_at = lease_clock()
         try:
             batch.execute()
         except BaseException:

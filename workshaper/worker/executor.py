@@ -8,6 +8,8 @@ them one after another and posts what happened back to the coordinator's inbox:
     ("ended", lease, outcome)      the batch stopped; outcome is one of
         ("finished",)              every entry ran
         ("stopped", index)         the lease was lost or the worker is stopping
+        ("expired", index)         the lease may have expired by this process's clock: no
+                                   item starts until Redis confirms it (the zombie rule)
         ("failed", index, attempt, error_json)
         ("corrupt", index, reason) the entry cannot be decoded: no attempt can fix it
 
@@ -141,6 +143,8 @@ class BatchRunner:
             for index, raw in enumerate(entries):
                 if lease.stop:
                     return ("stopped", index)
+                if lease.may_have_expired():
+                    return ("expired", index)
                 try:
                     head, _, payload = raw.partition(b"|")
                     offset = int(head)

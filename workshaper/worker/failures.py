@@ -89,6 +89,8 @@ class Failures:
         lease.failure = None
         state, dispatcher = self._state, self._dispatcher
         state.stats["failed"] += 1
+        if code in (RETRY, DEAD_LETTERED):  # the script extended the lease
+            state.extended(lease)
         if code < 0:
             dispatcher.fenced(lease, "failure record")
         elif code == RETRY:  # the same item after a backoff; the lease is kept meanwhile

@@ -28,6 +28,19 @@ REPORTING, WAITING = "reporting", "waiting"
 #: How long a lease may keep a sub key while others of its partition wait (fairness).
 LEASE_QUANTUM = 1.0
 
+#: Part of the lease kept as a safety margin by the zombie rule (see ``Lease.may_have_expired``):
+#: no item starts later than ``lease * (1 - LEASE_MARGIN)`` after the last confirmed extension
+#: was sent. Covers the drift between this host's and Redis's clocks over one lease.
+LEASE_MARGIN = 0.1
+
+_monotonic = time.monotonic
+
+
+def clock() -> float:
+    """CLOCK_MONOTONIC, read through a module global so a test can move it."""
+    return _monotonic()
+
+
 #: What the completion of a batch asks of its lease (complete_items.lua): keep it, continue
 #: with the next batch, yield (continue unless others wait), or release it.
 KEEP, CONTINUE, YIELD, RELEASE = "k", "c", "y", "r"
@@ -62,6 +75,10 @@ class Lease:
     read_to_end: bool = False
     lost: bool = False
     isolated: bool = False  # flagged in Redis as running alone in this process
+    #: clock() after which the lease may have expired in Redis: counted from when the claim or
+    #: the last extension Redis confirmed was *sent*, minus LEASE_MARGIN. Written by the
+    #: coordinator, read by the executor before each item (a float: atomic).
+    valid_until: float = 0.0
 
     @property
     def key(self) -> tuple[int, bytes]:
@@ -76,6 +93,17 @@ class Lease:
         if self.entries[0].startswith(offset + b"|"):
             return int(count) + 1
         return 1
+
+    def extended(self, sent: float, lease_seconds: float) -> None:
+        """Redis extended the lease (claim, renewal, completion, failure) in a round trip sent
+        at ``sent``: its deadline there is at least ``sent + lease_seconds``."""
+        self.valid_until = max(self.valid_until, sent + lease_seconds * (1 - LEASE_MARGIN))
+
+    def may_have_expired(self) -> bool:
+        """The zombie rule: once True, no item of the lease may start until Redis confirms the
+        lease again. A process paused past its lease (SIGSTOP, a long GC, a frozen VM) would
+        otherwise wake up and start items that the new leaseholder has already run."""
+        return clock() >= self.valid_until
 
     def hand_back(self) -> None:
         """Give the sub key back without running its batch: released in the next round trip."""

@@ -32,7 +32,11 @@ class Renewals:
         return handlers
 
     def _renewed(self, leases: list[Lease], reply: Reply[list[int]]) -> None:
-        for index in reply.get():
+        lost = reply.get()
+        for index, lease in enumerate(leases):
+            if index not in lost:
+                self._state.extended(lease)
+        for index in lost:
             lease = leases[index]
             # A completion earlier in this round trip may have released it (queue empty):
             # that is not a lost lease.

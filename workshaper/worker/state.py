@@ -21,6 +21,8 @@ def new_stats() -> dict[str, int]:
         "dead_lettered": 0,
         "fenced": 0,
         "reaped": 0,
+        # batches stopped before an item because the lease may have expired (zombie rule)
+        "expired": 0,
     }
 
 
@@ -32,6 +34,13 @@ class CoordinatorState:
     #: Partitions whose wake-up bell to ring in the next round trip (others may claim there).
     wakes: set[int] = field(default_factory=set)
     stats: dict[str, int] = field(default_factory=new_stats)
+    #: lease.clock() when the current round trip was sent: a lease that Redis extends in it is
+    #: valid until at least then + the lease duration (Lease.extended).
+    sent_at: float = 0.0
+
+    def extended(self, lease: Lease) -> None:
+        """Redis extended ``lease`` in the current round trip."""
+        lease.extended(self.sent_at, self.settings.lease_seconds)
 
     @property
     def stopping(self) -> bool:
