@@ -15,6 +15,7 @@ from workshaper import codec
 from workshaper.admin import Admin
 from workshaper.connection import Backend
 from workshaper.keys import NamespaceKeys
+from workshaper.testing import RedisServer
 
 from .conftest import wait_for
 from .test_worker import Recorder, run_items
@@ -185,3 +186,33 @@ def test_no_item_starts_once_the_lease_may_have_expired_by_the_workers_clock(
     assert calls == [0, 1, 2]  # the lease was still ours: the rest ran once, after asking
     assert worker.stats["expired"] == 1
     assert "lease may have expired" in caplog.text
+
+
+def test_a_worker_backs_off_while_redis_is_at_maxmemory_and_resumes(
+    namespace: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Item 8, worker side: an -OOM reply (a renewal, a failure record) ended the worker loop
+    # for good.
+    server = RedisServer().start()
+    try:
+        client = server.client()
+        with workshaper.Producer(server.url, namespace) as producer:
+            producer.enqueue_many([("a", "m", 0, o) for o in range(3)])
+            client.config_set("maxmemory", 1)  # every write that grows memory is refused
+            rec = Recorder(fail_first={1: 1})  # its failure record must be written
+            with caplog.at_level(logging.WARNING):
+                worker = workshaper.Worker(
+                    server.url, namespace, work=rec, retry_backoff=0.01
+                ).start()
+                try:
+                    wait_for(lambda: "out of memory" in caplog.text, timeout=30)
+                    wait_for(lambda: rec.attempts(1) == [1])
+                    assert worker._thread is not None and worker._thread.is_alive()
+                    client.config_set("maxmemory", 0)  # memory freed
+                    assert producer.flush(timeout=30)
+                finally:
+                    worker.stop(10)
+        assert rec.order("a") == [0, 1, 1, 2]
+        assert "crashed" not in caplog.text
+    finally:
+        server.stop()

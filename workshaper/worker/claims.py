@@ -82,8 +82,8 @@ class Claims:
         return handlers
 
     def _claimed(self, claim: _Claim, reply: Reply[tuple[int, list[scripts.Claimed]]]) -> None:
+        ready_left, claimed = reply.get()  # first: a refused claim (-OOM) stays pending
         self._pending.remove(claim)
-        ready_left, claimed = reply.get()
         self._prefetch.claim_left(ready_left)
         state = self._state
         pkeys = state.settings.keys.partition(claim.partition)

@@ -17,7 +17,8 @@ from typing import Any
 
 import redis
 
-from workshaper.batch import Batch, Link
+from workshaper.batch import Batch, Link, Reply
+from workshaper.errors import ScriptError
 from workshaper.worker.claims import Claims
 from workshaper.worker.completions import Completions, collect
 from workshaper.worker.dispatch import Dispatcher
@@ -66,6 +67,7 @@ class Coordinator:
         self.reaper = Reaper(state)
         self.registry = Registry(state)
         self.stop_deadline: float | None = None
+        self._oom_delay = 0.0  # the current backoff while Redis is out of memory, else 0
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -80,7 +82,7 @@ class Coordinator:
                     break
             self.failures.run_due_retries()
             try:
-                self._round_trip()
+                refused = self._round_trip()
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 self._link.broken()
                 log.warning("Redis unreachable (%s); retrying in %.2fs", exc, retry_delay)
@@ -88,7 +90,28 @@ class Coordinator:
                 retry_delay = min(retry_delay * 2, REDIS_RETRY_MAX)
                 continue
             retry_delay = REDIS_RETRY_MIN
+            self._out_of_memory(refused)
             self._waker.publish_free_slots(self.claims.wanted())
+
+    def _out_of_memory(self, refused: int) -> None:
+        """Redis at maxmemory refuses writes that grow memory (-OOM): the refused ops stay
+        queued (each part applies a reply only once it got one) and are sent again after a
+        backoff, doubling while Redis refuses, until memory is freed. Writes that free memory
+        (recording finished items, acks) still go through meanwhile."""
+        if not refused:
+            if self._oom_delay:
+                log.info("Redis accepts writes again; the refused ones were sent again")
+                self._oom_delay = 0.0
+            return
+        if not self._oom_delay:
+            log.warning(
+                "Redis is out of memory (maxmemory reached): %d write(s) refused; retrying "
+                "with backoff until memory is freed",
+                refused,
+            )
+        self._oom_delay = min(max(self._oom_delay * 2, REDIS_RETRY_MIN), REDIS_RETRY_MAX)
+        self.renewals.resend_soon()  # a refused renewal must not wait a full interval
+        time.sleep(self._oom_delay)
 
     def _drain_inbox(self, timeout: float) -> None:
         try:
@@ -167,7 +190,8 @@ class Coordinator:
 
     # --- one round trip ----------------------------------------------------------------------
 
-    def _round_trip(self) -> None:
+    def _round_trip(self) -> int:
+        """One round trip; returns how many ops Redis refused for lack of memory."""
         now = time.monotonic()
         batch = self._link.batch()
         handlers: list[Handler] = []
@@ -185,7 +209,7 @@ class Coordinator:
             handlers += self.registry.add_prune(batch, now)
         handlers += self._add_wakes(batch)
         if not len(batch):
-            return
+            return 0
         sent = time.monotonic()
         self.state.sent_at = lease_clock()
         try:
@@ -196,18 +220,30 @@ class Coordinator:
             self.reaper.resend_soon()
             raise
         self.prefetch.round_trip_took(time.monotonic() - sent)
+        refused = 0
         for handle in handlers:
-            handle()
+            try:
+                handle()
+            except ScriptError as exc:
+                if not isinstance(exc.__cause__, redis.exceptions.OutOfMemoryError):
+                    raise
+                refused += 1  # nothing applied: the op is sent again (see _out_of_memory)
+        return refused
 
     def _add_wakes(self, batch: Batch) -> list[Handler]:
         wakes = self.state.wakes
         if not wakes:
             return []
         rung = sorted(wakes)
-        batch.command(
+        reply: Reply[Any] = batch.command(
             "ZADD",
             self.state.settings.keys.wake,
             "NX",
             *[x for p in rung for x in (time.time(), p)],
         )
-        return [lambda: wakes.difference_update(rung)]
+
+        def rang() -> None:
+            reply.get()  # a refused bell (-OOM) stays to be rung again
+            wakes.difference_update(rung)
+
+        return [rang]
