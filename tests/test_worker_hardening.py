@@ -15,7 +15,7 @@ from workshaper import codec
 from workshaper.admin import Admin
 from workshaper.connection import Backend
 from workshaper.keys import NamespaceKeys
-from workshaper.testing import RedisServer
+from workshaper_tools.testing import RedisServer
 
 from .conftest import wait_for
 from .test_worker import Recorder, run_items

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import workshaper
 from workshaper.admin import Admin
-from workshaper.testing import RedisServer
-from workshaper.testing.journal import read_journal
+from workshaper_tools.testing import RedisServer
+from workshaper_tools.testing.journal import read_journal
 
 from .conftest import wait_for
 from .fleet import fleet
