@@ -164,3 +164,17 @@ class NamespaceKeys:
 def _partition_keys(namespace: str, partition: int) -> PartitionKeys:
     """Key names are built once per (namespace, partition): the hot paths ask for them a lot."""
     return PartitionKeys(namespace, partition)
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal inside a Redis glob pattern (ACL key patterns, SCAN MATCH)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def namespace_key_patterns(namespace: str) -> tuple[str, str]:
+    """Glob patterns (as Redis ACLs take them) matching every key of ``namespace`` and no key
+    of another namespace: its ``{namespace}`` keys and its ``{namespace:partition}`` keys.
+    Namespaces contain no ':' or '}' (codec.check_namespace), so ``ws:{a:*`` cannot match a
+    key of a namespace "a:b" or "ab"."""
+    ns = _glob_escape(namespace)
+    return (f"{PREFIX}:{{{ns}}}:*", f"{PREFIX}:{{{ns}:*")

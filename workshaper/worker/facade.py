@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any
 
 from workshaper import codec
+from workshaper.access import check_worker_access
 from workshaper.batch import Link
 from workshaper.connection import Backend, connect
 from workshaper.lua_scripts import register_scripts
@@ -72,6 +73,12 @@ class Worker:
         self._settings = settings
         self._owns_backend = not isinstance(redis, Backend)
         self._backend = connect(redis)
+        try:
+            check_worker_access(self._backend, settings.keys, settings.id)
+        except Exception:
+            if self._owns_backend:
+                self._backend.close()
+            raise
         self._state = CoordinatorState(settings)
         self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._link = Link(self._backend)  # the coordinator's connection

@@ -1,0 +1,141 @@
+"""Least-privilege Redis ACLs: the commands and key patterns each role needs in one namespace.
+
+Three roles:
+
+- ``worker``: runs items (claims, completes, fails, renews and reaps leases, blocks on the
+  wake-up bell, keeps its registry entry);
+- ``producer``: enqueues, advances and records watermarks (also the Kafka bridge);
+- ``admin``: read-only status, dead letters, blocked sub keys and workers (``workshaper status``
+  and friends); unblocking or purging needs a user with the producer's or worker's rights.
+
+Commands that run inside the Lua scripts are checked by Redis against the caller's ACL too
+(Redis 7), so each role lists them. Keys are limited to the namespace's patterns
+(``keys.namespace_key_patterns``); the admin's are read-only (``%R~``). No role gets a pub/sub
+channel, KEYS, SCAN, FLUSH*, CONFIG, or EVAL of a script text.
+
+``acl_setuser(role, namespace, user)`` gives the ``ACL SETUSER`` line; it sets permissions only
+and leaves the user's passwords and on/off state alone (see docs/security.md).
+"""
+
+from __future__ import annotations
+
+import redis
+
+from workshaper import codec
+from workshaper.connection import Backend, access_denied
+from workshaper.errors import BackendUnavailable, InvalidInput
+from workshaper.keys import NamespaceKeys, namespace_key_patterns
+from workshaper.lua_scripts import register_scripts
+
+ROLES = ("worker", "producer", "admin")
+
+#: Every connection: health checks and the database of the URL. (redis-py also sends CLIENT
+#: SETINFO on connect and ignores a refusal; Redis 7.0 has no such subcommand to allow.)
+_CONNECTION = ("ping", "select")
+#: Running the Lua scripts: by SHA only, loading them after a restart or a failover.
+_SCRIPTS = ("evalsha", "script|load")
+#: What includes/partition.lua, shared by every script, may call.
+_PARTITION_LUA = (
+    "exists",
+    "hdel",
+    "hget",
+    "hset",
+    "lindex",
+    "llen",
+    "lpop",
+    "rpush",
+    "time",
+    "zadd",
+    "zrange",
+    "zrem",
+)
+
+COMMANDS: dict[str, tuple[str, ...]] = {
+    "worker": (
+        *_CONNECTION,
+        *_SCRIPTS,
+        *_PARTITION_LUA,
+        # the worker's scripts (claim, complete, fail, extend, reap, isolate)
+        "get",
+        "set",
+        "hexists",
+        "hincrby",
+        "hmget",
+        "lrange",
+        "ltrim",
+        "zrangebyscore",
+        "zscore",
+        # sent directly: the wake-up bell, the partition index, first reads, the registry
+        "bzpopmin",
+        "smembers",
+    ),
+    "producer": (
+        *_CONNECTION,
+        *_SCRIPTS,
+        *_PARTITION_LUA,
+        # the producer's scripts (enqueue, offer and commit watermarks)
+        "hmget",
+        "linsert",
+        "lrange",
+        "ltrim",
+        # sent directly: the partition index, the acked watermark
+        "sadd",
+    ),
+    "admin": (
+        *_CONNECTION,
+        "smembers",
+        "hget",
+        "hgetall",
+        "hlen",
+        "llen",
+        "zcard",
+        "zrange",
+    ),
+}
+
+
+def check_role(role: str) -> str:
+    if role not in ROLES:
+        raise InvalidInput(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    return role
+
+
+def default_user(role: str, namespace: str) -> str:
+    return f"ws-{check_role(role)}-{namespace}"
+
+
+def acl_rules(role: str, namespace: str) -> list[str]:
+    """The ACL rules of ``role`` in ``namespace``, from a clean slate of permissions."""
+    codec.check_namespace(namespace)
+    check_role(role)
+    key_prefix = "%R~" if role == "admin" else "~"
+    return [
+        "resetkeys",
+        "resetchannels",
+        "-@all",
+        *(f"+{c}" for c in sorted(set(COMMANDS[role]))),
+        *(key_prefix + p for p in namespace_key_patterns(namespace)),
+    ]
+
+
+def acl_setuser(role: str, namespace: str, user: str | None = None) -> str:
+    """The ``ACL SETUSER`` command line (redis-cli syntax) for ``role`` in ``namespace``."""
+    name = user or default_user(role, namespace)
+    if not name or any(c.isspace() for c in name):
+        raise InvalidInput(f"user name {name!r} must be non-empty and have no whitespace")
+    return " ".join(["ACL", "SETUSER", name, *acl_rules(role, namespace)])
+
+
+def check_worker_access(backend: Backend, keys: NamespaceKeys, worker_id: str) -> None:
+    """Fail fast, at startup, when the user's ACL lacks what a worker needs first: loading the
+    scripts and writing the namespace's keys. Raises AccessDenied naming the refusal (the CLI
+    exits 2 with that one line) instead of a worker that starts and then fails every turn."""
+    try:
+        register_scripts(backend)
+        backend.client.smembers(keys.partitions)
+        # This worker has no registry entry yet: a write of the namespace that changes nothing.
+        backend.client.hdel(keys.workers, worker_id)
+    except redis.exceptions.NoPermissionError as exc:
+        raise access_denied(backend, exc) from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise BackendUnavailable(f"lost Redis at {backend.where} at startup: {exc}") from None
