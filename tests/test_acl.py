@@ -135,3 +135,14 @@ def test_acl_denial_at_worker_startup_exits_2_with_one_line(
 def test_acl_denial_in_the_library_is_access_denied(server: RedisServer) -> None:
     with pytest.raises(AccessDenied, match="denied access"):
         workshaper.Worker(url(server, "worker", OTHER), NS, work=print)
+
+
+def test_every_script_belongs_to_a_role() -> None:
+    """A new script must be given to the role that runs it, or its commands are missing from
+    that role's ACL (the commands are read from the script sources)."""
+    from workshaper.access import ACTION_SCRIPTS, ROLE_SCRIPTS, script_commands
+    from workshaper.lua_scripts import SCRIPT_NAMES
+
+    assigned = {n for names in ROLE_SCRIPTS.values() for n in names} | set(ACTION_SCRIPTS)
+    assert assigned == set(SCRIPT_NAMES)
+    assert {"hset", "time"} <= script_commands("register_worker")

@@ -19,13 +19,15 @@ and leaves the user's passwords and on/off state alone (see docs/security.md).
 
 from __future__ import annotations
 
+import re
+
 import redis
 
 from workshaper import codec
 from workshaper.connection import Backend, access_denied
 from workshaper.errors import BackendUnavailable, InvalidInput
 from workshaper.keys import NamespaceKeys, namespace_key_patterns
-from workshaper.lua_scripts import register_scripts
+from workshaper.lua_scripts import load_script, register_scripts
 
 ROLES = ("worker", "producer", "admin")
 
@@ -34,64 +36,55 @@ ROLES = ("worker", "producer", "admin")
 _CONNECTION = ("ping", "select")
 #: Running the Lua scripts: by SHA only, loading them after a restart or a failover.
 _SCRIPTS = ("evalsha", "script|load")
-#: What includes/partition.lua, shared by every script, may call.
-_PARTITION_LUA = (
-    "exists",
-    "hdel",
-    "hget",
-    "hset",
-    "lindex",
-    "llen",
-    "lpop",
-    "rpush",
-    "time",
-    "zadd",
-    "zrange",
-    "zrem",
-)
 
-COMMANDS: dict[str, tuple[str, ...]] = {
+#: The Lua scripts each role runs. The commands they call are read from their sources (Redis
+#: checks each ``redis.call`` against the caller's ACL), so a changed script changes the ACL.
+ROLE_SCRIPTS: dict[str, tuple[str, ...]] = {
     "worker": (
-        *_CONNECTION,
-        *_SCRIPTS,
-        *_PARTITION_LUA,
-        # the worker's scripts (claim, complete, fail, extend, reap, isolate)
-        "get",
-        "set",
-        "hexists",
-        "hincrby",
-        "hmget",
-        "lrange",
-        "ltrim",
-        "zrangebyscore",
-        "zscore",
-        # sent directly: the wake-up bell, the partition index, first reads, the registry
-        "bzpopmin",
-        "smembers",
+        "claim_sub_keys",
+        "complete_items",
+        "fail_item",
+        "extend_leases",
+        "expire_lease",
+        "mark_isolated",
+        "reaper_lock",
+        "register_worker",
+        "prune_workers",
     ),
-    "producer": (
-        *_CONNECTION,
-        *_SCRIPTS,
-        *_PARTITION_LUA,
-        # the producer's scripts (enqueue, offer and commit watermarks)
-        "hmget",
-        "linsert",
-        "lrange",
-        "ltrim",
-        # sent directly: the partition index, the acked watermark
-        "sadd",
-    ),
-    "admin": (
-        *_CONNECTION,
-        "smembers",
-        "hget",
-        "hgetall",
-        "hlen",
-        "llen",
-        "zcard",
-        "zrange",
-    ),
+    "producer": ("enqueue_items", "offer_watermark", "commit_watermark"),
+    "admin": (),
 }
+#: Scripts of operator actions that change state (``unblock``): no role of its own; run them
+#: as a worker or producer user.
+ACTION_SCRIPTS = ("unblock_sub_key",)
+
+#: Commands each role sends itself, outside the scripts.
+DIRECT_COMMANDS: dict[str, tuple[str, ...]] = {
+    # the wake-up bell, the partition index, first reads, the reaper's lease scan and lock
+    "worker": ("bzpopmin", "zadd", "smembers", "lrange", "llen", "zrangebyscore", "pttl", "hdel"),
+    # the partition index, the wake-up bell, the acked watermark
+    "producer": ("sadd", "zadd", "hget"),
+    # status, dead letters, blocked sub keys, workers
+    "admin": ("smembers", "hget", "hgetall", "hlen", "llen", "zcard", "zrange"),
+}
+
+_CALL = re.compile(r"""redis\.p?call\(\s*['"]([A-Za-z]+)['"]""")
+
+
+def script_commands(name: str) -> set[str]:
+    """The commands the script ``name`` (with its includes) may call, lower case."""
+    return {c.lower() for c in _CALL.findall(load_script(name).source)}
+
+
+def role_commands(role: str) -> list[str]:
+    """Every command ``role`` needs, sorted."""
+    check_role(role)
+    commands = {*_CONNECTION, *DIRECT_COMMANDS[role]}
+    if ROLE_SCRIPTS[role]:
+        commands.update(_SCRIPTS)
+    for name in ROLE_SCRIPTS[role]:
+        commands |= script_commands(name)
+    return sorted(commands)
 
 
 def check_role(role: str) -> str:
@@ -113,7 +106,7 @@ def acl_rules(role: str, namespace: str) -> list[str]:
         "resetkeys",
         "resetchannels",
         "-@all",
-        *(f"+{c}" for c in sorted(set(COMMANDS[role]))),
+        *(f"+{c}" for c in role_commands(role)),
         *(key_prefix + p for p in namespace_key_patterns(namespace)),
     ]
 
