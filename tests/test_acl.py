@@ -18,7 +18,7 @@ from workshaper.admin import Admin
 from workshaper.errors import AccessDenied, InvalidInput
 from workshaper.keys import NamespaceKeys
 from workshaper.lua_scripts import load_script
-from workshaper.testing import RedisServer
+from workshaper_tools.testing import RedisServer
 
 from .conftest import _need_redis_server
 
@@ -119,7 +119,8 @@ def test_acl_denial_at_worker_startup_exits_2_with_one_line(
     server: RedisServer, role: str, namespace: str
 ) -> None:
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "workshaper-worker"), "workshaper.testing.journal:work",
+        [str(Path(sys.executable).parent / "workshaper-worker"),
+         "workshaper_tools.testing.journal:work",
          "--redis", url(server, role, namespace), "--namespace", NS],
         capture_output=True,
         text=True,
@@ -146,3 +147,15 @@ def test_every_script_belongs_to_a_role() -> None:
     assigned = {n for names in ROLE_SCRIPTS.values() for n in names} | set(ACTION_SCRIPTS)
     assert assigned == set(SCRIPT_NAMES)
     assert {"hset", "time"} <= script_commands("register_worker")
+    assert "zrem" in script_commands("claim_sub_keys")  # through the chunking wrapper
+
+
+def test_every_redis_call_names_its_command() -> None:
+    """Commands are read from the sources: a call with a computed name would hide one. The
+    only such call is the chunking wrapper's, whose callers name the command."""
+    from workshaper.access import DYNAMIC_CALL
+    from workshaper.lua_scripts import SCRIPT_NAMES, load_script
+
+    for name in SCRIPT_NAMES:
+        lines = [ln for ln in load_script(name).source.splitlines() if DYNAMIC_CALL.search(ln)]
+        assert all("redis.call(command, key," in ln for ln in lines), (name, lines)

@@ -19,9 +19,9 @@ import redis.sentinel
 
 import workshaper
 from workshaper.admin import Admin
-from workshaper.testing import RedisServer, free_port
-from workshaper.testing.checker import Ack, PlannedItem, check
-from workshaper.testing.journal import read_journal
+from workshaper_tools.testing import RedisServer, free_port
+from workshaper_tools.testing.checker import Ack, PlannedItem, check
+from workshaper_tools.testing.journal import read_journal
 
 from .conftest import _need_redis_server, wait_for
 from .fleet import fleet

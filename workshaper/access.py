@@ -68,7 +68,11 @@ DIRECT_COMMANDS: dict[str, tuple[str, ...]] = {
     "admin": ("smembers", "hget", "hgetall", "hlen", "llen", "zcard", "zrange"),
 }
 
-_CALL = re.compile(r"""redis\.p?call\(\s*['"]([A-Za-z]+)['"]""")
+#: A command name at a call site: ``redis.call('HSET', ...)``, or through the chunking wrapper
+#: of includes/partition.lua, ``call_chunked('ZADD', ...)``.
+_CALL = re.compile(r"""(?:redis\.p?call|call_chunked)\(\s*['"]([A-Za-z]+)['"]""")
+#: A call site whose command is not written out (only the wrapper may have one).
+DYNAMIC_CALL = re.compile(r"""redis\.p?call\(\s*[^'"\s]""")
 
 
 def script_commands(name: str) -> set[str]:
