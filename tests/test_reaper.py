@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,38 @@ def test_one_scan_takes_back_thousands_of_expired_leases(
     finally:
         link.close()
         backend.close()
+
+
+# --- bells: the reaper's ready sweep is a safety net, not the hand-off path ------------------
+
+
+def test_a_sub_key_released_with_items_left_rings_its_bell(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """Other workers learned of such a sub key only from the reapers' reads of every ``ready``
+    list every second. The elected reaper reads each ready list only every few seconds now,
+    so the release itself must ring (here: a stop with items left)."""
+    keys = NamespaceKeys(namespace)
+    client = redis_server.client()
+    started = threading.Event()
+
+    def work(message: Any, partition: int, offset: int) -> None:
+        started.set()
+        time.sleep(0.05)
+
+    worker = workshaper.Worker(redis_server.url, namespace, work=work, concurrency=1, lease=60)
+    try:
+        with workshaper.Producer(redis_server.url, namespace) as producer:
+            producer.enqueue_many([("a", "m", 0, o) for o in range(200)])
+            worker.start()
+            assert started.wait(30)
+            wait_for(lambda: client.zcard(keys.wake) == 0, timeout=30)  # the worker popped it
+            assert worker.stop(timeout=30) is True
+        assert client.llen(keys.partition(0).ready) == 1  # "a" is runnable, items left
+        assert client.zscore(keys.wake, "0") is not None  # and its bell rang
+    finally:
+        worker.stop(timeout=10)
+        client.close()
 
 
 # --- takeover after SIGKILL: of a plain worker, and of the elected reaper ----------------------

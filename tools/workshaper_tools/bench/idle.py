@@ -75,10 +75,15 @@ class IdleCost:
 def idle_workers(
     url: str, workers: int, *, lease: float, log_dir: Path, pythonpath: str | None = None
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """W ``workshaper-worker`` processes running the bench's no-op handler, stopped after."""
+    """W ``workshaper-worker`` processes running the bench's no-op handler, stopped after.
+    With ``pythonpath``, the workers run the code of its first tree: that tree comes first on
+    their path and is their working directory (``python -c`` puts the working directory before
+    everything else on the path: without it, the working tree's workers were measured twice)."""
     env = dict(os.environ, WS_BENCH_DIR=str(log_dir))
+    cwd = None
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath
+        cwd = pythonpath.split(os.pathsep)[0]
     argv = [
         *worker_command(),
         "workshaper_tools.bench.handlers:noop",
@@ -95,7 +100,9 @@ def idle_workers(
     try:
         for i in range(workers):
             with (log_dir / f"idle-worker-{i}.log").open("wb") as out:
-                procs.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env))
+                procs.append(
+                    subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+                )
         yield procs
     finally:
         for p in procs:
