@@ -3,6 +3,7 @@ re-sent batches, the embedded backend shared by a producer and a worker."""
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +19,7 @@ from workshaper import (
     ProducerClosed,
     RedisOutOfMemory,
 )
-from workshaper.connection import Backend
+from workshaper.connection import Backend, connect
 from workshaper_tools.testing import RedisServer
 
 from .conftest import wait_for
@@ -218,3 +219,91 @@ def test_producer_none_and_worker_none_share_the_embedded_backend(namespace: str
     admin.close()
     with workshaper.Manager(work=lambda m, p, o: None, namespace=namespace) as manager:
         assert manager.enqueue("a", "m", 0, 0) is Enqueued.ACCEPTED  # not ALREADY_ACKED
+
+
+@pytest.mark.parametrize("field", ["partition", "offset"])
+def test_huge_int_partition_or_offset_names_the_field(
+    backend: Backend, namespace: str, field: str
+) -> None:  # found by tests/test_fuzz.py: the error message itself raised ValueError
+    item: list[object] = ["k", "m", 0, 0]
+    item[2 if field == "partition" else 3] = -(10**5000)
+    with (
+        workshaper.Producer(backend, namespace) as producer,
+        pytest.raises(InvalidInput, match=f"{field} must be an int .* of 16610 bits"),
+    ):
+        producer.enqueue(*item)  # type: ignore[arg-type]
+
+
+def test_closing_a_producer_leaves_a_shared_backend_open(
+    redis_server: RedisServer, namespace: str
+) -> None:  # found by tests/test_fuzz.py: the worker on the same Backend died
+    backend = connect(redis_server.url)
+    runs: list[int] = []
+    worker = workshaper.Worker(backend, namespace, work=lambda m, p, o: runs.append(o)).start()
+    try:
+        for partition in range(3):
+            with workshaper.Producer(backend, namespace) as producer:
+                producer.enqueue("k", "m", partition, 0)
+                assert producer.flush(timeout=30)
+            assert not backend._closed  # closing it dropped the worker's connections
+        assert worker._thread is not None and worker._thread.is_alive()
+        assert backend.client.ping()
+    finally:
+        worker.stop(10)
+        backend.close()
+    assert runs == [0, 0, 0]
+
+
+# --- options found wrong by tests/test_fuzz.py (issue 8, item 14) -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"ack_interval": math.nan}, "ack_interval must be a finite number"),
+        ({"ack_interval": math.inf}, "ack_interval must be a finite number"),
+        ({"ack_interval": 3601.0}, "ack_interval must be at most 60"),
+        ({"ack_each": "no"}, "ack_each must be True or False"),
+        ({"max_message_bytes": 2**40}, "max_message_bytes must be at most"),
+        ({"namespace": "a\ud800"}, "namespace is not valid UTF-8"),
+    ],
+)
+def test_producer_options_that_would_break_it_later_are_refused(
+    backend: Backend, options: dict[str, Any], fragment: str
+) -> None:
+    with pytest.raises(InvalidInput, match=fragment):
+        workshaper.Producer(backend, **options)
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"lease": math.nan}, "lease must be a finite number"),
+        ({"lease": math.inf}, "lease must be a finite number"),
+        ({"lease": 1e300}, "lease must be at most 86400"),
+        ({"retry_backoff": math.nan}, "retry_backoff must be a finite number"),
+        ({"retry_backoff": math.inf}, "retry_backoff must be a finite number"),
+        ({"concurrency": 10**9}, "concurrency must be at most 10000"),
+        ({"batch_size": 10**30}, "batch_size must be at most 100000"),
+        ({"max_attempts": 10**30}, "max_attempts must be at most 1e"),
+        ({"prefetch": 10**9}, "prefetch must be at most 100000"),
+        ({"name": 5}, "name must be a str"),
+        ({"name": "w\ud800"}, "name is not valid UTF-8"),
+        ({"name": "two words"}, "without whitespace"),
+        ({"on_exhausted": ["block"]}, "on_exhausted must be"),
+    ],
+)
+def test_worker_options_that_would_kill_it_later_are_refused(
+    backend: Backend, options: dict[str, Any], fragment: str
+) -> None:
+    with pytest.raises(InvalidInput, match=fragment):
+        workshaper.Worker(backend, work=lambda m, p, o: None, **options)
+
+
+def test_manager_with_a_bad_worker_option_leaves_no_thread(backend: Backend) -> None:
+    before = set(threading.enumerate())
+    with pytest.raises(InvalidInput, match="lease"):
+        workshaper.Manager(lambda m, p, o: None, redis=backend, lease=-1)
+    with pytest.raises(TypeError, match="no_such_option"):
+        workshaper.Manager(lambda m, p, o: None, redis=backend, no_such_option=1)
+    assert set(threading.enumerate()) <= before

@@ -54,6 +54,7 @@ def check_namespace(namespace: object) -> str:
         )
     if len(namespace) > 200:
         raise InvalidInput(f"namespace is {len(namespace)} characters long; the limit is 200")
+    _utf8("namespace", namespace)
     return namespace
 
 
@@ -61,7 +62,8 @@ def _check_int(name: str, value: object, upper: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidType(f"{name} must be an int >= 0, got {type(value).__name__} {value!r}")
     if value < 0 or value > upper:
-        raise InvalidInput(f"{name} must be an int from 0 to {upper}, got {value}")
+        shown = value if abs(value) < 10**100 else f"an int of {value.bit_length()} bits"
+        raise InvalidInput(f"{name} must be an int from 0 to {upper}, got {shown}")
     return value
 
 
@@ -92,6 +94,11 @@ def _utf8(field: str, text: str) -> bytes:
             f"{field} is not valid UTF-8 text: {exc.reason} {text[exc.start : exc.end]!r}"
             f" at index {exc.start}"
         ) from None
+
+
+def check_text(field: str, text: str) -> None:
+    """Refuse a str that is not valid UTF-8 text (a lone surrogate), naming ``field``."""
+    _utf8(field, text)
 
 
 def encode_sub_key(sub_key: SubKey, offset: int) -> bytes:

@@ -49,24 +49,33 @@ class Manager:
         self._total_acked = 0
         # redis=None: a private embedded server, so each Manager starts empty like the seed's.
         self._backend = embedded_backend() if redis is None else connect(redis)
-        self._producer = Producer(
-            self._backend,
-            namespace,
-            max_in_queue=max_in_queue,
-            ack=self._ack,
-            ack_interval=ack_interval,
-            ack_each=ack_each,
-        )
-        self._worker = Worker(
-            self._backend,
-            namespace,
-            work=work,
-            on_done=on_done,
-            on_error=on_error,
-            concurrency=concurrency,
-            **worker_options,
-        )
-        self._worker.start()
+        try:
+            self._producer = Producer(
+                self._backend,
+                namespace,
+                max_in_queue=max_in_queue,
+                ack=self._ack,
+                ack_interval=ack_interval,
+                ack_each=ack_each,
+            )
+        except BaseException:
+            self._backend.close()
+            raise
+        try:
+            self._worker = Worker(
+                self._backend,
+                namespace,
+                work=work,
+                on_done=on_done,
+                on_error=on_error,
+                concurrency=concurrency,
+                **worker_options,
+            )
+            self._worker.start()
+        except BaseException:  # a bad worker option: leave no ack loop or connection behind
+            self._producer.close()
+            self._backend.close()
+            raise
         self._closed = False
 
     def _ack(self, partition: int, offset: int) -> None:

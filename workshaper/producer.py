@@ -27,7 +27,7 @@ from workshaper.errors import (
     ScriptError,
 )
 from workshaper.keys import NamespaceKeys, PartitionKeys
-from workshaper.options import check_positive
+from workshaper.options import check_bool, check_positive
 from workshaper.scripts import EncodedItem
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 #: Items per partition sent in one script call: large enough to amortise the round trip, small
 #: enough to keep one script's run (which blocks Redis) in the low milliseconds.
 MAX_ITEMS_PER_CALL = 1000
+#: Upper bounds of the options: beyond them a value is a typo, not a setting (an ack loop
+#: that sleeps for hours, a message Redis cannot store: 512 MB is its string limit).
+MAX_IN_QUEUE, MAX_ACK_INTERVAL, MAX_MESSAGE_BYTES = 10**9, 60.0, 512 * 1024 * 1024
 #: While a partition is full, how often to look again even without a local ack (another
 #: process may be acking it).
 FULL_RECHECK = 0.1
@@ -85,15 +88,18 @@ class Producer:
         recorded: AckCallback | None = None,
     ) -> None:
         codec.check_namespace(namespace)
-        check_positive("max_in_queue", max_in_queue)
-        check_positive("ack_interval", ack_interval, allow_float=True)
-        check_positive("max_message_bytes", max_message_bytes)
+        check_positive("max_in_queue", max_in_queue, maximum=MAX_IN_QUEUE)
+        check_positive("ack_interval", ack_interval, allow_float=True, maximum=MAX_ACK_INTERVAL)
+        check_positive("max_message_bytes", max_message_bytes, maximum=MAX_MESSAGE_BYTES)
+        check_bool("ack_each", ack_each)
         for label, fn in (("ack", ack), ("recorded", recorded)):
             if fn is not None and not callable(fn):
                 raise InvalidType(f"{label} must be callable, got {type(fn).__name__}")
         self.namespace = namespace
         self.max_in_queue = max_in_queue
         self.max_message_bytes = max_message_bytes
+        #: A Backend given by the caller may serve others (a worker, a Manager): not ours to close.
+        self._owns_backend = not isinstance(redis, Backend)
         self._backend: Backend = connect(redis)
         self._keys = NamespaceKeys(namespace)
         self._partition_keys: dict[int, PartitionKeys] = {}
@@ -353,7 +359,8 @@ class Producer:
         recorded = self._ack_loop.stop(timeout)
         with self._lock:
             self._link.close()
-        self._backend.close()
+        if self._owns_backend:
+            self._backend.close()
         return recorded
 
     def __enter__(self) -> Producer:

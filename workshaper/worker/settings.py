@@ -20,6 +20,22 @@ DEFAULT_BATCH_SIZE = 100
 MIN_LEASE_SECONDS = 0.05
 
 EXHAUSTED_MODES = {"dead_letter": "d", "block": "b"}
+#: Upper bounds of the options: beyond them a value is a typo, not a setting (threads a process
+#: cannot start, a lease or backoff that outlives any deploy, counts Lua cannot print exactly).
+MAX_CONCURRENCY, MAX_PREFETCH, MAX_BATCH_SIZE = 10_000, 100_000, 100_000
+MAX_LEASE_SECONDS, MAX_BACKOFF, MAX_ATTEMPTS = 86_400.0, 3_600.0, 1_000_000
+MAX_NAME_LENGTH = 200
+
+
+def check_worker_name(name: object) -> None:
+    """A worker name is part of key names and records: printable UTF-8 text, no whitespace."""
+    if not isinstance(name, str):
+        raise InvalidType(f"name must be a str, got {type(name).__name__}")
+    if not 0 < len(name) <= MAX_NAME_LENGTH:
+        raise InvalidInput(f"name must have 1 to {MAX_NAME_LENGTH} characters, got {len(name)}")
+    codec.check_text("name", name)
+    if not name.isprintable() or any(c.isspace() for c in name):
+        raise InvalidInput(f"name {name!r} must be printable, without whitespace")
 
 
 @dataclass(frozen=True)
@@ -73,15 +89,15 @@ def worker_settings(
 ) -> WorkerSettings:
     """Check every option (nothing connects before this passed) and fill in the defaults."""
     codec.check_namespace(namespace)
-    check_positive("concurrency", concurrency)
-    check_positive("lease", lease, allow_float=True)
-    check_positive("max_attempts", max_attempts)
-    check_positive("batch_size", batch_size)
-    if isinstance(retry_backoff, bool) or not isinstance(retry_backoff, int | float):
+    check_positive("concurrency", concurrency, maximum=MAX_CONCURRENCY)
+    check_positive("lease", lease, allow_float=True, maximum=MAX_LEASE_SECONDS)
+    check_positive("max_attempts", max_attempts, maximum=MAX_ATTEMPTS)
+    check_positive("batch_size", batch_size, maximum=MAX_BATCH_SIZE)
+    if retry_backoff != 0:  # 0 (retry at once) is allowed
+        check_positive("retry_backoff", retry_backoff, allow_float=True, maximum=MAX_BACKOFF)
+    elif isinstance(retry_backoff, bool) or not isinstance(retry_backoff, int | float):
         raise InvalidType(f"retry_backoff must be a number, got {retry_backoff!r}")
-    if retry_backoff < 0:
-        raise InvalidInput(f"retry_backoff must be >= 0, got {retry_backoff}")
-    if on_exhausted not in EXHAUSTED_MODES:
+    if not isinstance(on_exhausted, str) or on_exhausted not in EXHAUSTED_MODES:
         raise InvalidInput(f"on_exhausted must be 'dead_letter' or 'block', got {on_exhausted!r}")
     if lease < MIN_LEASE_SECONDS:
         raise InvalidInput(f"lease must be >= {MIN_LEASE_SECONDS} seconds, got {lease}")
@@ -89,6 +105,10 @@ def worker_settings(
         prefetch = 2 * concurrency
     elif isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
         raise InvalidInput(f"prefetch must be an int >= 0, got {prefetch!r}")
+    elif prefetch > MAX_PREFETCH:
+        raise InvalidInput(f"prefetch must be at most {MAX_PREFETCH}, got {prefetch!r}")
+    if name is not None:
+        check_worker_name(name)
     return WorkerSettings(
         id=name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}",
         namespace=namespace,
