@@ -574,6 +574,40 @@ def test_redis_outage_pauses_the_bridge_and_it_resumes(aof_harness: Harness) -> 
     assert first.error is None and first.paused() == set()
 
 
+def test_redis_restarted_from_an_older_snapshot_never_commits_past_lost_records(
+    kafka: str, tmp_path: Any
+) -> None:
+    """Redis restarts from a snapshot taken between two enqueued batches: the second batch is
+    gone. The bridge must notice at its next enqueue (Redis's highest accepted offset went
+    back), consume again from its last commit, and commit to the end only once every record
+    ran (the lost batch used to be committed past without running)."""
+    server = RedisServer(data_dir=tmp_path).start()  # snapshots only, taken by the test
+    h = Harness(kafka, server)
+    try:
+        topic = make_topic(h.kafka, 1)
+        journal = h.journal(topic)
+        first = produce(h.kafka, topic, [(0, b"k%d" % i, b"v") for i in range(5)])
+        bridge = h.bridge([topic])
+        h.offsets.wait_for(topic, {0: 5})
+        with server.client() as client:
+            client.save()  # the snapshot: offsets 0..4 enqueued and acked
+        h.workers.pop().stop(timeout=10)  # no worker holds the next batch in memory
+        lost = produce(h.kafka, topic, [(0, b"k%d" % i, b"v") for i in range(5)])
+        wait_for(lambda: bridge.stats["accepted"] == 10, timeout=WAIT)
+        server.kill()
+        server.start()  # loads the snapshot: offsets 5..9 are gone
+        h.worker(topic, journal.work)
+        later = produce(h.kafka, topic, [(0, b"k%d" % i, b"v") for i in range(5)])
+        h.offsets.wait_for(topic, {0: 15})
+        assert set(first + lost + later) <= journal.ended(), "a record was committed unrun"
+        assert bridge.stats["rewinds"] == 1
+    finally:
+        try:
+            h.close()
+        finally:
+            server.stop()
+
+
 # --- validation (no broker needed) -------------------------------------------------------------
 
 

@@ -48,6 +48,22 @@ class RedisOutOfMemory(WorkShaperError):
         self.statuses = statuses or []
 
 
+class RedisLostWrites(WorkShaperError):
+    """Redis no longer holds items it accepted from this producer: the highest accepted offset
+    of ``partitions`` went below one it acknowledged before (Redis restarted from an older
+    snapshot, or failed over to a replica that lagged). Nothing of these partitions' items
+    was written, so nothing later can be acked past the lost ones. They never run unless
+    enqueued again: enqueue again from the last offset known finished (for a Kafka consumer,
+    the committed offset). ``statuses`` as in QueueFull."""
+
+    def __init__(
+        self, message: str, partitions: list[int], statuses: list[object] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.partitions = partitions
+        self.statuses = statuses or []
+
+
 class BackendUnavailable(WorkShaperError, ConnectionError):
     """Redis could not be reached or refused our credentials. The message names host and port;
     the password is never shown."""

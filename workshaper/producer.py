@@ -23,6 +23,7 @@ from workshaper.errors import (
     InvalidType,
     ProducerClosed,
     QueueFull,
+    RedisLostWrites,
     RedisOutOfMemory,
     ScriptError,
 )
@@ -56,6 +57,8 @@ _FULL = 3
 #: Covered by a watermark offered to ack but not committed (its producer may have died between
 #: ack and commit): reported as ALREADY_ACKED, but flush still waits for that ack.
 _BEING_ACKED = 4
+#: The partition's highest accepted offset went below one this producer saw accepted.
+_LOST = 5
 
 Item = tuple[codec.SubKey, codec.Message, int, int]
 
@@ -107,6 +110,9 @@ class Producer:
         #: Enqueue request ids are unique across processes and restarts: a random prefix.
         self._producer_id = uuid.uuid4().hex[:16]
         self._requests = 0
+        #: partition -> the highest offset Redis accepted from this producer (or found there as
+        #: a duplicate); Redis holding less later means it lost writes.
+        self._highest: dict[int, int] = {}
         self._unrung: set[int] = set()  # partitions whose wake-up bell Redis refused to ring
         self._lock = threading.Lock()  # one enqueue at a time keeps per-partition order
         self._link = Link(self._backend)  # used under the lock only
@@ -243,6 +249,7 @@ class Producer:
                 [item for _, item in chunk],
                 self.max_in_queue,
                 request_id,
+                expected_highest=self._highest.get(partition, -1),
             )
             sent[partition] = (chunk, reply)
         # Ring the wake-up bell for every partition written to (a cheap no-op when it rings),
@@ -264,6 +271,7 @@ class Producer:
         self._unrung = set(rung) if bell.error is not None else set()
         full: list[int] = []
         out_of_memory: list[int] = []
+        lost: list[int] = []
         failed: ScriptError | None = None
         for partition, (chunk, reply) in sent.items():
             try:
@@ -274,8 +282,13 @@ class Producer:
                 else:
                     failed = failed or exc
                 continue
+            if codes and codes[0] == _LOST:
+                lost.append(partition)
+                continue
             to_ack = -1  # the highest offset this producer must see acked
             for (index, item), code in zip(chunk, codes, strict=True):
+                if code in (0, 1) and item.offset > self._highest.get(partition, -1):
+                    self._highest[partition] = item.offset
                 if code == _FULL:
                     full.append(partition)
                     self._ack_loop.watch_full(partition)
@@ -293,6 +306,24 @@ class Producer:
                 f" {', partition '.join(map(str, out_of_memory))} of namespace"
                 f" {self.namespace!r}; let workers drain or raise maxmemory, then enqueue the"
                 " same items again (statuses say which were written)",
+                list(statuses),
+            )
+        if lost:
+            for partition in lost:  # from now on, check against what Redis holds again
+                self._highest.pop(partition, None)
+            log.error(
+                "Redis at %s lost writes of namespace %r: partition(s) %s hold less than they"
+                " accepted from this producer; nothing was written to them",
+                self._backend.where,
+                self.namespace,
+                lost,
+            )
+            raise RedisLostWrites(
+                f"Redis at {self._backend.where} lost items of namespace {self.namespace!r}"
+                f" partition(s) {lost} it had accepted (restarted from an older snapshot, or a"
+                " failover): nothing was written to them; enqueue again from the last offset"
+                " known finished",
+                lost,
                 list(statuses),
             )
         if failed is not None:

@@ -24,8 +24,12 @@ def enqueue_items(
     items: Sequence[EncodedItem],
     max_in_queue: int,
     request_id: str | None = None,
+    *,
+    expected_highest: int = -1,
 ) -> Reply[list[int]]:
-    """Statuses per item: 0 accepted, 1 duplicate, 2 already acked, 3 full, 4 being acked.
+    """Statuses per item: 0 accepted, 1 duplicate, 2 already acked, 3 full, 4 being acked,
+    5 lost writes (the partition's highest accepted offset is below ``expected_highest``:
+    nothing written).
 
     ``request_id`` must be unique per call across processes (default: a random one): a re-sent
     call (same id) gets the answer of its first run.
@@ -49,7 +53,15 @@ def enqueue_items(
         groups.append(group)
     if request_id is None:
         request_id = uuid.uuid4().hex
-    args: list[Any] = [request_id, max_in_queue, len(items), len(subs), *offsets, *groups]
+    args: list[Any] = [
+        request_id,
+        max_in_queue,
+        expected_highest,
+        len(items),
+        len(subs),
+        *offsets,
+        *groups,
+    ]
     for sub, group_entries in zip(subs, entries, strict=True):
         args += (sub, len(group_entries), *group_entries)
     count = len(items)

@@ -115,6 +115,7 @@ class KafkaBridge:
                 "skipped_commits",
                 "pauses",
                 "resumes",
+                "rewinds",
             ),
             0,
         )

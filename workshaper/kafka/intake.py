@@ -21,7 +21,13 @@ import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from workshaper import codec
-from workshaper.errors import BackendUnavailable, InvalidInput, QueueFull, RedisOutOfMemory
+from workshaper.errors import (
+    BackendUnavailable,
+    InvalidInput,
+    QueueFull,
+    RedisLostWrites,
+    RedisOutOfMemory,
+)
 from workshaper.kafka.offsets import OffsetTracker
 from workshaper.kafka.options import BACKLOG_RETRY, REDIS_RETRY, TP, MessageFn, SubKeyFn, coords
 from workshaper.producer import Enqueued, Producer
@@ -99,11 +105,12 @@ class Intake:
             if error is not None:
                 self._consumer_error(error)
                 continue
-            topic, partition, _ = coords(msg)
+            topic, partition, offset = coords(msg)
             tp = (topic, partition)
             if tp not in owned:
                 continue  # revoked inside this poll: the next owner gets it from Kafka
             self._stats["records"] += 1
+            self._tracker.consumed(tp, offset)
             backlog = self.backlog.get(tp)
             if backlog is not None:
                 backlog.append(msg)  # behind records that did not fit yet: keep the order
@@ -142,6 +149,14 @@ class Intake:
             statuses = list(producer.enqueue_many(items, timeout=0))
         except QueueFull as exc:
             statuses = list(exc.statuses)
+        except RedisLostWrites as exc:
+            statuses = list(exc.statuses)
+            statuses += [None] * (len(batch) - len(statuses))
+            lost = {(topic, p) for p in exc.partitions}
+            self._rewind(consumer, lost)
+            kept = [i for i, msg in enumerate(batch) if coords(msg)[:2] not in lost]
+            batch = [batch[i] for i in kept]
+            statuses = [statuses[i] for i in kept]
         except RedisOutOfMemory as exc:  # what was written stays; the rest waits for memory
             log.warning("topic %r: %s; pausing and retrying", topic, exc)
             statuses = list(exc.statuses)
@@ -229,6 +244,24 @@ class Intake:
         for tp in list(self.paused):
             if tp not in self.backlog:
                 self.resume(consumer, tp)
+
+    def _rewind(self, consumer: Consumer, tps: set[TP]) -> None:
+        """Redis lost records of ``tps`` it had accepted: consume them again from the last
+        commit (the Kafka commit never passed an unfinished record, and nothing after the
+        loss was written), so the lost records are enqueued again and run."""
+        for tp in sorted(tps):
+            self.backlog.pop(tp, None)
+            offset = self._tracker.restart_offset(tp)
+            self._stats["rewinds"] += 1
+            if offset is None:
+                continue
+            log.error(
+                "%s[%d]: Redis lost records it had accepted; consuming again from offset %d",
+                tp[0],
+                tp[1],
+                offset,
+            )
+            consumer.seek(TopicPartition(tp[0], tp[1], offset))
 
     def drop(self, consumer: Consumer, tps: Iterable[TP]) -> None:
         """Forget the backlog of ``tps`` (never written, and no commit passed it) and resume

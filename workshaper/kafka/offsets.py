@@ -31,6 +31,7 @@ class OffsetTracker:
         self._acked: dict[TP, int] = {}  # highest watermark known finished
         self._to_commit: dict[TP, int] = {}  # next offset to commit (watermark + 1)
         self._committed: dict[TP, int] = {}  # last offset this bridge committed
+        self._first: dict[TP, int] = {}  # first offset consumed since the assignment
 
     # --- ownership ---------------------------------------------------------------------------
 
@@ -48,7 +49,13 @@ class OffsetTracker:
 
     def _forget(self, tps: Iterable[TP]) -> None:
         for tp in tps:
-            for state in (self._targets, self._acked, self._to_commit, self._committed):
+            for state in (
+                self._targets,
+                self._acked,
+                self._to_commit,
+                self._committed,
+                self._first,
+            ):
                 state.pop(tp, None)
 
     def committed(self) -> dict[TP, int]:
@@ -57,6 +64,17 @@ class OffsetTracker:
             return {tp: o for tp, o in self._committed.items() if tp in self.owned}
 
     # --- enqueues and acks -------------------------------------------------------------------
+
+    def consumed(self, tp: TP, offset: int) -> None:
+        """A record of ``tp`` was consumed (poll thread)."""
+        with self.cond:
+            self._first.setdefault(tp, offset)
+
+    def restart_offset(self, tp: TP) -> int | None:
+        """Where to consume ``tp`` from again so that no record past the last commit is
+        skipped: the last offset committed, else the first offset consumed."""
+        with self.cond:
+            return self._committed.get(tp, self._first.get(tp))
 
     def enqueued(self, tp: TP, offset: int) -> None:
         """``offset`` was enqueued (or found in flight) and must be acked (caller holds cond)."""

@@ -5,10 +5,15 @@
 -- ARGV[1]      request id: unique per call of this producer process (a re-sent call has the
 --              same id and gets the answer of its first run, not "duplicate" for its own items)
 -- ARGV[2]      max_in_queue: accepted-but-not-acked items allowed in this partition
--- ARGV[3]      n, the number of items
--- ARGV[4]      g, the number of sub key groups
--- ARGV[5 .. 4+n]        the items' offsets, in item order
--- ARGV[5+n .. 4+2n]     the items' group numbers (1-based), in item order
+-- ARGV[3]      the highest offset the caller saw accepted in this partition (-1: none). If the
+--              partition's highest accepted offset is below it, Redis lost writes (restarted
+--              from an older snapshot, a failover to a lagging replica): nothing is written
+--              and every status is 5, so the caller can enqueue the lost items again before
+--              anything later is accepted and the watermark moves over them.
+-- ARGV[4]      n, the number of items
+-- ARGV[5]      g, the number of sub key groups
+-- ARGV[6 .. 5+n]        the items' offsets, in item order
+-- ARGV[6+n .. 5+2n]     the items' group numbers (1-based), in item order
 -- then per group j: encoded sub key, count, then its items' queue entries in item order
 --
 -- Returns the integer n when every item was accepted, else one status per item, in order:
@@ -17,7 +22,8 @@
 --   3 full (max_in_queue reached: this item and every later one were not written; a
 --     duplicate is reported as a duplicate even then, so a replaying producer never blocks),
 --   4 being acked (above the acked watermark but at or below the watermark offered to the
---     ack callback and not committed yet: finished, or a gap the ack will cover)
+--     ack callback and not committed yet: finished, or a gap the ack will cover),
+--   5 lost writes (see ARGV[3]): nothing was written
 --
 -- Fast path: offsets strictly increasing, all above every accepted one, and room for all of
 -- them: each group's entries go from ARGV to its list in one RPUSH, with no per-item work.
@@ -33,8 +39,9 @@
 
 local request = ARGV[1]
 local max_in_queue = tonumber(ARGV[2])
-local n, groups = tonumber(ARGV[3]), tonumber(ARGV[4])
-local OFFSETS, GROUP_OF = 4, 4 + n  -- ARGV[OFFSETS + i] / ARGV[GROUP_OF + i], i = 1..n
+local expected_highest = tonumber(ARGV[3])
+local n, groups = tonumber(ARGV[4]), tonumber(ARGV[5])
+local OFFSETS, GROUP_OF = 5, 5 + n  -- ARGV[OFFSETS + i] / ARGV[GROUP_OF + i], i = 1..n
 local CHUNK = 2000  -- Lua's unpack() has a stack limit: write in chunks
 
 local meta = redis.call('HMGET', K_META, 'acked', 'offer', 'max', 'request')
@@ -49,11 +56,16 @@ local acked = tonumber(meta[1] or '-1')
 local floor = math.max(acked, tonumber(meta[2] or '-1'))
 local highest_s = meta[3]
 local highest = tonumber(highest_s or '-1')
+if highest < expected_highest then
+  local statuses = {}
+  for i = 1, n do statuses[i] = 5 end
+  return statuses
+end
 local in_queue = redis.call('LLEN', K_ACCEPTED)
 
 -- Where each group's entries start in ARGV, and its sub key.
 local group_sub, group_first = {}, {}
-local a = 5 + 2 * n
+local a = 6 + 2 * n
 for j = 1, groups do
   group_sub[j] = ARGV[a]
   group_first[j] = a + 2

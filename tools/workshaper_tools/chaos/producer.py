@@ -22,7 +22,7 @@ def producer_main(argv: Sequence[str]) -> int:
     """``python -m workshaper_tools.chaos producer ...``: enqueue the plan at a steady rate
     until the stop file appears, record every ack, then flush and exit 0."""
     import workshaper  # noqa: PLC0415 - keep the harness import light
-    from workshaper.errors import BackendUnavailable  # noqa: PLC0415
+    from workshaper.errors import BackendUnavailable, RedisLostWrites  # noqa: PLC0415
 
     p = argparse.ArgumentParser(prog="chaos producer")
     p.add_argument("--redis", required=True)
@@ -50,7 +50,15 @@ def producer_main(argv: Sequence[str]) -> int:
         line = f"{partition} {offset} {time.monotonic():.6f} {source}\n"
         os.write(ack_fd, line.encode())
 
-    transient = (redis.ConnectionError, redis.TimeoutError, OSError, BackendUnavailable)
+    # RedisLostWrites (failover, powerloss): sent again as is, so the lost items stay lost and
+    # the checker counts them, as the reliability report measures.
+    transient = (
+        redis.ConnectionError,
+        redis.TimeoutError,
+        OSError,
+        BackendUnavailable,
+        RedisLostWrites,
+    )
 
     def retrying(what: str, call: Callable[[], Any]) -> Any:
         delay = 0.05
