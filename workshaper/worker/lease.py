@@ -9,7 +9,7 @@
     WAITING   a failed item waits for its retry (the lease is kept, so successors wait too)
 
 Only the coordinator thread changes a lease, except the executor, which appends to
-``finished`` and sets ``notified``, and reads ``stop`` before each item.
+``finished`` and sets ``notified``, and reads ``stop`` and ``valid_until`` before each item.
 """
 
 from __future__ import annotations

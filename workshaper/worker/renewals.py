@@ -33,8 +33,9 @@ class Renewals:
 
     def _renewed(self, leases: list[Lease], reply: Reply[list[int]]) -> None:
         lost = reply.get()
+        kept = set(range(len(leases))).difference(lost)
         for index, lease in enumerate(leases):
-            if index not in lost:
+            if index in kept:
                 self._state.extended(lease)
         for index in lost:
             lease = leases[index]
