@@ -137,7 +137,8 @@ class Worker:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters: claimed, finished, failed, dead_lettered, fenced, reaped."""
+        """Counters: claimed, finished, failed, dead_lettered, fenced, reaped, and expired
+        (batches the zombie rule stopped before an item until Redis confirmed the lease)."""
         return self._state.stats
 
     # --- lifecycle -------------------------------------------------------------------------
