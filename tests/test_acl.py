@@ -78,6 +78,13 @@ def test_each_role_works_under_its_acl(server: RedisServer) -> None:
     assert status[0].acked == 29 and status[0].pending == 0
     assert admin.dead_letters(0) == [] and admin.blocked(0) == []
     admin.workers()
+    # The operator views (status, stuck, the exporter, the dashboard) read as the admin too.
+    from workshaper.ops.inspection import Inspector
+
+    inspector = Inspector(url(server, "admin"), NS)
+    snapshot = inspector.snapshot(stuck_after=0)
+    assert [p.acked for p in snapshot.partitions] == [29, 0] and snapshot.stuck == []
+    assert inspector.dead_letters() == [] and inspector.blocked() == []
     with pytest.raises(redis.exceptions.NoPermissionError):
         admin.purge_dead_letters(0)  # read-only
     admin.close()

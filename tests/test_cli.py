@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -182,22 +183,33 @@ def test_status_and_dead_letters_commands(redis_server: RedisServer, namespace: 
     with workshaper.Producer(redis_server.url, namespace) as producer:
         producer.enqueue_many([("a", "m", 2, 0), ("b", "m", 2, 1)])
     result = run(
-        str(BIN / "workshaper"), "status", "--redis", redis_server.url, "--namespace", namespace
-    )
-    assert result.returncode == 0, result.stderr
-    header, row = result.stdout.splitlines()
-    assert header.split()[:3] == ["partition", "acked", "pending"]
-    assert row.split()[:3] == ["2", "-", "2"]
-    result = run(
         str(BIN / "workshaper"),
-        "dead-letters",
-        "2",
+        "status",
+        "--interval",
+        "0",
         "--redis",
         redis_server.url,
         "--namespace",
         namespace,
     )
-    assert result.returncode == 0 and result.stdout == ""
+    assert result.returncode == 0, result.stderr
+    assert "namespace " + namespace in result.stdout
+    row = next(line for line in result.stdout.splitlines() if line.strip("│ ").startswith("2 "))
+    assert row.replace("│", " ").split()[:5] == ["2", "-", "1", "2", "2"]
+    result = run(
+        str(BIN / "workshaper"),
+        "dead-letters",
+        "list",
+        "--partition",
+        "2",
+        "--json",
+        "--redis",
+        redis_server.url,
+        "--namespace",
+        namespace,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
 
 
 def test_demo_on_embedded_backend_verifies_order() -> None:

@@ -34,8 +34,10 @@ ROLES = ("worker", "producer", "admin")
 #: Every connection: health checks and the database of the URL. (redis-py also sends CLIENT
 #: SETINFO on connect and ignores a refusal; Redis 7.0 has no such subcommand to allow.)
 _CONNECTION = ("ping", "select")
-#: Running the Lua scripts: by SHA only, loading them after a restart or a failover.
+#: Running the Lua scripts: by SHA only, loading them after a restart or a failover. The
+#: admin's scripts only read, with EVALSHA_RO (its keys are read-only).
 _SCRIPTS = ("evalsha", "script|load")
+_READ_ONLY_SCRIPTS = ("evalsha_ro", "script|load")
 
 #: The Lua scripts each role runs. The commands they call are read from their sources (Redis
 #: checks each ``redis.call`` against the caller's ACL), so a changed script changes the ACL.
@@ -52,11 +54,12 @@ ROLE_SCRIPTS: dict[str, tuple[str, ...]] = {
         "prune_workers",
     ),
     "producer": ("enqueue_items", "offer_watermark", "commit_watermark"),
-    "admin": (),
+    # read-only views of workshaper.ops (status, stuck, the exporter, the dashboard)
+    "admin": ("inspect_partition", "stuck_sub_keys"),
 }
-#: Scripts of operator actions that change state (``unblock``): no role of its own; run them
-#: as a worker or producer user.
-ACTION_SCRIPTS = ("unblock_sub_key",)
+#: Scripts of operator actions that change state (``unblock``, ``dead-letters replay``): no
+#: role of its own; run them as a worker or producer user.
+ACTION_SCRIPTS = ("unblock_sub_key", "replay_dead_letter")
 
 #: Commands each role sends itself, outside the scripts.
 DIRECT_COMMANDS: dict[str, tuple[str, ...]] = {
@@ -64,8 +67,8 @@ DIRECT_COMMANDS: dict[str, tuple[str, ...]] = {
     "worker": ("bzpopmin", "zadd", "smembers", "lrange", "llen", "zrangebyscore", "pttl", "hdel"),
     # the partition index, the wake-up bell, the acked watermark
     "producer": ("sadd", "zadd", "hget"),
-    # status, dead letters, blocked sub keys, workers
-    "admin": ("smembers", "hget", "hgetall", "hlen", "llen", "zcard", "zrange"),
+    # status, dead letters, blocked sub keys, workers (heartbeat ages in server time)
+    "admin": ("smembers", "hget", "hgetall", "hscan", "hlen", "llen", "zcard", "zrange", "time"),
 }
 
 #: A command name at a call site: ``redis.call('HSET', ...)``, or through the chunking wrapper
@@ -85,7 +88,7 @@ def role_commands(role: str) -> list[str]:
     check_role(role)
     commands = {*_CONNECTION, *DIRECT_COMMANDS[role]}
     if ROLE_SCRIPTS[role]:
-        commands.update(_SCRIPTS)
+        commands.update(_READ_ONLY_SCRIPTS if role == "admin" else _SCRIPTS)
     for name in ROLE_SCRIPTS[role]:
         commands |= script_commands(name)
     return sorted(commands)

@@ -114,8 +114,13 @@ class Batch:
         keys: Sequence[bytes],
         args: Iterable[Any],
         parse: Callable[[Any], T] = _identity,
+        *,
+        read_only: bool = False,
     ) -> Reply[T]:
-        return self.command("EVALSHA", load_script(name).sha, len(keys), *keys, *args, parse=parse)
+        """``read_only``: EVALSHA_RO, which a read-only ACL user (``%R~`` keys) may run; the
+        script must not write. (The embedded backend has no EVALSHA_RO, nor ACLs.)"""
+        command = "EVALSHA_RO" if read_only and not self._backend.embedded else "EVALSHA"
+        return self.command(command, load_script(name).sha, len(keys), *keys, *args, parse=parse)
 
     def execute(self) -> None:
         """Send everything; every Reply gets its raw answer (or its own error).

@@ -22,6 +22,8 @@ Per partition ``ws:{ns:p}:``
     exact     HASH   sub key -> items left to run one at a time after an unattributed crash
     blocked   HASH   sub key -> JSON reason, for sub keys held by on_exhausted="block"
     dead      HASH   offset -> JSON dead letter (error, traceback, attempts, worker, time)
+    clock     ZSET   server ms -> highest offset accepted by then (one sample per enqueue
+                     call): when an unfinished offset was accepted, for operators' ages
     q:<sub>   LIST   the sub key's queue entries, oldest first (see codec)
     claim:<worker>  STRING  the worker's last claim request and its answer (retry dedupe)
     unblock:<request>  STRING  an applied operator unblock, for a minute (retry dedupe)
@@ -43,7 +45,7 @@ from functools import cache
 
 PREFIX = "ws"
 
-#: Order of the fixed per-partition keys every script receives as KEYS[1..11].
+#: Order of the fixed per-partition keys every script receives as KEYS[1..12].
 PARTITION_KEY_NAMES = (
     "meta",
     "accepted",
@@ -56,6 +58,7 @@ PARTITION_KEY_NAMES = (
     "exact",
     "blocked",
     "dead",
+    "clock",
 )
 
 
@@ -115,6 +118,10 @@ class PartitionKeys:
     def dead(self) -> bytes:
         return self.fixed[10]
 
+    @property
+    def clock(self) -> bytes:
+        return self.fixed[11]
+
     def queue(self, sub_key: bytes) -> bytes:
         """The list holding one sub key's entries (``sub_key`` as encoded by codec)."""
         return self.base + b"q:" + sub_key
@@ -158,6 +165,11 @@ class NamespaceKeys:
 
     def partition(self, partition: int) -> PartitionKeys:
         return _partition_keys(self.namespace, partition)
+
+    def claim_records_pattern(self, partition: int | None = None) -> bytes:
+        """SCAN pattern of the claim records of one partition, or of all (``purge`` only)."""
+        tag = "*" if partition is None else str(partition)
+        return f"{PREFIX}:{{{self.namespace}:{tag}}}:claim:*".encode()
 
 
 @cache

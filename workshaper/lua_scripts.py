@@ -49,6 +49,9 @@ SCRIPT_NAMES = (
     "reaper_lock",
     "register_worker",
     "prune_workers",
+    "inspect_partition",
+    "stuck_sub_keys",
+    "replay_dead_letter",
 )
 
 

@@ -305,3 +305,32 @@ def register_worker(
 def prune_workers(batch: Batch, nkeys: NamespaceKeys, max_age_ms: int) -> Reply[int]:
     """Drop registry entries whose heartbeat is older than ``max_age_ms``: how many went."""
     return batch.script("prune_workers", [nkeys.workers], [max_age_ms], parse=int)
+
+
+# Operator scripts (workshaper.ops): read-only views, and the replay of a dead letter.
+
+
+def inspect_partition(batch: Batch, pkeys: PartitionKeys) -> Reply[list[Any]]:
+    """The raw fields of inspect_partition.lua (see its header); workshaper.ops parses them."""
+    return batch.script("inspect_partition", pkeys.fixed, [], parse=list, read_only=True)
+
+
+def stuck_sub_keys(
+    batch: Batch, pkeys: PartitionKeys, *, limit: int, older_than_ms: int
+) -> Reply[list[Any]]:
+    """The raw rows of stuck_sub_keys.lua (see its header); workshaper.ops parses them."""
+    return batch.script(
+        "stuck_sub_keys", pkeys.fixed, [limit, older_than_ms], parse=list, read_only=True
+    )
+
+
+def replay_dead_letter(
+    batch: Batch, pkeys: PartitionKeys, field: bytes, sub: bytes
+) -> Reply[bytes | None]:
+    """The queue entry put back at the tail of the sub key's queue, or None (no such record)."""
+    return batch.script(
+        "replay_dead_letter",
+        [*pkeys.fixed, pkeys.queue(sub)],
+        [field, sub],
+        parse=lambda raw: raw[1] if int(raw[0]) == 1 else None,
+    )

@@ -1,7 +1,7 @@
 -- Lease up to `max_leases` runnable sub keys of one partition to a worker.
 --
--- KEYS[1..11]  the partition's fixed keys
--- KEYS[12]     this worker's claim record (answer of its last claim, for retried calls)
+-- KEYS[1..12]  the partition's fixed keys
+-- KEYS[13]     this worker's claim record (answer of its last claim, for retried calls)
 -- ARGV[1]      worker id
 -- ARGV[2]      request id (unique per call of this worker)
 -- ARGV[3]      max_leases (>= 1)

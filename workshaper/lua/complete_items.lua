@@ -1,7 +1,7 @@
 -- Record finished items of one or more leases of a partition, then keep, continue or release.
 --
--- KEYS[1..11]  the partition's fixed keys
--- KEYS[12..]   the queue list of each lease in the call
+-- KEYS[1..12]  the partition's fixed keys
+-- KEYS[13..]   the queue list of each lease in the call
 -- ARGV[1]      lease duration ms
 -- ARGV[2]      batch: items to hand out when a lease continues
 -- ARGV[3]      n, the number of leases

@@ -1,7 +1,7 @@
 -- Enqueue a batch of items into one partition, in order, with dedupe and backpressure.
 --
--- KEYS[1..11]  the partition's fixed keys (includes/partition.lua)
--- KEYS[12..]   the queue list of each sub key group (group j -> KEYS[11 + j])
+-- KEYS[1..12]  the partition's fixed keys (includes/partition.lua)
+-- KEYS[13..]   the queue list of each sub key group (group j -> KEYS[12 + j])
 -- ARGV[1]      request id: unique per call of this producer process (a re-sent call has the
 --              same id and gets the answer of its first run, not "duplicate" for its own items)
 -- ARGV[2]      max_in_queue: accepted-but-not-acked items allowed in this partition
@@ -121,6 +121,7 @@ if n > 0 and fast_path_applies() then
   end
   register_new_heads(new_heads, new_subs)
   redis.call('HSET', K_META, 'max', ARGV[OFFSETS + n], 'request', request .. '|n' .. n)
+  record_clock(ARGV[OFFSETS + n])
   return n
 end
 
@@ -217,4 +218,5 @@ if highest_s and highest_s ~= meta[3] then
   redis.call('HSET', K_META, 'max', highest_s)
 end
 redis.call('HSET', K_META, 'request', request .. '|' .. table.concat(statuses))
+if highest_s and (#new_subs > 0 or highest_s ~= meta[3]) then record_clock(highest_s) end
 return statuses

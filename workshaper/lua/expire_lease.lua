@@ -1,7 +1,7 @@
 -- Take back an expired lease: charge the interrupted head item and requeue the sub key.
 --
--- KEYS[1..11]  the partition's fixed keys
--- KEYS[12]     the sub key's queue list
+-- KEYS[1..12]  the partition's fixed keys
+-- KEYS[13]     the sub key's queue list
 -- ARGV[1]      sub key
 -- ARGV[2]      id of the worker reaping (for the record)
 --

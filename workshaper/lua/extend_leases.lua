@@ -1,6 +1,6 @@
 -- Extend the leases a worker holds in one partition.
 --
--- KEYS[1..11]  the partition's fixed keys
+-- KEYS[1..12]  the partition's fixed keys
 -- ARGV[1]      lease duration ms
 -- ARGV[2..]    pairs: sub key, token
 --

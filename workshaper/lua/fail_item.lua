@@ -1,7 +1,7 @@
 -- Record a failed attempt of the head item of a leased sub key; retry, dead-letter or block.
 --
--- KEYS[1..11]  the partition's fixed keys
--- KEYS[12]     the sub key's queue list
+-- KEYS[1..12]  the partition's fixed keys
+-- KEYS[13]     the sub key's queue list
 -- ARGV[1]      sub key
 -- ARGV[2]      token
 -- ARGV[3]      head prefix: "<offset>|", or the whole entry when it has no readable offset

@@ -3,7 +3,7 @@
 -- full). Cleared by complete_items when the sub key's single-step window ends, or with the
 -- lease.
 --
--- KEYS[1..11]  the partition's fixed keys
+-- KEYS[1..12]  the partition's fixed keys
 -- ARGV[1]      sub key
 -- ARGV[2]      token
 --

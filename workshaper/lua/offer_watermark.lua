@@ -1,6 +1,6 @@
 -- Compute the next watermark of a partition and mark it as being acked.
 --
--- KEYS[1..11]  the partition's fixed keys
+-- KEYS[1..12]  the partition's fixed keys
 -- ARGV[1]      "1" to also return every finished offset in (acked, watermark], else "0"
 --
 -- The watermark is the highest accepted offset below the lowest unfinished one (every accepted

@@ -1,8 +1,8 @@
 -- Operator action on a sub key held by on_exhausted="block".
 --
--- KEYS[1..11]  the partition's fixed keys
--- KEYS[12]     the sub key's queue list
--- KEYS[13]     this request's record (kept a minute: a re-sent call answers as the first)
+-- KEYS[1..12]  the partition's fixed keys
+-- KEYS[13]     the sub key's queue list
+-- KEYS[14]     this request's record (kept a minute: a re-sent call answers as the first)
 -- ARGV[1]      sub key
 -- ARGV[2]      "retry": run the head item again with fresh attempts
 --              "dead_letter": give the head item up, then go on with the rest

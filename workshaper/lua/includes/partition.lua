@@ -1,9 +1,9 @@
--- Shared by every per-partition script. KEYS[1..11] are the partition's fixed keys, in the
--- order of keys.PARTITION_KEY_NAMES; script-specific keys start at KEYS[12].
+-- Shared by every per-partition script. KEYS[1..12] are the partition's fixed keys, in the
+-- order of keys.PARTITION_KEY_NAMES; script-specific keys start at KEYS[13].
 local K_META, K_ACCEPTED, K_HEADS, K_LATE = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_READY, K_LEASES, K_OWNERS, K_ATTEMPTS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local K_EXACT, K_BLOCKED, K_DEAD = KEYS[9], KEYS[10], KEYS[11]
-local FIRST_EXTRA_KEY = 12
+local K_EXACT, K_BLOCKED, K_DEAD, K_CLOCK = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local FIRST_EXTRA_KEY = 13
 
 -- Lua's unpack() has a stack limit (about 8,000 values on Redis): a variadic call past it
 -- raises, and a script that raises after its first write leaves half its work done. So every
@@ -95,6 +95,14 @@ local function refresh_head(sub, list_key)
   if offset then redis.call('ZADD', K_HEADS, offset, sub) end
 end
 
+-- The clock: one sample per enqueue call and millisecond, member = server ms, score = the
+-- highest offset accepted by then. The first sample at or above an offset tells when that
+-- offset was accepted (to the batch), which is how operators see the age of an unfinished item
+-- without a timestamp per item. Samples at or below the acked watermark are trimmed.
+local function record_clock(highest_offset)
+  redis.call('ZADD', K_CLOCK, highest_offset, string.format('%d', now_ms()))
+end
+
 -- Finished offsets that had been accepted out of order leave `late`.
 local function forget_late(offsets, count)
   if count > 0 and redis.call('EXISTS', K_LATE) == 1 then
@@ -164,12 +172,22 @@ local function failure_record(error_json, attempts, now, entry)
     string.format('%d', now) .. '\n' .. entry
 end
 
+-- The error JSON object with the (encoded) sub key added as "sub_hex", so a dead letter can be
+-- replayed under its sub key's order. Hex, because a bytes sub key need not be UTF-8.
+local function with_sub_key(error_json, sub)
+  if string.sub(error_json, 1, 1) ~= '{' then return error_json end
+  local hex = string.gsub(sub, '.', function(c) return string.format('%02x', string.byte(c)) end)
+  local rest = string.sub(error_json, 2)
+  if string.match(rest, '^%s*}') then return '{"sub_hex":"' .. hex .. '"' .. rest end
+  return '{"sub_hex":"' .. hex .. '",' .. rest
+end
+
 -- Take the head item of sub out of its queue as finished-by-giving-up, keeping its record.
 local function dead_letter_head(sub, list_key, error_json, attempts, now)
   local entry = redis.call('LPOP', list_key)
   if not entry then return false end
   local offset = entry_offset(entry)
-  local record = failure_record(error_json, attempts, now, entry)
+  local record = failure_record(with_sub_key(error_json, sub), attempts, now, entry)
   if offset then
     redis.call('HSET', K_DEAD, offset, record)
   else
