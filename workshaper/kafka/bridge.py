@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaException
 
 from workshaper import codec
 from workshaper.connection import Backend, connect
@@ -39,6 +39,7 @@ from workshaper.errors import InvalidInput, InvalidType
 from workshaper.kafka.intake import Intake
 from workshaper.kafka.offsets import OffsetTracker
 from workshaper.kafka.options import (
+    STOP_GRACE,
     TP,
     MessageFn,
     SubKeyFn,
@@ -116,6 +117,7 @@ class KafkaBridge:
                 "pauses",
                 "resumes",
                 "rewinds",
+                "commit_failures",
             ),
             0,
         )
@@ -131,9 +133,10 @@ class KafkaBridge:
             max_message_bytes=max_message_bytes,
         )
         self._rebalancer = Rebalancer(self._intake, self._tracker, self.revoke_timeout)
+        self._config["on_commit"] = self._tracker.on_commit
         self._consumer: Consumer | None = None
         self._stop_requested = threading.Event()
-        self._drain_timeout: float | None = None
+        self._stop_deadline: float | None = None  # when a stop must be done (monotonic)
         self._drained = False
         self._running = False
         self._run_thread: threading.Thread | None = None
@@ -180,17 +183,40 @@ class KafkaBridge:
             restore()
             self._done.set()
 
+    def request_stop(self, timeout: float | None = None) -> None:
+        """Ask the bridge to stop, as SIGTERM does, without waiting: the stop has ``timeout``
+        seconds (default ``revoke_timeout``) to drain and commit."""
+        if self._stop_deadline is None:
+            wait = self.revoke_timeout if timeout is None else timeout
+            self._stop_deadline = time.monotonic() + wait
+        self._stop_requested.set()
+
+    def stopping(self) -> bool:
+        """Whether a stop was requested."""
+        return self._stop_requested.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until run() returned (True) or ``timeout`` passed (False)."""
+        return self._done.wait(timeout)
+
     def stop(self, timeout: float | None = None) -> bool:
         """Stop polling, wait up to ``timeout`` seconds (default ``revoke_timeout``) for the
-        enqueued records to be acked, commit, leave the group. True when everything enqueued
-        was acked and committed; records still running are re-delivered to the next owner."""
-        self._drain_timeout = timeout
-        self._stop_requested.set()
+        enqueued records to be acked and for the commit of them to be confirmed, leave the
+        group. Returns by ``timeout`` (plus STOP_GRACE for the consumer to close) even when
+        the broker is unreachable. True when everything enqueued was acked and committed;
+        records still running, or not confirmed committed, come back to the next owner."""
+        self.request_stop(timeout)
+        assert self._stop_deadline is not None
+        remaining = max(0.0, self._stop_deadline + STOP_GRACE - time.monotonic())
         me = threading.current_thread()
         if self._thread is not None and self._thread is not me:
-            self._thread.join()
-        elif self._running and self._run_thread is not me:
-            self._done.wait()
+            self._thread.join(remaining)
+            if self._thread.is_alive():
+                log.warning("kafka bridge: stop timed out (the broker may be unreachable)")
+                return False
+        elif self._running and self._run_thread is not me and not self._done.wait(remaining):
+            log.warning("kafka bridge: stop timed out (the broker may be unreachable)")
+            return False
         return self._drained
 
     def __enter__(self) -> KafkaBridge:
@@ -206,8 +232,8 @@ class KafkaBridge:
 
     def _install_signal_handlers(self) -> Callable[[], None]:
         return install_stop_handlers(
-            self._stop_requested.set,
-            self._stop_requested.is_set,
+            self.request_stop,
+            self.stopping,
             forced_exit_note="uncommitted records come back",
         )
 
@@ -257,11 +283,19 @@ class KafkaBridge:
                 next_commit = now + self.commit_interval
 
     def _shutdown(self, consumer: Consumer) -> None:
-        timeout = self.revoke_timeout if self._drain_timeout is None else self._drain_timeout
+        self.request_stop()  # sets the deadline when the loop ended otherwise
+        assert self._stop_deadline is not None
+        deadline = self._stop_deadline
+        rebalancer = self._rebalancer
         try:
-            self._drained = self._rebalancer.release(
-                consumer, set(self._tracker.owned), drain=True, timeout=timeout
+            rebalancer.sent.clear()
+            drained = rebalancer.release(
+                consumer,
+                set(self._tracker.owned),
+                drain=True,
+                timeout=max(0.0, deadline - time.monotonic()),
             )
+            self._drained = self._await_commits(consumer, deadline) and drained
         except Exception:
             log.exception("kafka bridge: draining on stop failed")
         finally:
@@ -271,3 +305,23 @@ class KafkaBridge:
                 if not self._intake.close_producers(keep=set(), timeout=0.0):
                     self._drained = False
                 log.info("kafka bridge stopped")
+
+    def _await_commits(self, consumer: Consumer, deadline: float) -> bool:
+        """Serve commit results until the broker confirmed the last commits or ``deadline``
+        passed. Fetching is paused: records polled now would only come back to the next
+        owner anyway."""
+        tracker, wanted = self._tracker, dict(self._rebalancer.sent)
+        try:
+            consumer.pause(consumer.assignment())
+        except KafkaException as exc:
+            log.debug("pausing before the last commits failed: %s", exc)
+        while not tracker.confirmed(wanted):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                log.warning(
+                    "kafka bridge: the broker did not confirm the last commits in time;"
+                    " the next owner gets those records back (not run again)"
+                )
+                return False
+            consumer.poll(min(remaining, 0.05))
+        return True

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +14,13 @@ from confluent_kafka import KafkaException
 from workshaper.errors import BackendUnavailable, InvalidInput
 from workshaper.kafka.bridge import KafkaBridge
 from workshaper.kafka.options import hashed_key, record_key
+from workshaper.signals import install_stop_handlers
+
+log = logging.getLogger(__name__)
+
+#: After a stop request, how long past ``revoke_timeout`` the process waits for the consumer
+#: to leave the group before it exits anyway (the broker may be unreachable).
+LEAVE_TIMEOUT = 10.0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -78,7 +87,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             commit_interval=args.commit_interval,
             revoke_timeout=args.revoke_timeout,
         )
-        bridge.run()
-    except (InvalidInput, BackendUnavailable, KafkaException) as exc:
+    except InvalidInput as exc:
         fail(str(exc))
+    return _run(bridge)
+
+
+def _run(bridge: KafkaBridge) -> int:
+    """Run the bridge in a thread and wait in the main thread, where signal handlers run: a
+    main thread blocked in librdkafka (a close while the broker is unreachable) would hold
+    back even the second signal that must exit at once."""
+    bridge.start()
+    restore = install_stop_handlers(
+        bridge.request_stop, bridge.stopping, forced_exit_note="uncommitted records come back"
+    )
+    give_up: float | None = None
+    try:
+        while not bridge.wait(0.2):
+            if bridge.stopping() and give_up is None:
+                give_up = time.monotonic() + bridge.revoke_timeout + LEAVE_TIMEOUT
+            if give_up is not None and time.monotonic() > give_up:
+                log.error(
+                    "kafka bridge did not leave the group in time (broker unreachable?);"
+                    " exiting: uncommitted records come back"
+                )
+                return 1
+    finally:
+        restore()
+    error = bridge.error
+    if isinstance(error, (InvalidInput, BackendUnavailable, KafkaException)):
+        from workshaper.cli.common import fail  # noqa: PLC0415 - command line only
+
+        fail(str(error))
+    if error is not None:
+        raise error
     return 0

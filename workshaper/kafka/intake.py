@@ -222,12 +222,13 @@ class Intake:
     def resume(self, consumer: Consumer, tp: TP) -> None:
         with self._tracker.cond:
             self.paused.discard(tp)
-            self._stats["resumes"] += 1
         try:
             consumer.resume([TopicPartition(tp[0], tp[1])])
         except KafkaException as exc:  # e.g. no longer assigned: nothing to resume
             log.debug("%s[%d]: resume failed: %s", tp[0], tp[1], exc)
             return
+        with self._tracker.cond:
+            self._stats["resumes"] += 1
         log.info("%s[%d]: room in the WorkShaper queue; partition resumed", tp[0], tp[1])
 
     def retry_backlog(self, consumer: Consumer) -> None:

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from workshaper.kafka.options import DRAIN_CHECK, TP, names
 
@@ -32,6 +32,10 @@ class OffsetTracker:
         self._to_commit: dict[TP, int] = {}  # next offset to commit (watermark + 1)
         self._committed: dict[TP, int] = {}  # last offset this bridge committed
         self._first: dict[TP, int] = {}  # first offset consumed since the assignment
+        self._inflight: dict[TP, int] = {}  # offset of a commit sent and not answered yet
+        #: The highest offset the broker confirmed per partition, kept after a release: stop
+        #: reads it to know whether its last commits went through.
+        self._confirmed: dict[TP, int] = {}
 
     # --- ownership ---------------------------------------------------------------------------
 
@@ -128,30 +132,55 @@ class OffsetTracker:
 
     # --- commits -----------------------------------------------------------------------------
 
-    def commit(self, consumer: Consumer, tps: Iterable[TP]) -> bool:
-        """Commit what the acks allow, for owned partitions only. True when nothing is left."""
+    def commit(self, consumer: Consumer, tps: Iterable[TP]) -> dict[TP, int]:
+        """Send an asynchronous commit of what the acks allow, for owned partitions only;
+        returns the offsets it covers (or that are in flight already). Asynchronous, so an
+        unreachable broker never blocks the poll thread (or a revoke, or stop); ``on_commit``
+        gets the result inside a later poll."""
         with self.cond:
-            due = {
+            wanted = {
                 tp: self._to_commit[tp]
                 for tp in tps
                 if tp in self.owned and self._to_commit.get(tp, -1) > self._committed.get(tp, -1)
             }
+            due = {tp: o for tp, o in wanted.items() if o > self._inflight.get(tp, -1)}
         if not due:
-            return True
+            return wanted
         offsets = [TopicPartition(t, p, offset) for (t, p), offset in due.items()]
         try:
-            result = consumer.commit(offsets=offsets, asynchronous=False)
+            consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
             log.warning("committing %d partition(s) failed (%s); retrying", len(due), exc)
-            return False
-        ok = True
+            return wanted
         with self.cond:
-            self._stats["commits"] += 1
-            for tpo in result:
+            self._inflight.update(due)
+        return wanted
+
+    def on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """librdkafka's commit result (served inside a poll of the poll thread)."""
+        failed = 0
+        with self.cond:
+            for tpo in partitions:
                 tp = (tpo.topic, tpo.partition)
-                if tpo.error is not None:
-                    ok = False
-                    log.warning("%s[%d]: commit failed: %s", tp[0], tp[1], tpo.error)
-                elif tpo.offset > self._committed.get(tp, -1):
+                if self._inflight.get(tp, -1) <= tpo.offset:
+                    self._inflight.pop(tp, None)
+                problem = tpo.error or error
+                if problem is not None:
+                    failed += 1
+                    log.warning("%s[%d]: commit failed: %s", tp[0], tp[1], problem)
+                    continue
+                if tp in self.owned and tpo.offset > self._committed.get(tp, -1):
                     self._committed[tp] = tpo.offset
-        return ok
+                if tpo.offset > self._confirmed.get(tp, -1):
+                    self._confirmed[tp] = tpo.offset
+            self._stats["commit_failures" if failed else "commits"] += 1
+            self.cond.notify_all()
+
+    def confirmed(self, wanted: dict[TP, int]) -> bool:
+        """Whether the broker confirmed a commit of each ``wanted`` offset (or a later one)."""
+        with self.cond:
+            return all(self._confirmed.get(tp, -1) >= o for tp, o in wanted.items())
+
+    def in_flight(self) -> bool:
+        with self.cond:
+            return bool(self._inflight)

@@ -20,6 +20,11 @@ BACKLOG_RETRY = 0.05
 REDIS_RETRY = 1.0
 #: While a revoke or stop waits for acks, how often it checks Redis for acks made elsewhere.
 DRAIN_CHECK = 0.1
+#: What a revoke callback may take beyond ``revoke_timeout``: sending the commit (asynchronous)
+#: and closing the producers of revoked topics (their ack loops stop).
+REVOKE_ALLOWANCE = 1.0
+#: How long stop() waits past its timeout for the consumer to close before it returns.
+STOP_GRACE = 0.5
 #: Kafka's own limit on topic names: these characters, 1 to 249 of them.
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
@@ -69,6 +74,10 @@ def check_consumer_config(config: dict[str, Any], revoke_timeout: float) -> dict
     out = dict(config)
     if not out.get("group.id"):
         raise InvalidInput("consumer_config needs a 'group.id': the bridge commits to a group")
+    if "on_commit" in out:
+        raise InvalidInput(
+            "consumer_config sets on_commit: the bridge reads its commits' results itself"
+        )
     for name in ("enable.auto.commit", "enable.auto.offset.store"):
         if name in out and str(out[name]).lower() not in ("false", "0"):
             raise InvalidInput(
@@ -77,10 +86,11 @@ def check_consumer_config(config: dict[str, Any], revoke_timeout: float) -> dict
             )
         out[name] = False
     max_poll_ms = float(out.get("max.poll.interval.ms", 300_000))
-    if revoke_timeout * 1000 >= max_poll_ms:
+    if (revoke_timeout + REVOKE_ALLOWANCE) * 1000 >= max_poll_ms:
         raise InvalidInput(
-            f"revoke_timeout ({revoke_timeout}s) must be below max.poll.interval.ms"
-            f" ({max_poll_ms:.0f} ms): a revoke waits that long inside the poll loop"
+            f"revoke_timeout ({revoke_timeout}s) plus {REVOKE_ALLOWANCE:.0f}s to commit and close"
+            f" producers must be below max.poll.interval.ms ({max_poll_ms:.0f} ms): a revoke"
+            " waits that long inside the poll loop"
         )
     return out
 

@@ -29,6 +29,9 @@ class Rebalancer:
         self._intake = intake
         self._tracker = tracker
         self.revoke_timeout = revoke_timeout
+        #: Offsets the releases committed (sent, asynchronously): stop waits for the broker's
+        #: answer to them before it reports a clean stop.
+        self.sent: dict[TP, int] = {}
 
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = {(tp.topic, tp.partition) for tp in partitions}
@@ -50,15 +53,16 @@ class Rebalancer:
 
     def release(self, consumer: Consumer, tps: set[TP], *, drain: bool, timeout: float) -> bool:
         """Stop enqueueing ``tps``; if ``drain``, wait up to ``timeout`` for their records to
-        be acked and commit them; then drop ownership, so later acks are skipped. True when
-        every enqueued record of ``tps`` was acked and committed."""
+        be acked and send the commit of them; then drop ownership, so later acks are skipped.
+        True when every enqueued record of ``tps`` was acked (the commit is asynchronous:
+        ``sent`` keeps its offsets)."""
         tracker = self._tracker
         self._intake.drop(consumer, tps)
         done = not drain
         deadline = time.monotonic() + timeout
         if drain:
             done = tracker.wait_acked(tps, deadline, self.reconcile)
-            done = tracker.commit(consumer, tps) and done
+            self.sent.update(tracker.commit(consumer, tps))
         tracker.disown(tps)
         with tracker.cond:
             owned_topics = {t for t, _ in tracker.owned}
@@ -66,21 +70,19 @@ class Rebalancer:
         return done and closed
 
     def reconcile(self, tps: Iterable[TP]) -> None:
-        """Take acks another process made: when a producer is caught up but a partition's
-        records were acked without calling our ack (a previous owner acked them in Redis),
-        read the acked watermark from Redis. Rare, and one read per such partition."""
-        behind = self._tracker.behind(tps)
-        for topic in {t for t, _ in behind}:
-            producer = self._intake.producers.get(topic)
-            if producer is None or not producer.flush(timeout=0):
+        """Take acks another process made: a partition's records may have been acked in Redis
+        by a previous owner's producer (cooperative rebalances keep it open), which never
+        calls our ``recorded``. For each partition with records not known acked, read the
+        acked watermark from Redis (one read each, per commit tick; each partition on its own,
+        so a busy sibling does not hold back an idle one)."""
+        for t, partition in sorted(self._tracker.behind(tps)):
+            producer = self._intake.producers.get(t)
+            if producer is None:
                 continue
-            for t, partition in behind:
-                if t != topic:
-                    continue
-                try:
-                    watermark = producer.watermark(partition)
-                except Exception as exc:
-                    log.warning("%s[%d]: reading the watermark failed: %s", t, partition, exc)
-                    continue
-                if watermark is not None:
-                    self._tracker.on_recorded(t, partition, watermark)
+            try:
+                watermark = producer.watermark(partition)
+            except Exception as exc:
+                log.warning("%s[%d]: reading the watermark failed: %s", t, partition, exc)
+                continue
+            if watermark is not None:
+                self._tracker.on_recorded(t, partition, watermark)
