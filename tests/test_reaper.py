@@ -105,6 +105,8 @@ def test_registry_prunes_entries_of_workers_that_went_silent(
         assert client.hexists(keys.workers, "crashed-just-now")
         assert client.hexists(keys.workers, worker.id)
         assert STALE_SECONDS < 60  # "well under a minute"
+        # The only worker is the reaper, and its entry says so (written again on election).
+        wait_for(lambda: json.loads(client.hget(keys.workers, worker.id))["reaper"], timeout=30)
     finally:
         worker.stop(timeout=10)
         client.close()

@@ -30,7 +30,7 @@ Per partition ``ws:{ns:p}:``
 Per namespace ``ws:{ns}:``
     wake        ZSET  partitions that may have ready sub keys (workers block on it)
     partitions  SET   every partition that ever had items (the reaper's list)
-    workers     HASH  worker id -> JSON (host, pid, concurrency, leases, ``seen``: the last
+    workers     HASH  worker id -> JSON (host, pid, concurrency, leases, reaper, ``seen``: the last
                       heartbeat in server time); entries older than registry.STALE_SECONDS are
                       pruned by the elected reaper
     reaper      STRING "term|worker id" of the one worker that reaps the namespace, with a TTL

@@ -204,8 +204,9 @@ class Coordinator:
         handlers += self.renewals.add(batch, now)
         handlers += self.reaper.add_election(batch, now)
         handlers += self.reaper.add_scan(batch, now)
-        handlers += self.registry.add_heartbeat(batch, now)
-        if self.reaper.elected(now):
+        elected = self.reaper.elected(now)
+        handlers += self.registry.add_heartbeat(batch, now, reaping=elected)
+        if elected:
             handlers += self.registry.add_prune(batch, now)
         handlers += self._add_wakes(batch)
         if not len(batch):

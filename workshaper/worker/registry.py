@@ -1,9 +1,9 @@
 """The worker registry: each worker's heartbeat in the namespace's ``workers`` hash (host, pid,
-concurrency, leases held, and ``seen``: the heartbeat's server time), refreshed every
-REFRESH_INTERVAL and removed at a clean stop. A worker that crashed never removes its entry:
-the elected reaper prunes entries whose heartbeat is older than STALE_SECONDS, every
-PRUNE_INTERVAL, so an entry outlives its worker by at most STALE_SECONDS + PRUNE_INTERVAL
-(20 s)."""
+concurrency, leases held, ``reaper``: whether it is the elected reaper, and ``seen``: the
+heartbeat's server time), refreshed every REFRESH_INTERVAL and removed at a clean stop. A
+worker that crashed never removes its entry: the elected reaper prunes entries whose heartbeat
+is older than STALE_SECONDS, every PRUNE_INTERVAL, so an entry outlives its worker by at most
+STALE_SECONDS + PRUNE_INTERVAL (20 s)."""
 
 from __future__ import annotations
 
@@ -35,8 +35,14 @@ class Registry:
         self._state = state
         self.next_due = 0.0  # CLOCK_MONOTONIC of the next heartbeat
         self.next_prune = 0.0  # CLOCK_MONOTONIC of the next pruning (while elected reaper)
+        self._reaping = False  # as last written
 
-    def add_heartbeat(self, batch: Batch, now: float) -> list[Callable[[], None]]:
+    def add_heartbeat(self, batch: Batch, now: float, reaping: bool) -> list[Callable[[], None]]:
+        """Every REFRESH_INTERVAL, and at once when ``reaping`` (is this worker the elected
+        reaper?) changed, so operators see who reaps."""
+        if reaping != self._reaping:
+            self._reaping = reaping
+            self.next_due = 0.0
         if now < self.next_due:
             return []
         self.next_due = now + REFRESH_INTERVAL
@@ -47,6 +53,7 @@ class Registry:
                 "pid": os.getpid(),
                 "concurrency": state.settings.concurrency,
                 "leases": len(state.leases),
+                "reaper": reaping,
             }
         )
         # register_worker.lua adds "seen" in server time: pruning compares one clock.
