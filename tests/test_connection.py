@@ -183,3 +183,15 @@ def test_sentinel_url_builds_a_master_client() -> None:
     assert sentinel_kwargs["password"] == "spw" and sentinel_kwargs["ssl"] is True
     assert backend.where == "sentinel service 'svc' via a:1,b:26379 (TLS)"
     backend.close()
+
+
+def test_producer_on_a_demoted_primary_raises_backend_unavailable(
+    replica: RedisServer,
+) -> None:
+    """A failover in progress is "enqueue again later" for the caller, on every path of an
+    enqueue (the partition index write included), never a raw redis-py error."""
+    with (
+        workshaper.Producer(replica.url, "t") as producer,
+        pytest.raises(BackendUnavailable, match="enqueue it again"),
+    ):
+        producer.enqueue("k", "m", 0, 0)
