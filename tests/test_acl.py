@@ -166,3 +166,34 @@ def test_every_redis_call_names_its_command() -> None:
     for name in SCRIPT_NAMES:
         lines = [ln for ln in load_script(name).source.splitlines() if DYNAMIC_CALL.search(ln)]
         assert all("redis.call(command, key," in ln for ln in lines), (name, lines)
+
+
+def test_acl_command_and_denials_in_the_operator_commands(server: RedisServer) -> None:
+    workshaper_cli = str(Path(sys.executable).parent / "workshaper")
+    printed = subprocess.run(
+        [workshaper_cli, "acl", "--namespace", NS, "--role", "worker"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert printed.stdout == acl_setuser("worker", NS) + "\n"
+    status = subprocess.run(
+        [workshaper_cli, "status", "--redis", url(server, "admin"), "--namespace", NS],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert status.returncode == 0, status.stderr  # the read-only user sees the namespace
+    for args in (
+        ["status", "--redis", url(server, "admin", OTHER)],  # another namespace's user
+        ["unblock", "0", "k", "--redis", url(server, "admin")],  # the read-only user acting
+    ):
+        result = subprocess.run(
+            [workshaper_cli, *args, "--namespace", NS],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and "denied access" in result.stderr
+        assert PASSWORD not in result.stderr

@@ -3,8 +3,10 @@ openssl (server-only TLS, mutual TLS, and a client that trusts the wrong CA)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -180,3 +182,66 @@ def test_bad_tls_settings_are_named(tls_server: RedisServer, certs: Certs, tmp_p
         connect(_url(tls_server, ssl_ca_cert=certs.ca))
     with pytest.raises(BackendUnavailable, match="ssl_keyfile needs ssl_certfile"):
         connect(_url(tls_server, ssl_keyfile=certs.client_key))
+
+
+BIN = Path(sys.executable).parent
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_cli_tls_flags_and_environment(
+    mtls_server: RedisServer, certs: Certs, namespace: str, tmp_path: Path
+) -> None:
+    url = _url(mtls_server)
+    files = ["--tls-ca", str(certs.ca), "--tls-cert", str(certs.client_cert)]
+    files += ["--tls-key", str(certs.client_key)]
+    status = _run(str(BIN / "workshaper"), "status", "--redis", url, *files)
+    assert status.returncode == 0 and "namespace default" in status.stdout, status.stderr
+    env = {
+        "WORKSHAPER_TLS_CA": str(certs.ca),
+        "WORKSHAPER_TLS_CERT": str(certs.client_cert),
+        "WORKSHAPER_TLS_KEY": str(certs.client_key),
+        "WORKSHAPER_REDIS_URL": url,
+    }
+    assert _run(str(BIN / "workshaper"), "status", env=env).returncode == 0
+    # A worker process with the flags runs items.
+    proc = subprocess.Popen(
+        [str(BIN / "workshaper-worker"), "workshaper_tools.testing.journal:work", "--redis", url,
+         "--namespace", namespace, *files],
+        env={**os.environ, "WS_JOURNAL_DIR": str(tmp_path)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        tls = TLSFiles(str(certs.ca), str(certs.client_cert), str(certs.client_key))
+        with workshaper.Producer(with_tls(url, tls), namespace) as producer:
+            producer.enqueue_many([("k", "m", 0, o) for o in range(5)])
+            assert producer.flush(timeout=60)
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+
+
+def test_cli_wrong_ca_exits_2_with_one_line_without_the_key_path(
+    mtls_server: RedisServer, certs: Certs
+) -> None:
+    result = _run(
+        str(BIN / "workshaper-worker"), "workshaper_tools.testing.journal:work",
+        "--redis", _url(mtls_server), "--tls-ca", str(certs.other_ca),
+        "--tls-cert", str(certs.client_cert), "--tls-key", str(certs.client_key),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "certificate verify failed" in result.stderr
+    assert str(certs.client_key) not in result.stderr
+    plain = _run(str(BIN / "workshaper"), "status", "--redis", mtls_server.url, "--tls-ca", "x")
+    assert plain.returncode == 2 and "ssl_ca_certs needs TLS: use a rediss://" in plain.stderr

@@ -78,3 +78,48 @@ def worker_command() -> list[str]:
         "-c",
         "import sys; from workshaper.cli.worker import worker_main; worker_main(sys.argv[1:])",
     ]
+
+
+def add_redis_options(parser: argparse.ArgumentParser) -> None:
+    """``--redis`` and the TLS files, each also read from the environment
+    (``WORKSHAPER_REDIS_URL``, ``WORKSHAPER_TLS_CA``, ``_CERT``, ``_KEY``, ``_VERIFY``)."""
+    parser.add_argument(
+        "--redis",
+        default=env("REDIS_URL", DEFAULT_REDIS_URL),
+        help="Redis URL: redis://, rediss:// (TLS), unix://, redis+sentinel://HOST:PORT[,...]/"
+        f"SERVICE[/DB] (default: $WORKSHAPER_REDIS_URL, else {DEFAULT_REDIS_URL})",
+    )
+    tls = parser.add_argument_group("TLS (rediss:// URLs; the same as the URL's ssl_* options)")
+    tls.add_argument(
+        "--tls-ca",
+        default=env("TLS_CA"),
+        metavar="FILE",
+        help="CA certificates (PEM) that signed the server's certificate (ssl_ca_certs)",
+    )
+    tls.add_argument(
+        "--tls-cert",
+        default=env("TLS_CERT"),
+        metavar="FILE",
+        help="client certificate (PEM), for mutual TLS (ssl_certfile)",
+    )
+    tls.add_argument(
+        "--tls-key",
+        default=env("TLS_KEY"),
+        metavar="FILE",
+        help="the client certificate's private key (PEM) (ssl_keyfile)",
+    )
+    tls.add_argument(
+        "--tls-verify",
+        default=env("TLS_VERIFY"),
+        choices=["required", "optional", "none"],
+        help="verification of the server's certificate (ssl_cert_reqs; default required)",
+    )
+
+
+def redis_url(args: argparse.Namespace) -> str:
+    """``--redis`` with the TLS flags added to its query (a flag that contradicts the URL is a
+    BackendUnavailable naming the setting)."""
+    from workshaper.connection import TLSFiles, with_tls  # noqa: PLC0415 - keep --help fast
+
+    tls = TLSFiles(args.tls_ca, args.tls_cert, args.tls_key, args.tls_verify)
+    return with_tls(args.redis, tls)

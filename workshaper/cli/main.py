@@ -7,9 +7,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import redis
+
 from workshaper.cli import ops
 from workshaper.cli.common import fail, setup_logging
-from workshaper.errors import BackendUnavailable, InvalidInput
+from workshaper.errors import BackendUnavailable, InvalidInput, ScriptError
 
 #: What to install when ``workshaper bench`` finds no benchmark suite (one line, exit 2).
 TOOLS_MISSING = (
@@ -67,3 +69,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         ops.run(args)
     except (BackendUnavailable, InvalidInput) as exc:
         fail(str(exc))
+    except (redis.exceptions.NoPermissionError, ScriptError) as exc:
+        # An ACL denial, also inside a script (e.g. the read-only user unblocking).
+        denial = exc if isinstance(exc, redis.exceptions.NoPermissionError) else exc.__cause__
+        if not isinstance(denial, redis.exceptions.NoPermissionError):
+            raise
+        fail(f"Redis denied access: {denial} (check the user's ACL: `workshaper acl --help`)")

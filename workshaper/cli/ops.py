@@ -1,11 +1,12 @@
 """The operator commands of ``workshaper``: status, stuck, dead-letters, purge, exporter,
-blocked and unblock.
+blocked, unblock and acl.
 
-Every command takes ``--redis URL`` and ``--namespace NS`` (or ``WORKSHAPER_REDIS_URL``,
-``WORKSHAPER_NAMESPACE``). ``--json`` prints one JSON document instead of tables. Bad input
-exits with status 2 and one line naming it; ``dead-letters replay`` exits 1 when an item
-failed again. The reading and the actions live in ``workshaper.ops``; this module parses and
-prints.
+Every command that reaches Redis takes ``--redis URL``, the TLS files (``--tls-ca``,
+``--tls-cert``, ``--tls-key``, ``--tls-verify``) and ``--namespace NS`` (or
+``WORKSHAPER_REDIS_URL``, ``WORKSHAPER_TLS_*``, ``WORKSHAPER_NAMESPACE``). ``--json`` prints one
+JSON document instead of tables. Bad input exits with status 2 and one line naming it;
+``dead-letters replay`` exits 1 when an item failed again. The reading and the actions live in
+``workshaper.ops``; this module parses and prints.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from workshaper.cli.common import DEFAULT_REDIS_URL, env, fail
+from workshaper.access import ROLES, acl_setuser
+from workshaper.cli.common import add_redis_options, env, fail, redis_url
 from workshaper.errors import InvalidInput
 
 #: Commands this module owns (the CLI dispatches these names to ``run``).
@@ -50,7 +52,7 @@ def _count(flag: str, minimum: int = 0) -> Callable[[str], int]:
 
 
 def _connection(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument("--redis", default=env("REDIS_URL", DEFAULT_REDIS_URL), help="Redis URL")
+    add_redis_options(cmd)
     cmd.add_argument("--namespace", default=env("NAMESPACE", "default"))
 
 
@@ -137,7 +139,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     purge = sub.add_parser(
         "purge", help="delete a namespace's (or one partition's) keys (asks unless --yes)"
     )
-    purge.add_argument("--redis", default=env("REDIS_URL", DEFAULT_REDIS_URL))
+    add_redis_options(purge)
     purge.add_argument("--namespace", required=True, help="the namespace to delete")
     purge.add_argument("--partition", type=_count("--partition"), help="only this partition")
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -156,13 +158,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--dead-letter", action="store_true", help="give the head item up instead of retrying"
     )
     for cmd in (blocked, unblock):
-        cmd.add_argument("--redis", default=env("REDIS_URL", DEFAULT_REDIS_URL))
-        cmd.add_argument("--namespace", default=env("NAMESPACE", "default"))
+        _connection(cmd)
+    acl = sub.add_parser(
+        "acl", help="print the ACL SETUSER line of a role in a namespace (docs/security.md)"
+    )
+    acl.add_argument("--namespace", default=env("NAMESPACE", "default"))
+    acl.add_argument("--role", required=True, choices=ROLES)
+    acl.add_argument("--user", default=None, help="the Redis user (default ws-ROLE-NAMESPACE)")
 
     exporter = sub.add_parser(
         "exporter", help="serve per-partition Prometheus metrics of namespaces on /metrics"
     )
-    exporter.add_argument("--redis", default=env("REDIS_URL", DEFAULT_REDIS_URL))
+    add_redis_options(exporter)
     exporter.add_argument(
         "--namespace",
         action="append",
@@ -219,6 +226,9 @@ def _print_json(value: Any) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Run a parsed operator command (exits with its status)."""
+    if args.command == "acl":
+        print(acl_setuser(args.role, args.namespace, args.user))
+        return
     if args.command in ("blocked", "unblock"):
         _blocked_commands(args)
         return
@@ -230,12 +240,12 @@ def _run(args: argparse.Namespace) -> int:
         from workshaper.ops.exporter import serve_exporter  # noqa: PLC0415
 
         serve_exporter(
-            args.redis, args.namespace or [env("NAMESPACE", "default")], args.host, args.port
+            redis_url(args), args.namespace or [env("NAMESPACE", "default")], args.host, args.port
         )
         return 0
     from workshaper.ops.inspection import Inspector  # noqa: PLC0415
 
-    inspector = Inspector(args.redis, args.namespace)
+    inspector = Inspector(redis_url(args), args.namespace)
     try:
         if args.command == "status":
             return _status(inspector, args)
@@ -407,7 +417,7 @@ def _sub_key_argument(args: argparse.Namespace) -> str | int | bytes:
 def _blocked_commands(args: argparse.Namespace) -> None:
     from workshaper.admin import Admin  # noqa: PLC0415
 
-    admin = Admin(args.redis, args.namespace)
+    admin = Admin(redis_url(args), args.namespace)
     if args.command == "unblock":
         sub_key = _sub_key_argument(args)
         act = admin.dead_letter_blocked if args.dead_letter else admin.retry_blocked

@@ -3,9 +3,10 @@
 Every setting can come from the environment (``WORKSHAPER_REDIS_URL``,
 ``WORKSHAPER_NAMESPACE``, ``WORKSHAPER_CONCURRENCY``, ``WORKSHAPER_LEASE``,
 ``WORKSHAPER_MAX_ATTEMPTS``, ``WORKSHAPER_RETRY_BACKOFF``, ``WORKSHAPER_ON_EXHAUSTED``,
-``WORKSHAPER_BATCH_SIZE``, ``WORKSHAPER_LOG_LEVEL``); a flag wins over the environment.
-Setup errors (a wrong handler path, an unreachable Redis, a bad password) exit with status 2
-and one line on stderr.
+``WORKSHAPER_BATCH_SIZE``, ``WORKSHAPER_LOG_LEVEL``, ``WORKSHAPER_TLS_CA``, ``_CERT``, ``_KEY``,
+``_VERIFY``); a flag wins over the environment. Setup errors (a wrong handler path, an
+unreachable Redis, a bad password, an ACL denial, a bad TLS file) exit with status 2 and one
+line on stderr.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import argparse
 from collections.abc import Sequence
 
 from workshaper.cli.common import (
-    DEFAULT_REDIS_URL,
     SetupError,
+    add_redis_options,
     env,
     fail,
     load_callable,
     number,
+    redis_url,
     setup_logging,
 )
 from workshaper.connection import mask_url
@@ -33,7 +35,7 @@ def worker_parser() -> argparse.ArgumentParser:
         "work(message, partition, offset) for each item, in sub-key order.",
     )
     p.add_argument("handler", help="the work function, as MODULE:FUNCTION (async def allowed)")
-    p.add_argument("--redis", default=env("REDIS_URL", DEFAULT_REDIS_URL), help="Redis URL")
+    add_redis_options(p)
     p.add_argument("--namespace", default=env("NAMESPACE", "default"))
     p.add_argument(
         "--concurrency", type=number(int, "--concurrency"), default=env("CONCURRENCY", "8")
@@ -105,7 +107,7 @@ def worker_main(argv: Sequence[str] | None = None) -> None:
         on_done = load_callable(args.on_done) if args.on_done else None
         on_error = load_callable(args.on_error) if args.on_error else None
         worker = Worker(
-            args.redis,
+            redis_url(args),
             args.namespace,
             work=work,
             on_done=on_done,

@@ -11,6 +11,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
+from workshaper.cli.common import add_redis_options, redis_url
 from workshaper.errors import BackendUnavailable, InvalidInput
 from workshaper.kafka.bridge import KafkaBridge
 from workshaper.kafka.options import hashed_key, record_key
@@ -33,7 +34,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers, HOST:PORT[,...]")
     p.add_argument("--group", required=True, help="consumer group id")
     p.add_argument("--topic", action="append", required=True, help="topic (repeat for more)")
-    p.add_argument("--redis", default=env("WORKSHAPER_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    add_redis_options(p)
     p.add_argument("--namespace", default=env("WORKSHAPER_NAMESPACE", "default"))
     p.add_argument(
         "--key-hash",
@@ -79,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bridge = KafkaBridge(
             config,
             args.topic,
-            args.redis,
+            redis_url(args),
             args.namespace,
             sub_key=sub_key,
             max_in_queue=args.max_in_queue,
