@@ -32,9 +32,11 @@ SERVICE = "wsprimary"
 
 
 class SentinelSet:
-    """A primary, one replica and three sentinels (quorum 2) in one temp dir."""
+    """A primary, one replica and three sentinels (quorum 2) in one temp dir. The primary is
+    down for the sentinels after 2 s without an answer: shorter, and a busy 2-core machine
+    sees failovers nobody asked for."""
 
-    def __init__(self, down_after_ms: int = 1000) -> None:
+    def __init__(self, down_after_ms: int = 2000) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="workshaper-sentinel-"))
         self.primary = RedisServer(data_dir=self.dir / "primary")
         self.replica = RedisServer(data_dir=self.dir / "replica")
@@ -183,6 +185,7 @@ def test_fleet_survives_a_primary_sigkill(
     producer_admin = Admin(sentinel_set.url, namespace)
     failed_enqueues = 0
     killed_at = 0.0
+    lost_writes_seen = False
     with fleet(sentinel_set.url, namespace, tmp_path, WS_WORK_DELAY_MAX="0.002") as f:
         for _ in range(3):
             f.start(lease=2.0, concurrency=4)
@@ -190,17 +193,26 @@ def test_fleet_survives_a_primary_sigkill(
             sentinel_set.url, namespace, max_in_queue=100_000, ack=ack("first")
         ) as producer:
             for start in range(0, len(items), 200):
-                failed_enqueues += _enqueue_retrying(producer, items[start : start + 200])
+                try:
+                    failed_enqueues += _enqueue_retrying(producer, items[start : start + 200])
+                except workshaper.RedisLostWrites:
+                    # The promoted replica lacks writes the old primary acknowledged: this
+                    # producer stops; the replay below re-enqueues from the start.
+                    lost_writes_seen = True
+                    break
                 if start == 2000:
                     # Let every worker be up (one starting now would fail fast: exit 2) and
                     # items be in flight, then kill the primary.
                     wait_for(lambda: len(producer_admin.workers()) == 3, timeout=60)
                     wait_for(lambda: len(read_journal(tmp_path)) > 500, timeout=60)
+                    # No failover yet (a busy machine can make sentinels see a slow primary
+                    # as down): the kill below is the only one.
+                    assert sentinel_set.primary_port() == old_primary
                     sentinel_set.primary.kill()
                     killed_at = time.monotonic()
                 time.sleep(0.02)
             wait_for(lambda: sentinel_set.primary_port() != old_primary, timeout=60)
-            first_flushed = producer.flush(timeout=30)
+            first_flushed = not lost_writes_seen and producer.flush(timeout=30)
         # A restarted consumer replays its partitions (from offset 0 here; in Kafka, from the
         # committed offset before the failover): only what the failover lost is accepted.
         with workshaper.Producer(
@@ -219,7 +231,8 @@ def test_fleet_survives_a_primary_sigkill(
         f"sentinel failover: {report.summary()}; first ack {recovered:.2f}s after the kill;"
         f" enqueue calls failed during the failover "
         f"{failed_enqueues}; first producer flushed: {first_flushed}; items accepted again "
-        f"on replay (lost by the failover) {reaccepted}; watermark violations "
+        f"on replay (lost by the failover) {reaccepted}; lost writes detected by the producer "
+        f"{lost_writes_seen}; watermark violations "
         f"{len(report.watermark_violations)}"
     )
     assert not report.lost, report.lost[:5]
