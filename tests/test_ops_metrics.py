@@ -3,6 +3,7 @@ the worker's own endpoint), checked against a known state."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import urllib.request
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import workshaper
@@ -31,6 +33,10 @@ def scrape(port: int) -> Samples:
         for s in family.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
+
+
+def by_name(samples: Samples, name: str) -> list[float]:
+    return [v for (n, _), v in samples.items() if n == name]
 
 
 def try_scrape(port: int) -> Samples | None:
@@ -134,3 +140,120 @@ def test_exporter_reports_a_known_state(
     finally:
         worker.stop(10)
         producer.close()
+
+
+def test_worker_metrics_endpoint_reports_a_known_state(
+    redis_server: RedisServer,
+    namespace: str,
+    tmp_path: Path,
+    process_log: list[subprocess.Popen[bytes]],
+) -> None:
+    port = free_port()
+    producer = workshaper.Producer(redis_server.url, namespace)
+    try:
+        producer.enqueue_many(
+            [(f"k{i}", {"do": "ok"}, 0, i) for i in range(5)]
+            + [("poison", {"do": "fail"}, 0, 5), ("slow", {"do": "hang"}, 1, 0)]
+        )
+        log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
+        process_log.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "workshaper-worker"),
+                    "tests.ops_handlers:work",
+                    "--redis",
+                    redis_server.url,
+                    "--namespace",
+                    namespace,
+                    "--max-attempts",
+                    "2",
+                    "--retry-backoff",
+                    "0.01",
+                ],
+                env={
+                    **os.environ,
+                    "WS_OPS_DIR": str(tmp_path),
+                    "WORKSHAPER_METRICS_PORT": str(port),
+                },
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+        )
+        log.close()
+        labels = None
+
+        def ready() -> Samples | None:
+            samples = try_scrape(port)
+            if not samples:
+                return None
+            done = [
+                v for (n, _), v in samples.items() if n == "workshaper_worker_items_finished_total"
+            ]
+            dead = [
+                v
+                for (n, _), v in samples.items()
+                if n == "workshaper_worker_items_dead_lettered_total"
+            ]
+            return samples if done == [5.0] and dead == [1.0] else None
+
+        samples = wait_for(ready, timeout=60, interval=0.1)
+        [labels] = {lb for (n, lb) in samples if n == "workshaper_worker_items_finished_total"}
+        assert dict(labels)["namespace"] == namespace and dict(labels)["worker"]
+
+        def value(name: str, extra: tuple[tuple[str, str], ...] = ()) -> float:
+            return samples[(name, tuple(sorted((*labels, *extra))))]
+
+        assert value("workshaper_worker_items_failed_total") == 2
+        assert value("workshaper_worker_items_retried_total") == 1
+        assert value("workshaper_worker_items_dead_lettered_total") == 1
+        assert value("workshaper_worker_leases_claimed_total") >= 7  # one per sub key
+        assert value("workshaper_worker_leases_lost_total") == 0
+        assert value("workshaper_worker_redis_errors_total") == 0
+        assert value("workshaper_worker_in_flight_leases") >= 1  # "slow" hangs
+        assert value("workshaper_worker_handler_duration_seconds_count") == 7  # 5 ok, 2 failed
+        assert value("workshaper_worker_round_trip_seconds_count") > 0
+        assert value("workshaper_worker_claim_batch_size_count") > 0
+        assert value("workshaper_worker_handler_duration_seconds_bucket", (("le", "+Inf"),)) == 7
+        # Conventions: counters end in _total, durations in _seconds; no sub key in a label.
+        for name, sample_labels in samples:
+            if name.startswith("workshaper_worker_"):
+                assert set(dict(sample_labels)) <= {"namespace", "worker", "le"}
+
+        (tmp_path / "release").touch()
+        assert producer.flush(timeout=30)
+        samples = wait_for(
+            lambda: (
+                (s := scrape(port))
+                and s[("workshaper_worker_items_finished_total", labels)] == 6
+                and s
+            )
+        )
+    finally:
+        producer.close()
+
+
+def test_producer_collector_on_the_users_registry(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    registry = CollectorRegistry()
+    worker = workshaper.Worker(redis_server.url, namespace, work=lambda m, p, o: None).start()
+    producer = workshaper.Producer(redis_server.url, namespace)
+    try:
+        registry.register(producer.metrics_collector())
+        assert producer.enqueue_many([("a", "m", 2, 0), ("a", "m", 2, 1)])
+        assert producer.flush(timeout=30)
+        assert producer.enqueue("a", "m", 2, 1) == workshaper.Enqueued.ALREADY_ACKED
+        samples: Samples = {}
+        for family in text_string_to_metric_families(generate_latest(registry).decode()):
+            for s in family.samples:
+                samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        ns = ("namespace", namespace)
+        assert samples[("workshaper_producer_items_total", (ns, ("status", "accepted")))] == 2
+        assert samples[("workshaper_producer_items_total", (ns, ("status", "already_acked")))] == 1
+        assert samples[("workshaper_producer_items_total", (ns, ("status", "duplicate")))] == 0
+        assert samples[("workshaper_producer_acked_watermark", (ns, ("partition", "2")))] == 1
+        assert samples[("workshaper_producer_ack_errors_total", (ns,))] == 0
+    finally:
+        producer.close()
+        worker.stop(10)

@@ -59,6 +59,7 @@ class AckLoop:
         self._recorded = recorded
         self._changed = threading.Condition()
         self._targets: dict[int, int] = {}  # partition -> highest offset waiting to be acked
+        self.ack_errors = 0  # calls of ack that raised (metrics)
         self._acked: dict[int, int] = {}  # partition -> acked watermark as last seen
         self._generation: dict[int, int] = {}  # partition -> commits made by this loop
         #: partition -> when it is offered next (after a failed ack, or after quiet checks)
@@ -137,6 +138,10 @@ class AckLoop:
                     return False
                 self._changed.wait(remaining)
             return True
+
+    def acked_watermarks(self) -> dict[int, int]:
+        with self._changed:
+            return dict(self._acked)
 
     def commits(self, partition: int) -> int:
         """How many times this loop has moved the partition's acked watermark."""
@@ -307,6 +312,7 @@ class AckLoop:
         except Exception:
             failures = self._failures.get(partition, 0) + 1
             self._failures[partition] = failures
+            self.ack_errors += 1
             delay = min(self._interval * 2**failures, MAX_ACK_RETRY_DELAY)
             self._next_check[partition] = time.monotonic() + delay
             log.exception(

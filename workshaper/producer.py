@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
@@ -117,6 +118,9 @@ class Producer:
         self._lock = threading.Lock()  # one enqueue at a time keeps per-partition order
         self._link = Link(self._backend)  # used under the lock only
         self._closed = False
+        #: Enqueue outcomes and waits, for metrics (``metrics_collector``): plain counters.
+        self._counts: Counter[Enqueued] = Counter()
+        self._full_waits = 0
         self._ack_loop = AckLoop(
             self._backend, self._keys, ack, ack_interval, ack_each, recorded=recorded
         )
@@ -157,7 +161,9 @@ class Producer:
         with self._lock:
             self._check_open()
             self._send_until_done(by_partition, statuses, deadline)
-        return [s for s in statuses if s is not None]
+            result = [s for s in statuses if s is not None]
+            self._counts.update(result)
+        return result
 
     def _encode_all(self, items: list[Item]) -> list[tuple[int, EncodedItem]]:
         out: list[tuple[int, EncodedItem]] = []
@@ -337,6 +343,7 @@ class Producer:
         deadline: float | None,
         statuses: list[Enqueued | None],
     ) -> None:
+        self._full_waits += 1
         if deadline is not None and time.monotonic() >= deadline:
             raise QueueFull(
                 f"partition {partition} of namespace {self.namespace!r} stayed full"
@@ -361,6 +368,25 @@ class Producer:
                 f"cannot reach Redis at {self._backend.where} to read the watermark: {exc}"
             ) from exc
         return None if value is None else int(value)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: accepted, duplicate, already_acked, full_waits, ack_errors."""
+        out = {status.value: self._counts[status] for status in Enqueued}
+        out["full_waits"] = self._full_waits
+        out["ack_errors"] = self._ack_loop.ack_errors
+        return out
+
+    def acked_watermarks(self) -> dict[int, int]:
+        """partition -> the last watermark this producer's ack callback returned for."""
+        return self._ack_loop.acked_watermarks()
+
+    def metrics_collector(self) -> Any:
+        """A prometheus_client collector of this producer's counters, for your registry:
+        ``registry.register(producer.metrics_collector())`` (see docs/metrics.md)."""
+        from workshaper.ops.metrics import ProducerMetrics  # noqa: PLC0415 - optional use
+
+        return ProducerMetrics(self)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every item this producer enqueued (accepted, or found still in flight

@@ -3,16 +3,17 @@
 Every setting can come from the environment (``WORKSHAPER_REDIS_URL``,
 ``WORKSHAPER_NAMESPACE``, ``WORKSHAPER_CONCURRENCY``, ``WORKSHAPER_LEASE``,
 ``WORKSHAPER_MAX_ATTEMPTS``, ``WORKSHAPER_RETRY_BACKOFF``, ``WORKSHAPER_ON_EXHAUSTED``,
-``WORKSHAPER_BATCH_SIZE``, ``WORKSHAPER_LOG_LEVEL``, ``WORKSHAPER_TLS_CA``, ``_CERT``, ``_KEY``,
-``_VERIFY``); a flag wins over the environment. Setup errors (a wrong handler path, an
-unreachable Redis, a bad password, an ACL denial, a bad TLS file) exit with status 2 and one
-line on stderr.
+``WORKSHAPER_BATCH_SIZE``, ``WORKSHAPER_LOG_LEVEL``, ``WORKSHAPER_METRICS_PORT``,
+``WORKSHAPER_TLS_CA``, ``_CERT``, ``_KEY``, ``_VERIFY``); a flag wins over the environment.
+Setup errors (a wrong handler path, an unreachable Redis, a bad password, an ACL denial, a bad
+TLS file) exit with status 2 and one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from workshaper.cli.common import (
     SetupError,
@@ -26,6 +27,9 @@ from workshaper.cli.common import (
 )
 from workshaper.connection import mask_url
 from workshaper.errors import BackendUnavailable, InvalidInput
+
+if TYPE_CHECKING:
+    from workshaper.worker import Worker
 
 
 def worker_parser() -> argparse.ArgumentParser:
@@ -72,6 +76,17 @@ def worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-error", default=env("ON_ERROR"), help="MODULE:FUNCTION per failure")
     p.add_argument("--name", default=env("WORKER_NAME"), help="worker id (default host-pid-rand)")
     p.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--metrics-port",
+        type=number(int, "--metrics-port"),
+        default=env("METRICS_PORT"),
+        help="serve Prometheus metrics on this port at /metrics (default: off)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default=env("METRICS_HOST", "0.0.0.0"),
+        help="address the metrics endpoint listens on (default 0.0.0.0)",
+    )
     return p
 
 
@@ -84,6 +99,7 @@ def _convert_defaults(args: argparse.Namespace) -> None:
         ("retry_backoff", float),
         ("batch_size", int),
         ("prefetch", int),
+        ("metrics_port", int),
     ):
         value = getattr(args, name)
         if isinstance(value, str):
@@ -127,4 +143,18 @@ def worker_main(argv: Sequence[str] | None = None) -> None:
             if isinstance(exc, BackendUnavailable)
             else str(exc)
         )
+    if args.metrics_port is not None:
+        _serve_metrics(worker, args.metrics_host, args.metrics_port)
     worker.run()
+
+
+def _serve_metrics(worker: Worker, host: str, port: int) -> None:
+    from prometheus_client import REGISTRY  # noqa: PLC0415 - only with --metrics-port
+
+    from workshaper.ops.metrics import WorkerMetrics, serve_metrics  # noqa: PLC0415
+
+    WorkerMetrics(worker).register(REGISTRY)
+    try:
+        serve_metrics(REGISTRY, port, host)
+    except OSError as exc:
+        fail(f"cannot serve metrics on {host}:{port}: {exc}")

@@ -102,6 +102,8 @@ class Claims:
                 lease.stop = True
             state.leases[lease.key] = lease
         state.stats["claimed"] += len(claimed)
+        if state.observer is not None:
+            state.observer.claimed(len(claimed))
         if ready_left:
             # Others may take the rest (ring the bell) and so may we, at once: no waker hop.
             state.wakes.add(claim.partition)

@@ -84,6 +84,7 @@ class Coordinator:
             try:
                 refused = self._round_trip()
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                self.state.stats["redis_errors"] += 1
                 self._link.broken()
                 log.warning("Redis unreachable (%s); retrying in %.2fs", exc, retry_delay)
                 time.sleep(retry_delay)
@@ -220,7 +221,10 @@ class Coordinator:
             self.renewals.resend_soon()
             self.reaper.resend_soon()
             raise
-        self.prefetch.round_trip_took(time.monotonic() - sent)
+        took = time.monotonic() - sent
+        self.prefetch.round_trip_took(took)
+        if self.state.observer is not None:
+            self.state.observer.round_trip(took)
         refused = 0
         for handle in handlers:
             try:

@@ -87,6 +87,8 @@ class BatchRunner:
         self._on_error = on_error
         self._post = post
         self._worker_id = worker_id
+        #: Called with each handler call's seconds when metrics are on (Worker.instrument).
+        self.observe_handler: Callable[[float], None] | None = None
 
     def failed(
         self, lease: Lease, index: int, job: Job, message: codec.Message, exc: BaseException
@@ -138,6 +140,7 @@ class BatchRunner:
         """
         on_done, finished = self._on_done, self._finished
         partition, sub_key, token = lease.partition, lease.sub_key, lease.token
+        observe = self.observe_handler
         lease.started = time.monotonic()
         try:
             for index, raw in enumerate(entries):
@@ -153,7 +156,12 @@ class BatchRunner:
                     return ("corrupt", index, f"queue entry does not decode: {exc}")
                 job = Job(sub_key, partition, offset, attempt if index == 0 else 1, token)
                 set_current_job(job)
-                error = yield job, message
+                if observe is None:
+                    error = yield job, message
+                else:  # metrics on: one perf_counter pair per item
+                    began = time.perf_counter()
+                    error = yield job, message
+                    observe(time.perf_counter() - began)
                 if error is BATCH_CANCELLED:
                     return ("stopped", index)
                 if error is not None:

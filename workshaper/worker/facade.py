@@ -27,7 +27,7 @@ from workshaper.signals import install_stop_handlers
 from workshaper.worker.coordinator import Coordinator
 from workshaper.worker.executor import BatchRunner, Executor, make_executor
 from workshaper.worker.settings import DEFAULT_BATCH_SIZE, check_handlers, worker_settings
-from workshaper.worker.state import CoordinatorState
+from workshaper.worker.state import CoordinatorState, Observer
 from workshaper.worker.waker import Waker
 
 log = logging.getLogger(__name__)
@@ -137,9 +137,21 @@ class Worker:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters: claimed, finished, failed, dead_lettered, fenced, reaped, and expired
-        (batches the zombie rule stopped before an item until Redis confirmed the lease)."""
+        """Counters: claimed, finished, failed, retried, dead_lettered, blocked, fenced, reaped,
+        redis_errors, and expired (batches the zombie rule stopped before an item until Redis
+        confirmed the lease). workshaper.ops.metrics reads them at scrape time."""
         return self._state.stats
+
+    @property
+    def leases_held(self) -> int:
+        """Leases held now: sub keys running or read ahead."""
+        return len(self._state.leases)
+
+    def instrument(self, observer: Observer) -> None:
+        """Report handler durations, round trips and claim sizes to ``observer`` (metrics);
+        call before run()."""
+        self._state.observer = observer
+        self._runner.observe_handler = observer.handler
 
     # --- lifecycle -------------------------------------------------------------------------
 

@@ -94,6 +94,7 @@ class Failures:
         if code < 0:
             dispatcher.fenced(lease, "failure record")
         elif code == RETRY:  # the same item after a backoff; the lease is kept meanwhile
+            state.stats["retried"] += 1
             lease.attempt = attempt + 1
             lease.isolated = False  # unflagged by the script: flagged again before the retry
             if state.stopping:
@@ -101,6 +102,7 @@ class Failures:
                 return
             self._schedule_retry(lease, attempt)
         elif code == BLOCKED:  # the script released the lease
+            state.stats["blocked"] += 1
             log.error(
                 "partition %d: a sub key is blocked after %d attempts", lease.partition, attempt
             )

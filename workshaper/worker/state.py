@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from workshaper.worker.lease import Lease
 from workshaper.worker.settings import WorkerSettings
@@ -23,7 +24,18 @@ def new_stats() -> dict[str, int]:
         "reaped": 0,
         # batches stopped before an item because the lease may have expired (zombie rule)
         "expired": 0,
+        "retried": 0,  # failed attempts that will be retried
+        "blocked": 0,  # items that blocked their sub key (on_exhausted="block")
+        "redis_errors": 0,  # round trips lost to a connection error
     }
+
+
+class Observer(Protocol):
+    """Timings for metrics (workshaper.ops.metrics.WorkerMetrics); None when metrics are off."""
+
+    def handler(self, seconds: float) -> None: ...
+    def round_trip(self, seconds: float) -> None: ...
+    def claimed(self, count: int) -> None: ...
 
 
 @dataclass
@@ -34,6 +46,7 @@ class CoordinatorState:
     #: Partitions whose wake-up bell to ring in the next round trip (others may claim there).
     wakes: set[int] = field(default_factory=set)
     stats: dict[str, int] = field(default_factory=new_stats)
+    observer: Observer | None = None
     #: lease.clock() when the current round trip was sent: a lease that Redis extends in it is
     #: valid until at least then + the lease duration (Lease.extended).
     sent_at: float = 0.0
