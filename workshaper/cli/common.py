@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -64,10 +63,21 @@ def number(kind: type, flag: str) -> Callable[[str], Any]:
     return parse
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+def setup_logging(level: str, log_format: str = "text", worker: str | None = None) -> None:
+    """Text lines, or ``log_format="json"``: one JSON object per line (workshaper.ops.logjson).
+    ValueError names an unknown level or format."""
+    from workshaper.ops.logjson import configure_logging  # noqa: PLC0415
+
+    configure_logging(level, log_format, worker)
+
+
+def add_log_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=env("LOG_FORMAT", "text"),
+        help="text lines, or one JSON object per line (time, level, worker, partition, "
+        "offset, event); env WORKSHAPER_LOG_FORMAT",
     )
 
 

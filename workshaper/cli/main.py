@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import redis
 
 from workshaper.cli import ops
-from workshaper.cli.common import fail, setup_logging
+from workshaper.cli.common import add_log_format, fail, setup_logging
 from workshaper.errors import BackendUnavailable, InvalidInput, ScriptError
 
 #: What to install when ``workshaper bench`` finds no benchmark suite (one line, exit 2).
@@ -30,8 +30,10 @@ def _bench(argv: list[str]) -> None:
     bench_main(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``workshaper`` parser (bench and kafka-bridge parse their own arguments)."""
     parser = argparse.ArgumentParser(prog="workshaper", description="WorkShaper tools")
+    add_log_format(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the seed-style demo (embedded, or --redis URL)")
@@ -51,7 +53,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub.add_parser("bench", help="run the benchmark suite (arguments: workshaper bench --help)")
     sub.add_parser("kafka-bridge", help="consume Kafka into WorkShaper (kafka-bridge --help)")
     ops.add_parsers(sub)
+    return parser
 
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         _bench(argv[1:])
@@ -60,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         raise SystemExit(kafka_main(argv[1:]))
     args = parser.parse_args(argv)
-    setup_logging("WARNING")
+    # Operator commands log warnings only; the exporter and the dashboard say where they serve.
+    setup_logging("WARNING", args.log_format)
     try:
         if args.command == "demo":
             from workshaper.demo import run_demo  # noqa: PLC0415

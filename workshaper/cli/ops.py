@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from typing import Any
 from workshaper.access import ROLES, acl_setuser
 from workshaper.cli.common import add_redis_options, env, fail, redis_url
 from workshaper.errors import InvalidInput
+
+log = logging.getLogger(__name__)
 
 #: Commands this module owns (the CLI dispatches these names to ``run``).
 COMMANDS = ("status", "stuck", "dead-letters", "purge", "exporter")
@@ -336,6 +339,7 @@ def _purge(inspector: Any, args: argparse.Namespace) -> int:
         print("nothing deleted", file=sys.stderr)
         return 1
     removed = inspector.purge(args.partition)
+    log.warning("purge: deleted %d key(s): %s", removed, what)  # operator actions leave a trace
     print(f"deleted {removed} key(s): {what}")
     return 0
 
@@ -377,6 +381,7 @@ def _dead_letters(inspector: Any, args: argparse.Namespace) -> int:
             print("nothing dropped", file=sys.stderr)
             return 1
         dropped = inspector.drop(letters)
+        log.warning("dropped %d dead letter(s) of namespace %s", dropped, args.namespace)
         if args.json:
             _print_json({"dropped": dropped})
         else:
@@ -388,6 +393,12 @@ def _dead_letters(inspector: Any, args: argparse.Namespace) -> int:
         if letter.offset is None:
             continue
         outcome = inspector.replay(letter.partition, letter.offset, args.wait)
+        log.warning(
+            "replayed dead letter: partition %d offset %d %s",
+            outcome.partition,
+            outcome.offset,
+            outcome.outcome,
+        )
         outcomes.append(outcome)
         if not args.json:
             line = f"partition {outcome.partition} offset {outcome.offset}: {outcome.outcome}"

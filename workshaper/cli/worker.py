@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from workshaper.cli.common import (
     SetupError,
+    add_log_format,
     add_redis_options,
     env,
     fail,
@@ -27,6 +28,7 @@ from workshaper.cli.common import (
 )
 from workshaper.connection import mask_url
 from workshaper.errors import BackendUnavailable, InvalidInput
+from workshaper.ops.logjson import set_log_worker
 
 if TYPE_CHECKING:
     from workshaper.worker import Worker
@@ -76,6 +78,7 @@ def worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-error", default=env("ON_ERROR"), help="MODULE:FUNCTION per failure")
     p.add_argument("--name", default=env("WORKER_NAME"), help="worker id (default host-pid-rand)")
     p.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
+    add_log_format(p)
     p.add_argument(
         "--metrics-port",
         type=number(int, "--metrics-port"),
@@ -115,7 +118,7 @@ def worker_main(argv: Sequence[str] | None = None) -> None:
     args = worker_parser().parse_args(argv)
     _convert_defaults(args)
     try:
-        setup_logging(args.log_level)
+        setup_logging(args.log_level, args.log_format, args.name)
     except ValueError:
         fail(f"unknown log level {args.log_level!r}")
     try:
@@ -143,6 +146,7 @@ def worker_main(argv: Sequence[str] | None = None) -> None:
             if isinstance(exc, BackendUnavailable)
             else str(exc)
         )
+    set_log_worker(worker.id)
     if args.metrics_port is not None:
         _serve_metrics(worker, args.metrics_host, args.metrics_port)
     worker.run()

@@ -56,6 +56,13 @@ def parser() -> argparse.ArgumentParser:
         help="extra librdkafka consumer setting, e.g. -X auto.offset.reset=earliest",
     )
     p.add_argument("--log-level", default=env("WORKSHAPER_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=env("WORKSHAPER_LOG_FORMAT", "text"),
+        help="text lines, or one JSON object per line (time, level, worker, partition, "
+        "offset, event)",
+    )
     return p
 
 
@@ -64,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser().parse_args(argv)
     try:
-        setup_logging(args.log_level)
+        setup_logging(args.log_level, args.log_format, f"kafka-bridge:{args.group}")
     except ValueError:
         fail(f"unknown log level {args.log_level!r}")
     config: dict[str, Any] = {"bootstrap.servers": args.bootstrap, "group.id": args.group}
