@@ -46,7 +46,7 @@ def namespace() -> str:
 
 @pytest.fixture(params=["embedded", "redis"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    """The same tests on the embedded backend (fakeredis + Lua) and on a real redis-server."""
+    """The same tests on the embedded backend (our scripts in-process) and a real redis-server."""
     if request.param == "embedded":
         b = embedded_backend()
     else:

@@ -152,6 +152,9 @@ class Batch:
         inspects each argument in Python, a quarter of a worker's CPU at high throughput). A
         broken connection is replaced and the whole batch sent again, which every script
         allows (idempotent)."""
+        server = self._backend.server
+        if server is not None:  # embedded: run in this process, no packing, no redis-py
+            return server.execute_many(commands)
         packed = [hiredis.pack_command(args) for args in commands]
         link = self._link or Link(self._backend)
         try:

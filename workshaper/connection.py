@@ -21,13 +21,16 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
 import redis.sentinel
 
 from workshaper.errors import AccessDenied, BackendUnavailable, InvalidType
+
+if TYPE_CHECKING:
+    from workshaper.embedded import EmbeddedServer
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +149,8 @@ class Backend:
     client: redis.Redis = field(repr=False)
     where: str  # "host:port", "unix:/path", "sentinel ...", or "embedded"; never holds a secret
     embedded: bool = False
+    #: The in-process server of an embedded backend (its batches skip redis-py entirely).
+    server: EmbeddedServer | None = None
     _closed: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _also_close: list[Callable[[], None]] = field(default_factory=list, repr=False)
@@ -227,16 +232,26 @@ def _sentinel_where(service: str, sentinel: redis.sentinel.Sentinel) -> str:
     return f"sentinel service {service!r} via {hosts}"
 
 
-def embedded_backend(server: Any = None) -> Backend:
-    """An in-process Redis (fakeredis with real Lua via lupa): no server needed. Without
-    ``server``, a private one that nothing else sees."""
+def embedded_backend(server: EmbeddedServer | None = None) -> Backend:
+    """An in-process Redis running our Lua scripts (workshaper.embedded): no server needed.
+    Without ``server``, a private one that nothing else sees."""
+    from workshaper.embedded import EmbeddedServer  # noqa: PLC0415 - lazily: servers never use it
+
+    if server is None:
+        server = EmbeddedServer()
+    return Backend(client=server.client(), where="embedded", embedded=True, server=server)
+
+
+def fakeredis_backend(server: Any = None) -> Backend:
+    """The former embedded backend (fakeredis with real Lua via lupa), kept as a fallback and
+    as a second reference for tests."""
     import fakeredis  # noqa: PLC0415 - lazily: production servers never load it
 
     client = fakeredis.FakeRedis(server=server or fakeredis.FakeServer())
     return Backend(client=client, where="embedded", embedded=True)
 
 
-_shared_server: Any = None
+_shared_server: EmbeddedServer | None = None
 _shared_server_lock = threading.Lock()
 
 
@@ -245,11 +260,11 @@ def shared_embedded_backend() -> Backend:
     Worker or an Admin, so that a ``Producer(None)`` and a ``Worker(None)`` of one process work
     together as clients of one Redis would."""
     global _shared_server  # one server per process, made on first use
-    import fakeredis  # noqa: PLC0415 - lazily: production servers never load it
+    from workshaper.embedded import EmbeddedServer  # noqa: PLC0415 - lazily: servers never use it
 
     with _shared_server_lock:
         if _shared_server is None:
-            _shared_server = fakeredis.FakeServer()
+            _shared_server = EmbeddedServer()
         return embedded_backend(_shared_server)
 
 

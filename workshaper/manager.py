@@ -1,7 +1,7 @@
 """The seed's all-in-one facade: a Producer and an in-process Worker on one backend.
 
-``redis=None`` runs on a private embedded backend (the same Lua scripts on fakeredis, in this
-process, its own server), so the seed-style program needs no server.
+``redis=None`` runs on a private embedded backend (the same Lua scripts, run in this process
+on its own in-memory server), so the seed-style program needs no server.
 """
 
 from __future__ import annotations

@@ -1,0 +1,193 @@
+"""The embedded backend answers like a real redis-server: the same redis-py calls and the same
+scripts give the same Python values on both (redis-py 8 speaks RESP3 to the real one)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+from workshaper.connection import Backend, connect, embedded_backend
+from workshaper.testing import RedisServer
+
+Op = Callable[[redis.Redis, str], Any]
+
+
+def _pipeline(c: redis.Redis, k: str) -> Any:
+    pipe = c.pipeline(transaction=False)
+    pipe.rpush(k, "a", "b")
+    pipe.lrange(k, 0, -1)
+    pipe.hget(k, "x")  # wrong type: its own error, the rest still answer
+    pipe.llen(k)
+    return [type(r).__name__ if isinstance(r, Exception) else r for r in pipe.execute(False)]
+
+
+def _error(call: Callable[[], Any]) -> str:
+    try:
+        call()
+    except redis.ResponseError as exc:
+        return type(exc).__name__ + ": " + str(exc).split()[0]
+    return "no error"
+
+
+#: Each operation runs on a fresh key prefix; its return value is compared across backends.
+OPERATIONS: dict[str, Op] = {
+    "ping": lambda c, k: c.ping(),
+    "set/get": lambda c, k: (c.set(k, "v"), c.get(k), c.get(k + "missing")),
+    "set px": lambda c, k: (c.set(k, "v", px=60_000), c.pttl(k) > 0, c.exists(k)),
+    "hashes": lambda c, k: (
+        c.hset(k, mapping={"a": "1", "b": "2"}),
+        c.hget(k, "a"),
+        c.hmget(k, ["a", "zz"]),
+        c.hincrby(k, "a", 5),
+        c.hexists(k, "b"),
+        c.hdel(k, "b", "zz"),
+        c.hgetall(k),
+        c.hlen(k),
+        c.hgetall(k + "none"),
+    ),
+    "lists": lambda c, k: (
+        c.rpush(k, 1, 2, 3, 4),
+        c.lrange(k, 0, -1),
+        c.lrange(k, -2, 10),
+        c.lindex(k, -1),
+        c.lindex(k, 9),
+        c.linsert(k, "BEFORE", 3, "x"),
+        c.linsert(k, "AFTER", "nope", "y"),
+        c.lpop(k),
+        c.lpop(k, 2),
+        c.lset(k, 0, "z"),
+        c.ltrim(k, 1, -1),
+        c.llen(k),
+        c.lpop(k + "none"),
+        c.lpop(k + "none", 3),
+        c.exists(k),
+    ),
+    "sets": lambda c, k: (c.sadd(k, "a", "b", "a"), c.smembers(k), c.smembers(k + "none")),
+    "sorted sets": lambda c, k: (
+        c.zadd(k, {"a": 1.5, "b": 2, "c": 2}),
+        c.zadd(k, {"a": 9}, xx=True),
+        c.zadd(k, {"d": 9}, nx=True),
+        c.zadd(k, {"b": 0}, gt=True),
+        c.zscore(k, "a"),
+        c.zscore(k, "nope"),
+        c.zrange(k, 0, -1),
+        c.zrange(k, 0, 1, withscores=True),
+        c.zrangebyscore(k, "(2", "+inf"),
+        c.zrangebyscore(k, "-inf", 9, start=1, num=2),
+        c.zcard(k),
+        c.zrem(k, "a", "nope"),
+        c.bzpopmin(k, timeout=1),
+        c.bzpopmin(k + "none", timeout=0.05),
+    ),
+    "delete empties": lambda c, k: (
+        c.rpush(k, "a"),
+        c.lpop(k),
+        c.exists(k),
+        c.zadd(k + "z", {"m": 1}),
+        c.zrem(k + "z", "m"),
+        c.exists(k + "z"),
+        c.delete(k, k + "z"),
+    ),
+    "wrong type": lambda c, k: (c.set(k, "s"), _error(lambda: c.lpush(k, "x"))),
+    "script replies": lambda c, k: (
+        c.eval("return {1, 'two', false, 4}", 0),
+        c.eval("return {1, 2, nil, 4}", 0),
+        c.eval("return 3.9", 0),
+        c.eval("return -3.9", 0),
+        c.eval("return true", 0),
+        c.eval("return false", 0),
+        c.eval("return {ok = 'FINE'}", 0),
+        c.eval("return redis.call('TIME')[2] ~= nil", 0),
+        c.eval("return redis.status_reply('YES')", 0),
+        _error(lambda: c.eval("return redis.error_reply('MY failure')", 0)),
+        _error(lambda: c.evalsha("0" * 40, 0)),
+    ),
+    "script calls": lambda c, k: (
+        c.eval(
+            "redis.call('ZADD', KEYS[1], 1e15, 'a', 0.1, 'b', 9007199254740991, 'c');"
+            "return {redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES'),"
+            " redis.call('ZSCORE', KEYS[1], 'b'), redis.call('HGET', KEYS[2], 'x'),"
+            " redis.call('LPOP', KEYS[2] .. 'l'), redis.call('SET', KEYS[2], 'v'),"
+            " redis.call('HMGET', KEYS[2] .. 'h', 'a', 'b'), tostring(2^53 - 1),"
+            " string.format('%d', 2^53 - 1), redis.call('EXISTS', KEYS[1], KEYS[2])}",
+            2,
+            k,
+            k + "other",
+        ),
+        c.eval("return redis.pcall('LPUSH', KEYS[1], 'x')['err'] ~= nil", 1, k),
+        _error(lambda: c.eval("return redis.call('LPUSH', KEYS[1], 'x')", 1, k)),
+    ),
+    "cjson": lambda c, k: c.eval(
+        "return cjson.encode({type = 'T', message = 'a/b \"q\" \\n', n = 3, f = 1.5, "
+        "big = 2^53, list = {1, 'x'}})",
+        0,
+    ),
+    "pipeline": _pipeline,
+}
+
+
+def _normalise(name: str, value: Any) -> Any:
+    if name == "cjson":  # key order follows Lua's table hashing: compare the decoded object
+        import json
+
+        return json.loads(value)
+    return value
+
+
+@pytest.fixture(scope="module")
+def both(redis_server: RedisServer) -> Any:
+    embedded = embedded_backend()
+    real = connect(redis_server.url)
+    yield embedded, real
+    embedded.close()
+    real.close()
+
+
+@pytest.mark.parametrize("name", sorted(OPERATIONS))
+def test_embedded_answers_like_redis(
+    name: str, both: tuple[Backend, Backend], namespace: str
+) -> None:
+    embedded, real = both
+    operation = OPERATIONS[name]
+    key = f"{namespace}:{name}"
+    got = _normalise(name, operation(embedded.client, key))
+    want = _normalise(name, operation(real.client, key))
+    assert got == want
+
+
+def test_bzpopmin_wakes_on_zadd_from_another_thread() -> None:
+    backend = embedded_backend()
+    client = backend.client
+    popped: list[Any] = []
+    waiter = threading.Thread(target=lambda: popped.append(client.bzpopmin("bell", timeout=30)))
+    waiter.start()
+    client.zadd("bell", {"3": 0})
+    waiter.join(30)
+    assert popped == [(b"bell", b"3", 0.0)]
+
+
+def test_expired_keys_vanish_by_the_store_clock() -> None:
+    from workshaper.embedded import EmbeddedServer
+
+    now = [1000.0]
+    server = EmbeddedServer(clock=lambda: now[0])
+    client = server.client()
+    client.set("k", "v", px=1500)
+    assert client.eval("return redis.call('TIME')[1]", 0) == b"1000"
+    now[0] += 1.0
+    assert client.get("k") == b"v"
+    now[0] += 1.0
+    assert client.get("k") is None
+    assert client.exists("k") == 0
+
+
+def test_unknown_commands_are_refused_like_redis() -> None:
+    client = embedded_backend().client
+    with pytest.raises(redis.ResponseError, match="unknown command"):
+        client.execute_command("NOSUCHCOMMAND", "x")
+    with pytest.raises(redis.ResponseError, match="Unknown Redis command called from script"):
+        client.eval("return redis.call('NOSUCHCOMMAND')", 0)

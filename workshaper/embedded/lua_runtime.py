@@ -1,0 +1,286 @@
+"""Our ``.lua`` scripts, run unchanged by Lua 5.1 (Redis's Lua) in this process.
+
+One ``LuaRuntime`` per embedded server. A script is compiled once, when loaded, and kept by its
+SHA1 (EVALSHA then only calls it). ``redis.call`` / ``redis.pcall`` run the command table of
+``commands.py`` directly on the store, with the conversions Redis makes for scripts (RESP2):
+
+- to Lua: integer -> number, bulk -> string, nil -> false, array -> table, status -> {ok=...},
+  double -> its string (%.17g), map -> flat key, value table;
+- from Lua: number -> integer (truncated), string -> bulk, table -> array (up to the first nil),
+  {ok=...} -> status, {err=...} -> error, false -> nil, true -> 1.
+
+The caller holds the store's lock for the whole script, so a script is atomic, as in Redis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lupa
+
+from workshaper.embedded.commands import COMMANDS, NOT_IN_SCRIPTS, Pairs, Status, format_double
+from workshaper.embedded.store import CommandError, Store
+
+with lupa.allow_lua_module_loading():
+    lua51: Any = importlib.import_module("lupa.lua51")
+
+_SETUP = """
+function(py_call, py_pcall, py_cjson_encode)
+  redis = {}
+  redis.call = py_call
+  redis.pcall = py_pcall
+  redis.status_reply = function(s) return {ok = s} end
+  redis.error_reply = function(s) return {err = s} end
+  redis.log = function() end
+  redis.setresp = function(v)
+    if v ~= 2 then error('the embedded backend runs scripts in RESP2 only') end
+  end
+  redis.LOG_DEBUG, redis.LOG_VERBOSE, redis.LOG_NOTICE, redis.LOG_WARNING = 0, 1, 2, 3
+  cjson = {encode = py_cjson_encode}
+  local loadstring, setglobal = loadstring, rawset
+  local function compile(source)
+    local f, err = loadstring(source, '@user_script')
+    if not f then return err end
+    return f
+  end
+  local function run(f, keys, argv)
+    setglobal(_G, 'KEYS', keys)
+    setglobal(_G, 'ARGV', argv)
+    return f()
+  end
+  return compile, run
+end
+"""
+
+INT64_MIN = -(2**63)
+
+
+def _lua_arg(value: Any) -> bytes:
+    """A redis.call argument as Redis turns it into a string."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return b"%d" % value
+    if isinstance(value, float):
+        if value.is_integer() and abs(value) < 1e17:
+            return b"%d" % int(value)
+        return repr(value).encode()
+    raise CommandError("ERR Lua redis lib command arguments must be strings or integers")
+
+
+def _json_string(raw: bytes) -> str:
+    """A string as Redis's cjson writes it (it also escapes '/'); bytes >= 0x80 pass through."""
+    out = ['"']
+    for ch in raw.decode("latin-1"):
+        code = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "/":
+            out.append("\\/")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ch == "\b":
+            out.append("\\b")
+        elif ch == "\f":
+            out.append("\\f")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+class LuaScripts:
+    """The Lua runtime of one embedded server and its script cache."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._lua = lua51.LuaRuntime(encoding=None, register_eval=False, register_builtins=False)
+        self._table = self._lua.table_from
+        self._lua_type = lua51.lua_type
+        setup = self._lua.eval(_SETUP)
+        self._compile, self._run = setup(self._call, self._pcall, self._cjson_encode)
+        self._scripts: dict[bytes, Any] = {}
+
+    # --- the script cache ---------------------------------------------------------------------
+
+    def load(self, source: bytes) -> bytes:
+        """SCRIPT LOAD: compile once, keep by SHA1; the SHA1 (hex) is the reply."""
+        sha = hashlib.sha1(source).hexdigest().encode()
+        if sha not in self._scripts:
+            function = self._compile(source)  # the function, or the compiler's message
+            if self._lua_type(function) != "function":
+                raise CommandError(f"ERR Error compiling script (new function): {_text(function)}")
+            self._scripts[sha] = function
+        return sha
+
+    def exists(self, shas: Sequence[bytes]) -> list[int]:
+        return [int(sha.lower() in self._scripts) for sha in shas]
+
+    def flush(self) -> None:
+        self._scripts.clear()
+
+    def evalsha(self, sha: bytes, args: Sequence[bytes]) -> Any:
+        function = self._scripts.get(sha.lower())
+        if function is None:
+            raise CommandError("NOSCRIPT No matching script. Please use EVAL.")
+        return self._invoke(sha, function, args)
+
+    def eval(self, source: bytes, args: Sequence[bytes]) -> Any:
+        sha = self.load(source)
+        return self._invoke(sha, self._scripts[sha], args)
+
+    def _invoke(self, sha: bytes, function: Any, args: Sequence[bytes]) -> Any:
+        if not args:
+            raise CommandError("ERR wrong number of arguments for 'evalsha' command")
+        try:
+            nkeys = int(args[0])
+        except ValueError:
+            raise CommandError("ERR value is not an integer or out of range") from None
+        if nkeys < 0:
+            raise CommandError("ERR Number of keys can't be negative")
+        if nkeys > len(args) - 1:
+            raise CommandError("ERR Number of keys can't be greater than number of args")
+        try:
+            # Tables, not varargs: a call's arguments must fit Lua's C stack (8,000 slots).
+            result = self._run(
+                function, self._table(args[1 : nkeys + 1]), self._table(args[nkeys + 1 :])
+            )
+        except CommandError:
+            raise
+        except lua51.LuaError as exc:
+            raise CommandError(f"ERR Error running script {sha.decode()}: {_text(exc)}") from None
+        return self._from_lua(result)
+
+    # --- redis.call / redis.pcall ------------------------------------------------------------
+
+    def _command(self, args: tuple[Any, ...]) -> Any:
+        if not args:
+            raise CommandError("ERR Please specify at least one argument for this redis lib call")
+        name = _lua_arg(args[0]).upper()
+        command = COMMANDS.get(name)
+        if command is None or name in NOT_IN_SCRIPTS:
+            raise CommandError("ERR Unknown Redis command called from script")
+        return command(self._store, [_lua_arg(a) for a in args[1:]])
+
+    def _call(self, *args: Any) -> Any:
+        return self._to_lua(self._command(args))
+
+    def _pcall(self, *args: Any) -> Any:
+        try:
+            return self._to_lua(self._command(args))
+        except CommandError as exc:
+            return self._table({b"err": str(exc).encode()})
+
+    def _to_lua(self, reply: Any) -> Any:
+        kind = type(reply)
+        if kind is bytes or kind is int:
+            return reply
+        if reply is None:
+            return False
+        if kind is list:
+            return self._table([self._to_lua(x) for x in reply])
+        if kind is Status:
+            return self._table({b"ok": bytes(reply)})
+        if kind is float:
+            return format_double(reply)
+        if kind is Pairs:
+            return self._table([self._to_lua(x) for pair in reply for x in pair])
+        if kind is dict:
+            flat: list[Any] = []
+            for key, value in reply.items():
+                flat += (self._to_lua(key), self._to_lua(value))
+            return self._table(flat)
+        raise TypeError(f"no Lua form for a reply of type {kind.__name__}")
+
+    def _from_lua(self, value: Any) -> Any:
+        kind = type(value)
+        if kind is bytes:
+            return value
+        if kind is int:
+            return value
+        if value is None or value is False:
+            return None
+        if value is True:
+            return 1
+        if kind is float:
+            if math.isnan(value) or not -(2**63) <= value < 2**63:
+                return INT64_MIN
+            return int(value)
+        if self._lua_type(value) == "table":
+            error = value[b"err"]
+            if error is not None:
+                raise CommandError(_text(error))
+            status = value[b"ok"]
+            if status is not None:
+                return Status(status if isinstance(status, bytes) else str(status).encode())
+            out: list[Any] = []
+            i = 1
+            while True:
+                item = value[i]
+                if item is None:
+                    return out
+                out.append(self._from_lua(item))
+                i += 1
+        raise CommandError(f"ERR the embedded backend cannot return a Lua {self._lua_type(value)}")
+
+    # --- cjson --------------------------------------------------------------------------------
+
+    def _cjson_encode(self, value: Any) -> bytes:
+        return self._json(value, 0).encode("latin-1")
+
+    def _json(self, value: Any, depth: int) -> str:
+        if depth > 1000:
+            raise CommandError("ERR Cannot serialise, excessive nesting (1001)")
+        if value is None:
+            return "null"
+        if value is True:
+            return "true"
+        if value is False:
+            return "false"
+        if isinstance(value, bytes):
+            return _json_string(value)
+        if isinstance(value, int | float):
+            return _json_number(value)
+        if self._lua_type(value) == "table":
+            items = list(value.items())
+            keys = [k for k, _ in items]
+            if all(isinstance(k, int | float) and k >= 1 and float(k).is_integer() for k in keys):
+                length = max((int(k) for k in keys), default=0)
+                if length == len(keys) and length > 0:
+                    by_index = {int(k): v for k, v in items}
+                    return (
+                        "["
+                        + ",".join(self._json(by_index[i], depth + 1) for i in range(1, length + 1))
+                        + "]"
+                    )
+            parts = []
+            for k, v in items:
+                key = k if isinstance(k, bytes) else _json_number(k).encode("latin-1")
+                parts.append(_json_string(key) + ":" + self._json(v, depth + 1))
+            return "{" + ",".join(parts) + "}"
+        raise CommandError(f"ERR Cannot serialise {self._lua_type(value)}: type not supported")
+
+
+def _json_number(value: float) -> str:
+    """cjson's number format: %.14g."""
+    if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
+        raise CommandError("ERR Cannot serialise number: must not be NaN or Inf")
+    return f"{value:.14g}"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return str(value)
