@@ -218,6 +218,28 @@ def cmd_set(store: Store, args: list[bytes]) -> Status | None:
     return OK
 
 
+def cmd_incrby(store: Store, args: list[bytes]) -> int:
+    if len(args) != 2:
+        raise wrong_args("incrby")
+    by = to_int(args[1])
+    old = store.get(args[0], bytes)
+    try:
+        current = 0 if old is None else to_int(old)
+    except CommandError:
+        raise CommandError(NOT_INTEGER) from None
+    new = current + by
+    if not -(2**63) <= new < 2**63:
+        raise CommandError("ERR increment or decrement would overflow")
+    store.data[args[0]] = b"%d" % new  # INCR keeps the key's time to live
+    return new
+
+
+def cmd_incr(store: Store, args: list[bytes]) -> int:
+    if len(args) != 1:
+        raise wrong_args("incr")
+    return cmd_incrby(store, [args[0], b"1"])
+
+
 # --- hashes -------------------------------------------------------------------------------
 
 
@@ -722,6 +744,8 @@ COMMANDS: dict[bytes, Command] = {
     b"DBSIZE": cmd_dbsize,
     b"GET": cmd_get,
     b"SET": cmd_set,
+    b"INCR": cmd_incr,
+    b"INCRBY": cmd_incrby,
     b"HSET": cmd_hset,
     b"HGET": cmd_hget,
     b"HMGET": cmd_hmget,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -29,7 +30,7 @@ with lupa.allow_lua_module_loading():
     lua51: Any = importlib.import_module("lupa.lua51")
 
 _SETUP = """
-function(py_call, py_pcall, py_cjson_encode)
+function(py_call, py_pcall, py_cjson_encode, py_cjson_decode)
   redis = {}
   redis.call = py_call
   redis.pcall = py_pcall
@@ -40,7 +41,7 @@ function(py_call, py_pcall, py_cjson_encode)
     if v ~= 2 then error('the embedded backend runs scripts in RESP2 only') end
   end
   redis.LOG_DEBUG, redis.LOG_VERBOSE, redis.LOG_NOTICE, redis.LOG_WARNING = 0, 1, 2, 3
-  cjson = {encode = py_cjson_encode}
+  cjson = {encode = py_cjson_encode, decode = py_cjson_decode}
   local loadstring, setglobal = loadstring, rawset
   local function compile(source)
     local f, err = loadstring(source, '@user_script')
@@ -110,7 +111,11 @@ class LuaScripts:
         self._table = self._lua.table_from
         self._lua_type = lua51.lua_type
         setup = self._lua.eval(_SETUP)
-        self._compile, self._run = setup(self._call, self._pcall, self._cjson_encode)
+        self._compile, self._run = setup(
+            self._call, self._pcall, self._cjson_encode, self._cjson_decode
+        )
+        #: cjson.null: decodes JSON null, encodes back to null.
+        self._null = self._lua.eval("function() end")
         self._scripts: dict[bytes, Any] = {}
 
     # --- the script cache ---------------------------------------------------------------------
@@ -240,10 +245,30 @@ class LuaScripts:
     def _cjson_encode(self, value: Any) -> bytes:
         return self._json(value, 0).encode("latin-1")
 
+    def _cjson_decode(self, raw: Any) -> Any:
+        if not isinstance(raw, bytes):
+            raise CommandError("ERR bad argument #1 to 'decode' (string expected)")
+        try:
+            decoded = json.loads(raw)
+        except ValueError as exc:
+            raise CommandError(f"ERR Expected value but found invalid token: {exc}") from None
+        return self._from_json(decoded)
+
+    def _from_json(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.encode()
+        if isinstance(value, dict):
+            return self._table({k.encode(): self._from_json(v) for k, v in value.items()})
+        if isinstance(value, list):
+            return self._table([self._from_json(v) for v in value])
+        if value is None:
+            return self._null
+        return value  # numbers and booleans
+
     def _json(self, value: Any, depth: int) -> str:
         if depth > 1000:
             raise CommandError("ERR Cannot serialise, excessive nesting (1001)")
-        if value is None:
+        if value is None or value is self._null or value == self._null:
             return "null"
         if value is True:
             return "true"

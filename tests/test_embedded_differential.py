@@ -1,0 +1,366 @@
+"""Differential test: the same random sequence of partition operations, through scripts.py's
+typed calls, into a private redis-server and into the embedded backend. Every reply and, after
+every step, every key of the namespace must be the same on both.
+
+Covers enqueue (dedupe, backpressure, late gap fills), claims, completions (keep, continue,
+yield, release), failures with retry, dead letter and block, stale tokens (fencing), crashes
+(an expired lease reaped by expire_lease), exact mode after a crash, isolation marks, lease
+renewals, unblocking, corrupt queue entries, and the offer/commit of watermarks.
+
+What depends on the server's clock is masked before comparing: lease deadlines (the scores of
+the leases set) and the time stamped into failure records. The JSON of a failure record is
+compared decoded (cjson writes object keys in Lua's table order).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pytest
+import redis
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from workshaper import codec, scripts
+from workshaper.batch import Batch, Reply, run_one
+from workshaper.connection import Backend, connect, embedded_backend
+from workshaper.keys import NamespaceKeys, PartitionKeys
+from workshaper.scripts import Completion, EncodedItem
+from workshaper.testing import RedisServer
+
+T = TypeVar("T")
+LEASE_MS = 60_000
+SUBS = ["a", "b", "c", None]
+
+sub_keys = st.sampled_from(SUBS)
+#: A stale token (a leaseholder that lost its lease) one call in five.
+stale_tokens = st.integers(0, 4).map(lambda x: x == 0)
+offsets = st.integers(min_value=0, max_value=40)
+
+
+def dump(client: redis.Redis, pkeys: PartitionKeys, pattern: str) -> dict[bytes, Any]:
+    """Every key matching ``pattern``: its type and value, clock-dependent parts masked."""
+    state: dict[bytes, Any] = {}
+    for key in sorted(client.scan_iter(match=pattern, count=1000)):
+        kind = client.type(key)
+        value: Any
+        if kind == b"string":
+            value = client.get(key)
+        elif kind == b"list":
+            value = client.lrange(key, 0, -1)
+        elif kind == b"hash":
+            value = client.hgetall(key)
+            if key in (pkeys.dead, pkeys.blocked):
+                value = {_mask_field(f): _mask_failure(v) for f, v in value.items()}
+        elif kind == b"set":
+            value = sorted(client.smembers(key))
+        elif kind == b"zset":
+            pairs = client.zrange(key, 0, -1, withscores=True)
+            # lease deadlines are server time + lease: compare the members only
+            value = sorted(m for m, _ in pairs) if key == pkeys.leases else pairs
+        else:
+            value = kind
+        state[key] = (kind, value)
+    return state
+
+
+def _mask_field(field: bytes) -> bytes:
+    """A corrupt entry is dead-lettered under "corrupt:<server ms>"."""
+    return b"corrupt:T" if field.startswith(b"corrupt:") else field
+
+
+def _mask_failure(record: bytes) -> Any:
+    """A failure record is error JSON, attempts, server ms and the entry, one per line."""
+    error_json, attempts, _now, entry = record.split(b"\n", 3)
+    return (json.loads(error_json), attempts, entry)
+
+
+def _outcome(reply: Any) -> str:
+    """A coarse label of a reply, for coverage statistics."""
+    if isinstance(reply, list) and reply and isinstance(reply[0], int):
+        return "statuses " + ",".join(sorted({str(x) for x in reply}))
+    if isinstance(reply, list) and reply and isinstance(reply[0], scripts.CompletionReply):
+        return f"code {reply[0].code}"
+    if isinstance(reply, tuple) and len(reply) == 2 and isinstance(reply[1], list):
+        return f"{min(len(reply[1]), 2)}+ leases"
+    if isinstance(reply, tuple) and len(reply) == 2 and isinstance(reply[0], int):
+        return f"code {reply[0]}"
+    if isinstance(reply, scripts.Offer):
+        return "advances" if reply.advances else "no advance"
+    return type(reply).__name__ if not isinstance(reply, int | bool) else str(reply)
+
+
+class Side:
+    """One backend driven through the typed script calls."""
+
+    def __init__(self, backend: Backend, namespace: str) -> None:
+        self.backend = backend
+        self.keys = NamespaceKeys(namespace).partition(0)
+        self.pattern = f"ws:{{{namespace}*"
+
+    def run(self, build: Callable[[Batch], Reply[T]]) -> Any:
+        try:
+            return run_one(self.backend, build)
+        except Exception as exc:  # an error must be the same error on both sides
+            return ("error", type(exc).__name__)
+
+    def head(self, sub: bytes) -> bytes | None:
+        value: bytes | None = self.backend.client.lindex(self.keys.queue(sub), 0)
+        return value
+
+    def state(self) -> dict[bytes, Any]:
+        return dump(self.backend.client, self.keys, self.pattern)
+
+
+class Differential(RuleBasedStateMachine):
+    def __init__(self, redis_url: str) -> None:
+        super().__init__()
+        namespace = "d" + uuid.uuid4().hex[:10]
+        self.real = Side(connect(redis_url), namespace)
+        self.emb = Side(embedded_backend(), namespace)
+        self.sides = (self.real, self.emb)
+        self.leases: dict[bytes, tuple[int, bool]] = {}  # sub -> (token, exact), as claimed
+        self.requests = 0
+        self.offer_seen = -1
+
+    def both(self, what: str, build: Callable[[Side], Callable[[Batch], Reply[T]]]) -> Any:
+        real = self.real.run(build(self.real))
+        emb = self.emb.run(build(self.emb))
+        assert emb == real
+        event(f"{what}: {_outcome(real)}")  # --hypothesis-show-statistics: what was covered
+        return real
+
+    # --- producer ---------------------------------------------------------------------------
+
+    @rule(
+        items=st.lists(st.tuples(sub_keys, offsets), min_size=1, max_size=8),
+        max_in_queue=st.sampled_from([3, 8, 100]),
+        repeat=st.booleans(),
+    )
+    def enqueue(self, items: list[tuple[Any, int]], max_in_queue: int, repeat: bool) -> None:
+        if not repeat:  # repeat: the same request id again (a re-sent round trip)
+            self.requests += 1
+        rid = f"enqueue:{self.requests}"
+        encoded = [
+            EncodedItem(
+                codec.encode_sub_key(sub, off),
+                off,
+                codec.make_entry(off, codec.encode_message(f"m{off}", 100)),
+            )
+            for sub, off in items
+        ]
+        self.both(
+            "enqueue",
+            lambda s: lambda b: scripts.enqueue_items(b, s.keys, encoded, max_in_queue, rid),
+        )
+
+    @rule(with_offsets=st.booleans(), commit=st.booleans())
+    def offer_and_commit(self, with_offsets: bool, commit: bool) -> None:
+        offer = self.both(
+            "offer", lambda s: lambda b: scripts.offer_watermark(b, s.keys, with_offsets)
+        )
+        if commit and isinstance(offer, scripts.Offer) and offer.advances:
+            self.both(
+                "commit", lambda s: lambda b: scripts.commit_watermark(b, s.keys, offer.watermark)
+            )
+
+    # --- worker -----------------------------------------------------------------------------
+
+    @rule(
+        n=st.integers(1, 3),
+        worker=st.sampled_from(["w1", "w2"]),
+        batch_size=st.integers(1, 3),
+        max_attempts=st.integers(1, 3),
+        mode=st.sampled_from(["d", "b"]),
+        repeat=st.booleans(),
+    )
+    def claim(
+        self, n: int, worker: str, batch_size: int, max_attempts: int, mode: str, repeat: bool
+    ) -> None:
+        if not repeat:  # repeat: the same request id again (a retried round trip)
+            self.requests += 1
+        rid = f"{worker}:{self.requests}"
+        reply = self.both(
+            "claim",
+            lambda s: (
+                lambda b: scripts.claim_sub_keys(
+                    b,
+                    s.keys,
+                    worker_id=worker,
+                    request_id=rid,
+                    max_leases=n,
+                    lease_ms=LEASE_MS,
+                    batch_size=batch_size,
+                    max_attempts=max_attempts,
+                    exhausted_mode=mode,
+                )
+            ),
+        )
+        if isinstance(reply, tuple) and len(reply) == 2 and isinstance(reply[1], list):
+            for claimed in reply[1]:
+                self.leases[claimed.sub] = (claimed.token, claimed.exact > 0)
+
+    def _lease(self, pick: int) -> tuple[bytes, int, bool]:
+        subs = sorted(self.leases)
+        sub = subs[pick % len(subs)]
+        token, exact = self.leases[sub]
+        return sub, token, exact
+
+    @precondition(lambda self: self.leases)
+    @rule(
+        pick=st.integers(0, 10),
+        count=st.integers(0, 3),
+        action=st.sampled_from(["k", "c", "y", "r"]),
+        stale=stale_tokens,
+        batch_size=st.integers(1, 3),
+    )
+    def complete(self, pick: int, count: int, action: str, stale: bool, batch_size: int) -> None:
+        sub, token, exact = self._lease(pick)
+        entries = self.real.backend.client.lrange(self.real.keys.queue(sub), 0, count - 1)
+        done = []
+        for entry in entries:
+            try:
+                done.append(codec.parse_entry(entry).offset)
+            except codec.CorruptEntry:
+                break
+        completion = Completion(sub, token - 1 if stale else token, action, done, exact)
+        replies = self.both(
+            "complete",
+            lambda s: (
+                lambda b: scripts.complete_items(
+                    b, s.keys, [completion], lease_ms=LEASE_MS, batch_size=batch_size
+                )
+            ),
+        )
+        if isinstance(replies, list) and replies and replies[0].code == 2 and not stale:
+            self.leases.pop(sub, None)
+
+    @precondition(lambda self: self.leases)
+    @rule(
+        pick=st.integers(0, 10),
+        attempt=st.integers(1, 3),
+        max_attempts=st.integers(1, 3),
+        mode=st.sampled_from(["d", "b"]),
+        force=st.booleans(),
+        stale=stale_tokens,
+    )
+    def fail(
+        self, pick: int, attempt: int, max_attempts: int, mode: str, force: bool, stale: bool
+    ) -> None:
+        sub, token, _ = self._lease(pick)
+        head = self.real.head(sub)
+        if head is None:
+            return
+        try:
+            offset: int | None = codec.parse_entry(head).offset
+        except codec.CorruptEntry:
+            offset = None
+        self.both(
+            "fail",
+            lambda s: (
+                lambda b: scripts.fail_item(
+                    b,
+                    s.keys,
+                    sub=sub,
+                    token=token - 1 if stale else token,
+                    head_prefix=codec.head_prefix(head),
+                    offset=offset,
+                    attempt=attempt,
+                    max_attempts=max_attempts,
+                    exhausted_mode=mode,
+                    force=force,
+                    error_json='{"type":"Boom","message":"x/y"}',
+                    lease_ms=LEASE_MS,
+                )
+            ),
+        )
+
+    @precondition(lambda self: self.leases)
+    @rule(pick=st.integers(0, 10))
+    def crash(self, pick: int) -> None:
+        """The leaseholder died: its deadline passes, the reaper finds and expires it."""
+        sub, _, _ = self._lease(pick)
+        for side in self.sides:
+            side.backend.client.zadd(side.keys.leases, {sub: 0}, xx=True)
+        self.both("expired_leases", lambda s: lambda b: scripts.expired_leases(b, s.keys, 1, 100))
+        self.both(
+            "expire_lease", lambda s: lambda b: scripts.expire_lease(b, s.keys, sub, "reaper")
+        )
+        self.leases.pop(sub, None)
+
+    @precondition(lambda self: self.leases)
+    @rule(pick=st.integers(0, 10), stale=stale_tokens)
+    def renew_and_isolate(self, pick: int, stale: bool) -> None:
+        sub, token, _ = self._lease(pick)
+        token = token - 1 if stale else token
+        self.both(
+            "extend", lambda s: lambda b: scripts.extend_leases(b, s.keys, [(sub, token)], LEASE_MS)
+        )
+        self.both("isolate", lambda s: lambda b: scripts.mark_isolated(b, s.keys, sub, token))
+
+    def blocked(self) -> list[bytes]:
+        return sorted(self.real.backend.client.hkeys(self.real.keys.blocked))
+
+    @precondition(lambda self: self.blocked())
+    @rule(pick=st.integers(0, 10), action=st.sampled_from(["retry", "dead_letter"]))
+    def unblock(self, pick: int, action: str) -> None:
+        blocked = self.blocked()
+        enc = blocked[pick % len(blocked)]
+        note = '{"type":"Unblocked"}'
+        self.both(
+            "unblock", lambda s: lambda b: scripts.unblock_sub_key(b, s.keys, enc, action, note)
+        )
+
+    @rule(sub=st.sampled_from(["a", "b"]))
+    def corrupt_head(self, sub: str) -> None:
+        """A queue entry found corrupt (written by hand, an old version, a bad restore)."""
+        enc = codec.encode_sub_key(sub, 0)
+        for side in self.sides:
+            if side.head(enc) is not None:
+                side.backend.client.lset(side.keys.queue(enc), 0, b"garbage")
+
+    # --- the whole state ------------------------------------------------------------------------
+
+    @invariant()
+    def same_state(self) -> None:
+        assert self.emb.state() == self.real.state()
+
+    def teardown(self) -> None:
+        for side in self.sides:
+            keys = list(side.backend.client.scan_iter(match=side.pattern, count=1000))
+            if keys:
+                side.backend.client.delete(*keys)
+            side.backend.close()
+
+
+def _run(redis_server: RedisServer, examples: int, steps: int) -> None:
+    run_state_machine_as_test(
+        lambda: Differential(redis_server.url),
+        settings=settings(
+            max_examples=examples,
+            stateful_step_count=steps,
+            derandomize=True,  # seeded: the same sequences on every run
+            database=None,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
+
+
+def test_embedded_matches_redis_step_by_step(redis_server: RedisServer) -> None:
+    _run(redis_server, examples=80, steps=40)
+
+
+@pytest.mark.slow
+def test_embedded_matches_redis_long_run(redis_server: RedisServer) -> None:
+    _run(redis_server, examples=600, steps=60)
