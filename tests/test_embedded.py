@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from workshaper.connection import Backend, connect, embedded_backend
-from workshaper.testing import RedisServer
+from workshaper_tools.testing import RedisServer
 
 Op = Callable[[redis.Redis, str], Any]
 

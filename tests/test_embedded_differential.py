@@ -8,8 +8,8 @@ yield, release), failures with retry, dead letter and block, stale tokens (fenci
 renewals, unblocking, corrupt queue entries, and the offer/commit of watermarks.
 
 What depends on the server's clock is masked before comparing: lease deadlines (the scores of
-the leases set) and the time stamped into failure records. The JSON of a failure record is
-compared decoded (cjson writes object keys in Lua's table order).
+the leases set), the clock samples' times and the time stamped into failure records. The JSON
+of a failure record is compared decoded (cjson writes object keys in Lua's table order).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from workshaper.batch import Batch, Reply, run_one
 from workshaper.connection import Backend, connect, embedded_backend
 from workshaper.keys import NamespaceKeys, PartitionKeys
 from workshaper.scripts import Completion, EncodedItem
-from workshaper.testing import RedisServer
+from workshaper_tools.testing import RedisServer
 
 T = TypeVar("T")
 LEASE_MS = 60_000
@@ -66,8 +66,12 @@ def dump(client: redis.Redis, pkeys: PartitionKeys, pattern: str) -> dict[bytes,
             value = sorted(client.smembers(key))
         elif kind == b"zset":
             pairs = client.zrange(key, 0, -1, withscores=True)
-            # lease deadlines are server time + lease: compare the members only
-            value = sorted(m for m, _ in pairs) if key == pkeys.leases else pairs
+            if key == pkeys.leases:  # deadlines are server time + lease: members only
+                value = sorted(m for m, _ in pairs)
+            elif key == pkeys.clock:  # server ms -> offset: the offsets only
+                value = sorted(score for _, score in pairs)
+            else:
+                value = pairs
         else:
             value = kind
         state[key] = (kind, value)

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from workshaper.manager import Manager
 from workshaper_tools.bench.common import SEED, private_redis, say
 from workshaper_tools.bench.ordering import SEED_PUBLISHED, ideal_seconds, plan_sleeps
-from workshaper.manager import Manager
 
 SLOTS = 16
 S1_KEYS = 1000
