@@ -1,5 +1,5 @@
 """The operator commands of ``workshaper``: status, stuck, dead-letters, purge, exporter,
-blocked, unblock and acl.
+dashboard, blocked, unblock and acl.
 
 Every command that reaches Redis takes ``--redis URL``, the TLS files (``--tls-ca``,
 ``--tls-cert``, ``--tls-key``, ``--tls-verify``) and ``--namespace NS`` (or
@@ -26,7 +26,7 @@ from workshaper.errors import InvalidInput
 log = logging.getLogger(__name__)
 
 #: Commands this module owns (the CLI dispatches these names to ``run``).
-COMMANDS = ("status", "stuck", "dead-letters", "purge", "exporter")
+COMMANDS = ("status", "stuck", "dead-letters", "purge", "exporter", "dashboard")
 
 
 def _duration(flag: str) -> Callable[[str], float]:
@@ -183,6 +183,29 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     exporter.add_argument("--host", default=env("EXPORTER_HOST", "0.0.0.0"))
 
+    dashboard = sub.add_parser("dashboard", help="the web dashboard (extra workshaper[dashboard])")
+    add_redis_options(dashboard)
+    dashboard.add_argument(
+        "--namespace", default=env("NAMESPACE"), help="namespace shown first (default: found)"
+    )
+    dashboard.add_argument(
+        "--port", type=_count("--port"), default=int(env("DASHBOARD_PORT", "8000") or 8000)
+    )
+    dashboard.add_argument(
+        "--host", default=env("DASHBOARD_HOST", "127.0.0.1"), help="address (127.0.0.1)"
+    )
+    dashboard.add_argument(
+        "--allow-actions",
+        action="store_true",
+        help="allow replay, drop and unblock from the page (default: read-only)",
+    )
+    dashboard.add_argument(
+        "--interval",
+        type=_duration("--interval"),
+        default=1.0,
+        help="seconds between live updates (default 1s)",
+    )
+
 
 def _confirm(question: str, yes: bool) -> bool:
     if yes:
@@ -244,6 +267,18 @@ def _run(args: argparse.Namespace) -> int:
 
         serve_exporter(
             redis_url(args), args.namespace or [env("NAMESPACE", "default")], args.host, args.port
+        )
+        return 0
+    if args.command == "dashboard":
+        from workshaper.ops.dashboard import serve_dashboard  # noqa: PLC0415
+
+        serve_dashboard(
+            redis_url(args),
+            namespace=args.namespace,
+            host=args.host,
+            port=args.port,
+            allow_actions=args.allow_actions,
+            interval=args.interval,
         )
         return 0
     from workshaper.ops.inspection import Inspector  # noqa: PLC0415
