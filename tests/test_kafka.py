@@ -712,6 +712,26 @@ def test_second_sigterm_exits_at_once_while_the_broker_is_frozen(
     assert code == 1, "the second SIGTERM did not exit at once"
 
 
+def test_record_over_max_message_bytes_becomes_a_dead_letter(harness: Harness) -> None:
+    """A record over max_message_bytes is dead-lettered with the reason, its offset and its
+    key; the records around it (in the same batch) run and the commit passes it (the bridge
+    used to stop on it, on every restart)."""
+    topic = make_topic(harness.kafka, 1)
+    journal = harness.journal(topic)
+    records = [(0, b"k%d" % i, b"v") for i in range(6)]
+    records[2] = (0, b"big-key", b"x" * 200)
+    placed = produce(harness.kafka, topic, records)
+    bridge = harness.bridge([topic], max_message_bytes=100, batch_size=10)
+    harness.offsets.wait_for(topic, {0: 6})
+    journal.wait_ended(set(placed) - {(0, 2)})
+    assert (0, 2) not in journal.started()
+    assert bridge.stats["dead_letters"] == 1 and bridge.error is None
+    (dead,) = harness.admin(topic).dead_letters(0)
+    assert dead.offset == 2
+    assert "max_message_bytes" in dead.error_message
+    assert b"big-key".hex() in dead.error_message
+
+
 # --- validation (no broker needed) -------------------------------------------------------------
 
 

@@ -118,6 +118,7 @@ class KafkaBridge:
                 "resumes",
                 "rewinds",
                 "commit_failures",
+                "dead_letters",
             ),
             0,
         )

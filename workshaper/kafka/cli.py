@@ -11,6 +11,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
+from workshaper import codec
 from workshaper.cli.common import add_redis_options, redis_url
 from workshaper.errors import BackendUnavailable, InvalidInput
 from workshaper.kafka.bridge import KafkaBridge
@@ -47,6 +48,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--commit-interval", type=float, default=1.0)
     p.add_argument("--revoke-timeout", type=float, default=10.0)
+    p.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=codec.DEFAULT_MAX_MESSAGE_BYTES,
+        metavar="N",
+        help="largest record value enqueued; a larger one becomes a dead letter"
+        f" (default {codec.DEFAULT_MAX_MESSAGE_BYTES})",
+    )
     p.add_argument(
         "-X",
         dest="config",
@@ -94,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_size=args.batch_size,
             commit_interval=args.commit_interval,
             revoke_timeout=args.revoke_timeout,
+            max_message_bytes=args.max_message_bytes,
         )
     except InvalidInput as exc:
         fail(str(exc))

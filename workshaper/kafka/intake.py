@@ -10,6 +10,7 @@ and the other partitions go on. Everything here runs in the poll thread.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import deque
@@ -30,6 +31,7 @@ from workshaper.errors import (
 )
 from workshaper.kafka.offsets import OffsetTracker
 from workshaper.kafka.options import BACKLOG_RETRY, REDIS_RETRY, TP, MessageFn, SubKeyFn, coords
+from workshaper.keys import NamespaceKeys
 from workshaper.producer import Enqueued, Producer
 
 log = logging.getLogger(__name__)
@@ -167,23 +169,89 @@ class Intake:
             log.warning("topic %r: %s; pausing and retrying %d record(s)", topic, exc, len(batch))
             statuses = [None] * len(batch)
             self._next_retry = time.monotonic() + REDIS_RETRY
-        except InvalidInput as exc:
-            raise self._bad_record(topic, items, exc) from None
+        except InvalidInput:
+            # Nothing was written: dead-letter what WorkShaper refuses, send the rest again.
+            assert producer is not None
+            self._send_refusing(consumer, producer, topic, batch, items)
+            return
         self._record(consumer, batch, statuses)
 
-    def _bad_record(
+    def _send_refusing(
         self,
+        consumer: Consumer,
+        producer: Producer,
         topic: str,
+        batch: list[Message],
         items: list[tuple[codec.SubKey, Any, int, int]],
-        exc: InvalidInput,
-    ) -> InvalidInput:
-        """Name the record that could not be enqueued (never its payload)."""
-        for sub, value, partition, offset in items:
+    ) -> None:
+        """A batch enqueue_many refused: the records WorkShaper cannot take (a message over
+        ``max_message_bytes``, a value it cannot encode) become dead letters, so one bad
+        record neither stops the bridge nor holds back the records around it."""
+        refused: dict[int, InvalidInput] = {}
+        for index, (sub, value, partition, offset) in enumerate(items):
             try:
                 codec.encode_item(sub, value, partition, offset, self.max_message_bytes)
             except InvalidInput as bad:
-                return type(bad)(f"record {topic}[{partition}] offset {offset}: {bad}")
-        return exc
+                refused[index] = bad
+        if not refused:  # pragma: no cover - enqueue_many refused what encode_item takes
+            raise InvalidInput(f"topic {topic!r}: a batch was refused; no record is to blame")
+        try:
+            self._dead_letter(
+                producer, topic, [(batch[i], items[i], e) for i, e in refused.items()]
+            )
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("topic %r: dead-lettering failed (%s); pausing and retrying", topic, exc)
+            self._next_retry = time.monotonic() + REDIS_RETRY
+            self._record(consumer, batch, [None] * len(batch))
+            return
+        rest = [msg for i, msg in enumerate(batch) if i not in refused]
+        if rest:
+            self._send(consumer, topic, rest)
+
+    def _dead_letter(
+        self,
+        producer: Producer,
+        topic: str,
+        refused: list[tuple[Message, tuple[codec.SubKey, Any, int, int], InvalidInput]],
+    ) -> None:
+        """Write each refused record as a dead letter of its partition (field: its offset),
+        in the workers' format: the reason, the offset and the record key, not the payload
+        (it is what could not be stored). Its offset is never accepted, so the watermark and
+        the Kafka commit pass it once the records around it finish."""
+        keys = NamespaceKeys(self._namespaces[topic])
+        now_ms = int(time.time() * 1000)
+        pipe = producer.backend.client.pipeline(transaction=False)
+        for msg, (sub, _, partition, offset), error in refused:
+            key = msg.key()
+            key_hex = key.hex() if isinstance(key, bytes) else None
+            try:
+                sub_hex: str | None = codec.encode_sub_key(codec.check_sub_key(sub), offset).hex()
+            except InvalidInput:
+                sub_hex = None
+            reason = (
+                f"record {topic}[{partition}] offset {offset} (key {key_hex or 'null'} in hex)"
+                f" refused by WorkShaper: {error}"
+            )
+            failure = {"type": type(error).__name__, "message": reason, "traceback": ""}
+            failure["worker"] = "kafka-bridge"
+            if sub_hex is not None:
+                failure = {"sub_hex": sub_hex, **failure}
+            marker = {
+                "dead_letter": "record refused by the Kafka bridge",
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "key_hex": key_hex,
+            }
+            entry = codec.make_entry(offset, codec.encode_message(marker, 1 << 20))
+            record = b"%s\n0\n%d\n%s" % (json.dumps(failure).encode(), now_ms, entry)
+            pipe.hset(keys.partition(partition).dead, str(offset), record)
+            log.warning(
+                "%s[%d] offset %d: refused (%s); dead-lettered", topic, partition, offset, error
+            )
+        pipe.execute()
+        with self._tracker.cond:
+            self._stats["dead_letters"] += len(refused)
 
     def _record(self, consumer: Consumer, batch: list[Message], statuses: list[object]) -> None:
         stats = self._stats
