@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -23,6 +24,7 @@ from workshaper_tools.testing import RedisServer, free_port
 from workshaper_tools.testing.checker import Ack, PlannedItem, check
 from workshaper_tools.testing.journal import read_journal
 
+from .certs import Certs, make_certs
 from .conftest import _need_redis_server, wait_for
 from .fleet import fleet
 
@@ -34,21 +36,70 @@ SERVICE = "wsprimary"
 class SentinelSet:
     """A primary, one replica and three sentinels (quorum 2) in one temp dir. The primary is
     down for the sentinels after 2 s without an answer: shorter, and a busy 2-core machine
-    sees failovers nobody asked for."""
+    sees failovers nobody asked for.
 
-    def __init__(self, down_after_ms: int = 2000) -> None:
+    With ``certs``, every server and sentinel also listens with TLS, replication and the
+    sentinels' own connections use it, and ``url`` names the TLS ports; the plain ports stay
+    for this class's readiness checks. ``password`` protects the data servers (the sentinels
+    know it), ``sentinel_password`` the sentinels.
+    """
+
+    def __init__(
+        self,
+        down_after_ms: int = 2000,
+        *,
+        certs: Certs | None = None,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+    ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="workshaper-sentinel-"))
-        self.primary = RedisServer(data_dir=self.dir / "primary")
-        self.replica = RedisServer(data_dir=self.dir / "replica")
-        self.replica.extra = ["--replicaof", "127.0.0.1", str(self.primary.port)]
+        self.certs = certs
+        self.password = password
+        self.sentinel_password = sentinel_password
+        tls = self._tls_args()
+        self.primary = RedisServer(data_dir=self.dir / "primary", password=password)
+        self.primary_tls_port = free_port()
+        self.primary.extra = [*tls, "--tls-port", str(self.primary_tls_port)] if certs else []
+        self.replica = RedisServer(data_dir=self.dir / "replica", password=password)
+        self.replica.extra = ["--replicaof", "127.0.0.1", str(self._data_port(self.primary))]
+        if certs:
+            self.replica.extra += [*tls, "--tls-port", str(free_port())]
+        if password:
+            self.replica.extra += ["--masterauth", password]
         self.down_after_ms = down_after_ms
         self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinel_tls_ports = [free_port() for _ in range(3)]
         self.sentinels: list[subprocess.Popen[bytes]] = []
+
+    def _tls_args(self) -> list[str]:
+        if self.certs is None:
+            return []
+        return [
+            "--tls-cert-file", str(self.certs.server_cert),
+            "--tls-key-file", str(self.certs.server_key),
+            "--tls-ca-cert-file", str(self.certs.ca),
+            "--tls-auth-clients", "no",
+            "--tls-replication", "yes",
+        ]  # fmt: skip
+
+    def _data_port(self, server: RedisServer) -> int:
+        """The port replicas, sentinels and clients use: the TLS one with certs."""
+        if self.certs is None:
+            return server.port
+        return int(server.extra[server.extra.index("--tls-port") + 1])
 
     @property
     def url(self) -> str:
-        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
-        return f"redis+sentinel://{hosts}/{SERVICE}/0"
+        scheme = "rediss+sentinel" if self.certs else "redis+sentinel"
+        ports = self.sentinel_tls_ports if self.certs else self.sentinel_ports
+        hosts = ",".join(f"127.0.0.1:{p}" for p in ports)
+        auth = f":{self.password}@" if self.password else ""
+        query = []
+        if self.sentinel_password:
+            query.append(f"sentinel_password={self.sentinel_password}")
+        if self.certs:
+            query.append(f"ssl_ca_certs={self.certs.ca}")
+        return f"{scheme}://{auth}{hosts}/{SERVICE}/0" + ("?" + "&".join(query) if query else "")
 
     def start(self) -> SentinelSet:
         for server in (self.primary, self.replica):
@@ -56,13 +107,25 @@ class SentinelSet:
             server.start()
         for i, port in enumerate(self.sentinel_ports):
             conf = self.dir / f"sentinel-{i}.conf"  # sentinel rewrites it: one file each
-            conf.write_text(
+            text = (
                 f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
                 f"logfile {self.dir}/sentinel-{i}.log\n"
-                f"sentinel monitor {SERVICE} 127.0.0.1 {self.primary.port} 2\n"
+                f"sentinel monitor {SERVICE} 127.0.0.1 {self._data_port(self.primary)} 2\n"
                 f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}\n"
                 f"sentinel failover-timeout {SERVICE} 10000\n"
             )
+            if self.password:
+                text += f"sentinel auth-pass {SERVICE} {self.password}\n"
+            if self.sentinel_password:
+                text += f"requirepass {self.sentinel_password}\n"
+                text += f"sentinel sentinel-pass {self.sentinel_password}\n"
+            if self.certs:
+                args = self._tls_args()
+                text += f"tls-port {self.sentinel_tls_ports[i]}\n"
+                text += "".join(
+                    f"{k[2:]} {v}\n" for k, v in zip(args[::2], args[1::2], strict=True)
+                )
+            conf.write_text(text)
             self.sentinels.append(
                 subprocess.Popen(
                     [self.primary.binary, str(conf), "--sentinel"],
@@ -74,7 +137,9 @@ class SentinelSet:
         return self
 
     def _sentinel(self, port: int) -> redis.Redis:
-        return redis.Redis(port=port, socket_timeout=2, decode_responses=True)
+        return redis.Redis(
+            port=port, socket_timeout=2, decode_responses=True, password=self.sentinel_password
+        )
 
     def _ready(self) -> bool:
         """Every sentinel sees the primary, the replica and the two other sentinels."""
@@ -238,3 +303,36 @@ def test_fleet_survives_a_primary_sigkill(
     assert not report.lost, report.lost[:5]
     assert report.finished == len(items)
     assert sentinel_set.primary_port() != old_primary
+
+
+def test_sentinel_with_tls_and_passwords(tmp_path: Path, namespace: str) -> None:
+    """rediss+sentinel://: TLS to the sentinels and to the primary they name, the primary's
+    password from the URL, the sentinels' own from sentinel_password; none of them shown."""
+    _need_redis_server()
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    s = SentinelSet(
+        certs=make_certs(tmp_path), password="data-pw-1", sentinel_password="sentinel-pw-2"
+    )
+    try:
+        s.start()
+        done: list[int] = []
+        with workshaper.Producer(s.url, namespace) as producer:
+            where = producer.backend.where
+            assert where.endswith("(TLS)") and str(s.sentinel_tls_ports[0]) in where
+            assert "pw-" not in where + repr(producer.backend)
+            producer.enqueue_many([("k", "m", 0, o) for o in range(10)])
+            worker = workshaper.Worker(s.url, namespace, work=lambda m, p, o: done.append(o))
+            worker.start()
+            try:
+                assert producer.flush(timeout=60)
+            finally:
+                worker.stop()
+        assert done == list(range(10))
+        # Without the sentinels' password no primary is found: a clear error, no secret.
+        wrong = s.url.replace("sentinel-pw-2", "nope")
+        with pytest.raises(workshaper.BackendUnavailable, match="cannot reach Redis") as info:
+            workshaper.Producer(wrong, namespace)
+        assert "pw-" not in str(info.value) and "nope" not in str(info.value)
+    finally:
+        s.stop()
