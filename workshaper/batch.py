@@ -6,6 +6,13 @@ one round trip. redis-py's ``Script`` objects would add a ``SCRIPT EXISTS`` roun
 pipeline; instead, on NOSCRIPT (a restarted or flushed server) the batch loads every script and
 re-runs the commands that failed. Every script is idempotent, which also makes a re-sent batch
 safe after a broken connection.
+
+On a Redis Cluster a batch is split by the node that owns each command's slot (redis-py's
+slot map): every node's share is written on its own connection, then every reply is read, so
+the batch still costs one round trip. A command answered MOVED, ASK or TRYAGAIN (a slot moved
+or moving: resharding, a failover) was not run; it is sent again through redis-py's cluster
+client, which follows the redirection, waits out TRYAGAIN and updates the slot map. Every
+script keeps all its keys in one slot (keys.py), so no command ever spans nodes.
 """
 
 from __future__ import annotations
@@ -70,6 +77,8 @@ class Link:
         self._conn: Any = None
 
     def connection(self) -> Any:
+        if self.backend.cluster:
+            raise RuntimeError("a cluster batch takes one connection per node, not a Link's")
         if self._conn is None:
             self._conn = self.backend.client.connection_pool.get_connection()
         return self._conn
@@ -156,6 +165,8 @@ class Batch:
         if server is not None:  # embedded: run in this process, no packing, no redis-py
             return server.execute_many(commands)
         packed = [hiredis.pack_command(args) for args in commands]
+        if self._backend.cluster:
+            return _send_cluster(self._backend, commands, packed)
         link = self._link or Link(self._backend)
         try:
             for attempt in range(SEND_ATTEMPTS):
@@ -177,6 +188,105 @@ class Batch:
 #: How often a batch is sent before a connection error is raised to the caller, and the pause
 #: between sends (grows linearly).
 SEND_ATTEMPTS, SEND_RETRY_PAUSE = 3, 0.05
+
+
+#: Replies meaning "this slot is not (all) here now": the command did not run.
+_REDIRECTS = (
+    redis.exceptions.MovedError,  # a subclass of AskError, listed for the reader
+    redis.exceptions.AskError,
+    redis.exceptions.TryAgainError,
+)
+
+
+def _first_key(args: tuple[Any, ...]) -> Any:
+    """The key that routes a command: a script's first key, or the key every command this
+    module is given has as its first argument (ZADD, SADD, PTTL, LLEN, LRANGE, ...)."""
+    if args[0] in ("EVALSHA", "EVALSHA_RO", "EVAL"):
+        if int(args[2]) < 1:
+            raise ValueError(f"{args[0]} without keys cannot be routed on a cluster")
+        return args[3]
+    return args[1]
+
+
+def _send_cluster(
+    backend: Backend, commands: list[tuple[Any, ...]], packed: list[bytes]
+) -> list[Any]:
+    """``_send`` on a cluster: each node's commands on one connection of that node, all nodes
+    written before any reply is read; redirected commands again, one by one, through the
+    cluster client. A broken connection refreshes the slot map (a failover) and raises for the
+    whole batch, as on one server: the caller sends it again."""
+    client: Any = backend.client
+    results: list[Any] = [None] * len(commands)
+    for attempt in range(SEND_ATTEMPTS):
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        for i, args in enumerate(commands):
+            node = client.get_node_from_key(_first_key(args))
+            groups.setdefault(node.name, (node, []))[1].append(i)
+        taken: list[tuple[Any, Any, list[int]]] = []
+        try:
+            for node, indexes in groups.values():
+                pool = client.get_redis_connection(node).connection_pool
+                conn = pool.get_connection()
+                taken.append((pool, conn, indexes))
+                conn.send_packed_command([packed[i] for i in indexes])
+            for _, conn, indexes in taken:
+                for i in indexes:
+                    results[i] = _read_reply(conn)
+            break
+        except (
+            redis.ConnectionError,
+            redis.TimeoutError,
+            OSError,
+            redis.exceptions.RedisClusterException,  # e.g. a slot no node owns right now
+        ) as exc:
+            for _, conn, _ in taken:
+                conn.disconnect()  # replies may be unread: never reuse it
+            with contextlib.suppress(Exception):
+                client.nodes_manager.initialize()  # the node may be gone: a new slot map
+            if attempt + 1 == SEND_ATTEMPTS:
+                if isinstance(exc, redis.exceptions.RedisClusterException):
+                    raise redis.ConnectionError(f"Redis Cluster: {exc}") from exc
+                raise
+            time.sleep(SEND_RETRY_PAUSE * (attempt + 1))
+        finally:
+            for pool, conn, _ in taken:
+                pool.release(conn)
+    _resend_redirected(client, commands, results)
+    return results
+
+
+#: How long a batch waits for slots that are half moved (TRYAGAIN: a script's keys are split
+#: between the two nodes of a live migration) before it raises as for a lost connection. A slot
+#: of ours moves in milliseconds under redis-cli; the wait covers slower migrations too.
+REDIRECT_WAIT, REDIRECT_PAUSE_MAX = 10.0, 0.2
+
+
+def _resend_redirected(client: Any, commands: list[tuple[Any, ...]], results: list[Any]) -> None:
+    """Send the commands answered MOVED, ASK or TRYAGAIN again, one by one, through the
+    cluster client (it follows MOVED and ASK and updates its slot map); wait out TRYAGAIN."""
+    pending = [i for i, r in enumerate(results) if isinstance(r, _REDIRECTS)]
+    deadline = time.monotonic() + REDIRECT_WAIT
+    pause = 0.01
+    while pending:
+        waiting = []
+        for i in pending:
+            try:
+                results[i] = client.execute_command(*commands[i])
+            except (redis.exceptions.TryAgainError, redis.exceptions.ClusterError):
+                waiting.append(i)  # still half moved (ClusterError: redis-py's TTL ran out)
+            except redis.ResponseError as exc:
+                results[i] = exc
+            except redis.exceptions.RedisClusterException as exc:
+                raise redis.ConnectionError(f"Redis Cluster: {exc}") from exc
+        pending = waiting
+        if pending:
+            if time.monotonic() > deadline:
+                raise redis.ConnectionError(
+                    f"Redis Cluster: {len(pending)} command(s) met slots still moving after "
+                    f"{REDIRECT_WAIT:.0f}s"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, REDIRECT_PAUSE_MAX)
 
 
 def _read_reply(conn: Any) -> Any:

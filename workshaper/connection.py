@@ -5,7 +5,10 @@ URL forms (README "Connecting to Redis"):
 - ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...`` (TLS), ``unix:///path``;
 - ``redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]`` and
   ``rediss+sentinel://...`` (TLS to the sentinels and the primary), through redis-py's
-  ``Sentinel.master_for``: every new connection asks the sentinels where the primary is.
+  ``Sentinel.master_for``: every new connection asks the sentinels where the primary is;
+- ``redis+cluster://[[user]:password@]host:port[,host:port...]`` and ``rediss+cluster://...``
+  (TLS): a Redis Cluster, through redis-py's ``RedisCluster`` (its slot map; batches are sent
+  per node by ``batch.py``). The hosts are only where to start: the client learns every node.
 
 Query parameters are redis-py's names: ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
 ``ssl_cert_reqs`` (TLS), ``socket_timeout`` and the others redis-py parses, plus
@@ -21,10 +24,12 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
+import redis.cluster
+import redis.exceptions
 import redis.sentinel
 
 from workshaper.errors import AccessDenied, BackendUnavailable, InvalidType
@@ -59,7 +64,15 @@ _PLAIN_PARAMS: dict[str, Callable[[str], Any]] = {
 }
 _SENTINEL_PARAMS = ("sentinel_username", "sentinel_password")
 
-SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+SCHEMES = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+)
 
 
 def _mask_netloc(netloc: str) -> str:
@@ -134,6 +147,10 @@ def is_transient(exc: BaseException) -> bool:
     server that cannot answer right now. Wrong credentials and ACL denials are not."""
     if isinstance(exc, redis.AuthenticationError):
         return False
+    if isinstance(exc, redis.exceptions.RedisClusterException):
+        # The cluster client found no reachable node or no owner of a slot: a failover or a
+        # migration under way (our commands never span slots, the other cause of this error).
+        return True
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OSError):
         return True
     if isinstance(exc, redis.ResponseError):
@@ -144,13 +161,16 @@ def is_transient(exc: BaseException) -> bool:
 
 @dataclass
 class Backend:
-    """One Redis server as WorkShaper uses it: a client (bytes replies) and where it points."""
+    """One Redis server (or cluster) as WorkShaper uses it: a client (bytes replies) and where
+    it points. On a cluster ``client`` is a ``redis.RedisCluster`` (typed as ``redis.Redis``:
+    it has the same command methods; the code that needs connections checks ``cluster``)."""
 
     client: redis.Redis = field(repr=False)
-    where: str  # "host:port", "unix:/path", "sentinel ...", or "embedded"; never holds a secret
+    where: str  # "host:port", "unix:/path", "sentinel ...", "cluster ..." or "embedded"; no secret
     embedded: bool = False
     #: The in-process server of an embedded backend (its batches skip redis-py entirely).
     server: EmbeddedServer | None = None
+    cluster: bool = False
     _closed: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _also_close: list[Callable[[], None]] = field(default_factory=list, repr=False)
@@ -171,7 +191,12 @@ class Backend:
                     f"Redis at {self.where} refused the credentials: {exc}"
                 ) from None
             raise
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        except (
+            redis.ConnectionError,
+            redis.TimeoutError,
+            OSError,
+            redis.exceptions.RedisClusterException,
+        ) as exc:
             raise BackendUnavailable(f"cannot reach Redis at {self.where}: {exc}") from None
 
     def close(self) -> None:
@@ -277,13 +302,16 @@ def connect(target: object, *, check: bool = True) -> Backend:
         return target
     if isinstance(target, str):
         backend = backend_from_url(target)
+    elif isinstance(target, redis.RedisCluster):
+        backend = _cluster_backend_like(target)
     elif isinstance(target, redis.Redis):
         client = _bytes_client_like(target)
         backend = Backend(client=client, where=_client_where(client))
         backend.embedded = type(target).__module__.startswith("fakeredis")
     else:
         raise InvalidType(
-            f"redis must be a URL, a redis.Redis client or None, got {type(target).__name__}"
+            "redis must be a URL, a redis.Redis or redis.RedisCluster client or None, got "
+            f"{type(target).__name__}"
         )
     if check:
         backend.check()
@@ -310,7 +338,9 @@ def _query_options(url: str, scheme: str, query: str) -> dict[str, Any]:
                 url, f"unknown query parameter {name!r} (known: {', '.join(sorted(allowed))})"
             )
         if (name in TLS_PARAMS or name in _TLS_EXTRA) and not tls:
-            secure = "rediss+sentinel" if scheme == "redis+sentinel" else "rediss"
+            secure = {"redis+sentinel": "rediss+sentinel", "redis+cluster": "rediss+cluster"}.get(
+                scheme, "rediss"
+            )
             raise _bad(url, f"{name} needs TLS: use a {secure}:// URL")
         parse = _PLAIN_PARAMS.get(name, str)
         if name == "ssl_check_hostname":
@@ -360,6 +390,8 @@ def backend_from_url(url: str) -> Backend:
     options = _query_options(url, scheme, parts.query)
     if scheme.endswith("+sentinel"):
         return _sentinel_backend(url, scheme, parts.netloc, parts.path, options)
+    if scheme.endswith("+cluster"):
+        return _cluster_backend(url, scheme, parts.netloc, parts.path, options)
     defaults: dict[str, Any] = {"decode_responses": False, "health_check_interval": 30}
     if scheme != "unix":  # a unix socket connection takes no TCP keepalive
         defaults["socket_keepalive"] = True
@@ -371,6 +403,80 @@ def backend_from_url(url: str) -> Backend:
     if scheme == "rediss":
         where += " (TLS)"
     return Backend(client=client, where=where)
+
+
+def _host_list(url: str, hostlist: str, default_port: str) -> list[tuple[str, int]]:
+    hosts: list[tuple[str, int]] = []
+    for item in hostlist.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon:
+            host, port = port, default_port
+        host = host.strip("[]")  # an IPv6 address in brackets
+        if not host or not port.isdigit():
+            raise _bad(url, f"address {item!r} is not host:port")
+        hosts.append((host, int(port)))
+    return hosts
+
+
+def _cluster_backend(
+    url: str, scheme: str, netloc: str, path: str, options: dict[str, Any]
+) -> Backend:
+    userinfo, _, hostlist = netloc.rpartition("@")
+    nodes = _host_list(url, hostlist, "6379")
+    if path.strip("/"):
+        raise _bad(url, "a cluster URL has no path: Redis Cluster has only database 0")
+    if "db" in options:
+        raise _bad(url, "a cluster URL takes no db: Redis Cluster has only database 0")
+    if userinfo:
+        user, colon, password = userinfo.partition(":")
+        if user:
+            options["username"] = unquote(user)
+        if colon:
+            options["password"] = unquote(password)
+    if scheme == "rediss+cluster":
+        options["ssl"] = True
+    kwargs: dict[str, Any] = {
+        "decode_responses": False,
+        "health_check_interval": 30,
+        "socket_keepalive": True,
+        **options,
+    }
+    where = "cluster " + ",".join(f"{h}:{p}" for h, p in nodes)
+    if scheme == "rediss+cluster":
+        where += " (TLS)"
+    return _new_cluster_backend(nodes, kwargs, where)
+
+
+def _new_cluster_backend(
+    nodes: list[tuple[str, int]], kwargs: dict[str, Any], where: str
+) -> Backend:
+    """redis-py's RedisCluster connects (and reads the slot map) as it is made: its failures
+    become the same clear errors as a single server's."""
+    startup = [redis.cluster.ClusterNode(h, p) for h, p in nodes]  # type: ignore[no-untyped-call]
+    try:
+        client = redis.RedisCluster(startup_nodes=startup, **kwargs)
+    except redis.AuthenticationError as exc:
+        raise BackendUnavailable(f"Redis at {where} refused the credentials: {exc}") from None
+    except (
+        redis.exceptions.RedisClusterException,
+        redis.ConnectionError,
+        redis.TimeoutError,
+        OSError,
+    ) as exc:
+        raise BackendUnavailable(f"cannot reach a Redis Cluster at {where}: {exc}") from None
+    return Backend(client=cast(redis.Redis, client), where=where, cluster=True)
+
+
+def _cluster_backend_like(client: redis.RedisCluster) -> Backend:
+    """A cluster client with the settings of the user's ``client`` but returning bytes and with
+    its own connections (so our blocking calls never starve the user's)."""
+    kwargs = dict(client.nodes_manager.connection_kwargs)
+    for name in ("host", "port", "connection_pool", "connection_class"):
+        kwargs.pop(name, None)
+    kwargs["decode_responses"] = False
+    nodes = [(n.host, int(n.port)) for n in client.get_primaries()]  # type: ignore[no-untyped-call]
+    where = "cluster " + ",".join(f"{h}:{p}" for h, p in nodes)
+    return _new_cluster_backend(nodes, kwargs, where)
 
 
 def _sentinel_backend(

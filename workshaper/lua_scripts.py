@@ -56,7 +56,12 @@ SCRIPT_NAMES = (
 
 
 def register_scripts(backend: Backend) -> None:
-    """SCRIPT LOAD every script (after a server restart or SCRIPT FLUSH)."""
+    """SCRIPT LOAD every script (after a server restart or SCRIPT FLUSH); on a cluster, on
+    every primary (redis-py's cluster client sends SCRIPT LOAD to all of them)."""
+    if backend.cluster:
+        for name in SCRIPT_NAMES:
+            backend.client.script_load(load_script(name).source)
+        return
     pipe = backend.client.pipeline(transaction=False)
     for name in SCRIPT_NAMES:
         pipe.script_load(load_script(name).source)

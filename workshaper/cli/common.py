@@ -97,7 +97,8 @@ def add_redis_options(parser: argparse.ArgumentParser) -> None:
         "--redis",
         default=env("REDIS_URL", DEFAULT_REDIS_URL),
         help="Redis URL: redis://, rediss:// (TLS), unix://, redis+sentinel://HOST:PORT[,...]/"
-        f"SERVICE[/DB] (default: $WORKSHAPER_REDIS_URL, else {DEFAULT_REDIS_URL})",
+        "SERVICE[/DB], redis+cluster://HOST:PORT[,...] (Redis Cluster) "
+        f"(default: $WORKSHAPER_REDIS_URL, else {DEFAULT_REDIS_URL})",
     )
     tls = parser.add_argument_group("TLS (rediss:// URLs; the same as the URL's ssl_* options)")
     tls.add_argument(

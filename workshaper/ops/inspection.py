@@ -234,10 +234,16 @@ class Inspector:
         return [parse_partition_view(p, r.get()) for p, r in replies]
 
     def workers(self) -> list[WorkerView]:
-        pipe = self._backend.client.pipeline(transaction=False)
-        pipe.hgetall(self._keys.workers)
-        pipe.time()
-        registry, (seconds, micros) = pipe.execute()
+        client = self._backend.client
+        if self._backend.cluster:  # TIME has no key: ask the node that holds the registry
+            registry = client.hgetall(self._keys.workers)
+            node = cast(Any, client).get_node_from_key(self._keys.workers)
+            seconds, micros = client.execute_command("TIME", target_nodes=node)
+        else:
+            pipe = client.pipeline(transaction=False)
+            pipe.hgetall(self._keys.workers)
+            pipe.time()
+            registry, (seconds, micros) = pipe.execute()
         raw = cast(dict[bytes, bytes], registry)
         now = seconds + micros / 1e6  # "seen" is server time: compare with the server's clock
         out = []

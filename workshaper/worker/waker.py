@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 import redis
+import redis.exceptions
 
 from workshaper.connection import Backend, is_transient
 from workshaper.keys import NamespaceKeys
@@ -68,7 +69,13 @@ class Waker:
                 return
             try:
                 popped = client.bzpopmin(self._keys.wake, timeout=WAKE_BLOCK_SECONDS)
-            except (redis.ConnectionError, redis.TimeoutError, OSError, redis.ResponseError) as exc:
+            except (
+                redis.ConnectionError,
+                redis.TimeoutError,
+                OSError,
+                redis.ResponseError,
+                redis.exceptions.RedisClusterException,  # a cluster failing over
+            ) as exc:
                 # Unreachable, or failing over (a demoted primary answers READONLY): wait it
                 # out. Any other error reply is a bug or a refusal, not ours to retry.
                 if isinstance(exc, redis.ResponseError) and not is_transient(exc):

@@ -1,0 +1,253 @@
+"""Redis Cluster: real clusters of redis-server processes made by ``redis-cli --cluster create``
+on loopback ports, owned and removed by the tests. A fleet of worker processes runs on 3
+masters; slots of active partitions move live (resharding); and (slow) a master is SIGKILLed
+and its replica promoted."""
+
+from __future__ import annotations
+
+import logging
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.cluster import key_slot
+
+import workshaper
+from workshaper.admin import Admin
+from workshaper.connection import connect
+from workshaper.errors import BackendUnavailable
+from workshaper.keys import NamespaceKeys
+from workshaper_tools.testing import RedisServer
+from workshaper_tools.testing.checker import Ack, PlannedItem, check
+from workshaper_tools.testing.journal import read_journal
+from workshaper_tools.testing.redis_cluster import RedisCluster, redis_cli_binary
+
+from .conftest import _need_redis_server, wait_for
+from .fleet import fleet
+
+log = logging.getLogger(__name__)
+
+WORKSHAPER = [
+    sys.executable,
+    "-c",
+    "import sys; from workshaper.cli.main import main; main(sys.argv[1:])",
+]
+
+
+def _need_cluster_tools() -> None:
+    _need_redis_server()
+    if redis_cli_binary() is None:
+        pytest.skip("redis-cli is not installed")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """3 masters, no replicas, for the whole session (tests use their own namespaces)."""
+    _need_cluster_tools()
+    cluster = RedisCluster(masters=3).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def partition_slot(namespace: str, partition: int) -> int:
+    return key_slot(NamespaceKeys(namespace).partition(partition).meta)
+
+
+def _items(seed: int, partitions: int, count: int) -> list[tuple[Any, ...]]:
+    rng = random.Random(seed)
+    next_offset = [0] * partitions
+    items: list[tuple[Any, ...]] = []
+    for i in range(count):
+        p = rng.randrange(partitions)
+        next_offset[p] += 1
+        items.append((f"k{rng.randrange(40)}", {"i": i}, p, next_offset[p]))
+    return items
+
+
+def test_cluster_url_and_client_everywhere(redis_cluster: RedisCluster, namespace: str) -> None:
+    """Producer, Worker, Manager and Admin take a redis+cluster:// URL or a RedisCluster
+    client; partitions spread over the masters by their hash tags."""
+    done: list[tuple[int, int]] = []
+    items = [(f"k{i % 7}", f"m{i}", i % 6, i) for i in range(300)]
+    with workshaper.Producer(redis_cluster.url, namespace) as producer:
+        assert producer.backend.cluster and producer.backend.where.startswith("cluster ")
+        assert all(s is workshaper.Enqueued.ACCEPTED for s in producer.enqueue_many(items))
+        worker = workshaper.Worker(
+            redis_cluster.url, namespace, work=lambda m, p, o: done.append((p, o))
+        )
+        worker.start()
+        try:
+            assert producer.flush(timeout=60)
+        finally:
+            worker.stop()
+    assert sorted(done) == sorted((p, o) for _, _, p, o in items)
+    sub_of = {(p, o): s for s, _, p, o in items}
+    for p, sub in set((p, s) for s, _, p, _ in items):  # each sub key's items ran in order
+        ran = [o for q, o in done if q == p and sub_of[(q, o)] == sub]
+        assert ran == sorted(ran)
+    owners = {redis_cluster.master_of_slot(partition_slot(namespace, p)).port for p in range(6)}
+    assert len(owners) >= 2, "6 partitions all on one master"
+
+    # A user's RedisCluster client (decoding str for its owner) works too, and stays str.
+    user = redis.RedisCluster(
+        host="127.0.0.1", port=redis_cluster.servers[0].port, decode_responses=True
+    )
+    try:
+        admin = Admin(user, namespace)
+        assert sorted(s.partition for s in admin.status()) == list(range(6))
+        assert all(s.pending == 0 for s in admin.status())
+        admin.close()
+        user.set(f"{namespace}-probe", "x")
+        assert user.get(f"{namespace}-probe") == "x"
+    finally:
+        user.close()
+
+    # The operator commands (one process of the `workshaper` console script).
+    status = subprocess.run(
+        [*WORKSHAPER, "status", "--redis", redis_cluster.url, "--namespace", namespace],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert "workers" in status.stdout
+
+    seen: list[int] = []
+    with workshaper.Manager(
+        work=lambda m, p, o: None,
+        ack=lambda p, o: seen.append(o),
+        redis=redis_cluster.url,
+        namespace=namespace,
+    ) as manager:
+        for o in range(5):
+            manager.enqueue("s", "m", 99, o)
+        manager.flush()
+    assert seen and seen[-1] == 4
+
+
+def test_bad_cluster_urls_are_named(redis_server: RedisServer, redis_cluster: RedisCluster) -> None:
+    port = redis_cluster.servers[0].port
+    with pytest.raises(BackendUnavailable, match="no path"):
+        connect(f"redis+cluster://127.0.0.1:{port}/0")
+    with pytest.raises(BackendUnavailable, match="takes no db"):
+        connect(f"redis+cluster://127.0.0.1:{port}?db=1")
+    with pytest.raises(BackendUnavailable, match="needs TLS: use a rediss\\+cluster://"):
+        connect(f"redis+cluster://127.0.0.1:{port}?ssl_cert_reqs=none")
+    # A single server given as a cluster: one clear line, not a traceback.
+    with pytest.raises(
+        BackendUnavailable, match=f"Redis Cluster at cluster 127.0.0.1:{redis_server.port}"
+    ):
+        connect(f"redis+cluster://127.0.0.1:{redis_server.port}")
+
+
+def _ack_recorder(acks: list[Ack], source: str) -> Any:
+    lock = threading.Lock()
+
+    def record(p: int, o: int) -> None:
+        with lock:
+            acks.append(Ack(p, o, time.monotonic(), source))
+
+    return record
+
+
+def _run_fleet(
+    cluster: RedisCluster,
+    namespace: str,
+    journal: Path,
+    items: list[tuple[Any, ...]],
+    during: Any = None,
+    delay: str = "0.002",
+) -> tuple[list[Ack], Any]:
+    """3 workshaper-worker processes and a producer on the cluster; ``during(admin)`` starts
+    on a thread of its own once a third of the items is enqueued and work is under way, while
+    the producer goes on. Returns the acks and what ``during`` returned."""
+    acks: list[Ack] = []
+    admin = Admin(cluster.url, namespace)
+    result: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run_during() -> None:
+        try:
+            result.append(during(admin))
+        except BaseException as exc:  # reported by the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run_during, name="during")
+    with fleet(cluster.url, namespace, journal, WS_WORK_DELAY_MAX=delay) as f:
+        for _ in range(3):
+            f.start(lease=2.0, concurrency=4)
+        with workshaper.Producer(
+            cluster.url, namespace, max_in_queue=100_000, ack=_ack_recorder(acks, "p")
+        ) as producer:
+            third = len(items) // 3
+            for start in range(0, len(items), 100):
+                producer.enqueue_many(items[start : start + 100], timeout=60)
+                if during is not None and start <= third < start + 100:
+                    wait_for(lambda: len(admin.workers()) == 3, timeout=60)
+                    wait_for(lambda: len(read_journal(journal)) > 200, timeout=60)
+                    thread.start()
+                time.sleep(0.01)
+            if thread.is_alive() or during is not None:
+                thread.join(300)
+            assert not errors, errors
+            assert producer.flush(timeout=120), f.logs()[-3000:]
+        assert all(p.poll() is None for p in f.procs), f.logs()[-3000:]
+    admin.close()
+    return acks, result[0] if result else None
+
+
+def test_fleet_on_three_masters(
+    redis_cluster: RedisCluster, namespace: str, tmp_path: Path
+) -> None:
+    """3 worker processes and a producer, 6 partitions over 3 masters: every guarantee holds
+    (journal + checker: nothing lost, order per sub key, contiguous watermarks)."""
+    items = _items(seed=11, partitions=6, count=3000)
+    acks, _ = _run_fleet(redis_cluster, namespace, tmp_path, items)
+    report = check([PlannedItem(s, p, o) for s, _, p, o in items], read_journal(tmp_path), acks)
+    print(f"cluster fleet: {report.summary()}")
+    assert report.ok, report.summary()
+    assert report.finished == len(items)
+
+
+def test_live_resharding_of_active_partitions(
+    redis_cluster: RedisCluster, namespace: str, tmp_path: Path
+) -> None:
+    """Mid-run, the slots of 3 active partitions move to another master, a few keys at a
+    time (clients meet ASK and TRYAGAIN while a slot is half moved), and redis-cli --cluster
+    reshard moves a few more slots: 0 lost, 0 order and 0 watermark violations."""
+    items = _items(seed=12, partitions=6, count=4000)
+    moved: list[str] = []
+    moved_keys: list[int] = []
+
+    def reshard(admin: Admin) -> None:
+        for p in (0, 1, 2):
+            slot = partition_slot(namespace, p)
+            source = redis_cluster.master_of_slot(slot)
+            target = next(s for s in redis_cluster.primaries() if s.port != source.port)
+            keys = redis_cluster.migrate_slot(slot, target, keys_per_step=1, pause=0.02)
+            moved_keys.append(keys)
+            moved.append(f"p{p} slot {slot} {source.port}->{target.port} ({keys} keys)")
+            assert redis_cluster.master_of_slot(slot).port == target.port
+        primaries = redis_cluster.primaries()
+        redis_cluster.reshard(primaries[0], primaries[1], 20)
+        redis_cluster.wait_ok()
+
+    acks, _ = _run_fleet(redis_cluster, namespace, tmp_path, items, during=reshard, delay="0.004")
+    report = check([PlannedItem(s, p, o) for s, _, p, o in items], read_journal(tmp_path), acks)
+    print(f"cluster resharding ({'; '.join(moved)}): {report.summary()}")
+    assert len(moved) == 3
+    # The slots moved while their partitions had items queued (an idle partition has only a
+    # few fixed keys), so workers and the producer met them half moved.
+    assert sum(moved_keys) > 30, moved
+    assert report.ok, report.summary()
+    assert report.finished == len(items)
