@@ -236,9 +236,10 @@ class Inspector:
     def workers(self) -> list[WorkerView]:
         client = self._backend.client
         if self._backend.cluster:  # TIME has no key: ask the node that holds the registry
-            registry = client.hgetall(self._keys.workers)
-            node = cast(Any, client).get_node_from_key(self._keys.workers)
-            seconds, micros = client.execute_command("TIME", target_nodes=node)
+            cluster: Any = client  # a redis.RedisCluster
+            registry = cluster.hgetall(self._keys.workers)
+            node = cluster.get_node_from_key(self._keys.workers)
+            seconds, micros = cluster.execute_command("TIME", target_nodes=node)
         else:
             pipe = client.pipeline(transaction=False)
             pipe.hgetall(self._keys.workers)
