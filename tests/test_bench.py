@@ -36,10 +36,12 @@ def test_quick_mode_runs_every_scenario_and_checks_invariants(
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    assert {"s1", "s2", "s3", "s4", "s5", "peers"} <= results.keys()
+    assert {"s1", "s1keys", "s2", "s3", "s4", "s5", "peers"} <= results.keys()
     verdicts = [*results["s1"]["verdicts"], results["s3"]["verdict"]]
     verdicts += [r["verdict"] for r in results["s2"]["rows"]]
     verdicts += [r["verdict"] for r in results["s5"]["by_sub_keys"]]
+    verdicts += [r["verdict"] for r in results["s1keys"]["rows"]]
+    assert [r["row"] for r in results["s1keys"]["rows"]] == ["10", "1,000", "one per item"]
     for verdict in verdicts:
         assert " 0 lost, 0 order violations, 0 watermark violations" in verdict, verdict
     assert (tmp_path / "results.md").read_text().startswith("Run ")

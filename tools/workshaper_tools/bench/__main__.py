@@ -1,7 +1,7 @@
 """Run the scenarios: ``python -m workshaper_tools.bench``, ``scripts/bench``, ``workshaper bench``.
 
     --quick          small sizes, finishes in under 2 minutes (the CI smoke test)
-    --only S1,S3     run a subset (s1 s2 s3 s4 s5 peers)
+    --only S1,S3     run a subset (s1 s1keys s2 s3 s4 s5 peers)
     --out DIR        write results.json, results.md and one PNG chart per scenario (matplotlib)
     --profile        also run S1 once under py-spy (producer and each worker) and summarize
     --compare REF    first run the same scenarios on git revision REF (exported, with this
@@ -25,11 +25,12 @@ from typing import Any
 
 from workshaper_tools.bench.common import BenchFailure, say
 
-SCENARIOS = ("s1", "s2", "s3", "s4", "s5", "peers")
+SCENARIOS = ("s1", "s1keys", "s2", "s3", "s4", "s5", "peers")
 
 #: (quick, full) sizes.
 SIZES: dict[str, tuple[float, float]] = {
     "s1_items": (20_000, 200_000),
+    "s1keys_items": (10_000, 200_000),  # each row of S1 by key count (--s1keys-items)
     "repeats": (1, 3),
     "s2_items": (600, 10_000),
     "s3_seconds": (2.0, 30.0),
@@ -129,10 +130,19 @@ def run(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     failures: list[str] = []
     # Imported here so `--help` stays fast and each scenario's module loads only when run.
-    from workshaper_tools.bench import cost, growth, latency, ordering, peers, throughput  # noqa: PLC0415
+    from workshaper_tools.bench import (  # noqa: PLC0415
+        cost,
+        growth,
+        latency,
+        manykeys,
+        ordering,
+        peers,
+        throughput,
+    )
 
     steps: list[tuple[str, Any]] = [
         ("s1", lambda: throughput.scenario_s1(args, log_dir)),
+        ("s1keys", lambda: manykeys.scenario_s1keys(args, log_dir)),
         ("s2", lambda: ordering.scenario_s2(args, log_dir)),
         ("s3", lambda: latency.scenario_s3(args, log_dir)),
         ("s4", lambda: cost.scenario_s4(args, log_dir, results.get("s1"))),

@@ -71,9 +71,14 @@ def message_pool(count: int = 64, size: int = MESSAGE_BYTES, seed: int = SEED) -
     return [bytes(rng.choice(alphabet) for _ in range(size)) for _ in range(count)]
 
 
-def plan_noop(items: int, partitions: int, sub_keys: int, seed: int = SEED) -> Items:
+def plan_noop(
+    items: int, partitions: int, sub_keys: int, seed: int = SEED, *, random_partition: bool = False
+) -> Items:
     """``items`` no-op items: sub key k uniform in [0, sub_keys), partition = k % partitions
-    (like Kafka's key -> partition), about 100-byte messages, offsets with gaps per partition."""
+    (like Kafka's key -> partition), about 100-byte messages, offsets with gaps per partition.
+    ``sub_keys`` 0: one sub key per item (item i has key i: every lease holds one item).
+    ``random_partition``: the partition is drawn per item too, so a key lands in every
+    partition (about partitions x sub_keys (partition, sub key) pairs)."""
     rng = random.Random(seed)
     pool = message_pool()
     next_offset = [0] * partitions
@@ -82,8 +87,8 @@ def plan_noop(items: int, partitions: int, sub_keys: int, seed: int = SEED) -> I
     offs: list[int] = []
     tuples: list[tuple[Any, Any, int, int]] = []
     for i in range(items):
-        k = rng.randrange(sub_keys)
-        p = k % partitions
+        k = rng.randrange(sub_keys) if sub_keys else i
+        p = rng.randrange(partitions) if random_partition else k % partitions
         next_offset[p] += 1 if i % 7 else 2  # a gap now and then, like a compacted topic
         sub = f"k{k}"
         subs.append(sub)
@@ -123,7 +128,7 @@ class WorkerFleet:
         handler: str,
         *,
         processes: int,
-        concurrency: int,
+        concurrency: int | None,
         batch_size: int | None = None,
         log_dir: Path,
     ) -> None:
@@ -140,11 +145,11 @@ class WorkerFleet:
             url,
             "--namespace",
             namespace,
-            "--concurrency",
-            str(concurrency),
             "--log-level",
             "WARNING",
         ]
+        if concurrency is not None:  # None: the worker's default
+            argv += ["--concurrency", str(concurrency)]
         if batch_size is not None:
             argv += ["--batch-size", str(batch_size)]
         self._argv = argv

@@ -74,6 +74,10 @@ def _metrics(results: dict[str, Any]) -> list[tuple[str, float]]:
             ("S1 raw queue items/s", s["baseline_rate"]),
             ("S1 ratio to raw queue %", 100 * s["ratio"]),
         ]
+    if "s1keys" in results:
+        from workshaper_tools.bench.manykeys import metrics  # noqa: PLC0415
+
+        rows += metrics(results["s1keys"])
     if "s2" in results:
         rows += [(f"S2 {r['row']} keys, x ideal", r["factor"]) for r in results["s2"]["rows"]]
     if "s3" in results:

@@ -68,6 +68,10 @@ def markdown(results: dict[str, Any]) -> str:
     elif "peers" in results:
         out += ["", "| peer | jobs/s |", "|---|---:|"]
         out += [f"| {r['name']} | {_fmt(r['rate'])} |" for r in results["peers"]["rows"]]
+    if "s1keys" in results:
+        from workshaper_tools.bench.manykeys import markdown as s1keys_markdown  # noqa: PLC0415
+
+        out += s1keys_markdown(results["s1keys"])
     if "s2" in results:
         s = results["s2"]
         out += [

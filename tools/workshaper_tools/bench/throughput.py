@@ -43,7 +43,7 @@ ENQUEUE_BATCH = 8000
 @dataclass
 class RunConfig:
     workers: int = 2
-    concurrency: int = 8
+    concurrency: int | None = 8  # None: the worker's default
     batch_size: int | None = None  # worker default
     max_in_queue: int = 5000
     enqueue_batch: int = ENQUEUE_BATCH

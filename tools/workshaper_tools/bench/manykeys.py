@@ -1,0 +1,216 @@
+"""S1 by key count (issue 9): what a lease costs when sub keys are many.
+
+Rows: 10 sub keys, 1,000 sub keys (key and partition each drawn at random per item, so about
+80 and 8,000 (partition, sub key) pairs), and one sub key per item (every lease holds one
+item). Each row on a fresh private redis-server:
+
+- WorkShaper: ``items`` no-op items of ~100 B, 8 partitions, 1 producer (``enqueue_many`` of
+  1,000, ``max_in_queue`` 200,000), 2 ``workshaper-worker`` processes at default settings;
+- its baseline in the same row: a raw Redis list queue, one list, one producer pipelining
+  ``RPUSH`` (one item each) 500 per round trip, one consumer process doing ``LPOP key 500``
+  and a no-op call per message.
+
+Reported per row: items/s, x the raw queue, and from the server's own counters (S4) Redis CPU
+and commands per item (the commands Lua scripts run included) for both.
+
+The consumer runs as ``python -m workshaper_tools.bench.manykeys URL OUT_JSON``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from workshaper_tools.bench.common import (
+    BenchFailure,
+    Items,
+    RedisCost,
+    RedisSnapshot,
+    bench_env,
+    plan_noop,
+    private_redis,
+    say,
+)
+from workshaper_tools.bench.throughput import RunConfig, run_workshaper
+
+#: (label, sub keys; 0 = one per item)
+ROWS: tuple[tuple[str, int], ...] = (("10", 10), ("1,000", 1000), ("one per item", 0))
+PARTITIONS = 8
+ENQUEUE_BATCH = 1000
+MAX_IN_QUEUE = 200_000
+RAW_KEY = "rawq1"
+RAW_PUSH = 500
+RAW_POP = 500
+IDLE_SLEEP = 0.0005
+
+
+def consume(url: str, out: str) -> None:
+    """The raw queue's consumer: LPOP 500 until the stop flag, a no-op per message."""
+    client = redis.Redis.from_url(url)
+    client.set(f"{RAW_KEY}:ready", 1)
+    count, last = 0, 0.0
+    while True:
+        got: list[bytes] | None = client.lpop(RAW_KEY, RAW_POP)  # type: ignore[assignment]
+        if got:
+            for message in got:
+                _noop(message)
+            count += len(got)
+            last = time.monotonic()
+            client.set(f"{RAW_KEY}:count", count)
+        elif client.exists(f"{RAW_KEY}:stop"):
+            break
+        else:
+            time.sleep(IDLE_SLEEP)
+    Path(out).write_text(json.dumps({"count": count, "last": last}))
+
+
+def _noop(message: bytes) -> None:
+    pass
+
+
+@dataclass
+class RawRun:
+    items: int
+    seconds: float
+    cost: RedisCost
+
+    @property
+    def rate(self) -> float:
+        return self.items / self.seconds
+
+
+def run_raw(url: str, items: Items, log_dir: Path) -> RawRun:
+    client = redis.Redis.from_url(url)
+    out = log_dir / "raw1-consumer.json"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workshaper_tools.bench.manykeys", url, str(out)], env=bench_env()
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not client.exists(f"{RAW_KEY}:ready"):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise BenchFailure("the raw queue's consumer did not start")
+            time.sleep(0.01)
+        before = RedisSnapshot.take(client)
+        started = time.monotonic()
+        messages = [t[1] for t in items.tuples]
+        for start in range(0, len(messages), RAW_PUSH):
+            pipe = client.pipeline(transaction=False)
+            for message in messages[start : start + RAW_PUSH]:
+                pipe.rpush(RAW_KEY, message)
+            pipe.execute()
+        deadline = time.monotonic() + 600
+        while int(client.get(f"{RAW_KEY}:count") or 0) < len(messages):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise BenchFailure("the raw queue's consumer did not drain the list")
+            time.sleep(0.002)
+        after = RedisSnapshot.take(client)
+        client.set(f"{RAW_KEY}:stop", 1)
+        proc.wait(30)
+        result = json.loads(out.read_text())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        client.close()
+    if result["count"] != len(messages):
+        raise BenchFailure(f"raw queue consumed {result['count']} of {len(messages)} messages")
+    return RawRun(len(messages), result["last"] - started, RedisCost.between(before, after))
+
+
+def _costs(cost: RedisCost, items: int) -> dict[str, float]:
+    return {
+        "redis_cpu_us": cost.cpu_seconds * 1e6 / items,
+        "commands": cost.all_calls / items,
+        "scripts": cost.calls.get("evalsha", 0) / items,
+        "round_trips": cost.reads / items,
+    }
+
+
+def _row(args: Any, log_dir: Path, label: str, sub_keys: int) -> dict[str, Any]:
+    items = plan_noop(args.s1keys_items, PARTITIONS, sub_keys, random_partition=True)
+    pairs = len(set(zip(items.plan.partitions, items.plan.sub_keys, strict=True)))
+    config = RunConfig(
+        workers=args.workers,
+        concurrency=None,
+        max_in_queue=MAX_IN_QUEUE,
+        enqueue_batch=ENQUEUE_BATCH,
+    )
+    with private_redis() as server:
+        raw = run_raw(server.url, items, log_dir)
+        redis.Redis.from_url(server.url).flushall()
+        run = run_workshaper(server.url, items, config, log_dir)
+    ws = _costs(run.cost, run.items)
+    row: dict[str, Any] = {
+        "row": label,
+        "sub_keys": sub_keys,
+        "pairs": pairs,
+        "items": len(items),
+        "rate": run.rate,
+        "raw_rate": raw.rate,
+        "ratio": run.rate / raw.rate,
+        "workshaper": ws,
+        "raw_queue": _costs(raw.cost, raw.items),
+        "verdict": run.verdict.summary(),
+    }
+    say(
+        f"  {label:>12} sub keys ({pairs:,} pairs): {run.rate:9,.0f} items/s, raw queue"
+        f" {raw.rate:9,.0f} -> x{row['ratio']:.2f}; Redis CPU {ws['redis_cpu_us']:.2f} us/item,"
+        f" {ws['commands']:.2f} commands/item - {run.verdict.summary()}"
+    )
+    return row
+
+
+def scenario_s1keys(args: Any, log_dir: Path) -> dict[str, Any]:
+    say(
+        f"S1 by key count: {args.s1keys_items:,} items, {PARTITIONS} partitions, enqueue_many"
+        f" {ENQUEUE_BATCH}, {args.workers} workers at defaults; raw queue RPUSH x{RAW_PUSH} /"
+        f" LPOP {RAW_POP}"
+    )
+    return {
+        "items": args.s1keys_items,
+        "rows": [_row(args, log_dir, label, keys) for label, keys in ROWS],
+    }
+
+
+def markdown(s: dict[str, Any]) -> list[str]:
+    out = [
+        "",
+        f"### S1 by key count ({s['items']:,} items, {PARTITIONS} partitions, 2 workers at"
+        " defaults; raw queue: RPUSH x500 per round trip, LPOP 500)",
+        "",
+        "| sub keys | (partition, sub key) pairs | items/s | raw queue items/s | x raw queue"
+        " | Redis CPU us/item | commands/item | raw queue: CPU us/item, commands/item |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in s["rows"]:
+        ws, raw = r["workshaper"], r["raw_queue"]
+        out.append(
+            f"| {r['row']} | {r['pairs']:,} | {r['rate']:,.0f} | {r['raw_rate']:,.0f} |"
+            f" **{r['ratio']:.2f}** | {ws['redis_cpu_us']:.2f} | {ws['commands']:.2f} |"
+            f" {raw['redis_cpu_us']:.2f}, {raw['commands']:.2f} |"
+        )
+    return out
+
+
+def metrics(s: dict[str, Any]) -> list[tuple[str, float]]:
+    rows: list[tuple[str, float]] = []
+    for r in s["rows"]:
+        rows += [
+            (f"S1 {r['row']} keys items/s", r["rate"]),
+            (f"S1 {r['row']} keys x raw queue", r["ratio"]),
+            (f"S1 {r['row']} keys Redis CPU us/item", r["workshaper"]["redis_cpu_us"]),
+            (f"S1 {r['row']} keys commands/item", r["workshaper"]["commands"]),
+        ]
+    return rows
+
+
+if __name__ == "__main__":
+    consume(sys.argv[1], sys.argv[2])
