@@ -769,3 +769,49 @@ def test_unreachable_redis_fails_before_joining_the_group() -> None:
     bridge = KafkaBridge({"group.id": "g"}, ["t"], f"redis://127.0.0.1:{free_port()}/0")
     with pytest.raises(workshaper.BackendUnavailable, match="cannot reach Redis"):
         bridge.run()
+
+
+def test_bridge_process_serves_metrics_and_logs_json(harness: Harness) -> None:
+    """`workshaper kafka-bridge --metrics-port N --log-format json`: its counters scraped over
+    HTTP match the records it bridged, and every log line is one JSON object naming it."""
+    import json
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    topic = make_topic(harness.kafka, 2)
+    journal = harness.journal(topic)
+    placed = produce(harness.kafka, topic, [(i % 2, b"k%d" % (i % 5), b"v") for i in range(40)])
+    port = free_port()
+    command = bridge_command(harness, topic, "--metrics-port", str(port), "--log-format", "json")
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    harness.processes.append(process)
+    journal.wait_ended(set(placed))
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    group = ("group", harness.group)
+    samples = wait_for(
+        lambda: (
+            (s := scrape()) and s.get(("workshaper_bridge_records_total", (group,))) == 40 and s
+        ),
+        timeout=WAIT,
+    )
+    assert samples[("workshaper_bridge_items_total", (group, ("status", "accepted")))] == 40
+    assert samples[("workshaper_bridge_commit_failures_total", (group,))] == 0
+    process.terminate()
+    _, err = process.communicate(timeout=60)
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]
+    assert lines, "the bridge logged nothing"
+    assert {line["worker"] for line in lines} == {f"kafka-bridge:{harness.group}"}
+    assert all({"time", "level", "partition", "offset", "event"} <= set(line) for line in lines)

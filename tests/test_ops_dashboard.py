@@ -195,3 +195,61 @@ def test_dashboard_is_read_only_by_default(
     assert snapshot["partitions"][0]["unacked_items"] == 1
     assert namespace in json.loads(get(base + "/api/namespaces") or b"{}")["namespaces"]
     assert b'<script src="/static/app.js">' in (get(base + "/") or b"")
+
+
+def post(url: str, body: dict[str, object]) -> tuple[int, dict[str, object]]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+def test_dashboard_unblocks_a_blocked_sub_key(
+    redis_server: RedisServer, namespace: str, procs: Procs
+) -> None:
+    failing = {"on": True}
+    ran: list[int] = []
+
+    def work(message: object, partition: int, offset: int) -> None:
+        if failing["on"]:
+            raise ValueError("needs an operator")
+        ran.append(offset)
+
+    worker = workshaper.Worker(
+        redis_server.url, namespace, work=work, max_attempts=1, on_exhausted="block"
+    ).start()
+    producer = workshaper.Producer(redis_server.url, namespace)
+    try:
+        producer.enqueue_many([(b"\x00k", "m", 0, 0), (b"\x00k", "m", 0, 1)])
+        base = start_dashboard(procs, redis_server.url, namespace, "--allow-actions")
+
+        def blocked() -> list[dict[str, object]]:
+            doc = json.loads(get(f"{base}/api/snapshot?namespace={namespace}") or b"{}")
+            return list(doc.get("blocked", []))
+
+        [row] = wait_for(blocked)
+        assert (row["sub_key"], row["sub_key_kind"], row["offset"]) == ("006b", "bytes", 0)
+        status, body = post(
+            base + "/api/actions/retry",
+            {"namespace": namespace, "partition": 0, "sub_key": "zz", "sub_key_kind": "bytes"},
+        )
+        assert status == 400 and "is not hex" in str(body["error"])
+        failing["on"] = False
+        status, body = post(
+            base + "/api/actions/retry",
+            {"namespace": namespace, "partition": 0, "sub_key": "006b", "sub_key_kind": "bytes"},
+        )
+        assert status == 200 and body == {"unblocked": True, "action": "retry"}
+        assert producer.flush(timeout=30)
+        assert ran == [0, 1] and blocked() == []
+    finally:
+        producer.close()
+        worker.stop(10)

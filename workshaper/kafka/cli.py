@@ -72,6 +72,13 @@ def parser() -> argparse.ArgumentParser:
         help="text lines, or one JSON object per line (time, level, worker, partition, "
         "offset, event)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=env("WORKSHAPER_METRICS_PORT"),
+        help="serve Prometheus metrics on this port at /metrics (default: off)",
+    )
+    p.add_argument("--metrics-host", default=env("WORKSHAPER_METRICS_HOST", "0.0.0.0"))
     return p
 
 
@@ -107,7 +114,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except InvalidInput as exc:
         fail(str(exc))
+    if args.metrics_port is not None:
+        _serve_metrics(bridge, args.group, args.metrics_host, int(args.metrics_port))
     return _run(bridge)
+
+
+def _serve_metrics(bridge: KafkaBridge, group: str, host: str, port: int) -> None:
+    from prometheus_client import REGISTRY  # noqa: PLC0415 - only with --metrics-port
+
+    from workshaper.cli.common import fail  # noqa: PLC0415
+    from workshaper.ops.metrics import BridgeMetrics, serve_metrics  # noqa: PLC0415
+
+    BridgeMetrics(bridge, group).register(REGISTRY)
+    try:
+        serve_metrics(REGISTRY, port, host)
+    except OSError as exc:
+        fail(f"cannot serve metrics on {host}:{port}: {exc}")
 
 
 def _run(bridge: KafkaBridge) -> int:

@@ -326,7 +326,13 @@ class Inspector:
                 )
             )
         # Unknown ages sort first: no clock sample covers them, so they predate every sample.
-        out.sort(key=lambda s: -(s.age if s.age is not None else float("inf")))
+        out.sort(
+            key=lambda s: (
+                -(s.age if s.age is not None else float("inf")),
+                s.partition,
+                s.head_offset or 0,
+            )
+        )
         return out[:limit]
 
     def snapshot(

@@ -260,3 +260,52 @@ def serve_metrics(registry: CollectorRegistry, port: int, host: str = "0.0.0.0")
     """Serve ``registry`` on http://host:port/metrics from a daemon thread."""
     start_http_server(port, addr=host, registry=registry)
     log.info("metrics on http://%s:%d/metrics", host, port)
+
+
+class MeteredBridge(Protocol):
+    """What BridgeMetrics reads of a KafkaBridge: its counters."""
+
+    stats: dict[str, int]
+
+
+#: (metric name without _total, help, KafkaBridge.stats key) of every bridge counter.
+BRIDGE_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("workshaper_bridge_records", "Kafka records consumed", "records"),
+    ("workshaper_bridge_commits", "Offset commits to Kafka", "commits"),
+    ("workshaper_bridge_skipped_commits", "Commits skipped (nothing new)", "skipped_commits"),
+    ("workshaper_bridge_commit_failures", "Offset commits that failed", "commit_failures"),
+    ("workshaper_bridge_pauses", "Partitions paused because they were full", "pauses"),
+    ("workshaper_bridge_resumes", "Paused partitions resumed", "resumes"),
+    ("workshaper_bridge_rewinds", "Partitions rewound to re-read records", "rewinds"),
+)
+
+
+class BridgeMetrics(Collector):
+    """The counters of a Kafka bridge (``workshaper kafka-bridge --metrics-port N``), read at
+    scrape time from ``KafkaBridge.stats``: nothing is added to the bridge's hot path."""
+
+    def __init__(self, bridge: MeteredBridge, group: str) -> None:
+        self._bridge = bridge
+        self._group = group
+
+    def register(self, registry: CollectorRegistry = REGISTRY) -> BridgeMetrics:
+        registry.register(self)
+        return self
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        stats = dict(self._bridge.stats)
+        for name, text, key in BRIDGE_COUNTERS:
+            family = CounterMetricFamily(name, text, labels=["group"])
+            family.add_metric([self._group], stats.get(key, 0))
+            yield family
+        items = CounterMetricFamily(
+            "workshaper_bridge_items",
+            "Records enqueued, by outcome (accepted, duplicate, already_acked)",
+            labels=["group", "status"],
+        )
+        for status in ("accepted", "duplicate", "already_acked"):
+            items.add_metric([self._group, status], stats.get(status, 0))
+        yield items
