@@ -72,6 +72,13 @@ class AckLoop:
         #: the items filling them may be a previous producer's, finished but never acked (its
         #: ack loop died); without an offer nothing would ever free room.
         self._full: set[int] = set()
+        #: Embedded backend: partition by its first key, and the partitions whose items
+        #: finished in this process since the last tick: offered at once, not after ack_interval
+        #: (a completion may move the watermark; the server rings in-process, see batch.py).
+        self._first_keys: dict[bytes, int] = {}
+        self._rung: set[int] = set()
+        if backend.server is not None:
+            backend.server.listen(self._on_finished)
         self._stopping = False
         self._stop_deadline: float | None = None
         self._link = Link(backend)  # used by the loop's thread only
@@ -87,6 +94,8 @@ class AckLoop:
         was unreachable) is retried until ``timeout`` (default ``STOP_COMMIT_TIMEOUT``)
         rather than dropped. False when such a watermark is left unrecorded."""
         wait = STOP_COMMIT_TIMEOUT if timeout is None else timeout
+        if self._backend.server is not None:
+            self._backend.server.unlisten(self._on_finished)
         with self._changed:
             self._stopping = True
             self._stop_deadline = time.monotonic() + wait
@@ -118,7 +127,17 @@ class AckLoop:
         """Remember that ``offset`` of ``partition`` must be acked before flush returns."""
         with self._changed:
             if offset > self._targets.get(partition, -1):
+                if partition not in self._targets and self._backend.server is not None:
+                    self._first_keys[self._keys.partition(partition).fixed[0]] = partition
                 self._targets[partition] = offset
+                self._changed.notify_all()
+
+    def _on_finished(self, first_keys: list[bytes]) -> None:
+        """Embedded backend, any thread: items of these partitions (by first key) finished."""
+        with self._changed:
+            rung = {self._first_keys[k] for k in first_keys if k in self._first_keys}
+            if rung:
+                self._rung |= rung
                 self._changed.notify_all()
 
     def caught_up(self) -> bool:
@@ -176,6 +195,11 @@ class AckLoop:
         while True:
             with self._changed:
                 stopping = self._stopping
+                for partition in self._rung:  # finished items: no quiet back-off for them
+                    if partition not in self._failures:
+                        self._next_check.pop(partition, None)
+                        self._quiet.pop(partition, None)
+                self._rung.clear()
                 if not stopping:
                     due, wait = self._due()
                     if not due:
@@ -209,7 +233,7 @@ class AckLoop:
 
     def _sleep(self, seconds: float) -> None:
         with self._changed:
-            if not self._stopping:
+            if not self._stopping and not self._rung:
                 self._changed.wait(seconds)
 
     def _tick(self, partitions: list[int]) -> None:

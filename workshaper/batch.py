@@ -108,6 +108,8 @@ class Batch:
         self._backend = backend
         self._link = link
         self._commands: list[tuple[tuple[Any, ...], Reply[Any]]] = []
+        #: Embedded backend: the first key of each script here that may move a watermark.
+        self._finishing: list[bytes] = []
 
     def __len__(self) -> int:
         return len(self._commands)
@@ -129,6 +131,8 @@ class Batch:
         """``read_only``: EVALSHA_RO, which a read-only ACL user (``%R~`` keys) may run; the
         script must not write. (The embedded backend has no EVALSHA_RO, nor ACLs.)"""
         command = "EVALSHA_RO" if read_only and not self._backend.embedded else "EVALSHA"
+        if name in FINISHING_SCRIPTS and self._backend.server is not None:
+            self._finishing.append(keys[0])
         return self.command(command, load_script(name).sha, len(keys), *keys, *args, parse=parse)
 
     def execute(self) -> None:
@@ -154,6 +158,9 @@ class Batch:
         for (_, reply), result in zip(self._commands, results, strict=True):
             reply._set(result)
         self._commands = []
+        if self._finishing and self._backend.server is not None:
+            finishing, self._finishing = self._finishing, []
+            self._backend.server.ring(finishing)
 
     def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Write every command on one connection, then read every reply: raw replies, an error
@@ -184,6 +191,12 @@ class Batch:
             if self._link is None:
                 link.close()
 
+
+#: Scripts that may finish items, and so move a partition's watermark. On the embedded backend
+#: a batch that ran one rings the server's bell (EmbeddedServer.ring) with the partition's first
+#: key, so an ack loop in this process offers the new watermark at once instead of at its next
+#: interval (a Redis server has no such in-process listener: there the ack loop polls).
+FINISHING_SCRIPTS = frozenset({"complete_items", "fail_item", "expire_lease", "unblock_sub_key"})
 
 #: How often a batch is sent before a connection error is raised to the caller, and the pause
 #: between sends (grows linearly).

@@ -56,6 +56,22 @@ class EmbeddedServer:
         self.store = Store(clock)
         self.scripts = LuaScripts(self.store)
         self._lock = self.store.lock
+        self._listeners: list[Callable[[list[bytes]], None]] = []
+
+    # --- in-process notifications -------------------------------------------------------
+
+    def listen(self, callback: Callable[[list[bytes]], None]) -> None:
+        """Call ``callback(first_keys)`` after scripts that may have finished items ran (see
+        batch.FINISHING_SCRIPTS): an ack loop of this process is woken instead of polling."""
+        self._listeners.append(callback)
+
+    def unlisten(self, callback: Callable[[list[bytes]], None]) -> None:
+        if callback in self._listeners:
+            self._listeners.remove(callback)
+
+    def ring(self, first_keys: list[bytes]) -> None:
+        for callback in list(self._listeners):
+            callback(first_keys)
 
     # --- running commands ----------------------------------------------------------------
 
@@ -85,11 +101,11 @@ class EmbeddedServer:
         return results
 
     def _dispatch(self, name: bytes, args: list[bytes]) -> Any:
-        if name == b"EVALSHA":
+        if name in (b"EVALSHA", b"EVALSHA_RO"):
             if not args:
                 raise wrong_args("evalsha")
             return self.scripts.evalsha(args[0], args[1:])
-        if name == b"EVAL":
+        if name in (b"EVAL", b"EVAL_RO"):
             if not args:
                 raise wrong_args("eval")
             return self.scripts.eval(args[0], args[1:])
