@@ -257,3 +257,44 @@ def test_producer_collector_on_the_users_registry(
     finally:
         producer.close()
         worker.stop(10)
+
+
+def test_exporter_reports_redis_down_and_recovers(
+    fresh_redis_server: RedisServer,
+    namespace: str,
+    tmp_path: Path,
+    process_log: list[subprocess.Popen[bytes]],
+) -> None:
+    server = fresh_redis_server
+    with workshaper.Producer(server.url, namespace) as producer:
+        producer.enqueue("a", "m", 0, 0)
+    port = free_port()
+    log = open(tmp_path / "exporter.log", "wb")  # noqa: SIM115
+    process_log.append(
+        subprocess.Popen(
+            [
+                str(BIN / "workshaper"),
+                "exporter",
+                "--redis",
+                server.url,
+                "--namespace",
+                namespace,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    )
+    log.close()
+    up = ("workshaper_exporter_up", (("namespace", namespace),))
+    assert wait_for(lambda: try_scrape(port), interval=0.1)[up] == 1
+    server.kill()
+    samples = wait_for(lambda: (s := scrape(port)) and s[up] == 0 and s, interval=0.2)
+    assert not by_name(samples, "workshaper_partition_lag")  # no stale numbers while down
+    server.restart()
+    samples = wait_for(lambda: (s := scrape(port)) and s[up] == 1 and s, interval=0.2)
+    assert by_name(samples, "workshaper_partition_unacked_items") == [1.0]

@@ -63,8 +63,11 @@ class Rates:
     still_since: dict[int, float] = field(default_factory=dict)
     rates: dict[int, float] = field(default_factory=dict)
 
+    last: float = 0.0  # the time of the latest sample
+
     def update(self, snapshot: Snapshot, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
+        self.last = now
         for p in snapshot.partitions:
             before = self.previous.get(p.partition)
             if before is not None and now > before[0]:
@@ -74,9 +77,9 @@ class Rates:
                 self.still_since[p.partition] = now
             self.previous[p.partition] = (now, p.acked)
 
-    def still_for(self, partition: int, now: float | None = None) -> float:
-        now = time.monotonic() if now is None else now
-        return now - self.still_since.get(partition, now)
+    def still_for(self, partition: int) -> float:
+        """Seconds the partition's acked watermark stood still, up to the latest sample."""
+        return self.last - self.still_since.get(partition, self.last)
 
 
 def stall_warnings(snapshot: Snapshot, stall_after: float, rates: Rates | None = None) -> list[str]:
