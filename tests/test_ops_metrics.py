@@ -298,3 +298,31 @@ def test_exporter_reports_redis_down_and_recovers(
     server.restart()
     samples = wait_for(lambda: (s := scrape(port)) and s[up] == 1 and s, interval=0.2)
     assert by_name(samples, "workshaper_partition_unacked_items") == [1.0]
+
+
+def test_worker_metrics_port_in_use_is_one_clear_line(redis_server: RedisServer) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                str(BIN / "workshaper-worker"),
+                "tests.ops_handlers:work",
+                "--redis",
+                redis_server.url,
+                "--metrics-host",
+                "127.0.0.1",
+                "--metrics-port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=ROOT,
+        )
+    assert result.returncode == 2
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr

@@ -270,7 +270,10 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 0
     if args.command == "dashboard":
-        from workshaper.ops.dashboard import serve_dashboard  # noqa: PLC0415
+        try:
+            from workshaper.ops.dashboard import serve_dashboard  # noqa: PLC0415
+        except ImportError as exc:  # the extra is not installed: say which
+            fail(str(exc))
 
         serve_dashboard(
             redis_url(args),
