@@ -326,3 +326,30 @@ def test_worker_metrics_port_in_use_is_one_clear_line(redis_server: RedisServer)
         )
     assert result.returncode == 2
     assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
+
+
+def test_a_scrape_costs_a_few_commands_per_partition_whatever_the_sub_keys(
+    fresh_redis_server: RedisServer, namespace: str
+) -> None:
+    """8 partitions with 4,000 sub keys: one exporter scrape (and one status snapshot) reads no
+    sub key's list; Redis's own command counts (scripts' inner calls included) say so."""
+    from workshaper.ops.exporter import exporter_registry
+    from workshaper.ops.inspection import Inspector
+
+    server = fresh_redis_server
+    with workshaper.Producer(server.url, namespace, max_in_queue=10_000) as producer:
+        producer.enqueue_many([(f"k{i}", "m", i % 8, i) for i in range(4000)])
+    registry = exporter_registry(server.url, [namespace])
+    inspector = Inspector(server.url, namespace)
+    try:
+        with server.client() as client:
+            for read in (lambda: generate_latest(registry), lambda: inspector.snapshot(60.0)):
+                client.config_resetstat()
+                read()
+                stats = client.info("commandstats")
+                calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
+                calls.pop("config|resetstat", None)
+                assert sum(calls.values()) <= 8 * 20, calls
+                assert calls.get("llen", 0) <= 8 * 2, calls  # accepted and ready, per partition
+    finally:
+        inspector.close()
