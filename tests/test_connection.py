@@ -195,3 +195,24 @@ def test_producer_on_a_demoted_primary_raises_backend_unavailable(
         pytest.raises(BackendUnavailable, match="enqueue it again"),
     ):
         producer.enqueue("k", "m", 0, 0)
+
+
+def test_metrics_never_show_the_password(namespace: str) -> None:
+    """The worker's metrics and the exporter's name namespaces, partitions and workers: never
+    the Redis URL or its password."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from workshaper.ops.exporter import exporter_registry
+    from workshaper.ops.metrics import WorkerMetrics
+
+    _need_redis_server()
+    with RedisServer(password="metrics-pw-secret") as server:
+        url = f"redis://default:metrics-pw-secret@127.0.0.1:{server.port}/0"
+        with workshaper.Producer(url, namespace) as producer:
+            producer.enqueue("k", "m", 0, 0)
+        worker = workshaper.Worker(url, namespace, work=lambda m, p, o: None)
+        registry = CollectorRegistry()
+        WorkerMetrics(worker).register(registry)
+        texts = [generate_latest(registry), generate_latest(exporter_registry(url, [namespace]))]
+        assert all(b"workshaper_" in t and b"metrics-pw-secret" not in t for t in texts)
+        assert namespace.encode() in texts[1]
