@@ -197,3 +197,16 @@ def test_cli_wrong_ca_exits_2_with_one_line_without_the_key_path(
     assert str(certs.client_key) not in result.stderr
     plain = _run(str(BIN / "workshaper"), "status", "--redis", mtls_server.url, "--tls-ca", "x")
     assert plain.returncode == 2 and "ssl_ca_certs needs TLS: use a rediss://" in plain.stderr
+
+
+def test_kafka_bridge_takes_the_tls_flags(certs: Certs) -> None:
+    from workshaper.cli.common import redis_url
+    from workshaper.kafka.cli import parser
+
+    args = parser().parse_args(
+        ["--bootstrap", "k:9092", "--group", "g", "--topic", "t", "--redis", "rediss://h:6380/0",
+         "--tls-ca", str(certs.ca), "--tls-verify", "required"]
+    )  # fmt: skip
+    assert redis_url(args) == (
+        f"rediss://h:6380/0?ssl_ca_certs={str(certs.ca).replace('/', '%2F')}&ssl_cert_reqs=required"
+    )
