@@ -732,6 +732,29 @@ def test_record_over_max_message_bytes_becomes_a_dead_letter(harness: Harness) -
     assert b"big-key".hex() in dead.error_message
 
 
+def test_a_second_consumer_group_on_the_namespace_is_refused(harness: Harness) -> None:
+    """The namespace records the group of the bridges feeding it; a bridge of another group
+    on the same namespace refuses to start, naming both groups (it used to run silently and
+    commit past records it never ran)."""
+    topic = make_topic(harness.kafka, 1)
+    harness.journal(topic)
+    produce(harness.kafka, topic, [(0, b"k", b"v")])
+    harness.bridge([topic])
+    harness.offsets.wait_for(topic, {0: 1})
+    other = KafkaBridge(
+        harness.config(**{"group.id": "other-" + harness.group}),
+        [topic],
+        harness.redis.url,
+        harness.namespace,
+    ).start()
+    try:
+        wait_for(lambda: other.error is not None, timeout=WAIT)
+    finally:
+        other.stop(timeout=1.0)
+    assert isinstance(other.error, workshaper.InvalidInput)
+    assert f"consumer group {harness.group!r}, not 'other-{harness.group}'" in str(other.error)
+
+
 # --- validation (no broker needed) -------------------------------------------------------------
 
 

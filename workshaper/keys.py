@@ -36,6 +36,8 @@ Per namespace ``ws:{ns}:``
     reaper      STRING "term|worker id" of the one worker that reaps the namespace, with a TTL
                       its holder renews (reaper_lock.lua)
     reaper_term STRING counter of reaper terms (fencing: a term is never reused)
+    kafka       HASH  group: the Kafka consumer group whose bridges feed the namespace (one
+                      namespace per group: its dedupe state is that group's)
 """
 
 from __future__ import annotations
@@ -162,6 +164,10 @@ class NamespaceKeys:
     @property
     def reaper_term(self) -> bytes:
         return self._key("reaper_term")
+
+    @property
+    def kafka(self) -> bytes:
+        return self._key("kafka")
 
     def partition(self, partition: int) -> PartitionKeys:
         return _partition_keys(self.namespace, partition)

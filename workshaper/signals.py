@@ -35,8 +35,10 @@ def install_stop_handlers(
         if stopping():
             log.error("second signal %d: exiting now; %s", signum, forced_exit_note)
             os._exit(1)
-        log.info("signal %d: stopping (a second signal forces exit)", signum)
+        # Stop first, log after: a second signal can run this handler while the first one is
+        # still inside it (in the logging call), and must then find the stop requested.
         request_stop()
+        log.info("signal %d: stopping (a second signal forces exit)", signum)
 
     for s in STOP_SIGNALS:
         signal.signal(s, handle)

@@ -49,6 +49,7 @@ from workshaper.kafka.options import (
     topic_namespace,
 )
 from workshaper.kafka.rebalance import Rebalancer
+from workshaper.keys import NamespaceKeys
 from workshaper.options import check_positive
 from workshaper.signals import install_stop_handlers
 
@@ -173,8 +174,7 @@ class KafkaBridge:
         self._run_thread = threading.current_thread()
         restore = self._install_signal_handlers()
         try:
-            if not isinstance(self._redis, Backend):
-                connect(self._redis).close()  # fail now, not at the first assignment
+            self._claim_namespaces()  # fails now if Redis is unreachable, not at an assignment
             consumer = self._consumer = Consumer(self._config)
             try:
                 self._loop(consumer)
@@ -199,6 +199,28 @@ class KafkaBridge:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until run() returned (True) or ``timeout`` passed (False)."""
         return self._done.wait(timeout)
+
+    def _claim_namespaces(self) -> None:
+        """Record this bridge's consumer group in each topic's namespace, or refuse to run if
+        another group's bridge feeds it: the namespace holds one group's dedupe state, and a
+        second group would find its records done and commit past them, running nothing."""
+        group = str(self._config["group.id"])
+        backend = self._redis if isinstance(self._redis, Backend) else connect(self._redis)
+        try:
+            for topic, namespace in self.namespaces.items():
+                key = NamespaceKeys(namespace).kafka
+                backend.client.hsetnx(key, "group", group)
+                raw = backend.client.hget(key, "group")
+                owner = raw.decode() if isinstance(raw, bytes) else raw
+                if owner is not None and owner != group:
+                    raise InvalidInput(
+                        f"namespace {namespace!r} (topic {topic!r}) is fed by consumer group"
+                        f" {owner!r}, not {group!r}: use one namespace per consumer"
+                        " group (a new namespace to reprocess a topic)"
+                    )
+        finally:
+            if backend is not self._redis:
+                backend.close()
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop polling, wait up to ``timeout`` seconds (default ``revoke_timeout``) for the
