@@ -23,7 +23,7 @@ import workshaper
 from workshaper.admin import Admin
 from workshaper.connection import connect
 from workshaper.errors import BackendUnavailable
-from workshaper.keys import NamespaceKeys
+from workshaper.keys import CLUSTER_WAKE_SHARDS, NamespaceKeys, namespace_keys
 from workshaper_tools.testing import RedisServer
 from workshaper_tools.testing.checker import Ack, PlannedItem, check
 from workshaper_tools.testing.journal import read_journal
@@ -96,6 +96,10 @@ def test_cluster_url_and_client_everywhere(redis_cluster: RedisCluster, namespac
         assert ran == sorted(ran)
     owners = {redis_cluster.master_of_slot(partition_slot(namespace, p)).port for p in range(6)}
     assert len(owners) >= 2, "6 partitions all on one master"
+    # The wake-up bell, the one namespace key on the hot path, is sharded over slots/masters.
+    bells = namespace_keys(namespace, cluster=True).wake_keys()
+    assert len({key_slot(k) for k in bells}) == CLUSTER_WAKE_SHARDS
+    assert len({redis_cluster.master_of_slot(key_slot(k)).port for k in bells}) >= 2
 
     # A user's RedisCluster client (decoding str for its owner) works too, and stays str.
     user = redis.RedisCluster(

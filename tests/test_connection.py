@@ -94,11 +94,11 @@ def test_waker_survives_a_demoted_primary(replica: RedisServer) -> None:
     waker.start()
     try:
         wait_for(lambda: calls >= 3)  # it kept trying after READONLY answers
-        assert waker._thread.is_alive()
+        assert waker._threads[0].is_alive()
     finally:
         stop.set()
         waker.wake_up()
-        waker._thread.join(10)
+        waker._threads[0].join(10)
         backend.close()
 
 

@@ -11,7 +11,7 @@ from workshaper import codec, scripts
 from workshaper.batch import run_one
 from workshaper.connection import Backend, connect
 from workshaper.errors import InvalidInput
-from workshaper.keys import NamespaceKeys
+from workshaper.keys import namespace_keys
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class Admin:
     def __init__(self, redis: Any = None, namespace: str = "default") -> None:
         codec.check_namespace(namespace)
         self._backend: Backend = connect(redis)
-        self._keys = NamespaceKeys(namespace)
+        self._keys = namespace_keys(namespace, self._backend.cluster)
 
     def partitions(self) -> list[int]:
         return sorted(int(p) for p in self._backend.client.smembers(self._keys.partitions))
@@ -171,7 +171,7 @@ class Admin:
             lambda b: scripts.unblock_sub_key(b, pkeys, sub, action, note, request_id=request_id),
         )
         if result:
-            self._backend.client.zadd(self._keys.wake, {str(partition): 0}, nx=True)
+            self._backend.client.zadd(self._keys.wake_of(partition), {str(partition): 0}, nx=True)
         return result
 
     def retry_blocked(self, partition: int, sub_key: codec.SubKey) -> bool:

@@ -28,7 +28,9 @@ Per partition ``ws:{ns:p}:``
     claim:<worker>  STRING  the worker's last claim request and its answer (retry dedupe)
     unblock:<request>  STRING  an applied operator unblock, for a minute (retry dedupe)
 Per namespace ``ws:{ns}:``
-    wake        ZSET  partitions that may have ready sub keys (workers block on it)
+    wake        ZSET  partitions that may have ready sub keys (workers block on it). On a Redis
+                      Cluster the bell is sharded instead: partition p rings
+                      ``ws:{ns:wake<p % CLUSTER_WAKE_SHARDS>}:wake``, each shard its own slot
     partitions  SET   every partition that ever had items (the reaper's list)
     workers     HASH  worker id -> JSON (host, pid, concurrency, leases, reaper, ``seen``: the last
                       heartbeat in server time); entries older than registry.STALE_SECONDS are
@@ -46,6 +48,14 @@ from dataclasses import dataclass, field
 from functools import cache
 
 PREFIX = "ws"
+
+#: Shards of the wake-up bell on a Redis Cluster. The bell is the one namespace-wide key on the
+#: hot path (a ZADD per producer batch, a BZPOPMIN per wake-up); sharded by partition, it
+#: spreads over this many slots, so over up to this many masters. Every worker blocks on every
+#: shard (one waker thread each). A single server keeps one bell. The other namespace keys
+#: (partition index, worker registry, reaper lock) stay on ``{ns}``: their traffic grows with
+#: workers + partitions per second, not with items (docs/scaling.md).
+CLUSTER_WAKE_SHARDS = 8
 
 #: Order of the fixed per-partition keys every script receives as KEYS[1..12].
 PARTITION_KEY_NAMES = (
@@ -141,13 +151,38 @@ class PartitionKeys:
 @dataclass(frozen=True)
 class NamespaceKeys:
     namespace: str
+    #: 1 on a single server, CLUSTER_WAKE_SHARDS on a cluster (``for_backend``).
+    wake_shards: int = 1
 
     def _key(self, name: str) -> bytes:
         return f"{PREFIX}:{{{self.namespace}}}:{name}".encode()
 
     @property
     def wake(self) -> bytes:
+        """The bell of a single server (shard 0 is this key there)."""
         return self._key("wake")
+
+    def wake_of(self, partition: int) -> bytes:
+        """The bell that ``partition`` rings."""
+        if self.wake_shards == 1:
+            return self.wake
+        return self._wake_shard(partition % self.wake_shards)
+
+    def _wake_shard(self, shard: int) -> bytes:
+        return f"{PREFIX}:{{{self.namespace}:wake{shard}}}:wake".encode()
+
+    def wake_keys(self) -> list[bytes]:
+        """Every bell of the namespace (what workers block on)."""
+        if self.wake_shards == 1:
+            return [self.wake]
+        return [self._wake_shard(i) for i in range(self.wake_shards)]
+
+    def by_wake_key(self, partitions: list[int]) -> dict[bytes, list[int]]:
+        """``partitions`` grouped by the bell each rings, in their order."""
+        out: dict[bytes, list[int]] = {}
+        for p in partitions:
+            out.setdefault(self.wake_of(p), []).append(p)
+        return out
 
     @property
     def partitions(self) -> bytes:
@@ -176,6 +211,11 @@ class NamespaceKeys:
         """SCAN pattern of the claim records of one partition, or of all (``purge`` only)."""
         tag = "*" if partition is None else str(partition)
         return f"{PREFIX}:{{{self.namespace}:{tag}}}:claim:*".encode()
+
+
+def namespace_keys(namespace: str, cluster: bool) -> NamespaceKeys:
+    """The keys of ``namespace`` on a cluster (sharded bell) or a single server."""
+    return NamespaceKeys(namespace, CLUSTER_WAKE_SHARDS if cluster else 1)
 
 
 @cache

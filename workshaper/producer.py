@@ -28,7 +28,7 @@ from workshaper.errors import (
     RedisOutOfMemory,
     ScriptError,
 )
-from workshaper.keys import NamespaceKeys, PartitionKeys
+from workshaper.keys import PartitionKeys, namespace_keys
 from workshaper.options import check_bool, check_positive
 from workshaper.scripts import EncodedItem
 
@@ -105,7 +105,7 @@ class Producer:
         #: A Backend given by the caller may serve others (a worker, a Manager): not ours to close.
         self._owns_backend = not isinstance(redis, Backend)
         self._backend: Backend = connect(redis)
-        self._keys = NamespaceKeys(namespace)
+        self._keys = namespace_keys(namespace, self._backend.cluster)
         self._partition_keys: dict[int, PartitionKeys] = {}
         self._registered: set[int] = set()
         #: Enqueue request ids are unique across processes and restarts: a random prefix.
@@ -262,9 +262,10 @@ class Producer:
         # and again for any whose bell a refused write (maxmemory) left silent.
         now = time.time()
         rung = sorted(self._unrung.union(todo))
-        bell: Reply[Any] = batch.command(
-            "ZADD", self._keys.wake, "NX", *[x for p in rung for x in (now, p)]
-        )
+        bells: list[tuple[list[int], Reply[Any]]] = [
+            (group, batch.command("ZADD", key, "NX", *[x for p in group for x in (now, p)]))
+            for key, group in self._keys.by_wake_key(rung).items()
+        ]
         try:
             batch.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -274,7 +275,7 @@ class Producer:
             ) from exc
         if registered is not None and registered.error is None:
             self._registered.update(new)
-        self._unrung = set(rung) if bell.error is not None else set()
+        self._unrung = {p for group, bell in bells if bell.error is not None for p in group}
         full: list[int] = []
         out_of_memory: list[int] = []
         lost: list[int] = []

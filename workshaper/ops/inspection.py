@@ -20,7 +20,7 @@ from workshaper.admin import FailureRecord, parse_failure_record
 from workshaper.batch import Batch, run_one
 from workshaper.connection import Backend, connect
 from workshaper.errors import InvalidInput
-from workshaper.keys import NamespaceKeys, PartitionKeys
+from workshaper.keys import NamespaceKeys, PartitionKeys, namespace_keys
 from workshaper.ops.deadletters import (
     REPLAY_BLOCKED,
     REPLAY_FAILED,
@@ -209,7 +209,7 @@ class Inspector:
         codec.check_namespace(namespace)
         self.namespace = namespace
         self._backend: Backend = connect(redis)
-        self._keys = NamespaceKeys(namespace)
+        self._keys = namespace_keys(namespace, self._backend.cluster)
 
     @property
     def backend(self) -> Backend:
@@ -411,7 +411,7 @@ class Inspector:
         )
         if entry is None:
             raise InvalidInput(f"dead letter {partition}/{offset} was replayed or dropped already")
-        self._backend.client.zadd(self._keys.wake, {str(partition): 0}, nx=True)
+        self._backend.client.zadd(self._keys.wake_of(partition), {str(partition): 0}, nx=True)
         deadline = time.monotonic() + wait
         while True:
             outcome = self._replay_outcome(partition, offset, sub, entry)
@@ -462,9 +462,10 @@ class Inspector:
             removed += int(client.unlink(*claims[i : i + 500]))
         if partition is None:
             k = self._keys
-            removed += int(client.unlink(k.wake, k.partitions, k.workers, k.reaper, k.reaper_term))
+            for key in (*k.wake_keys(), k.partitions, k.workers, k.reaper, k.reaper_term):
+                removed += int(client.unlink(key))  # one by one: on a cluster, their own slots
         else:
-            client.zrem(self._keys.wake, str(partition))
+            client.zrem(self._keys.wake_of(partition), str(partition))
         return removed
 
 

@@ -240,15 +240,15 @@ class Coordinator:
         if not wakes:
             return []
         rung = sorted(wakes)
-        reply: Reply[Any] = batch.command(
-            "ZADD",
-            self.state.settings.keys.wake,
-            "NX",
-            *[x for p in rung for x in (time.time(), p)],
-        )
+        now = time.time()
+        replies: list[tuple[list[int], Reply[Any]]] = [
+            (group, batch.command("ZADD", key, "NX", *[x for p in group for x in (now, p)]))
+            for key, group in self.state.settings.keys.by_wake_key(rung).items()
+        ]
 
         def rang() -> None:
-            reply.get()  # a refused bell (-OOM) stays to be rung again
-            wakes.difference_update(rung)
+            for group, reply in replies:
+                reply.get()  # a refused bell (-OOM) stays to be rung again
+                wakes.difference_update(group)
 
         return [rang]

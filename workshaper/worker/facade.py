@@ -10,6 +10,7 @@ Threads of one worker process:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -22,6 +23,7 @@ from workshaper import codec
 from workshaper.access import check_worker_access
 from workshaper.batch import Link
 from workshaper.connection import Backend, connect
+from workshaper.keys import namespace_keys
 from workshaper.lua_scripts import register_scripts
 from workshaper.signals import install_stop_handlers
 from workshaper.worker.coordinator import Coordinator
@@ -73,6 +75,9 @@ class Worker:
         self._settings = settings
         self._owns_backend = not isinstance(redis, Backend)
         self._backend = connect(redis)
+        if self._backend.cluster:  # the sharded bell (keys.CLUSTER_WAKE_SHARDS)
+            settings = dataclasses.replace(settings, keys=namespace_keys(namespace, cluster=True))
+            self._settings = settings
         try:
             check_worker_access(self._backend, settings.keys, settings.id)
         except Exception:

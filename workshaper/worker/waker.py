@@ -1,6 +1,8 @@
 """The waker: a thread that blocks on the namespace's wake-up bell (BZPOPMIN) while the worker
 has free slots and tells the coordinator which partition has runnable sub keys. It never
-polls: with no free slot it waits on a condition until the coordinator publishes room."""
+polls: with no free slot it waits on a condition until the coordinator publishes room. On a
+Redis Cluster the bell has shards (keys.CLUSTER_WAKE_SHARDS, each its own slot, and a
+BZPOPMIN may not span slots): one such thread per shard, sharing the free-slot count."""
 
 from __future__ import annotations
 
@@ -38,10 +40,20 @@ class Waker:
         self._stop_requested = stop_requested
         self._free = threading.Condition()
         self._free_slots = free_slots
-        self._thread = threading.Thread(target=self._run, name="workshaper-waker", daemon=True)
+        bells = keys.wake_keys()
+        self._threads = [
+            threading.Thread(
+                target=self._run,
+                args=(bell,),
+                name="workshaper-waker" + (f"-{i}" if len(bells) > 1 else ""),
+                daemon=True,
+            )
+            for i, bell in enumerate(bells)
+        ]
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def publish_free_slots(self, free: int) -> None:
         """The coordinator's count of leases it wants (the waker only lowers it by popping)."""
@@ -57,7 +69,7 @@ class Waker:
         with self._free:
             self._free.notify_all()
 
-    def _run(self) -> None:
+    def _run(self, bell: bytes) -> None:
         client = self._backend.client
         stop = self._stop_requested
         pause = REDIS_RETRY_MIN  # after a failed BZPOPMIN; doubles while Redis stays away
@@ -68,7 +80,7 @@ class Waker:
             if stop.is_set():
                 return
             try:
-                popped = client.bzpopmin(self._keys.wake, timeout=WAKE_BLOCK_SECONDS)
+                popped = client.bzpopmin(bell, timeout=WAKE_BLOCK_SECONDS)
             except (
                 redis.ConnectionError,
                 redis.TimeoutError,
