@@ -70,3 +70,36 @@ def test_restore_puts_the_previous_handlers_back() -> None:
     assert signal.getsignal(signal.SIGTERM) is not before[signal.SIGTERM]
     restore()
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+# The second signal lands while the first one's handler is still logging, before it has asked
+# for the stop (as when a test or an operator reacts to the "stopping" log line at once).
+NESTED_SCRIPT = textwrap.dedent(
+    """
+    import logging, os, signal, sys, threading
+    from workshaper.signals import install_stop_handlers
+
+    class SignalAgainOnStopping(logging.Handler):
+        sent = False
+
+        def emit(self, record):
+            if "stopping" in record.getMessage() and not self.sent:
+                self.sent = True
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):  # bytecodes: the nested handler runs here
+                    pass
+
+    logging.getLogger("workshaper").addHandler(SignalAgainOnStopping())
+    logging.getLogger("workshaper").setLevel(logging.INFO)
+    stopping = threading.Event()
+    install_stop_handlers(stopping.set, stopping.is_set, forced_exit_note="test")
+    os.kill(os.getpid(), signal.SIGTERM)
+    stopping.wait(10)
+    sys.exit(0)
+    """
+)
+
+
+def test_a_second_signal_during_the_first_ones_handling_exits() -> None:
+    proc = subprocess.run([sys.executable, "-c", NESTED_SCRIPT], timeout=60, check=False)
+    assert proc.returncode == 1

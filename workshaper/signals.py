@@ -30,9 +30,15 @@ def install_stop_handlers(
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    received = 0
 
     def handle(signum: int, frame: FrameType | None) -> None:
-        if stopping():
+        # Counted before anything else: a second signal can run this handler nested inside
+        # the first one (Python checks for signals between bytecodes, logging included),
+        # before the first has asked for the stop that stopping() reports.
+        nonlocal received
+        received += 1
+        if received > 1 or stopping():
             log.error("second signal %d: exiting now; %s", signum, forced_exit_note)
             os._exit(1)
         # Stop first, log after: a second signal can run this handler while the first one is
