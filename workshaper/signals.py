@@ -41,9 +41,7 @@ def install_stop_handlers(
         if received > 1 or stopping():
             log.error("second signal %d: exiting now; %s", signum, forced_exit_note)
             os._exit(1)
-        # Stop first, log after: a second signal can run this handler while the first one is
-        # still inside it (in the logging call), and must then find the stop requested.
-        request_stop()
+        request_stop()  # before the log line, which operators and tests react to
         log.info("signal %d: stopping (a second signal forces exit)", signum)
 
     for s in STOP_SIGNALS:
