@@ -390,3 +390,98 @@ def test_fuzz_constructor_options_long(real_backend: Backend) -> None:
     fuzz_producer_options(real_backend, BUDGET * SLOW_FACTOR)
     fuzz_worker_options(real_backend, BUDGET * SLOW_FACTOR)
     fuzz_manager_options(real_backend, BUDGET // 3 * SLOW_FACTOR)
+
+
+# --- URLs --------------------------------------------------------------------------------------
+
+#: Parameter names redis-py or our URL parser know, and a few it does not.
+url_params = st.sampled_from(
+    [
+        "db",
+        "socket_timeout",
+        "socket_connect_timeout",
+        "socket_keepalive",
+        "health_check_interval",
+        "max_connections",
+        "client_name",
+        "username",
+        "password",
+        "protocol",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_check_hostname",
+        "sentinel_password",
+        "retry_on_timeout",
+        "decode_responses",
+        "nonsense",
+    ]
+)
+url_values = st.one_of(
+    st.sampled_from(["", "0", "1", "-1", "0.5", "1e9", "nan", "inf", "true", "none", "/nope"]),
+    st.text(max_size=6),
+)
+
+
+def urls(live_port: int, dead_port: int) -> st.SearchStrategy[str]:
+    """URLs made of plausible and hostile parts, pointing only at this machine (no DNS)."""
+    scheme = st.sampled_from(["redis", "rediss", "unix", "redis+sentinel", "http", "", "REDIS"])
+    userinfo = st.sampled_from(["", "user@", ":pw@", "user:pw@", ":@", "%zz@", "u:p:q@"])
+    host = st.sampled_from(["127.0.0.1", "localhost", "[::1]", "", "[::1", "127.0.0.1,"])
+    port = st.one_of(
+        st.sampled_from(["", f":{live_port}", f":{dead_port}", ":0", ":65536", ":-1", ":x"]),
+        st.integers(-5, 99999).map(lambda p: f":{p}"),
+    )
+    path = st.sampled_from(["", "/", "/0", "/15", "/16", "/999999", "/x", "/-1", "/svc", "/a/b/c"])
+    query = st.lists(st.tuples(url_params, url_values), max_size=3).map(
+        lambda pairs: ("?" + "&".join(f"{k}={v}" for k, v in pairs)) if pairs else ""
+    )
+    tail = st.one_of(st.just(""), texts)
+
+    def url(scheme: str, userinfo: str, host: str, port: str, *rest: str) -> str:
+        # Only what fails fast: an unreachable sentinel costs redis-py's retries (~4 s), TLS to
+        # a plain server a handshake timeout (5 s), both together ~60 s.
+        if scheme == "redis+sentinel":
+            host, port = "127.0.0.1", f":{live_port}"
+        elif scheme == "rediss":
+            port = f":{dead_port}"
+        return f"{scheme}://{userinfo}{host}{port}{''.join(rest)}"
+
+    return st.builds(
+        url,
+        scheme,
+        userinfo,
+        host,
+        port,
+        path,
+        query,
+        tail,
+    )
+
+
+def fuzz_urls(redis_server: RedisServer, examples: int) -> None:
+    from workshaper_tools.testing import free_port
+
+    def case(url: str) -> None:
+        try:
+            backend = connect(url)
+        except workshaper.WorkShaperError as exc:  # BackendUnavailable, InvalidInput, ...
+            assert str(exc)
+            assert "pw@" not in str(exc)  # the password is never shown
+            return
+        try:  # it connected: it must work
+            assert backend.client.ping()
+        finally:
+            backend.close()
+
+    run_fuzz("URLs", examples, case, url=urls(redis_server.port, free_port()))
+
+
+def test_fuzz_urls(redis_server: RedisServer) -> None:
+    fuzz_urls(redis_server, BUDGET)
+
+
+@pytest.mark.slow
+def test_fuzz_urls_long(redis_server: RedisServer) -> None:
+    fuzz_urls(redis_server, BUDGET * SLOW_FACTOR)

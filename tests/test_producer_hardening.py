@@ -307,3 +307,38 @@ def test_manager_with_a_bad_worker_option_leaves_no_thread(backend: Backend) -> 
     with pytest.raises(TypeError, match="no_such_option"):
         workshaper.Manager(lambda m, p, o: None, redis=backend, no_such_option=1)
     assert set(threading.enumerate()) <= before
+
+
+# --- URLs found wrong by tests/test_fuzz.py (issue 8, item 14) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tail", "fragment"),
+    [
+        ("/0?password=\ud800", "not valid UTF-8"),
+        ("/0?client_name=a b", "client_name='a b' is not valid"),
+        ("/0?socket_timeout=nan", "socket_timeout='nan' is not valid"),
+        ("/0?socket_timeout=-1", "socket_timeout='-1' is not valid"),
+        ("/0?socket_timeout=inf", "socket_timeout='inf' is not valid"),
+        ("/0?db=-1", "db='-1' is not valid"),
+        ("/0?protocol=9", "protocol='9' is not valid"),
+        ("/99999", "refused the connection: DB index is out of range"),
+    ],
+)
+def test_url_settings_that_fail_later_are_named_now(
+    redis_server: RedisServer, tail: str, fragment: str
+) -> None:
+    with pytest.raises(BackendUnavailable, match=fragment):
+        connect(f"redis://127.0.0.1:{redis_server.port}{tail}")
+
+
+def test_url_errors_never_show_the_password() -> None:
+    for url in ("://:pw@127.0.0.1", "x:pw@host", "redis://u:pw@127.0.0.1:1/0?x=\ud800"):
+        with pytest.raises(BackendUnavailable) as info:
+            connect(url)
+        assert "pw" not in str(info.value), url
+
+
+def test_url_with_a_host_idna_cannot_encode_is_backend_unavailable() -> None:
+    with pytest.raises(BackendUnavailable, match="cannot connect to Redis at"):
+        connect("redis://\x80host:1/0")

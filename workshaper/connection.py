@@ -20,10 +20,13 @@ hides them, and no error or repr of this module shows them.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
@@ -49,18 +52,48 @@ TLS_PARAMS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 _TLS_EXTRA = ("ssl_check_hostname", "ssl_ca_path", "ssl_password", "ssl_min_version")
 _CERT_REQS = ("none", "optional", "required")
 
-#: Query parameters accepted in every URL (redis-py parses them; typed ones are converted).
+
+def _number(
+    kind: Callable[[str], float], low: float, *, above: bool = False
+) -> Callable[[str], Any]:
+    """A parser of a number >= ``low`` (> ``low`` with ``above``), finite: NaN, infinity or a
+    negative timeout would fail much later, inside a socket call, as some other error."""
+
+    def parse(text: str) -> float:
+        value = kind(text)
+        if not math.isfinite(value) or value < low or (above and value == low):
+            raise ValueError(text)
+        return value
+
+    return parse
+
+
+def _client_name(text: str) -> str:
+    """Redis refuses client names with spaces, newlines or other special characters."""
+    if not all("!" <= c <= "~" for c in text):
+        raise ValueError(text)
+    return text
+
+
+def _protocol(text: str) -> int:
+    if text not in ("2", "3"):
+        raise ValueError(text)
+    return int(text)
+
+
+#: Query parameters accepted in every URL (redis-py parses them; typed ones are converted and
+#: checked here, so a bad value is named now rather than failing in the first connection).
 _PLAIN_PARAMS: dict[str, Callable[[str], Any]] = {
-    "db": int,
-    "socket_timeout": float,
-    "socket_connect_timeout": float,
+    "db": _number(int, 0),
+    "socket_timeout": _number(float, 0, above=True),
+    "socket_connect_timeout": _number(float, 0, above=True),
     "socket_keepalive": lambda v: v.lower() in ("1", "true", "yes", "on"),
-    "health_check_interval": int,
-    "max_connections": int,
-    "client_name": str,
+    "health_check_interval": _number(int, 0),
+    "max_connections": _number(int, 1),
+    "client_name": _client_name,
     "username": str,
     "password": str,
-    "protocol": int,
+    "protocol": _protocol,
 }
 _SENTINEL_PARAMS = ("sentinel_username", "sentinel_password")
 
@@ -83,6 +116,10 @@ def _mask_netloc(netloc: str) -> str:
     return f"{user}:{MASK}@{hosts}" if colon else netloc
 
 
+#: What may be user info (user:password@) in a URL urlsplit could not split.
+_USERINFO = re.compile(r"^([^/@]*//)?[^/@]*@")
+
+
 def mask_url(url: str) -> str:
     """The URL with its password and secret query values (passwords, the TLS key path)
     replaced by ****, safe to log or show."""
@@ -90,12 +127,16 @@ def mask_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparsable URL>"
+    if not parts.netloc and "@" in url:  # no scheme, so urlsplit saw no user info: hide it
+        return _USERINFO.sub(rf"\1{MASK}@", url, count=1)
     netloc = _mask_netloc(parts.netloc)
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
+        # backslashreplace: a URL with a lone surrogate is shown, not a UnicodeEncodeError.
+        show = partial(quote, errors="backslashreplace")
         query = "&".join(
-            f"{quote(k)}={MASK if k in SECRET_PARAMS else quote(v, safe='/')}" for k, v in pairs
+            f"{show(k)}={MASK if k in SECRET_PARAMS else show(v, safe='/')}" for k, v in pairs
         )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
@@ -190,7 +231,10 @@ class Backend:
                 raise BackendUnavailable(
                     f"Redis at {self.where} refused the credentials: {exc}"
                 ) from None
-            raise
+            # The connection's setup (SELECT of a database, CLIENT SETNAME, HELLO) refused.
+            raise BackendUnavailable(
+                f"Redis at {self.where} refused the connection: {exc}"
+            ) from None
         except (
             redis.ConnectionError,
             redis.TimeoutError,
@@ -198,6 +242,10 @@ class Backend:
             redis.exceptions.RedisClusterException,
         ) as exc:
             raise BackendUnavailable(f"cannot reach Redis at {self.where}: {exc}") from None
+        except (ValueError, OverflowError) as exc:  # e.g. a host name IDNA cannot encode
+            raise BackendUnavailable(
+                f"cannot connect to Redis at {self.where} with these settings: {exc}"
+            ) from None
 
     def close(self) -> None:
         with self._lock:
@@ -380,6 +428,10 @@ def _check_tls_files(url: str, options: dict[str, Any]) -> None:
 
 def backend_from_url(url: str) -> Backend:
     """A Backend for one of the URL forms of the module docstring (not yet checked)."""
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _bad(url, f"it is not valid UTF-8 text ({exc.reason} at index {exc.start})") from None
     try:
         parts = urlsplit(url)
     except ValueError as exc:
