@@ -154,6 +154,7 @@ def test_status_json_and_stuck_for_a_hanging_handler(
         [worker] = doc["workers"]
         assert worker["pid"] == proc.pid and worker["concurrency"] == 4
         assert worker["heartbeat_age"] < 30
+        assert worker["reaper"] is True  # the only worker is the elected reaper
         [warning] = doc["warnings"]
         assert "partition 0" in warning and "offset 2" in warning
         assert "'b' running on " + worker["id"] in warning

@@ -129,6 +129,7 @@ class WorkerView:
     concurrency: int
     in_flight: int  # leases held at its last heartbeat
     heartbeat_age: float  # seconds since its last heartbeat (server time)
+    reaper: bool = False  # the namespace's elected reaper (it requeues expired leases)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -261,6 +262,7 @@ class Inspector:
                     concurrency=int(info.get("concurrency", 0)),
                     in_flight=int(info.get("leases", 0)),
                     heartbeat_age=max(0.0, now - float(info.get("seen", 0.0))),
+                    reaper=bool(info.get("reaper", False)),
                 )
             )
         return sorted(out, key=lambda w: w.id)

@@ -154,7 +154,7 @@ def partitions_table(partitions: list[PartitionView], rates: Rates | None = None
 
 def workers_table(snapshot: Snapshot) -> Table:
     table = Table(title="workers", title_justify="left")
-    for name in ("id", "host", "pid", "concurrency", "in-flight", "heartbeat"):
+    for name in ("id", "host", "pid", "concurrency", "in-flight", "heartbeat", "reaper"):
         table.add_column(name, justify="left" if name in ("id", "host") else "right")
     for w in snapshot.workers:
         table.add_row(
@@ -164,6 +164,7 @@ def workers_table(snapshot: Snapshot) -> Table:
             str(w.concurrency),
             str(w.in_flight),
             f"{age_text(w.heartbeat_age)} ago",
+            "yes" if w.reaper else "",
         )
     return table
 

@@ -116,7 +116,8 @@ function render(doc) {
   }), 13);
   fill("workers", doc.workers.map((w) => el("tr", { "data-worker": w.id },
     el("td", { class: "text" }, w.id), el("td", { class: "text" }, w.host), el("td", {}, w.pid),
-    el("td", {}, w.concurrency), el("td", {}, w.in_flight), el("td", {}, age(w.heartbeat_age) + " ago"))), 6);
+    el("td", {}, w.concurrency), el("td", {}, w.in_flight), el("td", {}, age(w.heartbeat_age) + " ago"),
+    el("td", { class: "text" }, w.reaper ? "reaper" : ""))), 7);
   document.getElementById("stuck-after").textContent = `(head older than ${age(doc.stuck_after)})`;
   fill("stuck", doc.stuck.map((s) => el("tr", {},
     el("td", {}, s.partition), el("td", { class: "text" }, s.sub_key), el("td", {}, dash(s.head_offset)),
