@@ -126,11 +126,16 @@ class AckLoop:
     def track(self, partition: int, offset: int) -> None:
         """Remember that ``offset`` of ``partition`` must be acked before flush returns."""
         with self._changed:
-            if offset > self._targets.get(partition, -1):
+            old = self._targets.get(partition, -1)
+            if offset > old:
                 if partition not in self._targets and self._backend.server is not None:
                     self._first_keys[self._keys.partition(partition).fixed[0]] = partition
                 self._targets[partition] = offset
-                self._changed.notify_all()
+                # Wake the loop only if the partition was caught up (the loop may be idle);
+                # one already behind is offered at its next check anyway. Waking on every
+                # enqueue cost an offer per item.
+                if self._acked.get(partition, -1) >= old:
+                    self._changed.notify_all()
 
     def _on_finished(self, first_keys: list[bytes]) -> None:
         """Embedded backend, any thread: items of these partitions (by first key) finished."""

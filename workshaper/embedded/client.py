@@ -158,11 +158,17 @@ class EmbeddedServer:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return None
-                store.waiters += 1
+                for key in keys:
+                    store.waiters[key] = store.waiters.get(key, 0) + 1
                 try:
                     store.changed.wait(remaining)
                 finally:
-                    store.waiters -= 1
+                    for key in keys:
+                        left = store.waiters[key] - 1
+                        if left:
+                            store.waiters[key] = left
+                        else:
+                            del store.waiters[key]
 
     # --- redis-py -----------------------------------------------------------------------
 

@@ -180,7 +180,13 @@ class LuaScripts:
         return command(self._store, [_lua_arg(a) for a in args[1:]])
 
     def _call(self, *args: Any) -> Any:
-        return self._to_lua(self._command(args))
+        # Fast path: our scripts name commands in capitals and pass strings.
+        command = COMMANDS.get(args[0]) if args else None
+        if command is None:
+            return self._to_lua(self._command(args))
+        return self._to_lua(
+            command(self._store, [a if type(a) is bytes else _lua_arg(a) for a in args[1:]])
+        )
 
     def _pcall(self, *args: Any) -> Any:
         try:

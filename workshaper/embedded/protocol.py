@@ -31,6 +31,8 @@ def wrong_args(name: str) -> CommandError:
 
 def to_int(raw: bytes) -> int:
     """Redis's string-to-integer: optional minus sign, decimal digits, within 64 bits."""
+    if raw.isdigit() and len(raw) < 19 and (raw[0] != 48 or len(raw) == 1):  # b"0" is 48
+        return int(raw)  # the common case: a small non-negative number, no leading zero
     if not re.fullmatch(rb"-?(0|[1-9][0-9]*)", raw):
         raise CommandError(NOT_INTEGER)
     value = int(raw)

@@ -66,7 +66,7 @@ def cmd_zadd(store: Store, args: list[bytes]) -> Any:
         elif old != new:
             changed += 1
     store.drop_if_empty(args[0], z)
-    if added and store.waiters:
+    if added and args[0] in store.waiters:
         store.changed.notify_all()
     if b"INCR" in flags:
         return result

@@ -82,7 +82,9 @@ class Store:
         self.lock = threading.Lock()
         #: Notified after a write that may end a blocking pop (BZPOPMIN waits on it).
         self.changed = threading.Condition(self.lock)
-        self.waiters = 0  # threads blocked in a blocking command
+        #: key -> threads blocked in a blocking pop on it: a write wakes them only when it
+        #: touches one of their keys (scripts ZADD to other sorted sets all the time).
+        self.waiters: dict[bytes, int] = {}
 
     def _expired(self, key: bytes) -> bool:
         deadline = self.expires.get(key)
