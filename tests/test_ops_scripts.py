@@ -54,3 +54,15 @@ def test_replay_runs_after_the_items_queued_now(part: Partition, backend: Backen
     [stuck] = Inspector(backend, part.keys.namespace).stuck(older_than=0, partitions=[0])
     assert (stuck.sub_key, stuck.head_offset, stuck.why, stuck.queued) == ("k", 1, "running", 2)
     assert stuck.holder == "w1"
+
+
+def test_a_bounded_read_of_dead_letters(part: Partition, backend: Backend) -> None:
+    part.enqueue(*((f"s{o}", o) for o in range(5)))
+    _, claimed = part.claim()
+    for c in claimed:
+        assert part.fail(c.sub, c.token, attempt=3)[0] == 2
+    inspector = Inspector(backend, part.keys.namespace)
+    some = inspector.some_dead_letters([0], 2)
+    assert len(some) == 2 and some == sorted(some, key=lambda d: d.offset or 0)
+    assert {d.sub_key for d in some} <= {f"s{o}" for o in range(5)}
+    assert [d.offset for d in inspector.some_dead_letters([0], 10)] == [0, 1, 2, 3, 4]

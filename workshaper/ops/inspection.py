@@ -9,6 +9,7 @@ partition's clock (``keys.py``): the time an offset was accepted, to the enqueue
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterable, Iterator
@@ -365,7 +366,14 @@ class Inspector:
 
     def _dead_letters_of(self, partition: int) -> Iterator[DeadLetter]:
         key = self._pkeys(partition).dead
-        for name, raw in self._backend.client.hscan_iter(key, count=500):
+        client = self._backend.client
+        # HSCAN pages through a large hash; the embedded backend has no HSCAN (and no size).
+        pairs: Iterable[tuple[bytes, bytes]] = (
+            cast(dict[bytes, bytes], client.hgetall(key)).items()
+            if self._backend.embedded
+            else client.hscan_iter(key, count=500)
+        )
+        for name, raw in pairs:
             yield parse_dead_letter(partition, name, raw)
 
     def dead_letters(
@@ -377,6 +385,15 @@ class Inspector:
         out = [d for p in parts for d in self._dead_letters_of(p) if where.matches(d)]
         out.sort(key=lambda d: (d.partition, d.offset is None, d.offset or 0, d.field))
         return out if limit is None else out[:limit]
+
+    def some_dead_letters(self, partitions: Iterable[int], per_partition: int) -> list[DeadLetter]:
+        """At most ``per_partition`` dead letters of each partition (whichever HSCAN meets
+        first), by (partition, offset): a bounded read for live views of large dead hashes."""
+        out = [
+            d for p in partitions for d in itertools.islice(self._dead_letters_of(p), per_partition)
+        ]
+        out.sort(key=lambda d: (d.partition, d.offset is None, d.offset or 0, d.field))
+        return out
 
     def dead_letter(self, partition: int, offset: int) -> DeadLetter | None:
         codec.check_offset(offset)

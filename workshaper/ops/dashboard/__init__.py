@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
@@ -27,7 +28,9 @@ from workshaper.connection import Backend, connect, mask_url
 from workshaper.errors import InvalidInput, InvalidType
 from workshaper.ops.inspection import (
     DEFAULT_STUCK_AFTER,
+    DeadLetter,
     Inspector,
+    PartitionView,
     namespaces,
     parse_sub_key,
     sub_key_kind,
@@ -51,8 +54,10 @@ except ImportError as exc:  # pragma: no cover - the extra is missing
 
 log = logging.getLogger(__name__)
 
-#: Dead letters sent to the page per snapshot (the newest matter; the CLI lists them all).
+#: Dead letters sent to the page per snapshot (the CLI lists them all).
 DEAD_LETTER_LIMIT = 100
+#: Dead letters are read again at least this often (seconds), counts unchanged or not.
+DEAD_LETTER_REFRESH = 10.0
 #: How long a replay from the page waits for the item's outcome.
 REPLAY_WAIT = 10.0
 
@@ -75,6 +80,10 @@ class DashboardState:
         self.interval = interval
         self.stuck_after = stuck_after
         self._inspectors: dict[str, Inspector] = {}
+        #: namespace -> (dead-letter count per partition, the letters read for those counts)
+        self._dead_cache: dict[
+            str, tuple[tuple[tuple[int, int], ...], float, list[DeadLetter]]
+        ] = {}
         self._lock = threading.Lock()
 
     def inspector(self, namespace: str) -> Inspector:
@@ -97,7 +106,7 @@ class DashboardState:
     def snapshot(self, namespace: str) -> dict[str, Any]:
         inspector = self.inspector(namespace)
         snap = inspector.snapshot(self.stuck_after)
-        letters = inspector.dead_letters(limit=DEAD_LETTER_LIMIT)
+        letters = self._dead_letters(namespace, inspector, snap.partitions)
         out = snap.to_json()
         out["dead_letters"] = [d.to_json() for d in letters]
         out["dead_letters_total"] = sum(p.dead_letters for p in snap.partitions)
@@ -115,6 +124,25 @@ class DashboardState:
         ]
         out["stuck_after"] = self.stuck_after
         return out
+
+    def _dead_letters(
+        self, namespace: str, inspector: Inspector, partitions: list[PartitionView]
+    ) -> list[DeadLetter]:
+        """Read again only when a partition's dead-letter count changed (or every
+        DEAD_LETTER_REFRESH seconds: a drop and a new letter may leave a count as it was), and
+        then at most DEAD_LETTER_LIMIT per partition: a page open on a namespace with a million
+        dead letters must not read them all every second."""
+        counts = tuple((p.partition, p.dead_letters) for p in partitions)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._dead_cache.get(namespace)
+        if cached is not None and cached[0] == counts and now - cached[1] < DEAD_LETTER_REFRESH:
+            return cached[2]
+        parts = [p.partition for p in partitions if p.dead_letters]
+        letters = inspector.some_dead_letters(parts, DEAD_LETTER_LIMIT)[:DEAD_LETTER_LIMIT]
+        with self._lock:
+            self._dead_cache[namespace] = (counts, now, letters)
+        return letters
 
     def close(self) -> None:
         self.backend.close()
