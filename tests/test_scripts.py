@@ -11,6 +11,7 @@ from workshaper import codec, scripts
 from workshaper.admin import Admin
 from workshaper.batch import Batch, Reply, run_one
 from workshaper.connection import Backend
+from workshaper.errors import ScriptError
 from workshaper.keys import NamespaceKeys, PartitionKeys
 from workshaper.scripts import Completion, EncodedItem
 
@@ -232,6 +233,42 @@ def test_claim_is_idempotent_per_request_id(part: Partition) -> None:
     again = part.claim(n=1, request="w1:r1")  # a retried call (reply lost)
     assert first == again
     assert part.claim(n=5, request="w1:r2")[1][0].sub == b"sb"
+
+
+def test_claim_hands_back_the_first_batch_of_each_lease(part: Partition) -> None:
+    part.enqueue(("a", 1), ("b", 2), ("a", 3), ("a", 4))
+    first = part.claim(n=2, batch=2, request="w1:r1")
+    _, (a, b) = first
+    assert [codec.parse_entry(e).offset for e in a.entries] == [1, 3]  # up to `batch`
+    assert [codec.parse_entry(e).offset for e in b.entries] == [2]
+    # A retried call (reply lost) hands back the same leases and batches: nothing was popped.
+    assert part.claim(n=2, batch=2, request="w1:r1") == first
+    assert part.queue("a") == [1, 3, 4]
+
+
+def test_claim_hands_back_one_entry_in_a_crash_window(part: Partition) -> None:
+    part.enqueue(("a", 1), ("a", 2), ("a", 3))
+    _, [lease] = part.claim(batch=10)
+    assert len(lease.entries) == 3
+    part.make_expired(lease.sub)
+    part.expire(lease.sub)  # an unattributed crash: the next holder runs one item at a time
+    _, [again] = part.claim(batch=10, worker="w2")
+    assert again.exact > 0
+    assert [codec.parse_entry(e).offset for e in again.entries] == [1]
+
+
+def test_claim_checks_the_queue_key_prefix(part: Partition) -> None:
+    part.enqueue(("a", 1))
+    with pytest.raises(ScriptError, match="queue key prefix"):
+        run_one(
+            part.backend,
+            lambda b: b.script(
+                "claim_sub_keys",
+                [*part.keys.fixed, part.keys.claim_record("w1")],
+                ["w1", "r1", 1, LEASE_MS, 10, 3, "d", ""],
+            ),
+        )
+    assert part.ready() == [b"sa"]  # nothing was leased
 
 
 def test_concurrent_claims_never_double_lease(part: Partition) -> None:

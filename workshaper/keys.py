@@ -136,7 +136,13 @@ class PartitionKeys:
 
     def queue(self, sub_key: bytes) -> bytes:
         """The list holding one sub key's entries (``sub_key`` as encoded by codec)."""
-        return self.base + b"q:" + sub_key
+        return self.queue_prefix + sub_key
+
+    @property
+    def queue_prefix(self) -> bytes:
+        """``queue(sub) == queue_prefix + sub``: given to claim_sub_keys.lua, which reads the
+        lists of the sub keys it leases (not known before the claim)."""
+        return self.base + b"q:"
 
     def claim_record(self, worker_id: str) -> bytes:
         return self.base + b"claim:" + worker_id.encode()

@@ -80,14 +80,23 @@ class Claimed:
     token: int
     attempts_record: bytes  # b"offset|n" or b""
     exact: int  # items left to run one at a time
+    entries: list[bytes]  # the first batch: the head of the sub key's list
 
 
 def _parse_claim(raw: list[Any]) -> tuple[int, list[Claimed]]:
     """(runnable sub keys left in the partition, the new leases)."""
     ready_left = int(raw[0])
-    claims = [
-        Claimed(raw[i], int(raw[i + 1]), raw[i + 2], int(raw[i + 3])) for i in range(1, len(raw), 4)
-    ]
+    claims: list[Claimed] = []
+    i = 1
+    while i < len(raw):
+        count = int(raw[i + 4])
+        first = i + 5
+        claims.append(
+            Claimed(
+                raw[i], int(raw[i + 1]), raw[i + 2], int(raw[i + 3]), raw[first : first + count]
+            )
+        )
+        i = first + count
     return ready_left, claims
 
 
@@ -106,7 +115,16 @@ def claim_sub_keys(
     return batch.script(
         "claim_sub_keys",
         [*pkeys.fixed, pkeys.claim_record(worker_id)],
-        [worker_id, request_id, max_leases, lease_ms, batch_size, max_attempts, exhausted_mode],
+        [
+            worker_id,
+            request_id,
+            max_leases,
+            lease_ms,
+            batch_size,
+            max_attempts,
+            exhausted_mode,
+            pkeys.queue_prefix,
+        ],
         parse=_parse_claim,
     )
 

@@ -9,14 +9,19 @@
 -- ARGV[5]      batch: items the worker takes per lease
 -- ARGV[6]      max_attempts
 -- ARGV[7]      on exhausted: "d" dead-letter or "b" block
+-- ARGV[8]      the prefix of the partition's queue keys (keys.PartitionKeys.queue_prefix): a
+--              sub key's list is prefix .. sub key. The lists are not known before the claim;
+--              they share the partition's hash tag, so they live in the slot of KEYS.
 --
--- Returns {ready_left, sub1, token1, attempts1, exact1, sub2, ...}
+-- Returns {ready_left, sub1, token1, attempts1, exact1, count1, entry1 .. entry<count1>,
+--          sub2, ...}
 --   ready_left  how many runnable sub keys are left (for other workers, or to prefetch)
 --   tokenN    the fencing token of the new lease (grows per partition)
 --   attemptsN "offset|n" record of the head item, or ""
 --   exactN    items left to run one at a time (after an unattributed crash), "0" if none
--- The worker reads the first items of each leased list itself (LRANGE): the lease guarantees
--- nobody else pops them, and the list keys are not known before the claim.
+--   countN    how many entries follow: the lease's first batch, the head of its list (one
+--             entry while exactN > 0, else up to `batch`). Handed back in the claim's own
+--             reply, so a lease costs no separate read (and no round trip) before it runs.
 --
 -- Malformed arguments raise an error reply before anything is written.
 -- Idempotent per request id: a retried call returns the first call's answer.
@@ -25,6 +30,7 @@
 local worker, request_id = ARGV[1], ARGV[2]
 local max_leases, lease_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
 local batch, max_attempts, mode = ARGV[5], ARGV[6], ARGV[7]
+local queue_prefix = ARGV[8]
 local record_key = KEYS[FIRST_EXTRA_KEY]
 
 -- Every argument is checked before the first write (the LPOP): nothing may fail after it.
@@ -46,6 +52,30 @@ if not string.match(max_attempts or '', '^%d+$') then
 end
 if mode ~= 'd' and mode ~= 'b' then
   return bad_argument('claim_sub_keys', 'on exhausted', mode)
+end
+if not queue_prefix or queue_prefix == '' then
+  return bad_argument('claim_sub_keys', 'queue key prefix', queue_prefix)
+end
+local first_read = math.max(tonumber(batch), 1)
+
+-- The reply: each lease of `answer` followed by the first entries of its list. Read at reply
+-- time, also for a retried call: the lease keeps everyone else off the list, so what a retry
+-- reads is what the first call would have read (or the lease is gone and fenced anyway).
+local function with_first_batches(answer)
+  local reply = {answer[1]}
+  for i = 2, #answer, 4 do
+    local sub, exact = answer[i], answer[i + 3]
+    local take = first_read
+    if tonumber(exact) > 0 then take = 1 end
+    local entries = redis.call('LRANGE', queue_prefix .. sub, 0, take - 1)
+    reply[#reply + 1] = sub
+    reply[#reply + 1] = answer[i + 1]
+    reply[#reply + 1] = answer[i + 2]
+    reply[#reply + 1] = exact
+    reply[#reply + 1] = #entries
+    for j = 1, #entries do reply[#reply + 1] = entries[j] end
+  end
+  return reply
 end
 
 -- Records are length-prefixed fields, binary safe: "<len>:<bytes>" repeated.
@@ -75,7 +105,7 @@ if previous then
   if string.sub(previous, 1, newline - 1) == request_id then
     local answer = unpack_record(previous, newline + 1)
     answer[1] = tonumber(answer[1])
-    return answer
+    return with_first_batches(answer)
   end
 end
 
@@ -113,4 +143,4 @@ if popped then
 end
 answer[1] = redis.call('LLEN', K_READY)
 redis.call('SET', record_key, request_id .. '\n' .. pack(answer), 'PX', math.max(lease_ms * 2, 60000))
-return answer
+return with_first_batches(answer)

@@ -1,5 +1,5 @@
-"""Claims and fetches: leasing runnable sub keys of a partition that rang its bell, then reading
-each new lease's first batch."""
+"""Claims: leasing runnable sub keys of a partition that rang its bell. The claim's reply holds
+each new lease's first batch, so a lease runs without another read or round trip."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from functools import partial
 from workshaper import codec, scripts
 from workshaper.batch import Batch, Reply
 from workshaper.worker.dispatch import Dispatcher
-from workshaper.worker.lease import FETCHING, REPORTING, Lease
+from workshaper.worker.lease import REPORTING, Lease
 from workshaper.worker.prefetch import PrefetchPolicy
 from workshaper.worker.state import CoordinatorState
 
@@ -101,6 +101,7 @@ class Claims:
             if state.stopping:
                 lease.stop = True
             state.leases[lease.key] = lease
+            self._start(lease, c.entries)
         state.stats["claimed"] += len(claimed)
         if state.observer is not None:
             state.observer.claimed(len(claimed))
@@ -109,27 +110,14 @@ class Claims:
             state.wakes.add(claim.partition)
             self.woken(claim.partition)
 
-    # --- fetches: the first batch of each new lease -----------------------------------------
-
-    def add_fetches(self, batch: Batch) -> list[Callable[[], None]]:
-        batch_size = self._state.settings.batch_size
-        handlers: list[Callable[[], None]] = []
-        for lease in self._state.leases.values():
-            if lease.state != FETCHING:
-                continue
-            count = 1 if lease.exact > 0 else batch_size
-            reply: Reply[list[bytes]] = batch.command(
-                "LRANGE", lease.pkeys.queue(lease.sub), 0, count - 1, parse=list
-            )
-            handlers.append(partial(self._fetched, lease, count, reply))
-        return handlers
-
-    def _fetched(self, lease: Lease, count: int, reply: Reply[list[bytes]]) -> None:
-        lease.entries = reply.get()
-        lease.read_to_end = len(lease.entries) < count
+    def _start(self, lease: Lease, entries: list[bytes]) -> None:
+        """Run the first batch the claim handed back (or give the lease back at once)."""
+        lease.entries = entries
+        count = 1 if lease.exact > 0 else self._state.settings.batch_size
+        lease.read_to_end = len(entries) < count
         lease.attempt = lease.attempt_of_head()
         lease.state = REPORTING
-        if lease.stop or not lease.entries:
+        if lease.stop or not entries:
             lease.hand_back()
         else:
             self._dispatcher.submit(lease)

@@ -25,7 +25,6 @@ from workshaper.worker.dispatch import Dispatcher
 from workshaper.worker.failures import Failures
 from workshaper.worker.lease import (
     CONTINUE,
-    FETCHING,
     READY,
     RELEASE,
     REPORTING,
@@ -141,7 +140,7 @@ class Coordinator:
         if self.dispatcher.isolation.mark_due():
             return True
         return any(
-            lease.unreported or lease.end_action or lease.failure or lease.state == FETCHING
+            lease.unreported or lease.end_action or lease.failure
             for lease in self.state.leases.values()
         )
 
@@ -199,7 +198,6 @@ class Coordinator:
         handlers += self.completions.add(batch)
         handlers += self.failures.add(batch)
         handlers += self.claims.add_claims(batch)
-        handlers += self.claims.add_fetches(batch)
         handlers += self.dispatcher.isolation.add_mark(batch)
         handlers += self.reaper.add_expiries(batch)
         handlers += self.renewals.add(batch, now)

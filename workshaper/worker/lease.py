@@ -2,7 +2,7 @@
 
 ::
 
-    FETCHING  claimed; its first batch is being read
+    CLAIMED   claimed; its first batch (handed back by the claim) not yet looked at
     READY     a batch is read and waits for room in the executor (prefetched)
     RUNNING   a batch is in the executor (running, or queued for a thread: prefetched)
     REPORTING the batch ended; its completion / failure is being recorded
@@ -22,7 +22,7 @@ from typing import Any
 from workshaper import codec
 from workshaper.keys import PartitionKeys
 
-FETCHING, READY, RUNNING = "fetching", "ready", "running"
+CLAIMED, READY, RUNNING = "claimed", "ready", "running"
 REPORTING, WAITING = "reporting", "waiting"
 
 #: How long a lease may keep a sub key while others of its partition wait (fairness).
@@ -58,7 +58,7 @@ class Lease:
     exact: int  # items left to run one at a time after an unattributed crash
     attempts_record: bytes
     acquired: float = field(default_factory=time.monotonic)
-    state: str = FETCHING
+    state: str = CLAIMED
     entries: list[bytes] = field(default_factory=list)  # the batch, head first
     attempt: int = 1  # attempt number of entries[0]
     unreported: list[int] = field(default_factory=list)  # finished, not yet recorded
