@@ -311,6 +311,42 @@ def test_complete_is_idempotent(part: Partition) -> None:
     assert part.queue("a") == [3]
 
 
+def test_one_completion_call_for_thousands_of_leases(part: Partition) -> None:
+    """The writes a call collects over its leases go out chunked: 2,500 leases released, 10
+    continued and 10 kept in one call (past the 1,000 values of a chunk and Lua's unpack limit)."""
+    count = 2520
+    part.enqueue(*[(f"k{i}", i) for i in range(count)], max_in_queue=10_000)
+    part.enqueue(*[(f"k{i}", count + i) for i in range(2500, count)], max_in_queue=10_000)
+    _, leases = part.claim(n=count, batch=10)
+    assert len(leases) == count
+    actions = ["c"] * 2510 + ["k"] * 10
+    replies = part.complete(
+        *[
+            Completion(lease.sub, lease.token, action, [codec.parse_entry(lease.entries[0]).offset])
+            for lease, action in zip(leases, actions, strict=True)
+        ]
+    )
+    assert [r.code for r in replies] == [2] * 2500 + [1] * 20
+    assert [r.finished for r in replies] == [1] * count
+    client = part.backend.client
+    assert client.hlen(part.keys.owners) == 20 and client.zcard(part.keys.leases) == 20
+    heads = {
+        sub: int(score) for sub, score in client.zrange(part.keys.heads, 0, -1, withscores=True)
+    }
+    assert heads == {lease.sub: count + i + 2500 for i, lease in enumerate(leases[2500:])}
+    assert part.offer().watermark == count - 1  # every head left went into `heads`
+
+
+def test_complete_refuses_a_sub_key_twice_in_one_call(part: Partition) -> None:
+    part.enqueue(("a", 1), ("a", 2))
+    _, [lease] = part.claim()
+    with pytest.raises(ScriptError, match="repeated sub key"):
+        part.complete(
+            Completion(b"sa", lease.token, "k", [1]), Completion(b"sa", lease.token, "r", [2])
+        )
+    assert part.queue("a") == [1, 2]  # nothing was written
+
+
 def test_release_requeues_sub_key_with_items_left(part: Partition) -> None:
     part.enqueue(("a", 1), ("a", 2))
     _, [lease] = part.claim()

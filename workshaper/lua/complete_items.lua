@@ -68,69 +68,99 @@ local now = now_ms()
 local has_late = redis.call('EXISTS', K_LATE) == 1
 local replies = {}
 
+-- The fencing check of every lease in one HMGET. Sound only if no sub key comes twice: a
+-- second completion of a sub key would be checked against what the first one changed.
+local subs, seen = {}, {}
+for i = 1, n do
+  local sub = calls[i].sub
+  if seen[sub] then return bad_argument('complete_items', 'repeated sub key', sub) end
+  seen[sub] = true
+  subs[i] = sub
+end
+local owners = call_chunked('HMGET', K_OWNERS, subs)
+
+-- Writes to the partition's shared keys that only concern each lease's own member are
+-- collected and sent once per call after the loop (chunked, as every variadic call): a lease
+-- then costs its own list's commands only. Nothing in the loop reads these members again.
+local extends = {}   -- ZADD leases XX: deadline, sub
+local moved = {}     -- ZADD heads: new head offset, sub
+local emptied = {}   -- ZREM heads, HDEL exact: queue now empty
+local released = {}  -- HDEL owners, ZREM leases
+local cleared = {}   -- HDEL attempts: the head moved
+local deadline = now + lease_ms
+local function extend(sub)
+  extends[#extends + 1] = deadline
+  extends[#extends + 1] = sub
+end
+
 for i = 1, n do
   local call = calls[i]
   local list_key, sub, token, action = call.list_key, call.sub, call.token, call.action
   local exact_mode, k, first = call.exact_mode, call.k, call.first
-
-  if owner_token(sub) ~= token then
+  -- The owner record starts with "<token>|" (see parse_owner); the prefix is all the check needs.
+  local owner = owners[i]
+  if not owner or string.sub(owner, 1, #token + 1) ~= token .. '|' then
     replies[i] = {-1, 0}
   else
+    local continues = false
+    local take = 1  -- entries to read past the finished ones: the new head at least
+    if action ~= 'k' then
+      continues = action == 'c' or (action == 'y' and redis.call('LLEN', K_READY) == 0)
+      if continues then take = batch end
+    end
+    -- One read: the k entries the worker finished (checked against their offsets), then what
+    -- follows them (the new head, or the next batch).
+    local read = redis.call('LRANGE', list_key, 0, k + take - 1)
     local finished = 0
-    if k > 0 then
-      local heads = redis.call('LRANGE', list_key, 0, k - 1)
-      for j = 1, #heads do
-        local prefix = ARGV[first + j - 1] .. '|'
-        if string.sub(heads[j], 1, #prefix) ~= prefix then break end
-        finished = j
+    for j = 1, math.min(k, #read) do
+      local prefix = ARGV[first + j - 1] .. '|'
+      if string.sub(read[j], 1, #prefix) ~= prefix then break end
+      finished = j
+    end
+    if finished > 0 then
+      redis.call('LTRIM', list_key, finished, -1)
+      if has_late then
+        local offsets = {}
+        for j = 1, finished do offsets[j] = ARGV[first + j - 1] end
+        forget_late(offsets, finished)
       end
-      if finished > 0 then
-        redis.call('LTRIM', list_key, finished, -1)
-        if has_late then
-          local offsets = {}
-          for j = 1, finished do offsets[j] = ARGV[first + j - 1] end
-          forget_late(offsets, finished)
-        end
-        redis.call('HDEL', K_ATTEMPTS, sub)
-        if exact_mode then
-          consume_exact(sub, finished)
-          end_isolation(sub)  -- flagged again by its worker before the next item starts
+      cleared[#cleared + 1] = sub
+      if exact_mode then
+        consume_exact(sub, finished)
+        end_isolation(sub)  -- flagged again by its worker before the next item starts
+      end
+      -- The head moved: keep `heads` in step. A corrupt new head has no offset: the old score
+      -- stays, which can only hold the watermark back until the entry is dead-lettered.
+      local head = read[finished + 1]
+      if not head then
+        emptied[#emptied + 1] = sub  -- a crash window ends with the items it was for
+      else
+        local head_offset = entry_offset(head)
+        if head_offset then
+          moved[#moved + 1] = head_offset
+          moved[#moved + 1] = sub
         end
       end
     end
 
     if action == 'k' then
-      if finished > 0 then refresh_head(sub, list_key) end
-      extend_lease(sub, lease_ms, now)
+      extend(sub)
       replies[i] = {1, finished}
     else
-      local continues = action == 'c' or (action == 'y' and redis.call('LLEN', K_READY) == 0)
-      local take = 1  -- a release only needs to know the new head
-      if continues then take = batch end
-      if exact_mode and tonumber(redis.call('HGET', K_EXACT, sub) or '0') > 0 then take = 1 end
-      local nexts = redis.call('LRANGE', list_key, 0, take - 1)
-      if finished > 0 then  -- the head moved: keep `heads` in step (the read above shows it)
-        local head_offset = nexts[1] and entry_offset(nexts[1])
-        if head_offset then
-          redis.call('ZADD', K_HEADS, head_offset, sub)
-        elseif not nexts[1] then
-          redis.call('ZREM', K_HEADS, sub)
-          redis.call('HDEL', K_EXACT, sub)  -- a crash window ends with the items it was for
-        end
-        -- A corrupt new head has no offset: the old score stays, which can only hold the
-        -- watermark back until the entry is dead-lettered (as refresh_head does).
+      if exact_mode and continues and tonumber(redis.call('HGET', K_EXACT, sub) or '0') > 0 then
+        take = 1
       end
+      local nexts = {}
+      for j = finished + 1, math.min(finished + take, #read) do nexts[#nexts + 1] = read[j] end
       if continues and nexts[1] then
-        extend_lease(sub, lease_ms, now)
+        extend(sub)
         local attempts = ''
         if finished == 0 then attempts = redis.call('HGET', K_ATTEMPTS, sub) or '' end
-        table.insert(nexts, 1, attempts)
-        table.insert(nexts, 1, finished)
-        table.insert(nexts, 1, 1)
-        replies[i] = nexts
+        local reply = {1, finished, attempts}
+        for j = 1, #nexts do reply[j + 3] = nexts[j] end
+        replies[i] = reply
       else
-        redis.call('HDEL', K_OWNERS, sub)
-        redis.call('ZREM', K_LEASES, sub)
+        released[#released + 1] = sub
         local requeued = 0
         if nexts[1] then
           redis.call('RPUSH', K_READY, sub)
@@ -139,6 +169,20 @@ for i = 1, n do
         replies[i] = {2, finished, requeued}
       end
     end
+  end
+end
+
+call_chunked('HDEL', K_ATTEMPTS, cleared)
+call_chunked('ZREM', K_HEADS, emptied)
+call_chunked('HDEL', K_EXACT, emptied)
+call_chunked('ZADD', K_HEADS, moved, 2)
+call_chunked('HDEL', K_OWNERS, released)
+call_chunked('ZREM', K_LEASES, released)
+if #extends > 0 then
+  -- XX: never re-create a lease; `released` and `extends` name different sub keys.
+  for s = 1, #extends, 2 * VARIADIC_CHUNK do
+    redis.call('ZADD', K_LEASES, 'XX',
+      unpack(extends, s, math.min(s + 2 * VARIADIC_CHUNK - 1, #extends)))
   end
 end
 return replies
