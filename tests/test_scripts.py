@@ -214,6 +214,20 @@ def test_large_batches_are_written_in_chunks(part: Partition) -> None:
     assert part.queue("a") == list(range(5000))
 
 
+def test_thousands_of_new_sub_keys_in_one_call(part: Partition) -> None:
+    """New heads are registered in chunks (ZADD heads, HMGET owners, RPUSH ready): 12,000 new
+    sub keys in one call, three of them leased with an empty queue (not made runnable)."""
+    part.enqueue(*[(f"k{i}", i) for i in range(3000)], max_in_queue=20_000)
+    _, leased = part.claim(n=3)
+    part.complete(*[Completion(c.sub, c.token, "k", [i]) for i, c in enumerate(leased)])
+    assert [part.queue(f"k{i}") for i in range(3)] == [[], [], []]  # empty, still leased
+    items = [(f"k{i}", 3000 + i) for i in range(12_000)]
+    assert part.enqueue(*items, max_in_queue=20_000) == [ACCEPTED] * 12_000
+    assert part.ready() == [f"sk{i}".encode() for i in range(3, 12_000)]
+    assert part.backend.client.zcard(part.keys.heads) == 12_000
+    assert part.offer().watermark == 2  # 0-2 finished, 3 is the lowest unfinished
+
+
 # --- claim -------------------------------------------------------------------------------------
 
 

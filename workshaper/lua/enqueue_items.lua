@@ -82,18 +82,15 @@ end
 
 -- Queues that were empty get their first entry as head; they become runnable unless leased (a
 -- leased sub key is picked up by its holder; a blocked one keeps its head item, so its queue is
--- never empty). One ZADD, HMGET and RPUSH for all of them.
+-- never empty). One ZADD, HMGET and RPUSH for all of them, each through call_chunked.
 local function register_new_heads(new_heads, new_subs)
-  for s = 1, #new_subs, CHUNK do
-    local last = math.min(s + CHUNK - 1, #new_subs)
-    redis.call('ZADD', K_HEADS, unpack(new_heads, 2 * s - 1, 2 * last))
-    local owners = redis.call('HMGET', K_OWNERS, unpack(new_subs, s, last))
-    local runnable = {}
-    for j = s, last do
-      if not owners[j - s + 1] then runnable[#runnable + 1] = new_subs[j] end
-    end
-    if #runnable > 0 then redis.call('RPUSH', K_READY, unpack(runnable)) end
+  call_chunked('ZADD', K_HEADS, new_heads, 2)
+  local owners = call_chunked('HMGET', K_OWNERS, new_subs)
+  local runnable = {}
+  for j = 1, #new_subs do
+    if not owners[j] then runnable[#runnable + 1] = new_subs[j] end
   end
+  call_chunked('RPUSH', K_READY, runnable)
 end
 
 local function fast_path_applies()
