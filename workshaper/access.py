@@ -63,7 +63,7 @@ ACTION_SCRIPTS = ("unblock_sub_key", "replay_dead_letter")
 
 #: Commands each role sends itself, outside the scripts.
 DIRECT_COMMANDS: dict[str, tuple[str, ...]] = {
-    # the wake-up bell, the partition index, first reads, the reaper's lease scan and lock
+    # the wake-up bell, the partition index, the reaper's lease scan and lock
     "worker": ("bzpopmin", "zadd", "smembers", "lrange", "llen", "zrangebyscore", "pttl", "hdel"),
     # the partition index, the wake-up bell, the acked watermark; the Kafka bridge's consumer
     # group and dead letters of records it cannot enqueue
