@@ -113,7 +113,8 @@ class RedisCluster:
         return [s for s in self.servers if s.process is not None and s.process.poll() is None]
 
     def _state_ok(self) -> bool:
-        """Every live node says cluster_state:ok and knows the same slot owners."""
+        """Every live node says cluster_state:ok and knows the same slot owners, and every
+        replica is in sync with its master."""
         views = set()
         for server in self.alive():
             try:
@@ -121,6 +122,12 @@ class RedisCluster:
                     if "cluster_state:ok" not in str(c.execute_command("CLUSTER", "INFO")):
                         return False
                     slots = c.execute_command("CLUSTER", "SLOTS")
+                    replication = c.info("replication")
+                    # A replica that never synced cannot take over (its data has no age).
+                    if replication["role"] == "slave" and (
+                        replication.get("master_link_status") != "up"
+                    ):
+                        return False
             except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
                 return False
             views.add(tuple(sorted((s[0], s[1], s[2][1]) for s in slots)))
