@@ -347,3 +347,15 @@ def test_fleet_follows_a_promoted_replica_after_a_master_sigkill(
     # and in docs/reliability.md; what must hold is that every item ran.
     assert not report.lost, report.lost[:5]
     assert report.finished == len(items)
+
+
+def test_cluster_bench_smoke() -> None:
+    """The S1-on-a-cluster bench of docs/scaling.md runs (a 1-master cluster made by
+    ADDSLOTSRANGE, as redis-cli creates only 3 masters or more)."""
+    _need_cluster_tools()
+    from workshaper_tools.bench.cluster import report, run_once
+
+    result = run_once(masters=1, items=2000, partitions=4, sub_keys=50, workers=1)
+    assert result["items"] == 2000
+    assert [n["partitions"] for n in result["nodes"]] == [4]
+    assert "1 master(s)" in report(result)
