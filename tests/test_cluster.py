@@ -5,6 +5,8 @@ and its replica promoted."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import random
 import subprocess
@@ -20,10 +22,15 @@ import redis
 from redis.cluster import key_slot
 
 import workshaper
+from workshaper import access, lua_scripts, scripts
+from workshaper import batch as batch_module
 from workshaper.admin import Admin
+from workshaper.batch import run_one
 from workshaper.connection import connect
 from workshaper.errors import BackendUnavailable
 from workshaper.keys import CLUSTER_WAKE_SHARDS, NamespaceKeys, namespace_keys
+from workshaper.lua_scripts import LuaScript
+from workshaper.ops.inspection import Inspector
 from workshaper_tools.testing import RedisServer
 from workshaper_tools.testing.checker import Ack, PlannedItem, check
 from workshaper_tools.testing.journal import read_journal
@@ -359,3 +366,71 @@ def test_cluster_bench_smoke() -> None:
     assert result["items"] == 2000
     assert [n["partitions"] for n in result["nodes"]] == [4]
     assert "1 master(s)" in report(result)
+
+
+#: Scripts that only read (run with EVALSHA_RO): a shebang script needs the no-writes flag for it.
+_READ_ONLY_SCRIPTS = {"inspect_partition", "stuck_sub_keys"}
+
+
+def test_every_script_keeps_to_the_slot_of_its_keys(
+    monkeypatch: pytest.MonkeyPatch, namespace: str
+) -> None:
+    """Every script run with a ``#!lua`` shebang, on a 1-master cluster: Redis 7 then refuses
+    any key a script touches outside the slot of its declared keys, even a key of the same
+    node (a script without a shebang may touch those, and on a 1-master cluster every slot is
+    on the same node, so only the shebang catches it). The producer, a worker with retries and a
+    dead letter, the ack loop, the operator views and a replay all run through it.
+
+    The shipped scripts carry no shebang: without ``allow-oom`` Redis would refuse every one of
+    them at maxmemory (the completions and acks that free memory too), and the embedded backend
+    runs the same sources; see docs/scaling.md."""
+    _need_cluster_tools()
+    original = lua_scripts.load_script
+
+    @functools.cache
+    def strict(name: str) -> LuaScript:
+        plain = original(name)
+        head = "#!lua flags=no-writes\n" if name in _READ_ONLY_SCRIPTS else "#!lua\n"
+        source = head + plain.source
+        return LuaScript(name, source, hashlib.sha1(source.encode()).hexdigest())
+
+    for module in (lua_scripts, batch_module, access):
+        monkeypatch.setattr(module, "load_script", strict)
+    failing = {(3, 7)}  # always fails: dead-lettered after 2 attempts, then replayed
+    replayed = threading.Event()
+
+    def work(message: Any, partition: int, offset: int) -> None:
+        if (partition, offset) in failing and not replayed.is_set():
+            raise RuntimeError("injected")
+
+    items = [(f"k{i % 5}", f"m{i}", i % 4, i) for i in range(120)]
+    with (
+        RedisCluster(masters=1) as cluster,
+        workshaper.Producer(cluster.url, namespace) as producer,
+    ):
+        producer.enqueue_many(items)
+        worker = workshaper.Worker(
+            cluster.url,
+            namespace,
+            work=work,
+            max_attempts=2,
+            retry_backoff=0.01,
+            lease=1.0,
+        )
+        worker.start()
+        try:
+            assert producer.flush(timeout=60)
+            admin = Admin(cluster.url, namespace)
+            assert [d.offset for d in admin.dead_letters(3)] == [7]
+            assert not admin.retry_blocked(3, "k2")  # nothing blocked: a no-op, still run
+            inspector = Inspector(cluster.url, namespace)
+            assert inspector.snapshot(60.0, 10).partitions
+            replayed.set()
+            assert inspector.replay(3, 7, wait=30).outcome == "succeeded"
+            pkeys = NamespaceKeys(namespace).partition(0)
+            run_one(inspector.backend, lambda b: scripts.expire_lease(b, pkeys, b"s", "r"))
+            run_one(inspector.backend, lambda b: scripts.mark_isolated(b, pkeys, b"s", 1))
+            inspector.close()
+            admin.close()
+        finally:
+            worker.stop()
