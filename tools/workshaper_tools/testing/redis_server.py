@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -19,11 +20,35 @@ from types import TracebackType
 
 import redis
 
+# Ports handed out lie below the kernel's ephemeral range: a client reconnecting to a server
+# that is down can be given the server's own port as its local port (TCP self-connect) when
+# that port is ephemeral, and a restart on that port then fails to bind.
+LOW_PORT = 20000
+_ports = random.Random()  # unseeded on purpose: parallel test processes must not collide
+
+
+def ephemeral_ports() -> range:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        return range(32768, 61000)
+    return range(low, high + 1)
+
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on now, outside the ephemeral range where possible."""
+    ephemeral = ephemeral_ports()
+    top = min(ephemeral.start, 65536)
+    for _ in range(200):
+        port = _ports.randrange(LOW_PORT, top) if top > LOW_PORT else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def redis_server_binary() -> str | None:
@@ -86,11 +111,29 @@ class RedisServer:
         return args + self.extra
 
     def start(self, timeout: float = 20.0) -> RedisServer:
-        self.process = subprocess.Popen(
-            self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        self.wait_ready(timeout)
-        return self
+        """Start and wait until ready; a port held for a moment by someone else (see LOW_PORT)
+        is waited for, within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.process = subprocess.Popen(
+                self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            try:
+                self.wait_ready(max(0.1, deadline - time.monotonic()))
+                return self
+            except RuntimeError:
+                if not self._port_was_taken() or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.1)
+
+    def _port_was_taken(self) -> bool:
+        if self.process is None or self.process.poll() is None:
+            return False
+        log = self.data_dir / "redis.log"
+        try:
+            return "Address already in use" in log.read_text(errors="replace")[-2000:]
+        except OSError:
+            return False
 
     def client(self, **kwargs: object) -> redis.Redis:
         return redis.Redis(
