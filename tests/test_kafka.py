@@ -755,6 +755,19 @@ def test_a_second_consumer_group_on_the_namespace_is_refused(harness: Harness) -
     assert f"consumer group {harness.group!r}, not 'other-{harness.group}'" in str(other.error)
 
 
+def test_chaos_run_of_bridges_under_every_kafka_fault(tmp_path: Any) -> None:
+    """A short `./scripts/chaos --faults kafka` run (its own broker and redis-server): bridges
+    killed, stopped and joining, Redis restarted, the broker frozen; every record runs and
+    the commits reach the end."""
+    from workshaper_tools.chaos.kafka import KAFKA_FAULTS, KafkaChaosConfig, run_kafka_chaos
+
+    config = KafkaChaosConfig(fault_count=10, seed=5, partitions=4, rate=150.0, workers=2)
+    result = run_kafka_chaos(config, tmp_path / "run")
+    assert result.ok, result.summary()
+    assert set(result.faults) <= set(KAFKA_FAULTS) and sum(result.faults.values()) == 10
+    assert result.produced > 0 and result.ran == result.produced
+
+
 # --- validation (no broker needed) -------------------------------------------------------------
 
 

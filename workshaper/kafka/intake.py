@@ -281,7 +281,8 @@ class Intake:
             self.paused.add(tp)
             self._stats["pauses"] += 1
         log.info(
-            "%s[%d]: WorkShaper queue full (max_in_queue=%d); partition paused",
+            "%s[%d]: records not written (queue full at max_in_queue=%d, or Redis"
+            " unreachable); partition paused",
             tp[0],
             tp[1],
             self.max_in_queue,
@@ -297,7 +298,7 @@ class Intake:
             return
         with self._tracker.cond:
             self._stats["resumes"] += 1
-        log.info("%s[%d]: room in the WorkShaper queue; partition resumed", tp[0], tp[1])
+        log.info("%s[%d]: backlog written; partition resumed", tp[0], tp[1])
 
     def retry_backlog(self, consumer: Consumer) -> None:
         now = time.monotonic()

@@ -15,6 +15,11 @@ faults on a seeded random schedule:
               dead-lettered, after at most max_attempts + 1 crashes, not loop)
     producer  SIGKILL the producer, start it again (it re-enqueues from the acked watermark)
 
+``kafka`` runs a fleet of its own (chaos/kafka.py): Kafka bridges of one consumer group on a
+Tansu broker, with bridges SIGKILLed, SIGSTOPped and joining, Redis restarted and the broker
+frozen; every record must run and the committed offsets must reach the end. It is given alone
+(``--faults kafka``) and is not part of ``all``.
+
 Two more kinds are outside the guarantees and never part of ``all``; they show what a setup
 without them loses (expect violations):
 
