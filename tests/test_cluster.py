@@ -24,6 +24,7 @@ from redis.cluster import key_slot
 import workshaper
 from workshaper import access, lua_scripts, scripts
 from workshaper import batch as batch_module
+from workshaper.access import acl_rules
 from workshaper.admin import Admin
 from workshaper.batch import run_one
 from workshaper.connection import connect
@@ -434,3 +435,38 @@ def test_every_script_keeps_to_the_slot_of_its_keys(
             admin.close()
         finally:
             worker.stop()
+
+
+def test_each_role_works_under_its_acl_on_a_cluster(
+    redis_cluster: RedisCluster, namespace: str
+) -> None:
+    """The users of `workshaper acl` (created on every node) run producer, worker and the
+    operator view over redis+cluster://: the roles include what redis-py's cluster client
+    sends (CLUSTER SLOTS, COMMAND, ASKING)."""
+    for server in redis_cluster.servers:
+        with server.client() as c:
+            for role in ("worker", "producer", "admin"):
+                c.execute_command(
+                    "ACL", "SETUSER", f"{role}-{namespace}", "on", ">pw",
+                    *acl_rules(role, namespace),
+                )  # fmt: skip
+    hosts = redis_cluster.url.removeprefix("redis+cluster://")
+
+    def url(role: str) -> str:
+        return f"redis+cluster://{role}-{namespace}:pw@{hosts}"
+
+    done: list[int] = []
+    with workshaper.Producer(url("producer"), namespace) as producer:
+        producer.enqueue_many([("a", "m", p, o) for o in range(5) for p in range(3)])
+        worker = workshaper.Worker(url("worker"), namespace, work=lambda m, p, o: done.append(o))
+        worker.start()
+        try:
+            assert producer.flush(timeout=60)
+        finally:
+            worker.stop()
+    assert len(done) == 15
+    inspector = Inspector(url("admin"), namespace)
+    try:
+        assert len(inspector.snapshot().partitions) == 3
+    finally:
+        inspector.close()

@@ -34,6 +34,10 @@ ROLES = ("worker", "producer", "admin")
 #: Every connection: health checks and the database of the URL. (redis-py also sends CLIENT
 #: SETINFO on connect and ignores a refusal; Redis 7.0 has no such subcommand to allow.)
 _CONNECTION = ("ping", "select")
+#: What redis-py's cluster client sends on a Redis Cluster (``redis+cluster://``): the slot map,
+#: the command table (to find a command's keys) and ASKING before a command redirected by ASK
+#: (a slot being migrated). Harmless on a single server: none of them touches a key.
+_CLUSTER = ("cluster|slots", "command", "asking")
 #: Running the Lua scripts: by SHA only, loading them after a restart or a failover. The
 #: admin's scripts only read, with EVALSHA_RO (its keys are read-only).
 _SCRIPTS = ("evalsha", "script|load")
@@ -87,7 +91,7 @@ def script_commands(name: str) -> set[str]:
 def role_commands(role: str) -> list[str]:
     """Every command ``role`` needs, sorted."""
     check_role(role)
-    commands = {*_CONNECTION, *DIRECT_COMMANDS[role]}
+    commands = {*_CONNECTION, *_CLUSTER, *DIRECT_COMMANDS[role]}
     if ROLE_SCRIPTS[role]:
         commands.update(_READ_ONLY_SCRIPTS if role == "admin" else _SCRIPTS)
     for name in ROLE_SCRIPTS[role]:

@@ -515,7 +515,10 @@ def _new_cluster_backend(
         redis.TimeoutError,
         OSError,
     ) as exc:
-        raise BackendUnavailable(f"cannot reach a Redis Cluster at {where}: {exc}") from None
+        hint = ""
+        if "not enabled" in str(exc):  # also what redis-py says when CLUSTER SLOTS is denied
+            hint = " (if it is a cluster: may the user run CLUSTER SLOTS? `workshaper acl --help`)"
+        raise BackendUnavailable(f"cannot reach a Redis Cluster at {where}: {exc}{hint}") from None
     return Backend(client=cast(redis.Redis, client), where=where, cluster=True)
 
 
