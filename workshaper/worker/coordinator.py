@@ -105,8 +105,8 @@ class Coordinator:
             return
         if not self._oom_delay:
             log.warning(
-                "Redis is out of memory (maxmemory reached): %d write(s) refused; retrying "
-                "with backoff until memory is freed",
+                "Redis refused %d write(s) (out of memory, maxmemory reached, unless an error"
+                " was logged); retrying with backoff until it accepts them",
                 refused,
             )
         self._oom_delay = min(max(self._oom_delay * 2, REDIS_RETRY_MIN), REDIS_RETRY_MAX)
@@ -191,7 +191,8 @@ class Coordinator:
     # --- one round trip ----------------------------------------------------------------------
 
     def _round_trip(self) -> int:
-        """One round trip; returns how many ops Redis refused for lack of memory."""
+        """One round trip; returns how many ops Redis refused (for lack of memory, or with
+        another error reply)."""
         now = time.monotonic()
         batch = self._link.batch()
         handlers: list[Handler] = []
@@ -228,9 +229,13 @@ class Coordinator:
             try:
                 handle()
             except ScriptError as exc:
+                # Nothing of the op was applied here (each part reads its reply first): it is
+                # sent again after the backoff of _out_of_memory. Besides -OOM, an error reply
+                # means state under our keys an operator must repair (a key of the wrong type):
+                # the worker says which and keeps running its other work.
                 if not isinstance(exc.__cause__, redis.exceptions.OutOfMemoryError):
-                    raise
-                refused += 1  # nothing applied: the op is sent again (see _out_of_memory)
+                    log.error("Redis refused an operation (%s); sending it again later", exc)
+                refused += 1
         return refused
 
     def _add_wakes(self, batch: Batch) -> list[Handler]:
