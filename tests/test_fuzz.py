@@ -485,3 +485,75 @@ def test_fuzz_urls(redis_server: RedisServer) -> None:
 @pytest.mark.slow
 def test_fuzz_urls_long(redis_server: RedisServer) -> None:
     fuzz_urls(redis_server, BUDGET * SLOW_FACTOR)
+
+
+# --- CLI flags ---------------------------------------------------------------------------------
+
+cli_flags = st.sampled_from(
+    [
+        "--concurrency",
+        "--lease",
+        "--max-attempts",
+        "--retry-backoff",
+        "--batch-size",
+        "--prefetch",
+        "--on-exhausted",
+        "--namespace",
+        "--name",
+        "--on-done",
+        "--on-error",
+        "--log-level",
+        "--log-format",
+        "--metrics-port",
+        "--redis",
+        "--bogus",
+    ]
+)
+cli_values = mostly(
+    st.sampled_from(
+        ["1", "0", "-1", "2.5", "nan", "inf", "1e400", "x", "", "a:b", "os:getcwd", "DEBUG"]
+    ),
+    st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=8),
+)
+
+
+def fuzz_worker_cli(examples: int, capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from workshaper.cli.worker import worker_main
+    from workshaper_tools.testing import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    handler = st.sampled_from(["workshaper_tools.testing.journal:work", "os:getcwd", "nope", ""])
+
+    def case(handler: str, flags: list[tuple[str, str]]) -> None:
+        argv = [handler] + [x for pair in flags for x in pair] + ["--redis", dead]
+        root = logging.getLogger()
+        handlers, level = root.handlers[:], root.level
+        try:
+            with pytest.raises(SystemExit) as info:
+                worker_main(argv)  # a dead Redis: a run never starts
+        finally:  # the CLI configures logging for its process: give pytest's back
+            root.handlers[:] = handlers
+            root.setLevel(level)
+        err = capsys.readouterr().err
+        assert info.value.code == 2, (argv, err)
+        assert "Traceback" not in err
+        assert err.strip().splitlines()[-1].startswith(("workshaper", "usage", "workshaper-"))
+
+    run_fuzz(
+        "worker CLI",
+        examples,
+        case,
+        handler=handler,
+        flags=st.lists(st.tuples(cli_flags, cli_values), max_size=4),
+    )
+
+
+def test_fuzz_worker_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    fuzz_worker_cli(BUDGET // 3, capsys)
+
+
+@pytest.mark.slow
+def test_fuzz_worker_cli_long(capsys: pytest.CaptureFixture[str]) -> None:
+    fuzz_worker_cli(BUDGET // 3 * SLOW_FACTOR, capsys)
