@@ -61,7 +61,7 @@ def dump(client: redis.Redis, pkeys: PartitionKeys, pattern: str) -> dict[bytes,
         elif kind == b"hash":
             value = client.hgetall(key)
             if key in (pkeys.dead, pkeys.blocked):
-                value = {_mask_field(f): _mask_failure(v) for f, v in value.items()}
+                value = _mask_failures(value)
         elif kind == b"set":
             value = sorted(client.smembers(key))
         elif kind == b"zset":
@@ -78,15 +78,20 @@ def dump(client: redis.Redis, pkeys: PartitionKeys, pattern: str) -> dict[bytes,
     return state
 
 
-def _mask_field(field: bytes) -> bytes:
-    """A corrupt entry is dead-lettered under "corrupt:<server ms>"."""
-    return b"corrupt:T" if field.startswith(b"corrupt:") else field
+def _mask_failures(records: dict[bytes, bytes]) -> Any:
+    """Failure records by field; corrupt entries (no offset) are filed under
+    "corrupt:<server ms>:<n>": those are compared as a collection, without their field."""
+    named = {f: _mask_failure(v) for f, v in records.items() if not f.startswith(b"corrupt:")}
+    corrupt = sorted(
+        repr(_mask_failure(v)) for f, v in records.items() if f.startswith(b"corrupt:")
+    )
+    return named, corrupt
 
 
 def _mask_failure(record: bytes) -> Any:
     """A failure record is error JSON, attempts, server ms and the entry, one per line."""
     error_json, attempts, _now, entry = record.split(b"\n", 3)
-    return (json.loads(error_json), attempts, entry)
+    return (json.dumps(json.loads(error_json), sort_keys=True), attempts, entry)
 
 
 def _outcome(reply: Any) -> str:

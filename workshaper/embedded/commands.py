@@ -37,6 +37,7 @@ COMMANDS: dict[bytes, Command] = {
     b"TYPE": keyspace.cmd_type,
     b"KEYS": keyspace.cmd_keys,
     b"SCAN": keyspace.cmd_scan,
+    b"HSCAN": keyspace.cmd_hscan,
     b"EXPIRE": keyspace.cmd_expire,
     b"PEXPIRE": keyspace.cmd_pexpire,
     b"PTTL": keyspace.cmd_pttl,

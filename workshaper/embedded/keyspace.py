@@ -76,6 +76,30 @@ def cmd_scan(store: Store, args: list[bytes]) -> list[Any]:
     return [b"0", keys]
 
 
+def cmd_hscan(store: Store, args: list[bytes]) -> list[Any]:
+    """HSCAN key cursor [MATCH pattern] [COUNT n]: every field in one pass (cursor 0 out)."""
+    arity("hscan", args, 2)
+    to_int(args[1])
+    pattern = b"*"
+    i = 2
+    while i < len(args):
+        option = args[i].upper()
+        if option == b"MATCH" and i + 1 < len(args):
+            pattern = args[i + 1]
+        elif option == b"COUNT" and i + 1 < len(args):
+            to_int(args[i + 1])
+        else:
+            raise CommandError(SYNTAX)
+        i += 2
+    match = _glob(pattern)
+    h = store.get(args[0], dict) or {}
+    flat: list[bytes] = []
+    for field, value in h.items():
+        if match(field):
+            flat += (field, value)
+    return [b"0", flat]
+
+
 def cmd_pexpire(store: Store, args: list[bytes]) -> int:
     arity("pexpire", args, 2)
     ms = to_int(args[1])

@@ -114,8 +114,11 @@ class LuaScripts:
         self._compile, self._run = setup(
             self._call, self._pcall, self._cjson_encode, self._cjson_decode
         )
-        #: cjson.null: decodes JSON null, encodes back to null.
+        #: cjson.null: what JSON null decodes to (a unique Lua value, recognised by its address
+        #: when encoded: lupa wraps the same Lua value in a new Python object each time).
         self._null = self._lua.eval("function() end")
+        self._null_id = str(self._null)
+        self._lua.globals().cjson.null = self._null
         self._scripts: dict[bytes, Any] = {}
 
     # --- the script cache ---------------------------------------------------------------------
@@ -274,7 +277,7 @@ class LuaScripts:
     def _json(self, value: Any, depth: int) -> str:
         if depth > 1000:
             raise CommandError("ERR Cannot serialise, excessive nesting (1001)")
-        if value is None or value is self._null or value == self._null:
+        if value is None or (self._lua_type(value) == "function" and str(value) == self._null_id):
             return "null"
         if value is True:
             return "true"
