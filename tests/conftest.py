@@ -12,6 +12,7 @@ import pytest
 
 from workshaper.connection import Backend, connect, embedded_backend
 from workshaper_tools.testing import RedisServer, redis_server_binary
+from workshaper_tools.testing.redis_cluster import RedisCluster, redis_cli_binary
 
 
 def _need_redis_server() -> None:
@@ -19,6 +20,24 @@ def _need_redis_server() -> None:
         if os.environ.get("CI"):
             pytest.fail("redis-server is not installed, and CI must run the integration tests")
         pytest.skip("redis-server is not installed")
+
+
+def _need_cluster_tools() -> None:
+    _need_redis_server()
+    if redis_cli_binary() is None:
+        pytest.skip("redis-cli is not installed")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A Redis Cluster of 3 masters, no replicas, for the whole session (tests use their own
+    namespaces; tests/test_cluster.py, the Kafka bridge's cluster test)."""
+    _need_cluster_tools()
+    cluster = RedisCluster(masters=3).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -35,9 +35,9 @@ from workshaper.ops.inspection import Inspector
 from workshaper_tools.testing import RedisServer
 from workshaper_tools.testing.checker import Ack, PlannedItem, check
 from workshaper_tools.testing.journal import read_journal
-from workshaper_tools.testing.redis_cluster import RedisCluster, redis_cli_binary
+from workshaper_tools.testing.redis_cluster import RedisCluster
 
-from .conftest import _need_redis_server, wait_for
+from .conftest import _need_cluster_tools, wait_for
 from .fleet import fleet
 
 log = logging.getLogger(__name__)
@@ -47,23 +47,6 @@ WORKSHAPER = [
     "-c",
     "import sys; from workshaper.cli.main import main; main(sys.argv[1:])",
 ]
-
-
-def _need_cluster_tools() -> None:
-    _need_redis_server()
-    if redis_cli_binary() is None:
-        pytest.skip("redis-cli is not installed")
-
-
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[RedisCluster]:
-    """3 masters, no replicas, for the whole session (tests use their own namespaces)."""
-    _need_cluster_tools()
-    cluster = RedisCluster(masters=3).start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def partition_slot(namespace: str, partition: int) -> int:

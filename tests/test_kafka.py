@@ -28,6 +28,7 @@ import workshaper
 from workshaper import scripts
 from workshaper.admin import Admin
 from workshaper_tools.testing import RedisServer, free_port
+from workshaper_tools.testing.redis_cluster import RedisCluster
 
 from .conftest import wait_for
 
@@ -383,6 +384,27 @@ def test_all_records_run_once_in_key_order_and_commit_last_plus_one(harness: Har
         journal.check_key_order()
     assert bridge.stats["accepted"] == 300
     assert bridge.stats["duplicate"] == bridge.stats["already_acked"] == 0
+
+
+def test_bridge_on_a_redis_cluster(kafka: str, redis_cluster: RedisCluster) -> None:
+    """The bridge and its workers on a redis+cluster:// URL: every record runs once, in key
+    order, and the commit is the last offset + 1."""
+    harness = Harness(kafka, redis_cluster)  # type: ignore[arg-type]  # it needs only .url
+    try:
+        rng = random.Random(8)
+        topic = make_topic(harness.kafka, 3)
+        records = [(rng.randrange(3), b"k%d" % rng.randrange(8), b"v%d" % i) for i in range(150)]
+        placed = produce(harness.kafka, topic, records)
+        journal = harness.journal(topic, seed=12)
+        bridge = harness.bridge([topic], batch_size=40)
+        journal.wait_ended(set(placed))
+        last = last_offsets(placed)
+        harness.offsets.wait_for(topic, {p: o + 1 for p, o in sorted(last.items())})
+        assert journal.runs() == Counter(placed), "each record runs exactly once"
+        journal.check_key_order()
+        assert bridge.stats["accepted"] == 150
+    finally:
+        harness.close()
 
 
 def test_commit_never_passes_a_running_record(harness: Harness) -> None:
