@@ -81,8 +81,8 @@ class Rebalancer:
                 continue
             try:
                 watermark = producer.watermark(partition)
-            except Exception as exc:
+            except Exception as exc:  # Redis down: the others would fail too; next tick
                 log.warning("%s[%d]: reading the watermark failed: %s", t, partition, exc)
-                continue
+                return
             if watermark is not None:
                 self._tracker.on_recorded(t, partition, watermark)
