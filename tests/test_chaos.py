@@ -354,3 +354,19 @@ def test_proxy_between_redis_py_and_redis() -> None:
         proxy.set_pass()
         assert client.ping()
         assert proxy.connections() >= 1
+
+
+def test_checker_order_after_a_dead_lettered_item() -> None:
+    """A holder paused mid-item past its lease finishes that item late (zombie rule) after the
+    reaper dead-lettered it and its successor started: that is no order violation. A run of the
+    dead-lettered item under the successor's token is one."""
+    plan = [PlannedItem("a", 0, 0), PlannedItem("a", 0, 1)]
+    zombie = [
+        Event("s", 0, 0, "a", 3, 5, 1, 1.0, "w1"),  # last attempt; w1 is paused here
+        Event("s", 0, 1, "a", 1, 6, 2, 4.0, "w2"),  # the reaper dead-lettered 0; 1 runs
+        Event("e", 0, 1, "a", 1, 6, 2, 4.1, "w2"),
+        Event("e", 0, 0, "a", 3, 5, 1, 5.0, "w1"),  # w1 wakes and finishes 0 (fenced)
+    ]
+    assert check(plan, zombie, dead_lettered=[(0, 0)]).order_violations == []
+    rerun = [*zombie, Event("s", 0, 0, "a", 4, 6, 2, 4.05, "w2")]
+    assert len(check(plan, rerun, dead_lettered=[(0, 0)]).order_violations) == 1

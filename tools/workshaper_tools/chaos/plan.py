@@ -58,6 +58,18 @@ def read_progress(path: Path) -> tuple[int, bool]:
     return count, final
 
 
+def read_sent(path: Path) -> int:
+    """How many items a producer may have sent: it writes ``sending N`` before each enqueue, so
+    a producer killed mid-send leaves the upper bound of what Redis may hold."""
+    count = read_progress(path)[0]
+    if path.exists():
+        for line in path.read_text().splitlines():
+            word, _, number = line.partition(" ")
+            if word == "sending" and number.isdigit():
+                count = max(count, int(number))
+    return count
+
+
 def read_acks(path: Path) -> list[Ack]:
     acks: list[Ack] = []
     if not path.exists():

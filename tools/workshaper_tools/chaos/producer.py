@@ -13,7 +13,14 @@ from typing import Any
 
 import redis
 
-from workshaper_tools.chaos.plan import PlanSpec, append_line, line_count, plan_items, read_progress
+from workshaper_tools.chaos.plan import (
+    PlanSpec,
+    append_line,
+    line_count,
+    plan_items,
+    read_poison,
+    read_sent,
+)
 
 log = logging.getLogger("workshaper.chaos")
 
@@ -77,15 +84,19 @@ def producer_main(argv: Sequence[str]) -> int:
         ),
     )
     plan = plan_items(spec)
-    done, _ = read_progress(progress_path)
-    if done:  # a restart: re-enqueue everything above the acked watermark (dedupe does the rest)
+    # A restart re-enqueues everything the killed producer may have sent (its last "sending"
+    # mark), as it was sent: poison marks included. Only items never sent get new poison marks,
+    # else a poison copy of an item already accepted plainly would be refused as a duplicate.
+    done = read_sent(progress_path)
+    if done:
         earlier = [next(plan) for _ in range(done)]
+        poisoned = set(read_poison(poison_path))
         marks = {
             partition: retrying("watermark", partial(producer.watermark, partition))
             for partition in range(spec.partitions)
         }
         redo = [
-            (sub, {"i": i}, part, offset)
+            (sub, planned_message(i, (part, offset) in poisoned), part, offset)
             for i, (sub, part, offset) in enumerate(earlier)
             if offset > (-1 if marks[part] is None else marks[part])
         ]
@@ -93,6 +104,7 @@ def producer_main(argv: Sequence[str]) -> int:
         for start in range(0, len(redo), 200):
             chunk = redo[start : start + 200]
             retrying("re-enqueue", partial(producer.enqueue_many, chunk))
+        append_line(progress_path, f"enqueued {done}\n")
     started, base = time.monotonic(), done
     while not stop_path.exists():
         # The harness asks for poison items by appending a line to poison-requests.
@@ -100,12 +112,12 @@ def producer_main(argv: Sequence[str]) -> int:
         batch: list[tuple[str | None, dict[str, int], int, int]] = []
         for i in range(done, done + args.batch):
             sub, part, offset = next(plan)
-            message = {"i": i}
-            if poison_wanted > 0 and sub is not None:
+            poison = poison_wanted > 0 and sub is not None
+            if poison:
                 poison_wanted -= 1
-                message["poison"] = 1
                 append_line(poison_path, f"{part} {offset} {sub}\n")
-            batch.append((sub, message, part, offset))
+            batch.append((sub, planned_message(i, poison), part, offset))
+        append_line(progress_path, f"sending {done + len(batch)}\n")
         retrying("enqueue", partial(producer.enqueue_many, batch))
         done += len(batch)
         append_line(progress_path, f"enqueued {done}\n")
@@ -119,3 +131,7 @@ def producer_main(argv: Sequence[str]) -> int:
     producer.close()
     os.close(ack_fd)
     return 0
+
+
+def planned_message(index: int, poison: bool) -> dict[str, int]:
+    return {"i": index, "poison": 1} if poison else {"i": index}

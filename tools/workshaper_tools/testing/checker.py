@@ -74,8 +74,10 @@ def check(
 
     first_end: dict[tuple[int, int], float] = {}
     starts: dict[tuple[int, int], list[float]] = defaultdict(list)
+    runs: dict[tuple[int, int], list[Event]] = defaultdict(list)  # starts and ends, with tokens
     for e in events:
         key = (e.partition, e.offset)
+        runs[key].append(e)
         if e.kind == "s":
             starts[key].append(e.at)
         elif e.kind == "e" and key not in first_end:
@@ -99,10 +101,13 @@ def check(
     for (partition, sub), offsets in chains.items():
         offsets.sort()
         for previous, current in pairwise(offsets):
+            if (partition, previous) in dead:
+                report.order_violations += dead_predecessor_overlaps(
+                    partition, sub, runs[(partition, previous)], runs[(partition, current)]
+                )
+                continue
             ended = first_end.get((partition, previous))
             for started in starts.get((partition, current), []):
-                if (partition, previous) in dead and ended is None:
-                    continue  # given up: its successors may start once it is dead-lettered
                 if ended is None or started < ended:
                     report.order_violations.append(
                         f"partition {partition} sub key {sub!r}: offset {current} started at "
@@ -146,3 +151,23 @@ def check(
             )
         checked[ack.partition] = position
     return report
+
+
+def dead_predecessor_overlaps(
+    partition: int, sub: Any, previous: list[Event], current: list[Event]
+) -> list[str]:
+    """Order after a dead-lettered item: its successors may start once it is dead-lettered, a
+    moment the journal does not record. A run of it still going on then can only be the holder
+    that lost the lease while paused mid-item (README's zombie rule), under an older token than
+    the successor's lease; a start or end of it under the successor's token or a newer one is a
+    violation (it ran again after its successor was handed out)."""
+    violations = []
+    for start in (e for e in current if e.kind == "s"):
+        for e in previous:
+            if e.token >= start.token and e.at > start.at:
+                violations.append(
+                    f"partition {partition} sub key {sub!r}: offset {start.offset} started at "
+                    f"{start.at:.6f} (token {start.token}) before dead-lettered offset "
+                    f"{e.offset} ran under token {e.token} ({e.kind} at {e.at:.6f})"
+                )
+    return violations
