@@ -873,3 +873,57 @@ def test_bridge_process_serves_metrics_and_logs_json(harness: Harness) -> None:
     assert lines, "the bridge logged nothing"
     assert {line["worker"] for line in lines} == {f"kafka-bridge:{harness.group}"}
     assert all({"time", "level", "partition", "offset", "event"} <= set(line) for line in lines)
+
+
+# --- counters (no broker needed) -----------------------------------------------------------------
+
+
+def _stats() -> dict[str, int]:
+    return dict.fromkeys(("commits", "commit_failures", "resumes", "skipped_commits"), 0)
+
+
+def test_a_commit_counts_only_when_every_partition_committed() -> None:
+    from workshaper.kafka.offsets import OffsetTracker
+
+    stats = _stats()
+    tracker = OffsetTracker(stats)
+    tracker.own({("t", 0), ("t", 1)})
+    failed = ck.KafkaError(ck.KafkaError.REQUEST_TIMED_OUT)
+    tracker.on_commit(failed, [ck.TopicPartition("t", 0, 5), ck.TopicPartition("t", 1, 7)])
+    assert (stats["commits"], stats["commit_failures"]) == (0, 1)
+    assert tracker.committed() == {}
+    tracker.on_commit(None, [ck.TopicPartition("t", 0, 5), ck.TopicPartition("t", 1, 7)])
+    assert (stats["commits"], stats["commit_failures"]) == (1, 1)
+    assert tracker.committed() == {("t", 0): 5, ("t", 1): 7}
+
+
+def test_a_resume_counts_only_when_it_worked() -> None:
+    from workshaper.kafka.intake import Intake
+    from workshaper.kafka.offsets import OffsetTracker
+
+    class Consumer:
+        def __init__(self, fails: bool) -> None:
+            self.fails = fails
+
+        def resume(self, partitions: list[Any]) -> None:
+            if self.fails:
+                raise ck.KafkaException(ck.KafkaError(ck.KafkaError._STATE))
+
+    stats = _stats()
+    tracker = OffsetTracker(stats)
+    intake = Intake(
+        "redis://127.0.0.1:1/0",
+        {"t": "ns.t"},
+        tracker,
+        stats,
+        sub_key=lambda m: None,
+        message=lambda m: None,
+        max_in_queue=10,
+        max_message_bytes=100,
+    )
+    intake.paused.add(("t", 0))
+    intake.resume(Consumer(fails=True), ("t", 0))
+    assert stats["resumes"] == 0
+    intake.paused.add(("t", 0))
+    intake.resume(Consumer(fails=False), ("t", 0))
+    assert stats["resumes"] == 1 and intake.paused == set()
