@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease", type=float, default=d.lease)
     p.add_argument("--max-attempts", type=int, default=d.max_attempts)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument(
+        "--producer-batch",
+        type=int,
+        default=d.producer_batch,
+        help="items per enqueue_many call of the producer",
+    )
     p.add_argument("--partitions", type=int, default=d.partitions)
     p.add_argument("--sub-keys", type=int, default=d.sub_keys)
     p.add_argument("--rate", type=float, default=d.rate, help="items per second offered")
@@ -89,6 +95,7 @@ def _config_from(args: argparse.Namespace) -> ChaosConfig:
         lease=args.lease,
         max_attempts=args.max_attempts,
         batch_size=args.batch_size,
+        producer_batch=args.producer_batch,
         partitions=args.partitions,
         sub_keys=args.sub_keys,
         rate=args.rate,

@@ -288,6 +288,8 @@ class Cluster:
             str(config.rate),
             "--max-in-queue",
             str(config.max_in_queue),
+            "--batch",
+            str(config.producer_batch),
         ]
         self.producer = _spawn(argv, log_path=self.logs_dir / "producer.log")
         self.producer_restart_at = None

@@ -32,6 +32,7 @@ class ChaosConfig:
     partitions: int = 4
     sub_keys: int = 40
     rate: float = 200.0  # items per second offered by the producer
+    producer_batch: int = 10  # items per enqueue_many call of the producer
     max_in_queue: int = 200
     work_delay: float = 0.01  # each item sleeps uniform(0, work_delay)
     gap: tuple[float, float] = (0.5, 2.0)  # seconds between faults
@@ -57,6 +58,7 @@ class ChaosConfig:
             "partitions": "--partitions",
             "sub_keys": "--sub-keys",
             "rate": "--rate",
+            "producer_batch": "--producer-batch",
             "max_in_queue": "--max-in-queue",
             "work_delay": "--work-delay",
             "appendfsync": "--appendfsync",
