@@ -4,6 +4,7 @@ each new lease's first batch, so a lease runs without another read or round trip
 from __future__ import annotations
 
 import itertools
+import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from workshaper.worker.dispatch import Dispatcher
 from workshaper.worker.lease import REPORTING, Lease
 from workshaper.worker.prefetch import PrefetchPolicy
 from workshaper.worker.state import CoordinatorState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,7 +95,7 @@ class Claims:
                 claim.partition,
                 pkeys,
                 c.sub,
-                codec.decode_sub_key(c.sub),
+                _sub_key(claim.partition, c.sub),
                 c.token,
                 c.exact,
                 c.attempts_record,
@@ -121,3 +124,14 @@ class Claims:
             lease.hand_back()
         else:
             self._dispatcher.submit(lease)
+
+
+def _sub_key(partition: int, encoded: bytes) -> codec.SubKey:
+    """The claimed sub key, decoded. One WorkShaper did not write (garbage pushed to ``ready``)
+    is run as its raw bytes: its lease goes through the usual steps and ends, where raising
+    here would end the worker."""
+    try:
+        return codec.decode_sub_key(encoded)
+    except ValueError as exc:
+        log.error("partition %d: claimed sub key %r is corrupt (%s)", partition, encoded[:40], exc)
+        return encoded
