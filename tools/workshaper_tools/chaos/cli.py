@@ -30,6 +30,8 @@ def parse_kinds(text: str) -> tuple[str, ...]:
         return FAULT_KINDS
     if text == "kafka":  # its own fleet: bridges, a broker and workers (chaos/kafka.py)
         return ("kafka",)
+    if text == "cluster":  # its own fleet on a Redis Cluster (chaos/rediscluster.py)
+        return ("cluster",)
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
     for kind in kinds:
         if kind not in KNOWN_KINDS:
@@ -45,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="scripts/chaos",
         description="Inject real faults into a WorkShaper fleet and audit the invariants.",
         epilog=f"fault kinds: {', '.join(FAULT_KINDS)} (all), and outside the guarantees"
-        f" {', '.join(LOSSY_KINDS)}. Exit status 1 on any violation.",
+        f" {', '.join(LOSSY_KINDS)}; kafka and cluster run alone, each on its own fleet."
+        " Exit status 1 on any violation.",
     )
     p.add_argument("--faults", type=parse_kinds, default=d.faults, help="kinds, comma separated")
     p.add_argument("--fault-count", type=int, default=d.fault_count, help="faults to inject")
@@ -134,6 +137,39 @@ def _kafka_main(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _cluster_main(args: argparse.Namespace) -> int:
+    """``--faults cluster``: a fleet on 3 masters + 3 replicas under slot migrations and master
+    kills (chaos/rediscluster.py)."""
+    from workshaper_tools.chaos.rediscluster import (  # noqa: PLC0415
+        ClusterChaosConfig,
+        run_cluster_chaos,
+    )
+
+    logging.getLogger("workshaper_tools.chaos.rediscluster").setLevel(
+        logging.WARNING if args.quiet else logging.INFO
+    )
+    d = ChaosConfig()
+    config = ClusterChaosConfig(
+        fault_count=args.fault_count,
+        seed=args.seed,
+        rate=args.rate,
+        max_in_queue=args.max_in_queue,
+        workers=args.workers,
+        concurrency=args.concurrency,
+        lease=args.lease,
+        work_delay=args.work_delay,
+        gap=(args.gap[0], args.gap[1]),
+        drain_timeout=args.drain_timeout,
+    )
+    if args.partitions != d.partitions:  # else the cluster default: spread over the masters
+        config.partitions = args.partitions
+    if args.sub_keys != d.sub_keys:
+        config.sub_keys = args.sub_keys
+    result = run_cluster_chaos(config, args.run_dir)
+    print(result.summary(), flush=True)
+    return 0 if result.ok else 1
+
+
 def _raise_on_signal(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -146,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if args.faults == ("kafka",):
         return _kafka_main(args)
+    if args.faults == ("cluster",):
+        return _cluster_main(args)
     for s in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, _raise_on_signal)
     progress = None if args.quiet else sys.stdout
