@@ -20,6 +20,11 @@ Tansu broker, with bridges SIGKILLed, SIGSTOPped and joining, Redis restarted an
 frozen; every record must run and the committed offsets must reach the end. It is given alone
 (``--faults kafka``) and is not part of ``all``.
 
+``cluster`` runs a fleet of its own too (chaos/rediscluster.py): 3 masters + 3 replicas, slot
+migrations of active partitions alternating with master SIGKILLs (the node rejoins as a
+replica); what happens on killed masters' partitions is counted apart. Given alone
+(``--faults cluster``), not part of ``all``.
+
 Two more kinds are outside the guarantees and never part of ``all``; they show what a setup
 without them loses (expect violations):
 
