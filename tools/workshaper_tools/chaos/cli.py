@@ -36,7 +36,8 @@ def parse_kinds(text: str) -> tuple[str, ...]:
     for kind in kinds:
         if kind not in KNOWN_KINDS:
             raise argparse.ArgumentTypeError(
-                f"unknown fault kind {kind!r}; choose from {', '.join(KNOWN_KINDS)} or all"
+                f"unknown fault kind {kind!r}; choose from {', '.join(KNOWN_KINDS)} or all,"
+                " or kafka or cluster alone"
             )
     return kinds
 
