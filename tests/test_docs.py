@@ -128,6 +128,28 @@ def test_flags_in_the_readme_prose_exist() -> None:
     assert not unknown, f"README names flags no command has: {unknown}"
 
 
+#: Flags docs/*.md give other programs: redis-server / redis-cli, py-spy, and the benchmark
+#: modules run on their own (``python -m workshaper_tools.bench.<module>``).
+OTHER_PROGRAMS = {
+    "--cluster", "--cluster-enabled", "--tls-port", "--askpass",  # redis-server, redis-cli
+    "--gil", "--rate",  # py-spy record
+    "--backend", "--records", "--rounds", "--window",  # bench.embedded, kafka, cpu_ab, idle
+}  # fmt: skip
+
+
+def test_flags_in_docs_exist() -> None:
+    if not HAS_TOOLS:
+        pytest.skip("workshaper-tools (bench, chaos) not installed")
+    known = set(FLAG.findall(all_help())) | OTHER_PROGRAMS
+    unknown = {
+        f"{doc.name}: {flag}"
+        for doc in sorted((ROOT / "docs").glob("*.md"))
+        for flag in FLAG.findall(doc.read_text())
+        if flag not in known
+    }
+    assert not unknown, f"docs name flags no command has: {sorted(unknown)}"
+
+
 def test_every_subcommand_is_in_the_readme() -> None:
     missing = [s for s in subcommands() if f"workshaper {s}" not in README]
     missing += [
