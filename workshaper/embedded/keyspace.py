@@ -51,22 +51,30 @@ def cmd_keys(store: Store, args: list[bytes]) -> list[bytes]:
     return [key for key in store.live_keys() if match(key)]
 
 
-def cmd_scan(store: Store, args: list[bytes]) -> list[Any]:
-    """One pass over every key (cursor 0 in, cursor 0 out): a valid, if unpaged, SCAN."""
-    arity("scan", args, 1)
+def _scan_options(args: list[bytes], start: int, *, with_type: bool) -> tuple[bytes, bytes | None]:
+    """(MATCH pattern, TYPE name or None) from the option pairs at ``args[start:]``; COUNT
+    is checked but unused (one pass returns everything). TYPE only where ``with_type`` (SCAN,
+    not HSCAN); anything else is a syntax error, as in Redis."""
     pattern, kind = b"*", None
-    i = 1
+    i = start
     while i < len(args):
         option = args[i].upper()
         if option == b"MATCH" and i + 1 < len(args):
             pattern = args[i + 1]
         elif option == b"COUNT" and i + 1 < len(args):
             to_int(args[i + 1])
-        elif option == b"TYPE" and i + 1 < len(args):
+        elif with_type and option == b"TYPE" and i + 1 < len(args):
             kind = args[i + 1].lower()
         else:
             raise CommandError(SYNTAX)
         i += 2
+    return pattern, kind
+
+
+def cmd_scan(store: Store, args: list[bytes]) -> list[Any]:
+    """One pass over every key (cursor 0 in, cursor 0 out): a valid, if unpaged, SCAN."""
+    arity("scan", args, 1)
+    pattern, kind = _scan_options(args, 1, with_type=True)
     match = _glob(pattern)
     keys = [
         key
@@ -80,17 +88,7 @@ def cmd_hscan(store: Store, args: list[bytes]) -> list[Any]:
     """HSCAN key cursor [MATCH pattern] [COUNT n]: every field in one pass (cursor 0 out)."""
     arity("hscan", args, 2)
     to_int(args[1])
-    pattern = b"*"
-    i = 2
-    while i < len(args):
-        option = args[i].upper()
-        if option == b"MATCH" and i + 1 < len(args):
-            pattern = args[i + 1]
-        elif option == b"COUNT" and i + 1 < len(args):
-            to_int(args[i + 1])
-        else:
-            raise CommandError(SYNTAX)
-        i += 2
+    pattern, _ = _scan_options(args, 2, with_type=False)
     match = _glob(pattern)
     h = store.get(args[0], dict) or {}
     flat: list[bytes] = []

@@ -73,27 +73,27 @@ def _lua_arg(value: Any) -> bytes:
     raise CommandError("ERR Lua redis lib command arguments must be strings or integers")
 
 
+#: The characters cjson writes as a two-character escape.
+_JSON_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "/": "\\/",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\b": "\\b",
+    "\f": "\\f",
+}
+
+
 def _json_string(raw: bytes) -> str:
     """A string as Redis's cjson writes it (it also escapes '/'); bytes >= 0x80 pass through."""
     out = ['"']
     for ch in raw.decode("latin-1"):
         code = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "/":
-            out.append("\\/")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\b":
-            out.append("\\b")
-        elif ch == "\f":
-            out.append("\\f")
+        escaped = _JSON_ESCAPES.get(ch)
+        if escaped is not None:
+            out.append(escaped)
         elif code < 0x20 or code == 0x7F:
             out.append(f"\\u{code:04x}")
         else:
