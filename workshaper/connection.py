@@ -470,6 +470,16 @@ def _host_list(url: str, hostlist: str, default_port: str) -> list[tuple[str, in
     return hosts
 
 
+def _set_credentials(userinfo: str, options: dict[str, Any]) -> None:
+    """Take username and password from a URL's ``user:password`` part (either may be absent)
+    into the connection options."""
+    user, colon, password = userinfo.partition(":")
+    if user:
+        options["username"] = unquote(user)
+    if colon:
+        options["password"] = unquote(password)
+
+
 def _cluster_backend(
     url: str, scheme: str, netloc: str, path: str, options: dict[str, Any]
 ) -> Backend:
@@ -479,12 +489,7 @@ def _cluster_backend(
         raise _bad(url, "a cluster URL has no path: Redis Cluster has only database 0")
     if "db" in options:
         raise _bad(url, "a cluster URL takes no db: Redis Cluster has only database 0")
-    if userinfo:
-        user, colon, password = userinfo.partition(":")
-        if user:
-            options["username"] = unquote(user)
-        if colon:
-            options["password"] = unquote(password)
+    _set_credentials(userinfo, options)
     if scheme == "rediss+cluster":
         options["ssl"] = True
     kwargs: dict[str, Any] = {
@@ -555,12 +560,7 @@ def _sentinel_backend(
         if not segments[1].isdigit():
             raise _bad(url, f"the database {segments[1]!r} is not a number")
         options["db"] = int(segments[1])
-    if userinfo:
-        user, colon, password = userinfo.partition(":")
-        if user:
-            options["username"] = unquote(user)
-        if colon:
-            options["password"] = unquote(password)
+    _set_credentials(userinfo, options)
     tls = {k: options[k] for k in (*TLS_PARAMS, *_TLS_EXTRA) if k in options}
     if scheme == "rediss+sentinel":
         tls["ssl"] = True

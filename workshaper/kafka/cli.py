@@ -12,7 +12,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from workshaper import codec
-from workshaper.cli.common import add_redis_options, redis_url
+from workshaper.cli.common import add_log_format, add_redis_options, redis_url
 from workshaper.errors import BackendUnavailable, InvalidInput
 from workshaper.kafka.bridge import KafkaBridge
 from workshaper.kafka.options import hashed_key, record_key
@@ -65,13 +65,7 @@ def parser() -> argparse.ArgumentParser:
         help="extra librdkafka consumer setting, e.g. -X auto.offset.reset=earliest",
     )
     p.add_argument("--log-level", default=env("WORKSHAPER_LOG_LEVEL", "INFO"))
-    p.add_argument(
-        "--log-format",
-        choices=["text", "json"],
-        default=env("WORKSHAPER_LOG_FORMAT", "text"),
-        help="text lines, or one JSON object per line (time, level, worker, partition, "
-        "offset, event)",
-    )
+    add_log_format(p)
     p.add_argument(
         "--metrics-port",
         type=int,

@@ -97,6 +97,20 @@ WORKER_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ),
 )
 
+#: (metric name without _total, help, Producer.stats key) of the producer's plain counters.
+PRODUCER_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    (
+        "workshaper_producer_full_waits",
+        "Times an enqueue waited for room in a full partition (backpressure)",
+        "full_waits",
+    ),
+    (
+        "workshaper_producer_ack_errors",
+        "Calls of the ack callback that raised (offered again later)",
+        "ack_errors",
+    ),
+)
+
 
 class ThreadHistogram:
     """A histogram the executor threads observe without a lock: each thread counts into its
@@ -232,20 +246,10 @@ class ProducerMetrics(Collector):
         for status in ("accepted", "duplicate", "already_acked"):
             items.add_metric([ns, status], stats.get(status, 0))
         yield items
-        waits = CounterMetricFamily(
-            "workshaper_producer_full_waits",
-            "Times an enqueue waited for room in a full partition (backpressure)",
-            labels=["namespace"],
-        )
-        waits.add_metric([ns], stats.get("full_waits", 0))
-        yield waits
-        errors = CounterMetricFamily(
-            "workshaper_producer_ack_errors",
-            "Calls of the ack callback that raised (offered again later)",
-            labels=["namespace"],
-        )
-        errors.add_metric([ns], stats.get("ack_errors", 0))
-        yield errors
+        for name, text, key in PRODUCER_COUNTERS:
+            family = CounterMetricFamily(name, text, labels=["namespace"])
+            family.add_metric([ns], stats.get(key, 0))
+            yield family
         acked = GaugeMetricFamily(
             "workshaper_producer_acked_watermark",
             "The last watermark this producer's ack callback returned for, per partition",
