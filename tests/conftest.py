@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import uuid
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import workshaper
 from workshaper.connection import Backend, connect, embedded_backend
 from workshaper_tools.testing import RedisServer, redis_server_binary
 from workshaper_tools.testing.redis_cluster import RedisCluster, redis_cli_binary
@@ -85,6 +87,24 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s: {predicate}")
         time.sleep(interval)
+
+
+def enqueue_retrying(
+    producer: workshaper.Producer, chunk: list[tuple[Any, ...]], *, max_failures: int, what: str
+) -> int:
+    """Enqueue, sending the chunk again while ``what`` (Redis, the cluster) fails over (written
+    items come back as duplicates); fail the test after ``max_failures`` failed attempts.
+    Returns how many attempts failed."""
+    failures = 0
+    while True:
+        try:
+            producer.enqueue_many(chunk, timeout=60)
+            return failures
+        except workshaper.BackendUnavailable as exc:
+            failures += 1
+            logging.getLogger(__name__).info("enqueue failed during the failover (%s); again", exc)
+            assert failures < max_failures, f"{what} did not come back"
+            time.sleep(0.1)
 
 
 def partition_counts(backend: Backend, namespace: str, partition: int) -> tuple[int, int]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from workshaper.cli.common import worker_command
+from workshaper_tools.testing import stop_processes
 
 
 class Fleet:
@@ -60,16 +60,7 @@ class Fleet:
         return "\n".join(p.read_text() for p in sorted(self.journal_dir.glob("worker-*.log")))
 
     def stop_all(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGCONT)
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
+        stop_processes(self.procs, resume=True)
 
 
 @contextmanager

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import logging
 import random
 import subprocess
 import sys
@@ -37,10 +36,8 @@ from workshaper_tools.testing.checker import Ack, PlannedItem, check
 from workshaper_tools.testing.journal import read_journal
 from workshaper_tools.testing.redis_cluster import RedisCluster
 
-from .conftest import _need_cluster_tools, wait_for
+from .conftest import _need_cluster_tools, enqueue_retrying, wait_for
 from .fleet import fleet
-
-log = logging.getLogger(__name__)
 
 WORKSHAPER = [
     sys.executable,
@@ -248,21 +245,6 @@ def test_live_resharding_of_active_partitions(
     assert report.finished == len(items)
 
 
-def _enqueue_retrying(producer: workshaper.Producer, chunk: list[tuple[Any, ...]]) -> int:
-    """Enqueue, sending the chunk again while the cluster fails over (written items come back
-    as duplicates). Returns how many attempts failed."""
-    failures = 0
-    while True:
-        try:
-            producer.enqueue_many(chunk, timeout=60)
-            return failures
-        except workshaper.BackendUnavailable as exc:
-            failures += 1
-            log.info("enqueue failed during the failover (%s); again", exc)
-            assert failures < 300, "the cluster did not come back"
-            time.sleep(0.1)
-
-
 @pytest.fixture
 def replicated_cluster() -> Iterator[RedisCluster]:
     """3 masters with a replica each, for one test (a master is killed)."""
@@ -298,7 +280,9 @@ def test_fleet_follows_a_promoted_replica_after_a_master_sigkill(
         ) as producer:
             for start in range(0, len(items), 200):
                 try:
-                    failed_enqueues += _enqueue_retrying(producer, items[start : start + 200])
+                    failed_enqueues += enqueue_retrying(
+                        producer, items[start : start + 200], max_failures=300, what="the cluster"
+                    )
                 except workshaper.RedisLostWrites:
                     lost_writes_seen = True  # the promoted replica lacks acknowledged writes
                     break

@@ -19,13 +19,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import workshaper
 from workshaper import Enqueued, InvalidInput, QueueFull, codec
 from workshaper.connection import Backend, connect
 from workshaper_tools.testing import RedisServer
+
+from . import fuzzing
 
 #: Cases tried per target in this process.
 CASES: collections.Counter[str] = collections.Counter()
@@ -38,20 +39,8 @@ pytestmark = pytest.mark.timeout(600)
 
 def run_fuzz(name: str, examples: int, test: Callable[..., None], **strategies: Any) -> None:
     """Run ``test`` on ``examples`` generated cases (seeded by the test, so every run tries the
-    same cases)."""
-
-    def counted(**kwargs: Any) -> None:
-        CASES[name] += 1
-        test(**kwargs)
-
-    settings(
-        max_examples=examples,
-        derandomize=True,
-        database=None,
-        deadline=None,
-        print_blob=True,
-        suppress_health_check=list(HealthCheck),
-    )(given(**strategies)(counted))()
+    same cases), counted in ``CASES``."""
+    fuzzing.run_fuzz(CASES, name, examples, test, **strategies)
 
 
 @pytest.fixture(scope="module", autouse=True)

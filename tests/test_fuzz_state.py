@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import workshaper
@@ -27,6 +26,7 @@ from workshaper.connection import Backend, connect
 from workshaper.keys import PARTITION_KEY_NAMES, NamespaceKeys
 from workshaper_tools.testing import RedisServer
 
+from . import fuzzing
 from .conftest import wait_for
 
 CASES: collections.Counter[str] = collections.Counter()
@@ -54,18 +54,9 @@ def real_backend(redis_server: RedisServer) -> Iterator[Backend]:
 
 
 def run_fuzz(name: str, examples: int, test: Callable[..., None], **strategies: Any) -> None:
-    def counted(**kwargs: Any) -> None:
-        CASES[name] += 1
-        test(**kwargs)
-
-    settings(
-        max_examples=examples,
-        derandomize=True,
-        database=None,
-        deadline=None,
-        print_blob=True,
-        suppress_health_check=list(HealthCheck),
-    )(given(**strategies)(counted))()
+    """Run ``test`` on ``examples`` generated cases (seeded by the test, so every run tries the
+    same cases), counted in ``CASES``."""
+    fuzzing.run_fuzz(CASES, name, examples, test, **strategies)
 
 
 class Run:

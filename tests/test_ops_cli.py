@@ -21,7 +21,7 @@ import pytest
 
 import workshaper
 from workshaper.keys import NamespaceKeys
-from workshaper_tools.testing import RedisServer
+from workshaper_tools.testing import RedisServer, stop_processes
 
 from .conftest import wait_for
 from .ops_handlers import runs
@@ -82,15 +82,7 @@ class Workers:
 
     def stop(self) -> None:
         (self.directory / "release").touch()
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
+        stop_processes(self.procs)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import workshaper
-from workshaper_tools.testing import RedisServer, free_port
+from workshaper_tools.testing import RedisServer, free_port, stop_processes
 
 from .conftest import wait_for
 from .ops_handlers import runs
@@ -59,15 +59,7 @@ class Procs:
 
     def stop(self) -> None:
         (self.directory / "release").touch()
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
+        stop_processes(self.procs)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import workshaper
-from workshaper_tools.testing import RedisServer, free_port
+from workshaper_tools.testing import RedisServer, free_port, stop_processes
 
 from .conftest import wait_for
 
@@ -50,15 +50,35 @@ def try_scrape(port: int) -> Samples | None:
 def process_log(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
     yield procs
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(10)
+    stop_processes(procs)
+
+
+def start_exporter(
+    url: str, namespace: str, tmp_path: Path, process_log: list[subprocess.Popen[bytes]]
+) -> int:
+    """Start ``workshaper exporter`` on a free port (logging to exporter.log); the port."""
+    port = free_port()
+    with (tmp_path / "exporter.log").open("wb") as log:
+        process_log.append(
+            subprocess.Popen(
+                [
+                    str(BIN / "workshaper"),
+                    "exporter",
+                    "--redis",
+                    url,
+                    "--namespace",
+                    namespace,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+        )
+    return port
 
 
 def test_exporter_reports_a_known_state(
@@ -71,28 +91,7 @@ def test_exporter_reports_a_known_state(
     producer.enqueue_many(
         [("a", "m", 0, 10), ("a", "m", 0, 11), ("b", "m", 0, 12), ("c", "m", 4, 7)]
     )
-    port = free_port()
-    log = open(tmp_path / "exporter.log", "wb")  # noqa: SIM115
-    process_log.append(
-        subprocess.Popen(
-            [
-                str(BIN / "workshaper"),
-                "exporter",
-                "--redis",
-                redis_server.url,
-                "--namespace",
-                namespace,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    )
-    log.close()
+    port = start_exporter(redis_server.url, namespace, tmp_path, process_log)
     samples = wait_for(lambda: try_scrape(port), timeout=30, interval=0.1)
 
     def value(name: str, partition: int | None = None) -> float:
@@ -268,28 +267,7 @@ def test_exporter_reports_redis_down_and_recovers(
     server = fresh_redis_server
     with workshaper.Producer(server.url, namespace) as producer:
         producer.enqueue("a", "m", 0, 0)
-    port = free_port()
-    log = open(tmp_path / "exporter.log", "wb")  # noqa: SIM115
-    process_log.append(
-        subprocess.Popen(
-            [
-                str(BIN / "workshaper"),
-                "exporter",
-                "--redis",
-                server.url,
-                "--namespace",
-                namespace,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    )
-    log.close()
+    port = start_exporter(server.url, namespace, tmp_path, process_log)
     up = ("workshaper_exporter_up", (("namespace", namespace),))
     assert wait_for(lambda: try_scrape(port), interval=0.1)[up] == 1
     server.kill()

@@ -3,7 +3,6 @@ primary is SIGKILLed mid-run and the fleet goes on with the promoted replica."""
 
 from __future__ import annotations
 
-import logging
 import random
 import shutil
 import subprocess
@@ -20,15 +19,13 @@ import redis.sentinel
 
 import workshaper
 from workshaper.admin import Admin
-from workshaper_tools.testing import RedisServer, free_port
+from workshaper_tools.testing import RedisServer, free_port, stop_processes
 from workshaper_tools.testing.checker import Ack, PlannedItem, check
 from workshaper_tools.testing.journal import read_journal
 
 from .certs import Certs, make_certs
-from .conftest import _need_redis_server, wait_for
+from .conftest import _need_redis_server, enqueue_retrying, wait_for
 from .fleet import fleet
-
-log = logging.getLogger(__name__)
 
 SERVICE = "wsprimary"
 
@@ -160,15 +157,7 @@ class SentinelSet:
         return int(port)
 
     def stop(self) -> None:
-        for proc in self.sentinels:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.sentinels:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_processes(self.sentinels, timeout=10)
         self.primary.stop()
         self.replica.stop()
         for path in sorted(self.dir.rglob("*"), reverse=True):
@@ -204,21 +193,6 @@ def test_sentinel_url_reaches_the_primary(sentinel_set: SentinelSet, namespace: 
     assert Admin(client, namespace).status()[0].acked == 9
     client.close()
     sentinel.close()
-
-
-def _enqueue_retrying(producer: workshaper.Producer, chunk: list[tuple[Any, ...]]) -> int:
-    """Enqueue, sending the chunk again while Redis fails over (written items come back as
-    duplicates). Returns how many attempts failed."""
-    failures = 0
-    while True:
-        try:
-            producer.enqueue_many(chunk, timeout=60)
-            return failures
-        except workshaper.BackendUnavailable as exc:
-            failures += 1
-            log.info("enqueue failed during the failover (%s); again", exc)
-            assert failures < 200, "Redis did not come back"
-            time.sleep(0.1)
 
 
 def test_fleet_survives_a_primary_sigkill(
@@ -259,7 +233,9 @@ def test_fleet_survives_a_primary_sigkill(
         ) as producer:
             for start in range(0, len(items), 200):
                 try:
-                    failed_enqueues += _enqueue_retrying(producer, items[start : start + 200])
+                    failed_enqueues += enqueue_retrying(
+                        producer, items[start : start + 200], max_failures=200, what="Redis"
+                    )
                 except workshaper.RedisLostWrites:
                     # The promoted replica lacks writes the old primary acknowledged: this
                     # producer stops; the replay below re-enqueues from the start.

@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ from workshaper_tools.bench.common import (
     worker_command,
 )
 from workshaper_tools.bench.compare import REPO, TOOLS_ROOT, export
+from workshaper_tools.testing import stop_processes
 
 NAMESPACE = "idle"
 #: Seconds after every worker registered before the window starts (first scans, elections).
@@ -105,15 +105,7 @@ def idle_workers(
                 )
         yield procs
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(10)
+        stop_processes(procs)
 
 
 def _wait_registered(
