@@ -7,7 +7,7 @@ import pytest
 
 from workshaper import codec, scripts
 from workshaper.admin import Admin
-from workshaper.batch import Batch
+from workshaper.batch import Batch, Reply
 from workshaper.connection import Backend
 from workshaper.errors import ScriptError
 from workshaper.scripts import Completion
@@ -51,6 +51,26 @@ def test_a_completion_of_thousands_of_late_offsets_frees_the_watermark(part: Par
     assert part.offer().watermark == count - 1
 
 
+def dead_letter_corrupt(
+    batch: Batch, part: Partition, token: int, head_prefix: bytes
+) -> Reply[tuple[int, int]]:
+    """Queue the worker's call for a corrupt head of sub key "a": dead-letter it at once."""
+    return scripts.fail_item(
+        batch,
+        part.keys,
+        sub=b"sa",
+        token=token,
+        head_prefix=head_prefix,
+        offset=None,
+        attempt=1,
+        max_attempts=3,
+        exhausted_mode="d",
+        force=True,
+        error_json='{"type":"CorruptItem"}',
+        lease_ms=60_000,
+    )
+
+
 def test_a_corrupt_entry_just_after_a_batch_boundary_is_handed_out(part: Partition) -> None:
     # Item 4: the next head's offset (nil for a corrupt entry) went to ZADD after the LTRIM.
     part.enqueue(("a", 1), ("a", 2), ("a", 3))
@@ -62,22 +82,7 @@ def test_a_corrupt_entry_just_after_a_batch_boundary_is_handed_out(part: Partiti
     assert part.offer().watermark == -1
     head = part.backend.client.lindex(part.keys.queue(b"sa"), 0)
     assert head == b"garbage"
-    code, _ = part.run(
-        lambda b: scripts.fail_item(
-            b,
-            part.keys,
-            sub=b"sa",
-            token=lease.token,
-            head_prefix=codec.head_prefix(head),
-            offset=None,
-            attempt=1,
-            max_attempts=3,
-            exhausted_mode="d",
-            force=True,
-            error_json='{"type":"CorruptItem"}',
-            lease_ms=60_000,
-        )
-    )
+    code, _ = part.run(lambda b: dead_letter_corrupt(b, part, lease.token, codec.head_prefix(head)))
     assert code == 2
     assert part.queue("a") == [3]
     assert part.offer().watermark == 2
@@ -93,21 +98,7 @@ def test_dead_letters_of_corrupt_entries_are_all_kept(part: Partition) -> None:
     _, [lease] = part.claim(batch=count)
     batch = Batch(part.backend)
     replies = [
-        scripts.fail_item(
-            batch,
-            part.keys,
-            sub=b"sa",
-            token=lease.token,
-            head_prefix=b"garbage %d" % i,
-            offset=None,
-            attempt=1,
-            max_attempts=3,
-            exhausted_mode="d",
-            force=True,
-            error_json='{"type":"CorruptItem"}',
-            lease_ms=60_000,
-        )
-        for i in range(count)
+        dead_letter_corrupt(batch, part, lease.token, b"garbage %d" % i) for i in range(count)
     ]
     batch.execute()  # one round trip: most of them in the same millisecond
     assert [r.get()[0] for r in replies] == [2] * count
