@@ -21,10 +21,11 @@ import pytest
 
 import workshaper
 from workshaper.keys import NamespaceKeys
-from workshaper_tools.testing import RedisServer, stop_processes
+from workshaper_tools.testing import RedisServer
 
 from .conftest import wait_for
 from .ops_handlers import runs
+from .ops_procs import OpsProcesses
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,40 +50,32 @@ def ws_json(*args: str) -> Any:
 
 
 class Workers:
+    """``workshaper-worker`` processes running ``tests.ops_handlers:work``."""
+
     def __init__(self, url: str, namespace: str, directory: Path) -> None:
-        self.url, self.namespace, self.directory = url, namespace, directory
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.url, self.namespace = url, namespace
+        self.processes = OpsProcesses(directory)
 
     def start(self, *extra: str) -> subprocess.Popen[bytes]:
-        log = open(self.directory / f"worker-{len(self.procs)}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            [
-                str(BIN / "workshaper-worker"),
-                "tests.ops_handlers:work",
-                "--redis",
-                self.url,
-                "--namespace",
-                self.namespace,
-                "--concurrency",
-                "4",
-                "--max-attempts",
-                "1",
-                "--lease",
-                "5",
-                *extra,
-            ],
-            env={**os.environ, "WS_OPS_DIR": str(self.directory)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
+        return self.processes.start(
+            f"worker-{len(self.processes.procs)}",
+            str(BIN / "workshaper-worker"),
+            "tests.ops_handlers:work",
+            "--redis",
+            self.url,
+            "--namespace",
+            self.namespace,
+            "--concurrency",
+            "4",
+            "--max-attempts",
+            "1",
+            "--lease",
+            "5",
+            *extra,
         )
-        log.close()
-        self.procs.append(proc)
-        return proc
 
     def stop(self) -> None:
-        (self.directory / "release").touch()
-        stop_processes(self.procs)
+        self.processes.stop()
 
 
 @pytest.fixture

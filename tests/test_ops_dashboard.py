@@ -5,8 +5,6 @@ numbers moving, replays a dead letter, and the item runs again."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -16,13 +14,13 @@ from pathlib import Path
 import pytest
 
 import workshaper
-from workshaper_tools.testing import RedisServer, free_port, stop_processes
+from workshaper_tools.testing import RedisServer, free_port
 
 from .conftest import wait_for
 from .ops_handlers import runs
+from .ops_procs import OpsProcesses
 
 BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 
 pytestmark = pytest.mark.skipif(
@@ -39,37 +37,14 @@ def get(url: str) -> bytes | None:
         return None
 
 
-class Procs:
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, *argv: str) -> subprocess.Popen[bytes]:
-        log = open(self.directory / f"{name}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(
-            argv,
-            env={**os.environ, "WS_OPS_DIR": str(self.directory)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-        log.close()
-        self.procs.append(proc)
-        return proc
-
-    def stop(self) -> None:
-        (self.directory / "release").touch()
-        stop_processes(self.procs)
-
-
 @pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    p = Procs(tmp_path)
+def procs(tmp_path: Path) -> Iterator[OpsProcesses]:
+    p = OpsProcesses(tmp_path)
     yield p
     p.stop()
 
 
-def start_dashboard(procs: Procs, url: str, namespace: str, *extra: str) -> str:
+def start_dashboard(procs: OpsProcesses, url: str, namespace: str, *extra: str) -> str:
     port = free_port()
     procs.start(
         "dashboard",
@@ -91,7 +66,7 @@ def start_dashboard(procs: Procs, url: str, namespace: str, *extra: str) -> str:
 
 
 def test_dashboard_in_chromium_shows_progress_and_replays_a_dead_letter(
-    redis_server: RedisServer, namespace: str, procs: Procs, tmp_path: Path
+    redis_server: RedisServer, namespace: str, procs: OpsProcesses, tmp_path: Path
 ) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -166,7 +141,7 @@ def test_dashboard_in_chromium_shows_progress_and_replays_a_dead_letter(
 
 
 def test_dashboard_is_read_only_by_default(
-    redis_server: RedisServer, namespace: str, procs: Procs
+    redis_server: RedisServer, namespace: str, procs: OpsProcesses
 ) -> None:
     with workshaper.Producer(redis_server.url, namespace) as producer:
         producer.enqueue("a", "m", 0, 0)
@@ -205,7 +180,7 @@ def post(url: str, body: dict[str, object]) -> tuple[int, dict[str, object]]:
 
 
 def test_dashboard_unblocks_a_blocked_sub_key(
-    redis_server: RedisServer, namespace: str, procs: Procs
+    redis_server: RedisServer, namespace: str, procs: OpsProcesses
 ) -> None:
     failing = {"on": True}
     ran: list[int] = []
