@@ -12,7 +12,7 @@ from typing import Any
 from workshaper import codec
 from workshaper.errors import InvalidInput, InvalidType
 from workshaper.keys import NamespaceKeys
-from workshaper.options import check_positive
+from workshaper.options import check_positive, shown
 
 #: Items a worker reads per lease per round trip.
 DEFAULT_BATCH_SIZE = 100
@@ -35,7 +35,7 @@ def check_worker_name(name: object) -> None:
         raise InvalidInput(f"name must have 1 to {MAX_NAME_LENGTH} characters, got {len(name)}")
     codec.check_text("name", name)
     if not name.isprintable() or any(c.isspace() for c in name):
-        raise InvalidInput(f"name {name!r} must be printable, without whitespace")
+        raise InvalidInput(f"name {shown(name)} must be printable, without whitespace")
 
 
 @dataclass(frozen=True)
@@ -96,17 +96,19 @@ def worker_settings(
     if retry_backoff != 0:  # 0 (retry at once) is allowed
         check_positive("retry_backoff", retry_backoff, allow_float=True, maximum=MAX_BACKOFF)
     elif isinstance(retry_backoff, bool) or not isinstance(retry_backoff, int | float):
-        raise InvalidType(f"retry_backoff must be a number, got {retry_backoff!r}")
+        raise InvalidType(f"retry_backoff must be a number, got {shown(retry_backoff)}")
     if not isinstance(on_exhausted, str) or on_exhausted not in EXHAUSTED_MODES:
-        raise InvalidInput(f"on_exhausted must be 'dead_letter' or 'block', got {on_exhausted!r}")
+        raise InvalidInput(
+            f"on_exhausted must be 'dead_letter' or 'block', got {shown(on_exhausted)}"
+        )
     if lease < MIN_LEASE_SECONDS:
         raise InvalidInput(f"lease must be >= {MIN_LEASE_SECONDS} seconds, got {lease}")
     if prefetch is None:
         prefetch = 2 * concurrency
     elif isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
-        raise InvalidInput(f"prefetch must be an int >= 0, got {prefetch!r}")
+        raise InvalidInput(f"prefetch must be an int >= 0, got {shown(prefetch)}")
     elif prefetch > MAX_PREFETCH:
-        raise InvalidInput(f"prefetch must be at most {MAX_PREFETCH}, got {prefetch!r}")
+        raise InvalidInput(f"prefetch must be at most {MAX_PREFETCH}, got {shown(prefetch)}")
     if name is not None:
         check_worker_name(name)
     return WorkerSettings(
