@@ -5,8 +5,6 @@ and its replica promoted."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import random
 import subprocess
 import sys
@@ -21,15 +19,13 @@ import redis
 from redis.cluster import key_slot
 
 import workshaper
-from workshaper import access, lua_scripts, scripts
-from workshaper import batch as batch_module
+from workshaper import lua_scripts, scripts
 from workshaper.access import acl_rules
 from workshaper.admin import Admin
 from workshaper.batch import run_one
 from workshaper.connection import connect
 from workshaper.errors import BackendUnavailable
 from workshaper.keys import CLUSTER_WAKE_SHARDS, NamespaceKeys, namespace_keys
-from workshaper.lua_scripts import LuaScript
 from workshaper.ops.inspection import Inspector
 from workshaper_tools.testing import RedisServer
 from workshaper_tools.testing.checker import Ack, PlannedItem, check
@@ -336,34 +332,16 @@ def test_cluster_bench_smoke() -> None:
     assert "1 master(s)" in report(result)
 
 
-#: Scripts that only read (run with EVALSHA_RO): a shebang script needs the no-writes flag for it.
-_READ_ONLY_SCRIPTS = {"inspect_partition", "stuck_sub_keys"}
-
-
-def test_every_script_keeps_to_the_slot_of_its_keys(
-    monkeypatch: pytest.MonkeyPatch, namespace: str
-) -> None:
-    """Every script run with a ``#!lua`` shebang, on a 1-master cluster: Redis 7 then refuses
-    any key a script touches outside the slot of its declared keys, even a key of the same
-    node (a script without a shebang may touch those, and on a 1-master cluster every slot is
-    on the same node, so only the shebang catches it). The producer, a worker with retries and a
-    dead letter, the ack loop, the operator views and a replay all run through it.
-
-    The shipped scripts carry no shebang: without ``allow-oom`` Redis would refuse every one of
-    them at maxmemory (the completions and acks that free memory too), and the embedded backend
-    runs the same sources; see docs/scaling.md."""
+def test_every_script_keeps_to_the_slot_of_its_keys(namespace: str) -> None:
+    """Every shipped script carries a ``#!lua`` shebang, and runs on a 1-master cluster: Redis 7
+    then refuses any key a script touches outside the slot of its declared keys, even a key of
+    the same node (a script without a shebang may touch those, and on a 1-master cluster every
+    slot is on the same node, so only the shebang catches it). The producer, a worker with
+    retries and a dead letter, the ack loop, the operator views and a replay all run through
+    it. Each script's flags (allow-oom, no-writes) are in its header and docs/scaling.md."""
     _need_cluster_tools()
-    original = lua_scripts.load_script
-
-    @functools.cache
-    def strict(name: str) -> LuaScript:
-        plain = original(name)
-        head = "#!lua flags=no-writes\n" if name in _READ_ONLY_SCRIPTS else "#!lua\n"
-        source = head + plain.source
-        return LuaScript(name, source, hashlib.sha1(source.encode()).hexdigest())
-
-    for module in (lua_scripts, batch_module, access):
-        monkeypatch.setattr(module, "load_script", strict)
+    for name in lua_scripts.SCRIPT_NAMES:
+        assert lua_scripts.load_script(name).source.startswith("#!lua"), name
     failing = {(3, 7)}  # always fails: dead-lettered after 2 attempts, then replayed
     replayed = threading.Event()
 

@@ -123,6 +123,19 @@ OPERATIONS: dict[str, Op] = {
         c.eval("return redis.pcall('LPUSH', KEYS[1], 'x')['err'] ~= nil", 1, k),
         _error(lambda: c.eval("return redis.call('LPUSH', KEYS[1], 'x')", 1, k)),
     ),
+    # The shipped scripts carry a #!lua shebang (docs/scaling.md): parsed and checked as by
+    # Redis 7, and a no-writes script (or any script run with EVAL_RO) may not write.
+    "shebang": lambda c, k: (
+        c.eval("#!lua\nreturn redis.call('SET', KEYS[1], 'v')", 1, k),
+        c.eval("#!lua flags=allow-oom\nreturn redis.call('GET', KEYS[1])", 1, k),
+        c.eval("#!lua flags=no-writes,allow-oom\nreturn redis.call('GET', KEYS[1])", 1, k),
+        c.eval_ro("#!lua flags=no-writes\nreturn redis.call('GET', KEYS[1])", 1, k),
+        _error(lambda: c.eval("#!lua flags=no-writes\nreturn redis.call('DEL', KEYS[1])", 1, k)),
+        _error(lambda: c.eval_ro("return redis.call('DEL', KEYS[1])", 1, k)),
+        _error(lambda: c.eval_ro("#!lua\nreturn 1", 0)),
+        _error(lambda: c.eval("#!lua flags=no-such-flag\nreturn 1", 0)),
+        c.get(k),
+    ),
     "cjson": lambda c, k: c.eval(
         "return cjson.encode({type = 'T', message = 'a/b \"q\" \\n', n = 3, f = 1.5, "
         "big = 2^53, list = {1, 'x'}})",
@@ -200,3 +213,23 @@ def test_unknown_commands_are_refused_like_redis() -> None:
         client.execute_command("NOSUCHCOMMAND", "x")
     with pytest.raises(redis.ResponseError, match="Unknown Redis command called from script"):
         client.eval("return redis.call('NOSUCHCOMMAND')", 0)
+
+
+def test_the_fakeredis_fallback_runs_the_scripts_without_their_shebang(namespace: str) -> None:
+    """fakeredis does not parse a ``#!lua`` shebang: its backend gets the scripts without it."""
+    import workshaper
+    from workshaper.connection import fakeredis_backend
+    from workshaper.ops.inspection import Inspector
+
+    backend = fakeredis_backend()
+    done: list[int] = []
+    with workshaper.Producer(backend, namespace) as producer:
+        producer.enqueue_many([("a", "m", 0, o) for o in range(5)])
+        worker = workshaper.Worker(backend, namespace, work=lambda m, p, o: done.append(o))
+        worker.start()
+        try:
+            assert producer.flush(timeout=60)
+        finally:
+            worker.stop()
+    assert done == [0, 1, 2, 3, 4]
+    assert len(Inspector(backend, namespace).snapshot().partitions) == 1

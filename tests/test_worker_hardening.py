@@ -9,12 +9,14 @@ import threading
 import time
 
 import pytest
+import redis
 
 import workshaper
 from workshaper import codec
 from workshaper.admin import Admin
-from workshaper.connection import Backend
+from workshaper.connection import Backend, connect
 from workshaper.keys import NamespaceKeys
+from workshaper.lua_scripts import SCRIPT_NAMES, load_script, register_scripts
 from workshaper_tools.testing import RedisServer
 
 from .conftest import wait_for
@@ -216,3 +218,37 @@ def test_a_worker_backs_off_while_redis_is_at_maxmemory_and_resumes(
         assert "crashed" not in caplog.text
     finally:
         server.stop()
+
+
+#: The scripts that grow memory: their plain ``#!lua`` shebang makes Redis refuse them at
+#: maxmemory before they run. Every other script is ``allow-oom`` or ``no-writes`` and runs.
+_REFUSED_AT_MAXMEMORY = {
+    "enqueue_items",
+    "fail_item",
+    "mark_isolated",
+    "unblock_sub_key",
+    "replay_dead_letter",
+}
+
+
+def test_at_maxmemory_redis_refuses_only_the_scripts_that_grow_memory() -> None:
+    """The shebang flags as the server enforces them: each script runs with no keys at
+    maxmemory. A refused one answers -OOM before it runs; an allowed one runs (and stops at
+    its missing arguments, or answers)."""
+    with RedisServer(extra=["--maxmemory-policy", "noeviction"]) as server:
+        backend = connect(server.url)
+        try:
+            register_scripts(backend)
+            client = backend.client
+            client.config_set("maxmemory", 1)
+            refused = set()
+            for name in SCRIPT_NAMES:
+                try:
+                    client.evalsha(load_script(name).sha, 0)
+                except redis.exceptions.OutOfMemoryError:
+                    refused.add(name)
+                except redis.ResponseError as exc:
+                    assert "OOM" not in str(exc), (name, exc)
+        finally:
+            backend.close()
+    assert refused == _REFUSED_AT_MAXMEMORY

@@ -129,11 +129,12 @@ class Batch:
         read_only: bool = False,
     ) -> Reply[T]:
         """``read_only``: EVALSHA_RO, which a read-only ACL user (``%R~`` keys) may run; the
-        script must not write. (The embedded backend has no EVALSHA_RO, nor ACLs.)"""
+        script must not write. (Embedded backends get EVALSHA: fakeredis has none; no ACLs.)"""
         command = "EVALSHA_RO" if read_only and not self._backend.embedded else "EVALSHA"
         if name in FINISHING_SCRIPTS and self._backend.server is not None:
             self._finishing.append(keys[0])
-        return self.command(command, load_script(name).sha, len(keys), *keys, *args, parse=parse)
+        sha = load_script(name).for_backend(self._backend)[1]
+        return self.command(command, sha, len(keys), *keys, *args, parse=parse)
 
     def execute(self) -> None:
         """Send everything; every Reply gets its raw answer (or its own error).

@@ -212,6 +212,9 @@ class Backend:
     #: The in-process server of an embedded backend (its batches skip redis-py entirely).
     server: EmbeddedServer | None = None
     cluster: bool = False
+    #: False for fakeredis, whose EVAL does not parse a ``#!lua`` shebang: it gets the scripts
+    #: without it (lua_scripts.LuaScript.plain).
+    shebangs: bool = True
     _closed: bool = field(default=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _also_close: list[Callable[[], None]] = field(default_factory=list, repr=False)
@@ -321,7 +324,7 @@ def fakeredis_backend(server: Any = None) -> Backend:
     import fakeredis  # noqa: PLC0415 - lazily: production servers never load it
 
     client = fakeredis.FakeRedis(server=server or fakeredis.FakeServer())
-    return Backend(client=client, where="embedded", embedded=True)
+    return Backend(client=client, where="embedded", embedded=True, shebangs=False)
 
 
 _shared_server: EmbeddedServer | None = None
@@ -356,6 +359,7 @@ def connect(target: object, *, check: bool = True) -> Backend:
         client = _bytes_client_like(target)
         backend = Backend(client=client, where=_client_where(client))
         backend.embedded = type(target).__module__.startswith("fakeredis")
+        backend.shebangs = not backend.embedded
     else:
         raise InvalidType(
             "redis must be a URL, a redis.Redis or redis.RedisCluster client or None, got "

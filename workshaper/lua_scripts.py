@@ -2,6 +2,11 @@
 
 Each ``.lua`` file in ``workshaper/lua`` is one atomic operation; its header documents KEYS,
 ARGV and the reply. Lines ``--@include name.lua`` inline a helper from ``lua/includes``.
+
+Each file starts with a ``#!lua`` shebang whose flags (``allow-oom``, ``no-writes``) Redis 7
+enforces; the header says why each script has its flags (docs/scaling.md has the list).
+fakeredis does not parse a shebang: a backend with ``shebangs`` false gets the scripts without
+that first line (``plain``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,13 @@ class LuaScript:
     name: str
     source: str
     sha: str
+    #: The source without its shebang line (for fakeredis), and its SHA1.
+    plain: str
+    plain_sha: str
+
+    def for_backend(self, backend: Backend) -> tuple[str, str]:
+        """The source and SHA1 to send to ``backend``."""
+        return (self.source, self.sha) if backend.shebangs else (self.plain, self.plain_sha)
 
 
 def _read(path: str) -> str:
@@ -32,7 +44,12 @@ def _read(path: str) -> str:
 def load_script(name: str) -> LuaScript:
     """The script ``name``.lua with its includes inlined."""
     source = _INCLUDE.sub(lambda m: _read(f"includes/{m.group(1)}"), _read(f"{name}.lua"))
-    return LuaScript(name, source, hashlib.sha1(source.encode()).hexdigest())
+    plain = source.partition("\n")[2] if source.startswith("#!") else source
+    return LuaScript(name, source, _sha1(source), plain, _sha1(plain))
+
+
+def _sha1(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 SCRIPT_NAMES = (
@@ -60,9 +77,9 @@ def register_scripts(backend: Backend) -> None:
     every primary (redis-py's cluster client sends SCRIPT LOAD to all of them)."""
     if backend.cluster:
         for name in SCRIPT_NAMES:
-            backend.client.script_load(load_script(name).source)
+            backend.client.script_load(load_script(name).for_backend(backend)[0])
         return
     pipe = backend.client.pipeline(transaction=False)
     for name in SCRIPT_NAMES:
-        pipe.script_load(load_script(name).source)
+        pipe.script_load(load_script(name).for_backend(backend)[0])
     pipe.execute()

@@ -104,11 +104,11 @@ class EmbeddedServer:
         if name in (b"EVALSHA", b"EVALSHA_RO"):
             if not args:
                 raise wrong_args("evalsha")
-            return self.scripts.evalsha(args[0], args[1:])
+            return self.scripts.evalsha(args[0], args[1:], ro=name == b"EVALSHA_RO")
         if name in (b"EVAL", b"EVAL_RO"):
             if not args:
                 raise wrong_args("eval")
-            return self.scripts.eval(args[0], args[1:])
+            return self.scripts.eval(args[0], args[1:], ro=name == b"EVAL_RO")
         if name == b"SCRIPT":
             return self._script(args)
         if name == b"BZPOPMIN":  # inside a pipeline: never blocks (as inside MULTI)

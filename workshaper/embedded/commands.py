@@ -94,11 +94,22 @@ COMMANDS: dict[bytes, Command] = {
 #: Commands a script may not call (they block or have no meaning inside a script).
 NOT_IN_SCRIPTS = frozenset({b"BZPOPMIN", b"EVAL", b"EVALSHA", b"SCRIPT"})
 
+#: Commands that write: a ``flags=no-writes`` script (or one run by EVALSHA_RO) may not call them.
+WRITE_COMMANDS = frozenset(
+    {
+        b"DEL", b"UNLINK", b"EXPIRE", b"PEXPIRE", b"FLUSHALL", b"FLUSHDB", b"SET", b"INCR",
+        b"INCRBY", b"HSET", b"HSETNX", b"HDEL", b"HINCRBY", b"RPUSH", b"LPUSH", b"LTRIM",
+        b"LPOP", b"LINSERT", b"LSET", b"LREM", b"SADD", b"SREM", b"ZADD", b"ZREM",
+        b"ZREMRANGEBYSCORE", b"ZPOPMIN",
+    }
+)  # fmt: skip
+
 
 __all__ = [
     "COMMANDS",
     "NOT_IN_SCRIPTS",
     "OK",
+    "WRITE_COMMANDS",
     "CommandError",
     "Pairs",
     "Status",

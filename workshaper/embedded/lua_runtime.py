@@ -10,6 +10,8 @@ SHA1 (EVALSHA then only calls it). ``redis.call`` / ``redis.pcall`` run the comm
   {ok=...} -> status, {err=...} -> error, false -> nil, true -> 1.
 
 The caller holds the store's lock for the whole script, so a script is atomic, as in Redis.
+A ``#!lua`` shebang is parsed and checked as Redis 7 does; ``flags=no-writes`` (and EVAL_RO)
+refuse writes. The other flags concern maxmemory, slots and replicas, which this has not.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from typing import Any
 
 import lupa
 
-from workshaper.embedded.commands import COMMANDS, NOT_IN_SCRIPTS, Pairs, Status, format_double
+from workshaper.embedded.commands import (
+    COMMANDS,
+    NOT_IN_SCRIPTS,
+    WRITE_COMMANDS,
+    Pairs,
+    Status,
+    format_double,
+)
 from workshaper.embedded.store import CommandError, Store
 
 with lupa.allow_lua_module_loading():
@@ -102,6 +111,37 @@ def _json_string(raw: bytes) -> str:
     return "".join(out)
 
 
+#: The flags a ``#!lua`` shebang may carry (Redis 7).
+_SHEBANG_FLAGS = frozenset(
+    {b"no-writes", b"allow-oom", b"allow-stale", b"no-cluster", b"allow-cross-slot-keys"}
+)
+
+
+def _shebang(source: bytes) -> tuple[bytes, bool]:
+    """A script's body and whether its shebang says ``no-writes``, checked as Redis checks
+    it. The shebang line is dropped, as Redis does: the body's line 1 is the next line. The
+    other flags have nothing to act on here (one process: no maxmemory, no slots, no replica)."""
+    if not source.startswith(b"#!"):
+        return source, False
+    line, _, body = source.partition(b"\n")
+    engine, *options = line[2:].split()
+    if engine != b"lua":
+        raise CommandError(
+            f"ERR Unexpected engine in script shebang: {engine.decode(errors='replace')}"
+        )
+    flags: list[bytes] = []
+    for option in options:
+        if not option.startswith(b"flags="):
+            raise CommandError(f"ERR Unknown lua shebang option: {option.decode(errors='replace')}")
+        flags.extend(f for f in option.removeprefix(b"flags=").split(b",") if f)
+    for flag in flags:
+        if flag not in _SHEBANG_FLAGS:
+            raise CommandError(
+                f"ERR Unexpected flag in script shebang: {flag.decode(errors='replace')}"
+            )
+    return body, b"no-writes" in flags
+
+
 class LuaScripts:
     """The Lua runtime of one embedded server and its script cache."""
 
@@ -120,6 +160,11 @@ class LuaScripts:
         self._null_id = str(self._null)
         self._lua.globals().cjson.null = self._null
         self._scripts: dict[bytes, Any] = {}
+        #: Scripts whose shebang says ``flags=no-writes``, and scripts with a shebang at all.
+        self._read_only_scripts: set[bytes] = set()
+        self._shebang_scripts: set[bytes] = set()
+        #: True while a script that may not write runs: its writes raise as on Redis.
+        self._writes_denied = False
 
     # --- the script cache ---------------------------------------------------------------------
 
@@ -127,10 +172,15 @@ class LuaScripts:
         """SCRIPT LOAD: compile once, keep by SHA1; the SHA1 (hex) is the reply."""
         sha = hashlib.sha1(source).hexdigest().encode()
         if sha not in self._scripts:
-            function = self._compile(source)  # the function, or the compiler's message
+            body, read_only = _shebang(source)
+            function = self._compile(body)  # the function, or the compiler's message
             if self._lua_type(function) != "function":
                 raise CommandError(f"ERR Error compiling script (new function): {_text(function)}")
             self._scripts[sha] = function
+            if read_only:
+                self._read_only_scripts.add(sha)
+            if source.startswith(b"#!"):
+                self._shebang_scripts.add(sha)
         return sha
 
     def exists(self, shas: Sequence[bytes]) -> list[int]:
@@ -138,18 +188,33 @@ class LuaScripts:
 
     def flush(self) -> None:
         self._scripts.clear()
+        self._read_only_scripts.clear()
+        self._shebang_scripts.clear()
 
-    def evalsha(self, sha: bytes, args: Sequence[bytes]) -> Any:
-        function = self._scripts.get(sha.lower())
+    def evalsha(self, sha: bytes, args: Sequence[bytes], *, ro: bool = False) -> Any:
+        """EVALSHA, or EVALSHA_RO with ``ro``."""
+        sha = sha.lower()
+        function = self._scripts.get(sha)
         if function is None:
             raise CommandError("NOSCRIPT No matching script. Please use EVAL.")
-        return self._invoke(sha, function, args)
+        return self._invoke(sha, function, args, ro)
 
-    def eval(self, source: bytes, args: Sequence[bytes]) -> Any:
+    def eval(self, source: bytes, args: Sequence[bytes], *, ro: bool = False) -> Any:
+        """EVAL, or EVAL_RO with ``ro``."""
         sha = self.load(source)
-        return self._invoke(sha, self._scripts[sha], args)
+        return self._invoke(sha, self._scripts[sha], args, ro)
 
-    def _invoke(self, sha: bytes, function: Any, args: Sequence[bytes]) -> Any:
+    def _invoke(self, sha: bytes, function: Any, args: Sequence[bytes], ro: bool) -> Any:
+        read_only = sha in self._read_only_scripts
+        if ro and not read_only and sha in self._shebang_scripts:
+            raise CommandError("ERR Can not run script with write flag using *_ro command.")
+        self._writes_denied = ro or read_only
+        try:
+            return self._run_script(sha, function, args)
+        finally:
+            self._writes_denied = False
+
+    def _run_script(self, sha: bytes, function: Any, args: Sequence[bytes]) -> Any:
         if not args:
             raise CommandError("ERR wrong number of arguments for 'evalsha' command")
         try:
@@ -180,11 +245,13 @@ class LuaScripts:
         command = COMMANDS.get(name)
         if command is None or name in NOT_IN_SCRIPTS:
             raise CommandError("ERR Unknown Redis command called from script")
+        if self._writes_denied and name in WRITE_COMMANDS:
+            raise CommandError("ERR Write commands are not allowed from read-only scripts.")
         return command(self._store, [_lua_arg(a) for a in args[1:]])
 
     def _call(self, *args: Any) -> Any:
         # Fast path: our scripts name commands in capitals and pass strings.
-        command = COMMANDS.get(args[0]) if args else None
+        command = COMMANDS.get(args[0]) if args and not self._writes_denied else None
         if command is None:
             return self._to_lua(self._command(args))
         return self._to_lua(

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Lease up to `max_leases` runnable sub keys of one partition to a worker.
 --
 -- KEYS[1..12]  the partition's fixed keys
@@ -25,6 +26,12 @@
 --
 -- Malformed arguments raise an error reply before anything is written.
 -- Idempotent per request id: a retried call returns the first call's answer.
+--
+-- Shebang flags: allow-oom: claiming is how workers drain a full Redis (each claim grows it only by a
+-- lease and a claim record, bounded by the sub keys leased), so it runs at maxmemory. The
+-- queue lists it reads are not in KEYS (see ARGV[8]); they share the slot of KEYS, which is
+-- what Redis checks without allow-cross-slot-keys.
+-- (docs/scaling.md, "Scripts stay in their slot").
 --@include partition.lua
 
 local worker, request_id = ARGV[1], ARGV[2]

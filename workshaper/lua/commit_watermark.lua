@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Move the acked watermark of a partition after the user's ack returned.
 --
 -- KEYS[1..12]  the partition's fixed keys
@@ -5,6 +6,9 @@
 --
 -- Returns the number of accepted-but-not-acked items left in the partition.
 -- Idempotent: the watermark only moves up.
+--
+-- Shebang flags: allow-oom: the ack frees memory; it must go through at maxmemory.
+-- Every key it touches is in KEYS or in the slot of KEYS: Redis checks that (scaling.md).
 --@include partition.lua
 
 local watermark = ARGV[1]

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Record finished items of one or more leases of a partition, then keep, continue or release.
 --
 -- KEYS[1..12]  the partition's fixed keys
@@ -24,6 +25,9 @@
 --
 -- Malformed arguments raise an error reply before anything is written.
 -- Idempotent: an offset is recorded only while its entry is still at the head of the queue.
+--
+-- Shebang flags: allow-oom: recording finished items frees memory; it must go through at maxmemory.
+-- Every key it touches is in KEYS or in the slot of KEYS: Redis checks that (scaling.md).
 --@include partition.lua
 
 local lease_ms, batch, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])

@@ -1,3 +1,4 @@
+#!lua
 -- Enqueue a batch of items into one partition, in order, with dedupe and backpressure.
 --
 -- KEYS[1..12]  the partition's fixed keys (includes/partition.lua)
@@ -35,6 +36,10 @@
 -- kept in meta field `request` ("<id>|n<count>" or "<id>|<one status digit per item>") until
 -- the partition's next enqueue (one producer per partition: nothing else overwrites it between
 -- a call and its re-send). Under another id, the same items are duplicates.
+--
+-- Shebang flags: none: it grows memory (queue entries), so at maxmemory Redis refuses it before it runs
+-- (-OOM, nothing written; the producer raises RedisOutOfMemory). All its keys are in KEYS.
+-- Every key it touches is in KEYS or in the slot of KEYS: Redis checks that (scaling.md).
 --@include partition.lua
 
 local request = ARGV[1]

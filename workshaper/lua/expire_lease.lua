@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Take back an expired lease: charge the interrupted head item and requeue the sub key.
 --
 -- KEYS[1..12]  the partition's fixed keys
@@ -16,6 +17,10 @@
 -- Returns {code, attempts}: 0 not expired (renewed meanwhile) or not leased, 1 requeued,
 -- 2 head dead-lettered (rest requeued), 3 head blocked (sub key waits for an operator).
 -- Idempotent: a second run finds no lease.
+--
+-- Shebang flags: allow-oom: taking back a crashed worker's lease lets its items run (and free memory);
+-- it writes at most an attempts record and a dead letter.
+-- Every key it touches is in KEYS or in the slot of KEYS: Redis checks that (scaling.md).
 --@include partition.lua
 
 local sub, reaper = ARGV[1], ARGV[2]

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Extend the leases a worker holds in one partition.
 --
 -- KEYS[1..12]  the partition's fixed keys
@@ -6,6 +7,10 @@
 --
 -- Returns the 1-based indexes of the pairs whose lease is lost (token no longer owns it).
 -- Idempotent.
+--
+-- Shebang flags: allow-oom: a renewal only rewrites existing deadlines; refusing it at maxmemory would let
+-- live leases expire and charge their items an attempt.
+-- Every key it touches is in KEYS or in the slot of KEYS: Redis checks that (scaling.md).
 --@include partition.lua
 
 local lease_ms = tonumber(ARGV[1])

@@ -1,3 +1,4 @@
+#!lua
 -- Record a failed attempt of the head item of a leased sub key; retry, dead-letter or block.
 --
 -- KEYS[1..12]  the partition's fixed keys
@@ -20,6 +21,11 @@
 --
 -- Malformed arguments raise an error reply before anything is written.
 -- Idempotent: the attempts record only grows to the attempt number given.
+--
+-- Shebang flags: none: a failure record (attempts, a dead letter with its error) grows memory, so at
+-- maxmemory Redis refuses it before it runs; the worker keeps it and sends it again after a
+-- backoff (README, "Redis at maxmemory").
+-- Every key it touches is in KEYS or in the slot of KEYS: Redis checks that (scaling.md).
 --@include partition.lua
 
 local sub, token, prefix, offset = ARGV[1], ARGV[2], ARGV[3], ARGV[4]

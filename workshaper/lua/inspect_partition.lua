@@ -1,3 +1,4 @@
+#!lua flags=no-writes
 -- Read one partition's state for operators (status, exporter, dashboard). Read-only.
 --
 -- KEYS[1..12]  the partition's fixed keys
@@ -10,6 +11,10 @@
 --     clock sample at or above it), so its age is now_ms minus this
 --
 -- One call per partition, all in one pipeline: a scrape costs a few commands, never a scan.
+--
+-- Shebang flags: no-writes: it only reads, so the admin runs it with EVALSHA_RO (on a read-only ACL), and
+-- at maxmemory too.
+-- Every key it touches is in KEYS or in the slot of KEYS: Redis checks that (scaling.md).
 --@include partition.lua
 
 local now = now_ms()

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Compute the next watermark of a partition and mark it as being acked.
 --
 -- KEYS[1..12]  the partition's fixed keys
@@ -8,6 +9,9 @@
 -- it as being acked, so the ack can never pass an offset accepted after this call.
 --
 -- Returns {acked, watermark, in_queue, offsets...}: watermark == acked means no advance.
+--
+-- Shebang flags: allow-oom: the ack frees memory; offering it must go through at maxmemory.
+-- Every key it touches is in KEYS or in the slot of KEYS: Redis checks that (scaling.md).
 --@include partition.lua
 
 local acked = redis.call('HGET', K_META, 'acked') or '-1'

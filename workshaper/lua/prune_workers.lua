@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Remove registry entries whose heartbeat is older than a bound: workers that crashed or were
 -- killed never unregister themselves.
 --
@@ -7,6 +8,9 @@
 -- An entry that is not a JSON object with a numeric "seen" is pruned too: nothing of ours
 -- wrote it, or it was truncated. A live worker pruned while paused re-registers with its next
 -- heartbeat. Returns the number of entries removed. Idempotent.
+--
+-- Shebang flags: allow-oom: it only deletes registry entries.
+-- Every key it touches is in KEYS or in the slot of KEYS: Redis checks that (scaling.md).
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Elect the namespace's one reaper: take the reaper lock when it is free, renew it while this
 -- worker holds the same term, or give it up.
 --
@@ -15,6 +16,10 @@
 -- reaper writes needs the term: every expiry re-checks its lease deadline in server time, so
 -- a stale reaper running one scan too many only costs commands.
 -- Idempotent: a re-sent call renews or re-reads the same lock.
+--
+-- Shebang flags: allow-oom: electing the reaper (two small keys) must work at maxmemory, or crashed
+-- workers' leases would never be taken back.
+-- Every key it touches is in KEYS or in the slot of KEYS: Redis checks that (scaling.md).
 
 local lock, terms = KEYS[1], KEYS[2]
 local id, my_term, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])

@@ -1,3 +1,4 @@
+#!lua
 -- Run a dead letter again: its queue entry goes back to the tail of its sub key's queue, so it
 -- runs under the sub key's order (after the items queued now), and its record is removed.
 --
@@ -12,6 +13,10 @@
 -- An offset above the watermark being acked is tracked in `late`, so the watermark waits for
 -- the new run; one at or below it was acked already and only runs again.
 -- Idempotent: a second call finds no record.
+--
+-- Shebang flags: none: it puts an entry back on a queue (grows memory), so at maxmemory Redis refuses it
+-- before it runs, like an enqueue.
+-- Every key it touches is in KEYS or in the slot of KEYS: Redis checks that (scaling.md).
 --@include partition.lua
 
 local field, sub = ARGV[1], ARGV[2]

@@ -1,3 +1,4 @@
+#!lua flags=no-writes
 -- The oldest head items of a partition (its possibly stuck sub keys), for operators. Read-only.
 --
 -- KEYS[1..12]  the partition's fixed keys
@@ -11,6 +12,10 @@
 -- It never scans all sub keys: `heads` is ordered by head offset, and offsets grow with time,
 -- so its first members are the oldest heads; the walk stops at the first head that is too
 -- young. Blocked sub keys (waiting for an operator) are added from `blocked`.
+--
+-- Shebang flags: no-writes: it only reads, so the admin runs it with EVALSHA_RO (on a read-only ACL), and
+-- at maxmemory too.
+-- Every key it touches is in KEYS or in the slot of KEYS: Redis checks that (scaling.md).
 --@include partition.lua
 
 local limit, older_than = tonumber(ARGV[1]), tonumber(ARGV[2])

@@ -1,3 +1,4 @@
+#!lua
 -- Operator action on a sub key held by on_exhausted="block".
 --
 -- KEYS[1..12]  the partition's fixed keys
@@ -11,6 +12,10 @@
 -- Returns 1 when the sub key was blocked and is now runnable again (also to a re-sent call of
 -- the same request), 0 when it was not blocked.
 -- Malformed arguments raise an error reply before anything is written.
+--
+-- Shebang flags: none: an operator action that writes a request record and perhaps a dead letter; at
+-- maxmemory Redis refuses it before it runs (the operator retries).
+-- Every key it touches is in KEYS or in the slot of KEYS: Redis checks that (scaling.md).
 --@include partition.lua
 
 local sub, action, note = ARGV[1], ARGV[2], ARGV[3]
