@@ -146,9 +146,7 @@ entry_damages = st.builds(
     kind=st.sampled_from(
         ["garbage", "truncate", "tag", "bad_utf8", "bad_json", "no_payload", "append", "prepend"]
     ),
-    # Not empty: an empty entry cannot be dead-lettered yet (see
-    # test_an_empty_queue_entry_is_dead_lettered, expected to fail until that is fixed).
-    data=st.binary(min_size=1, max_size=12),
+    data=st.binary(max_size=12),  # empty too: see test_an_empty_queue_entry_is_dead_lettered
     cut=st.integers(1, 40),
 )
 
@@ -196,13 +194,10 @@ def test_fuzz_corrupt_entries_long(real_backend: Backend) -> None:
     fuzz_corrupt_entries(real_backend, BUDGET * SLOW_FACTOR)
 
 
-@pytest.mark.xfail(
-    reason="fail_item refuses the empty head prefix of an empty entry (issue 8, items 4/10)",
-    strict=False,
-)
 def test_an_empty_queue_entry_is_dead_lettered(real_backend: Backend) -> None:
-    # Found by fuzz_corrupt_entries: the worker's fail_item call is refused ("bad argument
-    # ... head prefix: nil") on every try, so the sub key and the watermark stay stuck.
+    # Found by fuzz_corrupt_entries: the worker's fail_item call was refused ("bad argument
+    # ... head prefix: nil") on every try, so the sub key and the watermark stayed stuck. An
+    # entry without an offset is now recognised by its whole bytes, compared exactly.
     run = Run(real_backend, batch_size=1)
     try:
         real_backend.client.lset(run.queue("a"), 0, b"")
@@ -219,25 +214,9 @@ def test_an_empty_queue_entry_is_dead_lettered(real_backend: Backend) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    [
-        pytest.param(
-            "owners",
-            marks=pytest.mark.xfail(
-                reason="claim_sub_keys.lua fails after its LPOP of ready: the popped sub keys"
-                " are stranded (issue 8, item 2's rule, for wrong key types)",
-                strict=False,
-            ),
-        ),
-        pytest.param(
-            "leases",
-            marks=pytest.mark.xfail(
-                reason="claim_sub_keys.lua fails after its LPOP of ready (as for owners)",
-                strict=False,
-            ),
-        ),
-        "exact",
-        "attempts",
-    ],
+    # owners and leases: claim_sub_keys.lua failed after its LPOP of ready, stranding the
+    # popped sub keys for good; it now checks every key's type before its first write.
+    ["owners", "leases", "exact", "attempts"],
 )
 def test_a_key_of_the_wrong_type_does_not_kill_the_worker(
     real_backend: Backend, caplog: pytest.LogCaptureFixture, name: str

@@ -3,6 +3,8 @@ first write, whatever the size of a call or the state it finds."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from workshaper import codec, scripts
@@ -224,3 +226,123 @@ def test_a_re_sent_unblock_answers_as_the_first_and_rings_the_bell(
     assert part.ready() == ([b"sa"] if action == "retry" else [])
     # A later unblock of a sub key that is not blocked is still refused.
     assert admin.retry_blocked(0, "a") is False
+
+
+# --- a key of the wrong type fails the call before its first write --------------------------
+
+
+def snapshot(part: Partition) -> dict[bytes, object]:
+    """Every key of the namespace with its type and contents (the clock's samples included)."""
+    client = part.backend.client
+    state: dict[bytes, object] = {}
+    for key in client.keys(f"*{part.keys.namespace}*"):
+        kind = client.type(key)
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        if kind == "string":
+            state[key] = (kind, client.get(key))
+        elif kind == "list":
+            state[key] = (kind, client.lrange(key, 0, -1))
+        elif kind == "hash":
+            state[key] = (kind, client.hgetall(key))
+        else:
+            assert kind == "zset", kind
+            state[key] = (kind, client.zrange(key, 0, -1, withscores=True))
+    return state
+
+
+def fail_head(part: Partition, sub: bytes, token: int, head: bytes) -> Callable[[], object]:
+    """fail_item as the worker calls it for `head`: a corrupt one is dead-lettered at once."""
+    try:
+        offset: int | None = codec.parse_entry(head).offset
+    except codec.CorruptEntry:
+        offset = None
+    return lambda: part.run(
+        lambda b: scripts.fail_item(
+            b,
+            part.keys,
+            sub=sub,
+            token=token,
+            head_prefix=codec.head_prefix(head),
+            offset=offset,
+            attempt=1,
+            max_attempts=3,
+            exhausted_mode="d",
+            force=offset is None,
+            error_json='{"type":"Boom"}',
+            lease_ms=60_000,
+        )
+    )
+
+
+def prepared_call(part: Partition, script: str) -> Callable[[], object]:
+    """State in which `script` writes several keys, and the call (to run more than once)."""
+    part.enqueue(("a", 1), ("a", 2), ("b", 3))
+    if script == "enqueue_items":
+        return lambda: part.enqueue(("a", 4), ("c", 5), ("d", 0))  # a new, a late sub key
+    if script == "claim_sub_keys":
+        return lambda: part.claim(n=2, batch=1)
+    _, claimed = part.claim(n=2, batch=1)
+    lease = next(c for c in claimed if c.sub == b"sa")
+    if script == "complete_items":
+        return lambda: part.complete(Completion(b"sa", lease.token, "c", [1]), batch=1)
+    if script == "fail_item":
+        head = part.backend.client.lindex(part.keys.queue(b"sa"), 0)
+        assert head is not None
+        return fail_head(part, b"sa", lease.token, head)
+    assert script == "expire_lease"
+    part.make_expired(b"sa")
+    return lambda: part.expire(b"sa")
+
+
+WRITTEN_KEYS = {
+    "enqueue_items": ["heads", "late", "ready", "owners", "clock", "queue"],
+    "claim_sub_keys": ["ready", "owners", "meta", "leases", "attempts", "exact", "queue"],
+    "complete_items": ["owners", "leases", "ready", "heads", "late", "attempts", "exact", "queue"],
+    "fail_item": ["owners", "attempts", "blocked", "leases", "dead", "heads", "exact", "late",
+                  "queue"],
+    "expire_lease": ["leases", "owners", "exact", "attempts", "blocked", "dead", "heads", "late",
+                     "ready", "queue"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("script", "name"), [(s, n) for s, names in WRITTEN_KEYS.items() for n in names]
+)
+def test_a_key_of_the_wrong_type_fails_a_script_before_its_first_write(
+    part: Partition, script: str, name: str
+) -> None:
+    # Found by fuzzing (issue 8): a claim popped `ready`, then met `owners` holding a string,
+    # and the popped sub keys were stranded for good. Every script now checks the type of each
+    # key it writes before it writes: the call fails with nothing changed, and once the key is
+    # repaired the same call works.
+    call = prepared_call(part, script)
+    key = part.keys.queue(b"sa") if name == "queue" else getattr(part.keys, name)
+    client = part.backend.client
+    client.delete(key)
+    client.set(key, b"not a container")
+    before = snapshot(part)
+    with pytest.raises(ScriptError, match="WRONGTYPE") as error:
+        call()
+    assert key.decode() in str(error.value), "the error names the key"
+    assert snapshot(part) == before
+    client.delete(key)  # repaired (by an operator: the lost contents are theirs to restore)
+    call()
+
+
+def test_an_entry_without_offset_is_dead_lettered_by_its_exact_bytes(part: Partition) -> None:
+    # Found by fuzzing (issue 8): an empty entry's "head prefix" is empty, which fail_item
+    # refused, so the sub key stayed stuck. Entries without an offset are now compared whole:
+    # an empty one is dead-lettered, and "1" no longer matches a head "12|..." after it.
+    part.enqueue(("a", 1), ("a", 2), ("a", 12))
+    queue = part.keys.queue(b"sa")
+    part.backend.client.lset(queue, 0, b"")
+    part.backend.client.lset(queue, 1, b"1")
+    _, [lease] = part.claim(batch=1)
+    assert fail_head(part, b"sa", lease.token, b"")() == (2, 0)
+    # A re-sent call finds another head: nothing more is dead-lettered.
+    assert fail_head(part, b"sa", lease.token, b"")() == (0, 0)
+    assert fail_head(part, b"sa", lease.token, b"1")() == (2, 0)
+    assert fail_head(part, b"sa", lease.token, b"1")() == (0, 0)
+    assert part.queue("a") == [12]
+    dead = Admin(part.backend, part.keys.namespace).dead_letters(0)
+    assert sorted(d.raw_entry for d in dead) == [b"", b"1"]

@@ -234,8 +234,9 @@ def parse_entry(raw: bytes) -> Entry:
 
 def head_prefix(raw: bytes) -> bytes:
     """The bytes a script compares to recognise ``raw`` at the head of its list: the offset
-    prefix when there is one, else the whole (corrupt) entry."""
+    prefix when ``parse_entry`` reads one, else the whole (corrupt, maybe empty) entry, which
+    fail_item compares exactly."""
     head, sep, _ = raw.partition(b"|")
-    if sep and head.isdigit():
+    if sep and head.isdigit() and len(head) <= 16:
         return head + sep
     return raw

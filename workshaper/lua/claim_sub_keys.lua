@@ -116,6 +116,18 @@ if previous then
   end
 end
 
+-- Nothing may fail after the LPOP: the keys written below, and the lists read for the reply,
+-- must be of their type (see wrong_type).
+local err = wrong_type('claim_sub_keys',
+  {K_READY, K_OWNERS, K_META, K_LEASES, K_ATTEMPTS, K_EXACT})
+if err then return err end
+local lists = {}
+for j, sub in ipairs(redis.call('LRANGE', K_READY, 0, max_leases - 1)) do
+  lists[j] = queue_prefix .. sub
+end
+err = wrong_type('claim_sub_keys', {}, lists)
+if err then return err end
+
 local now = now_ms()
 local answer = {0}
 local popped = redis.call('LPOP', K_READY, max_leases)

@@ -68,6 +68,14 @@ for i = 1, n do
   a = a + 6 + k
 end
 
+-- Nothing may fail after the first write: every key written below, or read after a write, is
+-- of its type (one probe per key and call).
+local lists = {}
+for i = 1, n do lists[i] = calls[i].list_key end
+local err = wrong_type('complete_items',
+  {K_OWNERS, K_LEASES, K_READY, K_HEADS, K_LATE, K_ATTEMPTS, K_EXACT}, lists)
+if err then return err end
+
 local now = now_ms()
 local has_late = redis.call('EXISTS', K_LATE) == 1
 local replies = {}

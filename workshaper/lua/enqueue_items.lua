@@ -67,6 +67,12 @@ if highest < expected_highest then
   return statuses
 end
 local in_queue = redis.call('LLEN', K_ACCEPTED)
+-- Nothing may fail after the first write: every key written below, or read after a write, is
+-- of its type (one probe per key and call; `meta` and `accepted` were read above).
+local lists = {}
+for j = 1, groups do lists[j] = KEYS[FIRST_EXTRA_KEY + j - 1] end
+local err = wrong_type('enqueue_items', {K_HEADS, K_LATE, K_READY, K_OWNERS, K_CLOCK}, lists)
+if err then return err end
 
 -- Where each group's entries start in ARGV, and its sub key.
 local group_sub, group_first = {}, {}

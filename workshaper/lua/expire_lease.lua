@@ -25,6 +25,11 @@
 
 local sub, reaper = ARGV[1], ARGV[2]
 local list_key = KEYS[FIRST_EXTRA_KEY]
+-- Nothing may fail after the first write: every key written below is of its type.
+local err = wrong_type('expire_lease',
+  {K_LEASES, K_OWNERS, K_EXACT, K_ATTEMPTS, K_BLOCKED, K_DEAD, K_HEADS, K_LATE, K_READY},
+  {list_key})
+if err then return err end
 local now = now_ms()
 local deadline = redis.call('ZSCORE', K_LEASES, sub)
 if not deadline or tonumber(deadline) > now then return {0, 0} end

@@ -5,7 +5,8 @@
 -- KEYS[13]     the sub key's queue list
 -- ARGV[1]      sub key
 -- ARGV[2]      token
--- ARGV[3]      head prefix: "<offset>|", or the whole entry when it has no readable offset
+-- ARGV[3]      head prefix: "<offset>|", or the whole entry (maybe empty) when it has no
+--              readable offset
 -- ARGV[4]      offset ("" when unreadable)
 -- ARGV[5]      attempt number that failed (1-based)
 -- ARGV[6]      max_attempts
@@ -34,12 +35,16 @@ local mode, force, error_json, lease_ms = ARGV[7], ARGV[8] == '1', ARGV[9], tonu
 local list_key = KEYS[FIRST_EXTRA_KEY]
 
 -- Every argument is checked before the first write: nothing may fail after it.
-if not sub or not token or not prefix or prefix == '' then
+if not sub or not token or not prefix then
   return bad_argument('fail_item', 'sub key/token/head prefix', nil)
 end
 if offset ~= '' and not string.match(offset or '', '^%d+$') then
   return bad_argument('fail_item', 'offset', offset)
 end
+-- An entry with a readable offset is recognised by its prefix "<offset>|". One without is
+-- recognised by its whole bytes, compared exactly: they may be empty (a zero-byte entry must
+-- be dead-lettered like any other corrupt one), and a prefix match would then match any head.
+if offset ~= '' and prefix == '' then return bad_argument('fail_item', 'head prefix', prefix) end
 if not attempt or attempt < 1 then return bad_argument('fail_item', 'attempt', ARGV[5]) end
 if not max_attempts or max_attempts < 1 then
   return bad_argument('fail_item', 'max_attempts', ARGV[6])
@@ -48,8 +53,17 @@ if mode ~= 'd' and mode ~= 'b' then return bad_argument('fail_item', 'on exhaust
 if not error_json then return bad_argument('fail_item', 'error', nil) end
 if not lease_ms or lease_ms < 1 then return bad_argument('fail_item', 'lease ms', ARGV[10]) end
 
+-- Nothing may fail after the first write either: every key written below is of its type.
+local err = wrong_type('fail_item',
+  {K_OWNERS, K_ATTEMPTS, K_BLOCKED, K_LEASES, K_DEAD, K_HEADS, K_EXACT, K_LATE}, {list_key})
+if err then return err end
+
 if owner_token(sub) ~= token then return {-1, 0} end
-if not head_matches(list_key, prefix) then return {0, 0} end
+if offset == '' then
+  if redis.call('LINDEX', list_key, 0) ~= prefix then return {0, 0} end
+elseif not head_matches(list_key, prefix) then
+  return {0, 0}
+end
 local now = now_ms()
 
 local count = attempts_of(sub, offset ~= '' and offset or nil)

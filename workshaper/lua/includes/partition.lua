@@ -31,6 +31,47 @@ local function bad_argument(script, what, value)
   return redis.error_reply(script .. ': bad argument ' .. what .. ': ' .. tostring(value))
 end
 
+-- A key of the wrong type (an operator's typo, a foreign writer) makes every command on it
+-- raise WRONGTYPE, and a script that raises after its first write leaves half its work done
+-- (a claim that popped `ready` strands those sub keys for good). So before its first write a
+-- script touches each key it will write, or read after that write, with an O(1) read of the
+-- key's type: a wrong type then fails the call with nothing changed, and once the key is
+-- repaired the next call works. A missing key passes (every command treats it as empty).
+local KEY_TYPE = {
+  [K_META] = 'hash', [K_ACCEPTED] = 'list', [K_HEADS] = 'zset', [K_LATE] = 'zset',
+  [K_READY] = 'list', [K_LEASES] = 'zset', [K_OWNERS] = 'hash', [K_ATTEMPTS] = 'hash',
+  [K_EXACT] = 'hash', [K_BLOCKED] = 'hash', [K_DEAD] = 'hash', [K_CLOCK] = 'zset',
+}
+
+-- Check the type of each fixed key in `fixed` and of each queue list in `lists` (may be nil).
+-- Returns an error reply naming the first key of the wrong type (for the caller to return),
+-- else nil. The commands are written out at each call site, for access.py's ACL rules.
+local function wrong_type(script, fixed, lists)
+  local function probe(kind, key)
+    local reply
+    if kind == 'hash' then
+      reply = redis.pcall('HLEN', key)
+    elseif kind == 'zset' then
+      reply = redis.pcall('ZCARD', key)
+    else
+      reply = redis.pcall('LLEN', key)
+    end
+    if type(reply) == 'table' and reply.err then
+      return redis.error_reply(reply.err .. ' (' .. script .. ': key ' .. key .. ')')
+    end
+    return nil
+  end
+  for _, key in ipairs(fixed) do
+    local err = probe(KEY_TYPE[key], key)
+    if err then return err end
+  end
+  for _, key in ipairs(lists or {}) do
+    local err = probe('list', key)
+    if err then return err end
+  end
+  return nil
+end
+
 -- Server time in ms: leases never depend on a worker's clock.
 local function now_ms()
   local t = redis.call('TIME')
