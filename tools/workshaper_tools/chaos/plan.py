@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from workshaper.admin import Admin
 from workshaper_tools.testing.checker import Ack
 
 
@@ -90,3 +91,20 @@ def read_poison(path: Path) -> list[tuple[int, int]]:
         if len(parts) >= 2:
             out.append((int(parts[0]), int(parts[1])))
     return out
+
+
+def namespace_idle(url: str, namespace: str) -> bool:
+    """True when Redis has nothing pending, queued or leased left in the namespace (False when
+    it cannot be read). A drain that finds this while the producer still waits knows the
+    offsets it waits for are gone from Redis."""
+    try:
+        admin = Admin(url, namespace)
+        try:
+            status = admin.status()
+        finally:
+            admin.close()
+    except Exception:
+        return False
+    return bool(status) and not any(
+        s.pending or s.ready_sub_keys or s.leased_sub_keys for s in status
+    )

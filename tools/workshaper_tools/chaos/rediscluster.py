@@ -42,7 +42,14 @@ from redis.crc import key_slot
 from workshaper.admin import Admin
 from workshaper.cli.common import worker_command
 from workshaper.keys import NamespaceKeys
-from workshaper_tools.chaos.plan import PlanSpec, append_line, plan_items, read_acks, read_progress
+from workshaper_tools.chaos.plan import (
+    PlanSpec,
+    append_line,
+    namespace_idle,
+    plan_items,
+    read_acks,
+    read_progress,
+)
 from workshaper_tools.testing.checker import PlannedItem, Report, check
 from workshaper_tools.testing.journal import read_journal
 from workshaper_tools.testing.redis_cluster import RedisCluster
@@ -270,17 +277,7 @@ class _Run:
     # --- the end --------------------------------------------------------------------------
 
     def idle(self) -> bool:
-        try:
-            admin = Admin(self.cluster.url, self.namespace)
-            try:
-                status = admin.status()
-            finally:
-                admin.close()
-        except Exception:
-            return False
-        return bool(status) and not any(
-            s.pending or s.ready_sub_keys or s.leased_sub_keys for s in status
-        )
+        return namespace_idle(self.cluster.url, self.namespace)
 
     def drain(self) -> None:
         append_line(self.dir / "stop-producer", "stop\n")

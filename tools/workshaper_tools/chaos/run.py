@@ -10,7 +10,7 @@ from workshaper.admin import Admin
 from workshaper_tools.chaos.audit import ChaosResult, audit
 from workshaper_tools.chaos.config import ChaosConfig
 from workshaper_tools.chaos.faults import FaultRecord, Faults, fault_schedule
-from workshaper_tools.chaos.plan import append_line
+from workshaper_tools.chaos.plan import append_line, namespace_idle
 
 
 class SkipRun(Exception):
@@ -105,18 +105,8 @@ class Harness(Faults):
             )
 
     def _redis_idle(self) -> bool:
-        try:
-            assert self.redis is not None
-            admin = Admin(self.redis.url, self.namespace)
-            try:
-                status = admin.status()
-            finally:
-                admin.close()
-        except Exception:
-            return False
-        return bool(status) and not any(
-            s.pending or s.ready_sub_keys or s.leased_sub_keys for s in status
-        )
+        assert self.redis is not None
+        return namespace_idle(self.redis.url, self.namespace)
 
     def _status_line(self) -> str:
         try:
