@@ -249,6 +249,28 @@ def test_claim_is_idempotent_per_request_id(part: Partition) -> None:
     assert part.claim(n=5, request="w1:r2")[1][0].sub == b"sb"
 
 
+def test_a_retried_claim_answers_binary_sub_keys_attempts_and_windows_as_the_first(
+    part: Partition,
+) -> None:
+    # The claim record keeps what a retry (reply lost) must answer again: sub keys of any bytes
+    # (the record's own separators and digits included), tokens, attempts and crash windows.
+    subs: list[object] = [b"1:x\n2 3", b"", "k\u00e9y", 7, b"\x00\xff:"]
+    part.enqueue(*[(sub, i + 1) for i, sub in enumerate(subs)], ("plain", 6), ("plain", 7))
+    _, [held] = part.claim(n=1, request="w1:r1")  # b"1:x\n2 3"
+    part.make_expired(held.sub)
+    part.expire(held.sub)  # an unattributed crash: attempts "1|1", a window of one item
+    first = part.claim(n=10, batch=2, request="w2:r1", worker="w2")
+    assert part.claim(n=10, batch=2, request="w2:r1", worker="w2") == first
+    left, leases = first
+    assert left == 0 and len(leases) == 6
+    by_sub = {c.sub: c for c in leases}
+    crashed = by_sub[codec.encode_sub_key(b"1:x\n2 3", 1)]
+    assert (crashed.attempts_record, crashed.exact) == (b"1|1", 1)
+    assert all(c.attempts_record == b"" and c.exact == 0 for c in leases if c is not crashed)
+    assert [c.token for c in leases] == list(range(leases[0].token, leases[0].token + 6))
+    assert len(by_sub[codec.encode_sub_key("plain", 6)].entries) == 2
+
+
 def test_claim_hands_back_the_first_batch_of_each_lease(part: Partition) -> None:
     part.enqueue(("a", 1), ("b", 2), ("a", 3), ("a", 4))
     first = part.claim(n=2, batch=2, request="w1:r1")
@@ -550,6 +572,20 @@ def test_expired_leases_lists_only_deadlines_before_the_bound(part: Partition) -
     read = part.run(lambda b: scripts.expired_leases(b, part.keys, 5000, 10))
     assert read == [b"sa"]  # sb's deadline is not before the bound, sc's far after it
     assert part.run(lambda b: scripts.expired_leases(b, part.keys, 5001, 1)) == [b"sa"]
+
+
+def test_a_yield_gives_way_to_a_sub_key_released_earlier_in_the_same_call(
+    part: Partition,
+) -> None:
+    part.enqueue(("a", 1), ("a", 2), ("b", 3), ("b", 4))
+    _, leases = part.claim(n=2, batch=1)
+    token = {c.sub: c.token for c in leases}
+    released, yielded = part.complete(
+        Completion(b"sa", token[b"sa"], "r", [1]), Completion(b"sb", token[b"sb"], "y", [3])
+    )
+    assert (released.code, released.requeued) == (2, True)
+    assert (yielded.code, yielded.requeued) == (2, True)  # `sa` was waiting by then
+    assert part.ready() == [b"sa", b"sb"]
 
 
 # --- watermark -------------------------------------------------------------------------------

@@ -329,6 +329,60 @@ def test_a_key_of_the_wrong_type_fails_a_script_before_its_first_write(
     call()
 
 
+def many_lists_call(part: Partition, script: str) -> tuple[bytes, Callable[[], object]]:
+    """A call that reads or writes the lists of many sub keys, and the list (of the last sub
+    key, after the others were read or checked) to give the wrong type."""
+    subs = [f"k{i}" for i in range(40)]
+    if script == "enqueue_items":  # every list new but the last: one EXISTS, then the probes
+        return part.keys.queue(b"sk39"), lambda: part.enqueue(*[(s, i) for i, s in enumerate(subs)])
+    part.enqueue(*[(s, i) for i, s in enumerate(subs)])
+    if script == "claim_sub_keys":
+        return part.keys.queue(b"sk39"), lambda: part.claim(n=40, batch=5)
+    _, claimed = part.claim(n=40, batch=5)
+    done = [Completion(c.sub, c.token, "c", [codec.parse_entry(c.entries[0]).offset])
+            for c in claimed]  # fmt: skip
+    return part.keys.queue(claimed[-1].sub), lambda: part.complete(*done, batch=5)
+
+
+@pytest.mark.parametrize("script", ["enqueue_items", "claim_sub_keys", "complete_items"])
+def test_a_wrong_type_list_among_many_fails_the_call_before_its_first_write(
+    part: Partition, script: str
+) -> None:
+    # The lists' type checks ride on reads the scripts need anyway (one EXISTS for new lists,
+    # the claim's and completion's LRANGE with pcall): a wrong type met after other lists were
+    # read still fails the call with nothing changed.
+    key, call = many_lists_call(part, script)
+    client = part.backend.client
+    client.delete(key)
+    client.set(key, b"not a list")
+    before = snapshot(part)
+    with pytest.raises(ScriptError, match="WRONGTYPE") as error:
+        call()
+    assert key.decode() in str(error.value), "the error names the key"
+    assert snapshot(part) == before
+    client.delete(key)
+    call()
+
+
+def test_the_watermark_moves_past_more_finished_items_than_one_scan_covers(
+    part: Partition,
+) -> None:
+    # offer_watermark and commit_watermark find an offset's rank in `accepted` with one LPOS
+    # over its first entries; past them (an ack loop far behind) a binary search takes over.
+    count = 5000
+    enqueue_in_calls(part, [(f"k{i}", i) for i in range(count)])
+    _, claimed = part.claim(n=count, batch=1)
+    part.complete(*[Completion(c.sub, c.token, "c", [i]) for i, c in enumerate(claimed[:4500])])
+    offer = part.offer()
+    assert (offer.watermark, offer.in_queue) == (4499, count)
+    assert part.commit(offer.watermark) == 500
+    part.complete(
+        *[Completion(c.sub, c.token, "c", [4500 + i]) for i, c in enumerate(claimed[4500:])]
+    )
+    assert part.offer().watermark == count - 1
+    assert part.commit(count - 1) == 0
+
+
 def test_an_entry_without_offset_is_dead_lettered_by_its_exact_bytes(part: Partition) -> None:
     # Found by fuzzing (issue 8): an empty entry's "head prefix" is empty, which fail_item
     # refused, so the sub key stayed stuck. Entries without an offset are now compared whole:

@@ -63,6 +63,7 @@ COMMANDS: dict[bytes, Command] = {
     b"LLEN": containers.cmd_llen,
     b"LINDEX": containers.cmd_lindex,
     b"LRANGE": containers.cmd_lrange,
+    b"LPOS": containers.cmd_lpos,
     b"LTRIM": containers.cmd_ltrim,
     b"LPOP": containers.cmd_lpop,
     b"LINSERT": containers.cmd_linsert,

@@ -159,6 +159,26 @@ def cmd_lrange(store: Store, args: list[bytes]) -> list[bytes]:
     return values
 
 
+def cmd_lpos(store: Store, args: list[bytes]) -> int | None:
+    """``LPOS key element [MAXLEN n]``: the index of the first match among the first n
+    entries (0: all). RANK and COUNT are not implemented (no script uses them)."""
+    if len(args) not in (2, 4):
+        raise wrong_args("lpos") if len(args) < 2 else CommandError(SYNTAX)
+    maxlen = 0
+    if len(args) == 4:
+        if args[2].upper() != b"MAXLEN":
+            raise CommandError(SYNTAX)
+        maxlen = to_int(args[3])
+        if maxlen < 0:
+            raise CommandError("ERR MAXLEN can't be negative")
+    lst = store.get(args[0], list) or []
+    scanned = lst[:maxlen] if maxlen else lst
+    try:
+        return scanned.index(args[1])
+    except ValueError:
+        return None
+
+
 def cmd_ltrim(store: Store, args: list[bytes]) -> Status:
     if len(args) != 3:
         raise wrong_args("ltrim")

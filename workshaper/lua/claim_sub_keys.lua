@@ -85,81 +85,102 @@ local function with_first_batches(answer)
   return reply
 end
 
--- Records are length-prefixed fields, binary safe: "<len>:<bytes>" repeated.
-local function pack(items)
-  local parts = {}
-  for i, v in ipairs(items) do
-    local s = tostring(v)
-    parts[i] = string.format('%d', #s) .. ':' .. s
+-- The claim record, after "<request id>\n": "<ready_left> <first token>\n", each leased sub
+-- key as "<length>:<bytes>" (binary safe), then "\n<j> <attempts> <exact>" for each lease j
+-- whose head item has attempts or a crash window (rare). Tokens are consecutive from the
+-- first. Cheap to write: formatting a number costs Lua a sprintf, so a claim formats one per
+-- lease (its key's length), not one per field.
+local function encode_record(ready_left, first_token, subs, attempts, exact)
+  local parts = {string.format('%d %d\n', ready_left, first_token)}
+  for j, sub in ipairs(subs) do parts[j + 1] = string.format('%d', #sub) .. ':' .. sub end
+  for j = 1, #subs do
+    if attempts[j] or exact[j] then
+      parts[#parts + 1] = string.format('\n%d %s %s', j, attempts[j] or '', exact[j] or '0')
+    end
   end
   return table.concat(parts)
 end
 
-local function unpack_record(s, from)
-  local items, pos = {}, from
-  while pos <= #s do
-    local colon = string.find(s, ':', pos, true)
-    local len = tonumber(string.sub(s, pos, colon - 1))
-    items[#items + 1] = string.sub(s, colon + 1, colon + len)
-    pos = colon + len + 1
+-- The answer {ready_left, sub1, token1, attempts1, exact1, sub2, ...} of a record.
+local function decode_record(s, from)
+  local ready_left, first_token, pos = string.match(s, '^(%d+) (%d+)\n()', from)
+  local answer, subs = {tonumber(ready_left)}, 0
+  while true do
+    local len, body = string.match(s, '^(%d+):()', pos)
+    if not len then break end
+    subs = subs + 1
+    pos = body + tonumber(len)
+    answer[#answer + 1] = string.sub(s, body, pos - 1)
+    answer[#answer + 1] = string.format('%d', tonumber(first_token) + subs - 1)
+    answer[#answer + 1] = ''
+    answer[#answer + 1] = '0'
   end
-  return items
+  for j, attempts, exact in string.gmatch(string.sub(s, pos), '\n(%d+) ([%d|]*) (%d+)') do
+    answer[4 * tonumber(j)], answer[4 * tonumber(j) + 1] = attempts, exact
+  end
+  return answer
 end
 
 local previous = redis.call('GET', record_key)
 if previous then
   local newline = string.find(previous, '\n', 1, true)
   if string.sub(previous, 1, newline - 1) == request_id then
-    local answer = unpack_record(previous, newline + 1)
-    answer[1] = tonumber(answer[1])
-    return with_first_batches(answer)
+    return with_first_batches(decode_record(previous, newline + 1))
   end
 end
 
--- Nothing may fail after the LPOP: the keys written below, and the lists read for the reply,
--- must be of their type (see wrong_type).
-local err = wrong_type('claim_sub_keys',
+-- Nothing may fail after the LPOP. Before it: the type of each key written below (see
+-- wrong_type), and every read, the first batch of each list included: read with pcall, it is
+-- the type check of the list too, at no extra command.
+local err, size = wrong_type('claim_sub_keys',
   {K_READY, K_OWNERS, K_META, K_LEASES, K_ATTEMPTS, K_EXACT})
 if err then return err end
-local lists = {}
-for j, sub in ipairs(redis.call('LRANGE', K_READY, 0, max_leases - 1)) do
-  lists[j] = queue_prefix .. sub
-end
-err = wrong_type('claim_sub_keys', {}, lists)
-if err then return err end
-
-local now = now_ms()
-local answer = {0}
-local popped = redis.call('LPOP', K_READY, max_leases)
-if popped then
+local popped = redis.call('LRANGE', K_READY, 0, max_leases - 1)
+local subs, attempts, exact, entries = {}, {}, {}, {}
+if #popped > 0 then
   -- A sub key is in `ready` only when unleased; the check makes a double lease impossible.
   local owned = call_chunked('HMGET', K_OWNERS, popped)
-  local subs = {}
   for j, sub in ipairs(popped) do
     if not owned[j] then subs[#subs + 1] = sub end
   end
-  if #subs > 0 then
-    local token = tonumber(redis.call('HINCRBY', K_META, 'token', #subs)) - #subs
-    local deadline = now + lease_ms
-    local suffix = '|-|' .. batch .. '|' .. max_attempts .. '|' .. mode .. '|' .. worker
-    local deadlines, owners, tokens = {}, {}, {}
-    for j, sub in ipairs(subs) do
-      tokens[j] = string.format('%d', token + j)
-      deadlines[2 * j - 1], deadlines[2 * j] = deadline, sub
-      owners[2 * j - 1], owners[2 * j] = sub, tokens[j] .. suffix
-    end
-    call_chunked('ZADD', K_LEASES, deadlines, 2)
-    call_chunked('HSET', K_OWNERS, owners, 2)
-    local attempts = call_chunked('HMGET', K_ATTEMPTS, subs)
-    local exact = call_chunked('HMGET', K_EXACT, subs)
-    for j, sub in ipairs(subs) do
-      answer[#answer + 1] = sub
-      answer[#answer + 1] = tokens[j]
-      answer[#answer + 1] = attempts[j] or ''
-      answer[#answer + 1] = exact[j] or '0'
-    end
+  -- Most partitions have no retried head item and no crash window: an empty hash is not read.
+  if #subs > 0 and size[K_ATTEMPTS] > 0 then attempts = call_chunked('HMGET', K_ATTEMPTS, subs) end
+  if #subs > 0 and size[K_EXACT] > 0 then exact = call_chunked('HMGET', K_EXACT, subs) end
+  local lists, counts = {}, {}
+  for j, sub in ipairs(subs) do
+    lists[j] = queue_prefix .. sub
+    counts[j] = first_read
+    if tonumber(exact[j] or '0') > 0 then counts[j] = 1 end
   end
+  err, entries = read_lists('claim_sub_keys', lists, counts, #subs)
+  if err then return err end
 end
-answer[1] = redis.call('LLEN', K_READY)
-redis.call('SET', record_key, request_id .. '\n' .. pack(answer), 'PX', math.max(lease_ms * 2, 60000))
-return with_first_batches(answer)
+
+-- The writes.
+local reply = {size[K_READY] - #popped}
+if #popped > 0 then
+  redis.call('LPOP', K_READY, #popped)
+end
+local first_token = 0
+if #subs > 0 then
+  first_token = tonumber(redis.call('HINCRBY', K_META, 'token', #subs)) - #subs + 1
+  -- Formatted once: a number argument would be formatted per element (as a float).
+  local deadline = string.format('%d', now_ms() + lease_ms)
+  local suffix = '|-|' .. batch .. '|' .. max_attempts .. '|' .. mode .. '|' .. worker
+  local deadlines, owners = {}, {}
+  for j, sub in ipairs(subs) do
+    local token = string.format('%d', first_token + j - 1)
+    deadlines[2 * j - 1], deadlines[2 * j] = deadline, sub
+    owners[2 * j - 1], owners[2 * j] = sub, token .. suffix
+    local first = entries[j]
+    local at = #reply
+    reply[at + 1], reply[at + 2], reply[at + 3] = sub, token, attempts[j] or ''
+    reply[at + 4], reply[at + 5] = exact[j] or '0', #first
+    for i = 1, #first do reply[at + 5 + i] = first[i] end
+  end
+  call_chunked('ZADD', K_LEASES, deadlines, 2)
+  call_chunked('HSET', K_OWNERS, owners, 2)
+end
+redis.call('SET', record_key, request_id .. '\n' .. encode_record(reply[1], first_token, subs,
+  attempts, exact), 'PX', math.max(lease_ms * 2, 60000))
+return reply

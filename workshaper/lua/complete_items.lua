@@ -68,17 +68,12 @@ for i = 1, n do
   a = a + 6 + k
 end
 
--- Nothing may fail after the first write: every key written below, or read after a write, is
--- of its type (one probe per key and call).
-local lists = {}
-for i = 1, n do lists[i] = calls[i].list_key end
-local err = wrong_type('complete_items',
-  {K_OWNERS, K_LEASES, K_READY, K_HEADS, K_LATE, K_ATTEMPTS, K_EXACT}, lists)
+-- Nothing may fail after the first write. Before it: the type of every fixed key written below,
+-- or read after a write (one probe per key and call, see wrong_type), and every list read: the
+-- read each lease needs anyway, with pcall, is its list's type check too.
+local err, size = wrong_type('complete_items',
+  {K_OWNERS, K_LEASES, K_READY, K_HEADS, K_LATE, K_ATTEMPTS, K_EXACT})
 if err then return err end
-
-local now = now_ms()
-local has_late = redis.call('EXISTS', K_LATE) == 1
-local replies = {}
 
 -- The fencing check of every lease in one HMGET. Sound only if no sub key comes twice: a
 -- second completion of a sub key would be checked against what the first one changed.
@@ -91,105 +86,135 @@ for i = 1, n do
 end
 local owners = call_chunked('HMGET', K_OWNERS, subs)
 
+-- `ready` only grows in this call (released sub keys with items left go to its tail), so its
+-- length is read once (the probe) and counted here: a yield continues only while it is 0.
+local ready_len = size[K_READY]
+
+-- One read per held lease (the owner record starts with "<token>|", see parse_owner; the prefix
+-- is all the fencing check needs): the k entries the worker finished (checked against their
+-- offsets), then what follows them (the new head, or the next batch when it may continue).
+local held, lists, counts = {}, {}, {}
+for i = 1, n do
+  local call = calls[i]
+  local owner = owners[i]
+  if owner and string.sub(owner, 1, #call.token + 1) == call.token .. '|' then
+    local take = 1
+    if call.action == 'c' or (call.action == 'y' and ready_len == 0) then take = batch end
+    held[#held + 1] = i
+    lists[#held], counts[#held] = call.list_key, call.k + take
+  end
+end
+local reads
+err, reads = read_lists('complete_items', lists, counts, #held)
+if err then return err end
+
+local now = now_ms()
+local replies = {}
+for i = 1, n do replies[i] = {-1, 0} end  -- fenced, unless held below
+
 -- Writes to the partition's shared keys that only concern each lease's own member are
 -- collected and sent once per call after the loop (chunked, as every variadic call): a lease
 -- then costs its own list's commands only. Nothing in the loop reads these members again.
 local extends = {}   -- ZADD leases XX: deadline, sub
 local moved = {}     -- ZADD heads: new head offset, sub
 local emptied = {}   -- ZREM heads, HDEL exact: queue now empty
+local drained = {}   -- DEL: the lists of `emptied`
 local released = {}  -- HDEL owners, ZREM leases
 local cleared = {}   -- HDEL attempts: the head moved
-local deadline = now + lease_ms
+local late = {}      -- ZREM late: finished offsets, when any were accepted late
+local requeued = {}  -- RPUSH ready: released with items left
+local deadline = string.format('%d', now + lease_ms)  -- formatted once, not per element
 local function extend(sub)
   extends[#extends + 1] = deadline
   extends[#extends + 1] = sub
 end
 
-for i = 1, n do
-  local call = calls[i]
-  local list_key, sub, token, action = call.list_key, call.sub, call.token, call.action
+for h = 1, #held do
+  local i = held[h]
+  local call, read = calls[i], reads[h]
+  local list_key, sub, action = call.list_key, call.sub, call.action
   local exact_mode, k, first = call.exact_mode, call.k, call.first
-  -- The owner record starts with "<token>|" (see parse_owner); the prefix is all the check needs.
-  local owner = owners[i]
-  if not owner or string.sub(owner, 1, #token + 1) ~= token .. '|' then
-    replies[i] = {-1, 0}
-  else
-    local continues = false
-    local take = 1  -- entries to read past the finished ones: the new head at least
-    if action ~= 'k' then
-      continues = action == 'c' or (action == 'y' and redis.call('LLEN', K_READY) == 0)
-      if continues then take = batch end
+  local continues = false
+  local take = 1  -- entries wanted past the finished ones: the new head at least
+  if action ~= 'k' then
+    continues = action == 'c' or (action == 'y' and ready_len == 0)
+    if continues then take = batch end
+  end
+  local finished = 0
+  for j = 1, math.min(k, #read) do
+    local prefix = ARGV[first + j - 1] .. '|'
+    if string.sub(read[j], 1, #prefix) ~= prefix then break end
+    finished = j
+  end
+  if finished > 0 then
+    if size[K_LATE] > 0 then
+      for j = 1, finished do late[#late + 1] = ARGV[first + j - 1] end
     end
-    -- One read: the k entries the worker finished (checked against their offsets), then what
-    -- follows them (the new head, or the next batch).
-    local read = redis.call('LRANGE', list_key, 0, k + take - 1)
-    local finished = 0
-    for j = 1, math.min(k, #read) do
-      local prefix = ARGV[first + j - 1] .. '|'
-      if string.sub(read[j], 1, #prefix) ~= prefix then break end
-      finished = j
+    cleared[#cleared + 1] = sub
+    if exact_mode then
+      consume_exact(sub, finished)
+      end_isolation(sub)  -- flagged again by its worker before the next item starts
     end
-    if finished > 0 then
-      redis.call('LTRIM', list_key, finished, -1)
-      if has_late then
-        local offsets = {}
-        for j = 1, finished do offsets[j] = ARGV[first + j - 1] end
-        forget_late(offsets, finished)
-      end
-      cleared[#cleared + 1] = sub
-      if exact_mode then
-        consume_exact(sub, finished)
-        end_isolation(sub)  -- flagged again by its worker before the next item starts
-      end
-      -- The head moved: keep `heads` in step. A corrupt new head has no offset: the old score
-      -- stays, which can only hold the watermark back until the entry is dead-lettered.
-      local head = read[finished + 1]
-      if not head then
-        emptied[#emptied + 1] = sub  -- a crash window ends with the items it was for
-      else
-        local head_offset = entry_offset(head)
-        if head_offset then
-          moved[#moved + 1] = head_offset
-          moved[#moved + 1] = sub
-        end
-      end
-    end
-
-    if action == 'k' then
-      extend(sub)
-      replies[i] = {1, finished}
+    -- The head moved: keep `heads` in step. A corrupt new head has no offset: the old score
+    -- stays, which can only hold the watermark back until the entry is dead-lettered.
+    local head = read[finished + 1]
+    if not head then
+      -- The read holds the whole list (it asked for more than `finished`): it is empty now.
+      drained[#drained + 1] = list_key
+      emptied[#emptied + 1] = sub  -- a crash window ends with the items it was for
     else
-      if exact_mode and continues and tonumber(redis.call('HGET', K_EXACT, sub) or '0') > 0 then
-        take = 1
+      redis.call('LTRIM', list_key, finished, '-1')
+      local head_offset = entry_offset(head)
+      if head_offset then
+        moved[#moved + 1] = head_offset
+        moved[#moved + 1] = sub
       end
-      local nexts = {}
-      for j = finished + 1, math.min(finished + take, #read) do nexts[#nexts + 1] = read[j] end
-      if continues and nexts[1] then
-        extend(sub)
-        local attempts = ''
-        if finished == 0 then attempts = redis.call('HGET', K_ATTEMPTS, sub) or '' end
-        local reply = {1, finished, attempts}
-        for j = 1, #nexts do reply[j + 3] = nexts[j] end
-        replies[i] = reply
+    end
+  end
+
+  if action == 'k' then
+    extend(sub)
+    replies[i] = {1, finished}
+  else
+    if exact_mode and continues and tonumber(redis.call('HGET', K_EXACT, sub) or '0') > 0 then
+      take = 1
+    end
+    local nexts = {}
+    for j = finished + 1, math.min(finished + take, #read) do nexts[#nexts + 1] = read[j] end
+    if continues and nexts[1] then
+      extend(sub)
+      local attempts = ''
+      if finished == 0 and size[K_ATTEMPTS] > 0 then
+        attempts = redis.call('HGET', K_ATTEMPTS, sub) or ''
+      end
+      local reply = {1, finished, attempts}
+      for j = 1, #nexts do reply[j + 3] = nexts[j] end
+      replies[i] = reply
+    else
+      released[#released + 1] = sub
+      if nexts[1] then
+        requeued[#requeued + 1] = sub
+        ready_len = ready_len + 1
+        replies[i] = {2, finished, 1}
       else
-        released[#released + 1] = sub
-        local requeued = 0
-        if nexts[1] then
-          redis.call('RPUSH', K_READY, sub)
-          requeued = 1
-        end
-        replies[i] = {2, finished, requeued}
+        replies[i] = {2, finished, 0}
       end
     end
   end
 end
 
-call_chunked('HDEL', K_ATTEMPTS, cleared)
+-- Empty hashes are not written: HDEL of fields that cannot be there is a command per call.
+for s = 1, #drained, VARIADIC_CHUNK do
+  redis.call('DEL', unpack(drained, s, math.min(s + VARIADIC_CHUNK - 1, #drained)))
+end
+if size[K_ATTEMPTS] > 0 then call_chunked('HDEL', K_ATTEMPTS, cleared) end
+call_chunked('ZREM', K_LATE, late)
 call_chunked('ZREM', K_HEADS, emptied)
-call_chunked('HDEL', K_EXACT, emptied)
+if size[K_EXACT] > 0 then call_chunked('HDEL', K_EXACT, emptied) end
 call_chunked('ZADD', K_HEADS, moved, 2)
 call_chunked('HDEL', K_OWNERS, released)
 call_chunked('ZREM', K_LEASES, released)
+call_chunked('RPUSH', K_READY, requeued)
 if #extends > 0 then
   -- XX: never re-create a lease; `released` and `extends` name different sub keys.
   for s = 1, #extends, 2 * VARIADIC_CHUNK do

@@ -68,10 +68,11 @@ if highest < expected_highest then
 end
 local in_queue = redis.call('LLEN', K_ACCEPTED)
 -- Nothing may fail after the first write: every key written below, or read after a write, is
--- of its type (one probe per key and call; `meta` and `accepted` were read above).
+-- of its type (one probe per key and call; `meta` and `accepted` were read above; the lists
+-- are probed only when some of them exist, see wrong_type).
 local lists = {}
 for j = 1, groups do lists[j] = KEYS[FIRST_EXTRA_KEY + j - 1] end
-local err = wrong_type('enqueue_items', {K_HEADS, K_LATE, K_READY, K_OWNERS, K_CLOCK}, lists)
+local err, size = wrong_type('enqueue_items', {K_HEADS, K_LATE, K_READY, K_OWNERS, K_CLOCK}, lists)
 if err then return err end
 
 -- Where each group's entries start in ARGV, and its sub key.
@@ -93,10 +94,12 @@ end
 
 -- Queues that were empty get their first entry as head; they become runnable unless leased (a
 -- leased sub key is picked up by its holder; a blocked one keeps its head item, so its queue is
--- never empty). One ZADD, HMGET and RPUSH for all of them, each through call_chunked.
+-- never empty). One ZADD, HMGET and RPUSH for all of them, each through call_chunked (no HMGET
+-- while nothing is leased).
 local function register_new_heads(new_heads, new_subs)
   call_chunked('ZADD', K_HEADS, new_heads, 2)
-  local owners = call_chunked('HMGET', K_OWNERS, new_subs)
+  local owners = {}
+  if size[K_OWNERS] > 0 then owners = call_chunked('HMGET', K_OWNERS, new_subs) end
   local runnable = {}
   for j = 1, #new_subs do
     if not owners[j] then runnable[#runnable + 1] = new_subs[j] end
