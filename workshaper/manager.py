@@ -2,21 +2,35 @@
 
 ``redis=None`` runs on a private embedded backend (the same Lua scripts, run in this process
 on its own in-memory server), so the seed-style program needs no server.
+
+On that private backend the Manager is the only producer, so it knows what the enqueue script
+would answer for an offset above every offset it ever sent: ACCEPTED, once the partition has
+room (its own count of accepted-but-unacked items, freed by the ack callback). Such an item is
+checked and encoded at once, counted, and handed to a writer thread that sends everything
+waiting in one script call whenever the previous call returned (group commit): the seed-style
+one-call-per-item loop costs one script call per batch, not per item. Anything else (an offset
+at or below one already sent: a re-delivery) waits for the writer to drain and asks the script,
+so every status is the script's. The writer checks that the script accepted every item.
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
 import threading
+import time
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 from workshaper import codec
 from workshaper.connection import connect, embedded_backend
-from workshaper.errors import InvalidType
+from workshaper.errors import InvalidType, QueueFull
 from workshaper.producer import Enqueued, Producer
+from workshaper.scripts import EncodedItem
 from workshaper.worker import Worker
+
+log = logging.getLogger(__name__)
 
 
 class Manager:
@@ -42,7 +56,10 @@ class Manager:
         if ack is not None and not callable(ack):
             raise InvalidType(f"ack must be callable, got {type(ack).__name__}")
         self._user_ack = ack
+        self._max_in_queue = max_in_queue
         self._lock = threading.Lock()
+        #: Notified when an ack frees room and when the writer drained its queue.
+        self._changed = threading.Condition(self._lock)
         self._unacked: dict[int, list[int]] = {}  # partition -> accepted offsets, ascending
         self._acked_to: dict[int, int] = {}  # partition -> highest offset acked
         self._total_enqueued = 0
@@ -77,6 +94,18 @@ class Manager:
             self._backend.close()
             raise
         self._closed = False
+        #: Private embedded backend only: the group-commit writer (see the module's doc).
+        self._writer: threading.Thread | None = None
+        self._waiting: list[tuple[int, EncodedItem]] = []  # checked, counted, not sent yet
+        self._writing = False
+        self._stopping = False
+        self._write_error: BaseException | None = None
+        self._sent_to: dict[int, int] = {}  # partition -> highest offset sent or waiting
+        if redis is None:
+            self._writer = threading.Thread(
+                target=self._write_loop, name="workshaper-enqueue", daemon=True
+            )
+            self._writer.start()
 
     def _ack(self, partition: int, offset: int) -> None:
         if self._user_ack is not None:
@@ -87,6 +116,7 @@ class Manager:
             count = bisect.bisect_right(pending, offset)
             del pending[:count]
             self._total_acked += count
+            self._changed.notify_all()
 
     def enqueue(
         self,
@@ -98,17 +128,107 @@ class Manager:
     ) -> Enqueued:
         if self._closed:
             raise RuntimeError("this Manager is shut down")
+        if self._writer is not None:
+            encoded = self._producer.encode((sub_key, message, partition, offset))
+            if self._queue_new(encoded, timeout):
+                return Enqueued.ACCEPTED
+            self._drain(None)  # a re-delivery: the script decides, after what was queued
         # Never hold the lock here: enqueue may block until the ack loop (which takes the lock
         # in _ack) frees room.
         status = self._producer.enqueue(sub_key, message, partition, offset, timeout)
         if status is Enqueued.ACCEPTED:
             with self._lock:
                 self._total_enqueued += 1
+                self._sent_to[partition] = max(offset, self._sent_to.get(partition, -1))
                 if offset <= self._acked_to.get(partition, -1):
                     self._total_acked += 1  # its ack came before enqueue returned
                 else:
                     bisect.insort(self._unacked.setdefault(partition, []), offset)
         return status
+
+    # --- group commit (private embedded backend) ----------------------------------------------
+
+    def _queue_new(self, encoded: tuple[int, EncodedItem], timeout: float | None) -> bool:
+        """Queue an item above every offset sent to its partition, once the partition has room
+        (QueueFull after ``timeout``); False for any other offset (the script must decide)."""
+        partition, item = encoded
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            self._raise_write_error()
+            while True:
+                if item.offset <= self._sent_to.get(partition, -1):
+                    return False
+                unacked = self._unacked.setdefault(partition, [])
+                if len(unacked) < self._max_in_queue:
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if self._stopping or (remaining is not None and remaining <= 0):
+                    raise QueueFull(
+                        f"partition {partition} stayed full (max_in_queue="
+                        f"{self._max_in_queue}) past the timeout",
+                        partition,
+                        [None],
+                    )
+                self._changed.wait(remaining)
+            self._sent_to[partition] = item.offset
+            unacked.append(item.offset)  # above every offset sent: the list stays ascending
+            self._total_enqueued += 1
+            self._waiting.append(encoded)
+            if not self._writing:
+                self._changed.notify_all()
+        return True
+
+    def _write_loop(self) -> None:
+        """Send what waits, in one script call per round, until stopped and drained."""
+        while True:
+            with self._changed:
+                while not self._waiting and not self._stopping:
+                    self._changed.wait()
+                if not self._waiting:
+                    return
+                batch, self._waiting = self._waiting, []
+                self._writing = True
+            error: BaseException | None = None
+            try:
+                statuses = self._producer.enqueue_encoded(batch)
+                if any(s is not Enqueued.ACCEPTED for s in statuses):
+                    error = RuntimeError(
+                        "the embedded backend did not accept items this Manager counted as"
+                        " accepted (was its producer used directly?)"
+                    )
+            except BaseException as exc:  # kept and raised to the caller of enqueue or flush
+                error = exc
+            if error is not None:
+                log.error("enqueue of %d queued item(s) failed: %r", len(batch), error)
+            with self._changed:
+                self._writing = False
+                if error is not None and self._write_error is None:
+                    self._write_error = error
+                self._changed.notify_all()
+
+    def _drain(self, deadline: float | None) -> bool:
+        """Wait until the writer sent everything queued (False if ``deadline`` passed)."""
+        with self._changed:
+            while self._waiting or self._writing:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            self._raise_write_error()
+        return True
+
+    def _raise_write_error(self) -> None:
+        if self._write_error is not None:
+            raise RuntimeError("an enqueue of this Manager failed") from self._write_error
+
+    def _stop_writer(self) -> None:
+        if self._writer is None:
+            return
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+
+    # --- state -------------------------------------------------------------------------------
 
     @property
     def total_enqueued(self) -> int:
@@ -128,7 +248,10 @@ class Manager:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Block until every enqueued item is acked (False if ``timeout`` passed first)."""
-        return self._producer.flush(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._drain(deadline):
+            return False
+        return self._producer.flush(None if deadline is None else deadline - time.monotonic())
 
     def shutdown(self, timeout: float | None = None, *, wait: bool = True) -> bool:
         """Flush (unless ``wait=False``), then stop the worker and the producer.
@@ -137,11 +260,16 @@ class Manager:
         """
         if self._closed:
             return True
-        flushed = self._producer.flush(timeout) if wait else False
-        self._closed = True
-        self._worker.stop(timeout)
-        self._producer.close()
-        self._backend.close()
+        try:
+            flushed = self.flush(timeout) if wait else False
+        finally:
+            self._closed = True
+            self._stop_writer()  # it sends what still waits (a closed producer refuses it)
+            self._worker.stop(timeout)
+            self._producer.close()
+            if self._writer is not None:
+                self._writer.join()
+            self._backend.close()
         return flushed
 
     def __enter__(self) -> Manager:

@@ -1,0 +1,88 @@
+"""The Manager on its private embedded backend (redis=None) queues new items and sends them in
+batches (group commit): its statuses, backpressure and errors must stay the script's."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import workshaper
+from workshaper import Enqueued, InvalidInput, QueueFull
+
+
+def _wait_for(condition: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_re_enqueued_offsets_get_the_scripts_status() -> None:
+    gate = threading.Event()
+
+    def work(message: object, partition: int, offset: int) -> None:
+        if offset == 2:
+            gate.wait(30)
+
+    with workshaper.Manager(work=work, max_in_queue=10) as manager:
+        assert manager.enqueue("a", "m", 0, 1) is Enqueued.ACCEPTED
+        assert manager.enqueue("b", "m", 0, 2) is Enqueued.ACCEPTED
+        _wait_for(lambda: manager.producer.acked_watermarks().get(0) == 1)
+        assert manager.enqueue("a", "m", 0, 1) is Enqueued.ALREADY_ACKED
+        assert manager.enqueue("b", "m", 0, 2) is Enqueued.DUPLICATE  # still running
+        assert manager.enqueue("c", "m", 0, 0) is Enqueued.ALREADY_ACKED  # below the watermark
+        assert manager.enqueue("c", "m", 1, 0) is Enqueued.ACCEPTED  # another partition
+        gate.set()
+        assert manager.flush(timeout=30)
+        assert manager.total_enqueued == manager.total_acked == 3
+        assert manager.producer.stats["accepted"] == 3
+
+
+def test_a_full_partition_blocks_then_times_out_with_queue_full() -> None:
+    gate = threading.Event()
+    most_unacked = [0]
+    acked = [-1]
+    enqueued = [-1]
+
+    def ack(partition: int, offset: int) -> None:
+        acked[0] = offset
+
+    with workshaper.Manager(work=lambda m, p, o: gate.wait(30), ack=ack, max_in_queue=3) as manager:
+        for offset in range(3):
+            assert manager.enqueue("k", "m", 0, offset) is Enqueued.ACCEPTED
+            enqueued[0] = offset
+        with pytest.raises(QueueFull, match="partition 0 stayed full"):
+            manager.enqueue("k", "m", 0, 3, timeout=0.2)
+        gate.set()
+        for offset in range(3, 20):
+            assert manager.enqueue("k", "m", 0, offset, timeout=30) is Enqueued.ACCEPTED
+            enqueued[0] = offset
+            most_unacked[0] = max(most_unacked[0], offset - acked[0])
+        assert manager.flush(timeout=30)
+    assert most_unacked[0] <= 3  # never more than max_in_queue accepted and not acked
+    assert acked[0] == 19
+
+
+def test_a_bad_item_raises_at_once_and_nothing_is_queued() -> None:
+    with workshaper.Manager(work=lambda m, p, o: None) as manager:
+        with pytest.raises(InvalidInput, match="partition"):
+            manager.enqueue("k", "m", -1, 0)
+        with pytest.raises(InvalidInput, match="offset"):
+            manager.enqueue("k", "m", 0, -5)
+        assert manager.total_enqueued == 0
+        assert manager.enqueue("k", "m", 0, 0) is Enqueued.ACCEPTED
+        assert manager.flush(timeout=30)
+
+
+def test_shutdown_without_wait_leaves_no_thread_behind() -> None:
+    gate = threading.Event()
+    manager = workshaper.Manager(work=lambda m, p, o: gate.wait(5), max_in_queue=5)
+    for offset in range(5):
+        manager.enqueue("k", "m", 0, offset)
+    gate.set()
+    assert manager.shutdown(timeout=10, wait=False) is False
+    assert not any(t.name == "workshaper-enqueue" for t in threading.enumerate())
+    with pytest.raises(RuntimeError, match="shut down"):
+        manager.enqueue("k", "m", 0, 9)
