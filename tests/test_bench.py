@@ -147,3 +147,38 @@ def test_schedule_bound_packs_whole_chains() -> None:
     assert ordering.schedule_bound(items, sleeps, 2) == 2.0
     assert ordering.schedule_bound(items, sleeps, 4) == 1.0
     assert ordering.ideal_seconds(items, sleeps, 2)[0] == 1.75
+
+
+def test_s3_trace_splits_both_latencies_by_hand_off(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """S3 with several producer processes and the trace on: every item is checked, and the
+    breakdown names each stage of both intervals (no timing is asserted)."""
+    argv = ["--quick", "--only", "s3", "--s3-producers", "2", "--s3-trace"]
+    argv += ["--s3-rate", "2000", "--out", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "workshaper_tools.bench", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    s3 = json.loads((tmp_path / "results.json").read_text())["s3"]
+    assert s3["producers"] == 2
+    assert " 0 lost, 0 order violations, 0 watermark violations" in s3["verdict"]
+    assert s3["enqueue_to_start"]["count"] == s3["items"]
+    stages = s3["breakdown"]
+    assert list(stages["enqueue_to_start"]["stages"]) == [
+        "enqueue call",
+        "wait for the worker",
+        "worker round trip",
+        "hand-off",
+    ]
+    assert list(stages["finish_to_ack"]["stages"]) == [
+        "head of line",
+        "completion",
+        "ack loop wait",
+        "offer and ack",
+    ]

@@ -33,7 +33,7 @@ SIZES: dict[str, tuple[float, float]] = {
     "s1keys_items": (10_000, 200_000),  # each row of S1 by key count (--s1keys-items)
     "repeats": (1, 3),
     "s2_items": (600, 10_000),
-    "s3_seconds": (2.0, 30.0),
+    "s3_seconds": (0.5, 10.0),
     "s4_memory_items": (10_000, 100_000),
     "s5_items": (10_000, 200_000),
     "dramatiq_items": (2_000, 50_000),
@@ -55,7 +55,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.add_argument("--concurrency", type=int, default=8, help="slots per worker (S1, S3, S5)")
     p.add_argument("--max-in-queue", type=int, default=5000)
-    p.add_argument("--s3-rate", type=float, default=1000.0)
+    p.add_argument(
+        "--s2-rows",
+        default=None,
+        help="S2 rows, comma-separated (key counts, 'unordered', 'partition order');"
+        " default: all (quick: a few)",
+    )
+    p.add_argument("--s3-rate", type=float, default=10_000.0, help="S3 items/s offered")
+    p.add_argument(
+        "--s3-producers",
+        type=int,
+        default=4,
+        help="S3 producer processes (one enqueue call per item each, partitions split)",
+    )
+    p.add_argument(
+        "--s3-ack-interval",
+        type=float,
+        default=None,
+        help="S3 producers' ack_interval in seconds (default: the Producer's)",
+    )
+    p.add_argument(
+        "--s3-trace",
+        action="store_true",
+        help="S3: record round trips and ack loop ticks, split the latency by hand-off",
+    )
     for name in SIZES:
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=None)
     return p

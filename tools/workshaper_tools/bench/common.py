@@ -131,8 +131,10 @@ class WorkerFleet:
         concurrency: int | None,
         batch_size: int | None = None,
         log_dir: Path,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.url = url
+        self._env = env or {}
         self.namespace = namespace
         self.dump_dir = Path(tempfile.mkdtemp(prefix="ws-bench-records-", dir=log_dir))
         self._log_dir = log_dir
@@ -157,7 +159,7 @@ class WorkerFleet:
         self.peak_rss_kib: list[int] = []
 
     def start(self, timeout: float = 60.0) -> WorkerFleet:
-        env = bench_env(WS_BENCH_DIR=str(self.dump_dir))
+        env = bench_env(WS_BENCH_DIR=str(self.dump_dir), **self._env)
         for i in range(self._processes):
             log = self._log_dir / f"worker-{self.namespace}-{i}.log"
             self._logs.append(log)

@@ -85,6 +85,7 @@ def _metrics(results: dict[str, Any]) -> list[tuple[str, float]]:
         rows += [
             ("S3 enqueue->start p99 ms", 1e3 * s["enqueue_to_start"]["p99"]),
             ("S3 finish->ack p99 ms", 1e3 * s["finish_to_ack"]["p99"]),
+            ("S3 achieved items/s", s["achieved_rate"]),
         ]
     if "s4" in results:
         ws = results["s4"]["workshaper"]

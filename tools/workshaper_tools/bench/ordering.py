@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from workshaper_tools.bench.common import SEED, Items, private_redis, say
+from workshaper_tools.bench.common import SEED, BenchFailure, Items, private_redis, say
 from workshaper_tools.bench.throughput import RunConfig, run_workshaper
 from workshaper_tools.bench.verify import Plan
 
@@ -101,6 +101,13 @@ def in_target(row: str) -> bool:
 
 def scenario_s2(args: Any, log_dir: Path) -> dict[str, Any]:
     rows = QUICK_ROWS if args.quick else FULL_ROWS
+    if getattr(args, "s2_rows", None):
+        rows = [r.strip() for r in args.s2_rows.split(",") if r.strip()]
+        unknown = [r for r in rows if not (r.isdigit() or r in ("partition order", "unordered"))]
+        if unknown:
+            raise BenchFailure(
+                f"unknown S2 row(s) {unknown}: a key count, 'partition order' or 'unordered'"
+            )
     workers = args.workers
     config = RunConfig(
         workers=workers, concurrency=SLOTS // workers, max_in_queue=args.s2_items + 1
