@@ -40,9 +40,15 @@ with lupa.allow_lua_module_loading():
 
 _SETUP = """
 function(py_call, py_pcall, py_cjson_encode, py_cjson_decode)
+  -- An array reply comes back from Python as the values (true, item, ...), unpacked by lupa:
+  -- packing them here is cheaper than building the table from Python (see _call).
+  local function reply(first, ...)
+    if first == true then return {...} end
+    return first
+  end
   redis = {}
-  redis.call = py_call
-  redis.pcall = py_pcall
+  redis.call = function(...) return reply(py_call(...)) end
+  redis.pcall = function(...) return reply(py_pcall(...)) end
   redis.status_reply = function(s) return {ok = s} end
   redis.error_reply = function(s) return {err = s} end
   redis.log = function() end
@@ -62,11 +68,22 @@ function(py_call, py_pcall, py_cjson_encode, py_cjson_decode)
     setglobal(_G, 'ARGV', argv)
     return f()
   end
-  return compile, run
+  -- A call with few arguments passes them as values, not two tables made in Python.
+  local function run_values(f, nkeys, ...)
+    local all, keys, argv = {...}, {}, {}
+    for i = 1, nkeys do keys[i] = all[i] end
+    for i = nkeys + 1, select('#', ...) do argv[i - nkeys] = all[i] end
+    return run(f, keys, argv)
+  end
+  return compile, run, run_values
 end
 """
 
 INT64_MIN = -(2**63)
+#: Up to this many script arguments (or items of an array reply to redis.call) pass to Lua as
+#: values, cheaper than a table built from Python; more go as tables: the values of a call must
+#: fit Lua's C stack (8,000 slots).
+MAX_VALUE_ARGS = 200
 
 
 def _lua_arg(value: Any) -> bytes:
@@ -147,11 +164,17 @@ class LuaScripts:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._lua = lua51.LuaRuntime(encoding=None, register_eval=False, register_builtins=False)
+        # unpack_returned_tuples: _call answers an array as the values (True, item, ...).
+        self._lua = lua51.LuaRuntime(
+            encoding=None,
+            register_eval=False,
+            register_builtins=False,
+            unpack_returned_tuples=True,
+        )
         self._table = self._lua.table_from
         self._lua_type = lua51.lua_type
         setup = self._lua.eval(_SETUP)
-        self._compile, self._run = setup(
+        self._compile, self._run, self._run_values = setup(
             self._call, self._pcall, self._cjson_encode, self._cjson_decode
         )
         #: cjson.null: what JSON null decodes to (a unique Lua value, recognised by its address
@@ -226,10 +249,12 @@ class LuaScripts:
         if nkeys > len(args) - 1:
             raise CommandError("ERR Number of keys can't be greater than number of args")
         try:
-            # Tables, not varargs: a call's arguments must fit Lua's C stack (8,000 slots).
-            result = self._run(
-                function, self._table(args[1 : nkeys + 1]), self._table(args[nkeys + 1 :])
-            )
+            if len(args) <= MAX_VALUE_ARGS:
+                result = self._run_values(function, nkeys, *args[1:])
+            else:
+                result = self._run(
+                    function, self._table(args[1 : nkeys + 1]), self._table(args[nkeys + 1 :])
+                )
         except CommandError:
             raise
         except lua51.LuaError as exc:
@@ -253,16 +278,24 @@ class LuaScripts:
         # Fast path: our scripts name commands in capitals and pass strings.
         command = COMMANDS.get(args[0]) if args and not self._writes_denied else None
         if command is None:
-            return self._to_lua(self._command(args))
-        return self._to_lua(
-            command(self._store, [a if type(a) is bytes else _lua_arg(a) for a in args[1:]])
-        )
+            reply = self._command(args)
+        else:
+            reply = command(self._store, [a if type(a) is bytes else _lua_arg(a) for a in args[1:]])
+        if type(reply) is list and len(reply) <= MAX_VALUE_ARGS:  # packed by redis.call
+            return (
+                True,
+                *[x if type(x) is bytes or type(x) is int else self._to_lua(x) for x in reply],
+            )
+        return self._to_lua(reply)
 
     def _pcall(self, *args: Any) -> Any:
         try:
-            return self._to_lua(self._command(args))
+            reply = self._command(args)
         except CommandError as exc:
             return self._table({b"err": str(exc).encode()})
+        if type(reply) is list and len(reply) <= MAX_VALUE_ARGS:
+            return (True, *[self._to_lua(x) for x in reply])
+        return self._to_lua(reply)
 
     def _to_lua(self, reply: Any) -> Any:
         kind = type(reply)
