@@ -28,6 +28,8 @@ def encode_arg(value: Any) -> bytes:
         return value
     if isinstance(value, str):
         return value.encode()
+    if type(value) is int:  # the common case, before the checks a bool needs
+        return b"%d" % value
     if isinstance(value, bool):
         raise redis.DataError(f"Invalid input of type: 'bool' ({value!r})")
     if isinstance(value, int):
@@ -92,7 +94,10 @@ class EmbeddedServer:
         dispatch = self._dispatch
         lock = self._lock
         for args in commands:
-            encoded = [a if type(a) is bytes else encode_arg(a) for a in args]
+            encoded = [
+                a if type(a) is bytes else a.encode() if type(a) is str else encode_arg(a)
+                for a in args
+            ]
             try:
                 with lock:
                     results.append(dispatch(encoded[0].upper(), encoded[1:]))

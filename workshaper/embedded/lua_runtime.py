@@ -289,8 +289,14 @@ class LuaScripts:
         return self._to_lua(reply)
 
     def _pcall(self, *args: Any) -> Any:
+        command = COMMANDS.get(args[0]) if args and not self._writes_denied else None
         try:
-            reply = self._command(args)
+            if command is None:  # not ours in capitals, or not allowed (NOT_IN_SCRIPTS)
+                reply = self._command(args)
+            else:
+                reply = command(
+                    self._store, [a if type(a) is bytes else _lua_arg(a) for a in args[1:]]
+                )
         except CommandError as exc:
             return self._table({b"err": str(exc).encode()})
         if type(reply) is list and len(reply) <= MAX_VALUE_ARGS:
@@ -345,7 +351,8 @@ class LuaScripts:
                 item = value[i]
                 if item is None:
                     return out
-                out.append(self._from_lua(item))
+                kind = type(item)
+                out.append(item if kind is bytes or kind is int else self._from_lua(item))
                 i += 1
         raise CommandError(f"ERR the embedded backend cannot return a Lua {self._lua_type(value)}")
 

@@ -42,6 +42,8 @@ def to_int(raw: bytes) -> int:
 
 
 def to_float(raw: bytes, error: str = NOT_FLOAT) -> float:
+    if raw.isdigit():  # the common case: a non-negative integer (a time, an offset)
+        return float(raw)
     text = raw.strip().lower()
     if text in (b"inf", b"+inf", b"infinity", b"+infinity"):
         return math.inf

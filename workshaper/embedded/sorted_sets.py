@@ -23,6 +23,8 @@ from workshaper.embedded.store import CommandError, Store, ZSet
 def cmd_zadd(store: Store, args: list[bytes]) -> Any:
     """ZADD key [NX | XX] [GT | LT] [CH] [INCR] score member [score member ...]."""
     arity("zadd", args, 3)
+    if args[1][:1].isdigit() and len(args) % 2:  # no flag (flags are letters): plain pairs
+        return _zadd_plain(store, args)
     flags: set[bytes] = set()
     i = 1
     while i < len(args) and args[i].upper() in (b"NX", b"XX", b"GT", b"LT", b"CH", b"INCR"):
@@ -71,6 +73,22 @@ def cmd_zadd(store: Store, args: list[bytes]) -> Any:
     if b"INCR" in flags:
         return result
     return changed if b"CH" in flags else added
+
+
+def _zadd_plain(store: Store, args: list[bytes]) -> int:
+    """ZADD key score member [score member ...]: the form the scripts use most."""
+    pairs = args[1:]
+    scores = [to_float(pairs[j]) for j in range(0, len(pairs), 2)]
+    z = store.get(args[0], ZSet)
+    if z is None:
+        z = store.data[args[0]] = ZSet()
+    added = 0
+    for score, member in zip(scores, pairs[1::2], strict=True):
+        if z.add(member, score):
+            added += 1
+    if added and args[0] in store.waiters:
+        store.changed.notify_all()
+    return added
 
 
 def cmd_zrem(store: Store, args: list[bytes]) -> int:

@@ -99,7 +99,7 @@ class Store:
         value = self.data.get(key)
         if value is None:
             return None
-        if self.expires and self._expired(key):
+        if key in self.expires and self._expired(key):
             return None
         if type(value) is not kind:
             raise CommandError(WRONGTYPE)
@@ -114,7 +114,7 @@ class Store:
     def lookup(self, key: bytes) -> Any:
         """The value at ``key`` of any type, or None."""
         value = self.data.get(key)
-        if value is None or (self.expires and self._expired(key)):
+        if value is None or (key in self.expires and self._expired(key)):
             return None
         return value
 
