@@ -58,6 +58,32 @@ def test_batch_on_a_demoted_primary_is_transient_not_a_script_error(
     backend.close()
 
 
+def test_a_batch_is_one_socket_write(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every command of a batch goes out in one write: handed a list, redis-py makes a
+    syscall per command, which doubled the cost of each producer's enqueue (script + bell)."""
+    backend = connect(redis_server.url)
+    writes: list[int] = []
+    sendall = redis.connection.socket.socket.sendall
+
+    def counted(sock: Any, data: Any, *args: Any) -> Any:
+        writes.append(len(data))
+        return sendall(sock, data, *args)
+
+    batch = Batch(backend)
+    replies = [batch.command("PING") for _ in range(3)]
+    batch.command("SET", b"ws:{t}:one-write", b"x")
+    backend.client.ping()  # connect before counting
+    monkeypatch.setattr(redis.connection.socket.socket, "sendall", counted)
+    batch.execute()
+    monkeypatch.undo()
+    assert [r.get() for r in replies] == [b"PONG"] * 3
+    assert len(writes) == 1
+    backend.client.delete(b"ws:{t}:one-write")
+    backend.close()
+
+
 @pytest.mark.parametrize(
     ("error", "transient"),
     [

@@ -180,7 +180,9 @@ class Batch:
             for attempt in range(SEND_ATTEMPTS):
                 conn = link.connection()
                 try:
-                    conn.send_packed_command(packed)
+                    # One write for the whole batch: given a list, redis-py makes a sendall
+                    # (a syscall) per command.
+                    conn.send_packed_command([b"".join(packed)])
                     return [_read_reply(conn) for _ in commands]
                 except (redis.ConnectionError, redis.TimeoutError, OSError):
                     link.broken()
