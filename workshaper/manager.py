@@ -129,8 +129,10 @@ class Manager:
         if self._closed:
             raise RuntimeError("this Manager is shut down")
         if self._writer is not None:
-            encoded = self._producer.encode((sub_key, message, partition, offset))
-            if self._queue_new(encoded, timeout):
+            p, sub, o, entry = codec.encode_item(
+                sub_key, message, partition, offset, self._producer.max_message_bytes
+            )
+            if self._queue_new((p, EncodedItem(sub, o, entry)), timeout):
                 return Enqueued.ACCEPTED
             self._drain(None)  # a re-delivery: the script decides, after what was queued
         # Never hold the lock here: enqueue may block until the ack loop (which takes the lock

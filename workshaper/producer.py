@@ -154,15 +154,11 @@ class Producer:
             ) from None
         return self.enqueue_encoded(self._encode_all(listed), timeout)
 
-    def encode(self, item: Item) -> tuple[int, EncodedItem]:
-        """Validate and encode one item (InvalidInput naming the bad field), for
-        ``enqueue_encoded``: a caller that queues items before sending them checks them first."""
-        return self._encode_all([item])[0]
-
     def enqueue_encoded(
         self, encoded: list[tuple[int, EncodedItem]], timeout: float | None = None
     ) -> list[Enqueued]:
-        """``enqueue_many`` of items already checked and encoded by ``encode``."""
+        """``enqueue_many`` of items already checked and encoded (``codec.encode_item``): a
+        caller that queues items before sending them checks each one first."""
         by_partition: dict[int, list[tuple[int, EncodedItem]]] = {}
         for index, (partition, item) in enumerate(encoded):
             by_partition.setdefault(partition, []).append((index, item))
