@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         "--fakeredis-items", type=int, default=2000, help="S1 items on fakeredis (it is slow)"
     )
     parser.add_argument("--only", default="s1,s2")
+    parser.add_argument(
+        "--s2-max-in-queue", default="25", help="S2's max_in_queue values, comma-separated"
+    )
     args = parser.parse_args(argv)
     backends = ["fakeredis", "embedded", "redis"] if args.backend == "all" else [args.backend]
     only = set(args.only.split(","))
@@ -118,12 +121,13 @@ def main(argv: list[str] | None = None) -> int:
                 plan, sleeps = plan_sleeps(10000, "1000")
                 ideal, _, _ = ideal_seconds(plan, sleeps, SLOTS)
                 items = [(sub, str(us), p, o) for sub, us, p, o in plan.tuples]
-                seconds, cpu = _run(redis, items, _sleep_us, 25)
-                say(
-                    f"{backend:9s} S2 1,000 keys, 10,000 items, max_in_queue 25: {seconds:.2f} s "
-                    f"= {seconds / ideal:.2f}x ideal {ideal:.2f} s "
-                    f"(seed {SEED_PUBLISHED['1000']} s), CPU {cpu:.2f} s"
-                )
+                for max_in_queue in map(int, args.s2_max_in_queue.split(",")):
+                    seconds, cpu = _run(redis, items, _sleep_us, max_in_queue)
+                    say(
+                        f"{backend:9s} S2 1,000 keys, 10,000 items, max_in_queue {max_in_queue}:"
+                        f" {seconds:.2f} s = {seconds / ideal:.2f}x ideal {ideal:.2f} s"
+                        f" (seed {SEED_PUBLISHED['1000']} s), CPU {cpu:.2f} s"
+                    )
     return 0
 
 
