@@ -4,6 +4,7 @@ proxy's modes, and the harness's own pieces. The long soak is ``./scripts/chaos 
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -16,9 +17,10 @@ import redis
 from workshaper_tools import chaos
 from workshaper_tools.chaos import ChaosConfig, ChaosResult, Harness, SkipRun, summary_table
 from workshaper_tools.chaos import cli as chaos_cli
+from workshaper_tools.chaos.cluster import worker_exit_kind
 from workshaper_tools.testing import netns, redis_server_binary
 from workshaper_tools.testing.checker import Ack, PlannedItem, check
-from workshaper_tools.testing.journal import Event
+from workshaper_tools.testing.journal import POISON_EXIT_STATUS, Event
 from workshaper_tools.testing.proxy import ChaosProxy
 from workshaper_tools.testing.redis_server import RedisServer
 
@@ -373,3 +375,19 @@ def test_checker_order_after_a_dead_lettered_item() -> None:
     assert check(plan, zombie, dead_lettered=[(0, 0)]).order_violations == []
     rerun = [*zombie, Event("s", 0, 0, "a", 4, 6, 2, 4.05, "w2")]
     assert len(check(plan, rerun, dead_lettered=[(0, 0)]).order_violations) == 1
+
+
+def test_a_worker_that_loses_redis_while_starting_is_not_an_unexpected_exit() -> None:
+    # Seen in a run: the worker's first command passed, then a proxy drop closed the connection
+    # during its start-up checks; it exits 2 like a worker that cannot reach Redis at all.
+    lost = (
+        "=== harness: start w0.5 at 1796291820.474 | workshaper: error: lost Redis at"
+        " 10.213.111.1:36817 at startup: Connection closed by server. (redis redis://x)"
+    )
+    unreachable = "workshaper: error: cannot reach Redis at 127.0.0.1:1: Connection refused"
+    assert worker_exit_kind(2, False, lost) == "unreachable at start"
+    assert worker_exit_kind(2, False, unreachable) == "unreachable at start"
+    assert worker_exit_kind(2, False, "workshaper: error: --lease must be > 0") is None
+    assert worker_exit_kind(-signal.SIGKILL, True, "") == "killed"
+    assert worker_exit_kind(-signal.SIGKILL, False, "") is None
+    assert worker_exit_kind(POISON_EXIT_STATUS, False, "") == "poison"

@@ -33,6 +33,22 @@ from workshaper_tools.testing.redis_server import RedisServer
 
 #: Exit status of workshaper-worker when Redis is unreachable at start (workshaper.cli.common).
 SETUP_ERROR_STATUS = 2
+#: What it prints then: Redis did not answer its first command, or dropped the connection during
+#: the checks that follow (a proxy drop or a Redis restart at that moment). A supervisor
+#: restarts it either way; neither is a fault of the fleet.
+_UNREACHABLE_AT_START = ("cannot reach Redis", "at startup: ")
+
+
+def worker_exit_kind(code: int, expect_kill: bool, log_tail: str) -> str | None:
+    """The worker_exits bucket of a worker's exit, or None when the exit is unexpected."""
+    if expect_kill and code == -signal.SIGKILL:
+        return "killed"
+    if code == POISON_EXIT_STATUS:
+        return "poison"
+    if code == SETUP_ERROR_STATUS and any(m in log_tail for m in _UNREACHABLE_AT_START):
+        return "unreachable at start"
+    return None
+
 
 _PR_SET_PDEATHSIG = 1
 try:
@@ -345,12 +361,9 @@ class Cluster:
 
     def _worker_exited(self, slot: WorkerSlot, code: int) -> None:
         slot.process = None
-        if slot.expect_kill and code == -signal.SIGKILL:
-            self.worker_exits["killed"] += 1
-        elif code == POISON_EXIT_STATUS:
-            self.worker_exits["poison"] += 1
-        elif code == SETUP_ERROR_STATUS and "cannot reach Redis" in self._tail(slot.log_path):
-            self.worker_exits["unreachable at start"] += 1
+        kind = worker_exit_kind(code, slot.expect_kill, self._tail(slot.log_path))
+        if kind is not None:
+            self.worker_exits[kind] += 1
         elif self.stopping and code in (0, -signal.SIGTERM):
             return  # our SIGTERM (a worker that had not set up its handlers yet dies of it)
         else:
