@@ -176,6 +176,7 @@ def test_s3_trace_splits_both_latencies_by_hand_off(
         "worker round trip",
         "hand-off",
     ]
+    assert set(stages["ack_tick_gap"]) == {"p50", "p99", "p99.9", "max"}
     assert list(stages["finish_to_ack"]["stages"]) == [
         "head of line",
         "completion",

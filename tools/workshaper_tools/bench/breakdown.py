@@ -18,7 +18,9 @@ finish -> ack = head of line + completion + ack loop wait + offer and ack, where
 - completion: from then until the round trip that recorded the last of those items (first
   round trip of its worker sent after it ended that carried a completion) was answered;
 - ack loop wait: from that answer to the start of the producer's ack loop tick that offered
-  the watermark (the loop sleeps ``ack_interval`` between ticks);
+  the watermark (the loop sleeps ``ack_interval`` between ticks, and offers a partition whose
+  last offers found nothing new less often, up to every 100 ms); reported with the gap
+  between that tick and the partition's previous one;
 - offer and ack: from that tick's start to the ``ack`` call (the offer round trip).
 
 The stages of an item add up to its total exactly; a stage can be slightly negative where two
@@ -77,8 +79,11 @@ def breakdown(items: Items, run: S3Run) -> dict[str, Any]:
         "finish_to_ack": to_ack,
         "worker_round_trips": [len(t.round_trips) for t in run.traces],
         "bells_popped": [len(t.bells) for t in run.traces],
-        "ack_loop_ticks": [len(t) for t in run.ticks.values()],
+        "ack_loop_ticks": sum(len(t) for t in run.ticks.values()),
     }
+    gaps = to_ack.pop("_gaps")
+    result["ack_tick_gap"] = {q: percentile(gaps, float(q[1:])) for q in ("p50", "p99", "p99.9")}
+    result["ack_tick_gap"]["max"] = max(gaps) if gaps else math.nan
     for title, part in (("enqueue -> start", to_start), ("finish -> ack", to_ack)):
         say(f"  breakdown of {title} ({part['tail_items']} items above its p99 = the tail):")
         for stage, s in part["stages"].items():
@@ -86,6 +91,11 @@ def breakdown(items: Items, run: S3Run) -> dict[str, Any]:
                 f"    {stage:>20}: p50 {s['p50'] * 1e3:6.2f} ms, p99 {s['p99'] * 1e3:6.2f} ms,"
                 f" mean {s['mean'] * 1e3:6.2f} ms, mean in the tail {s['tail_mean'] * 1e3:6.2f} ms"
             )
+    gap = result["ack_tick_gap"]
+    say(
+        f"  gap between the acking tick and the partition's previous tick: p50"
+        f" {gap['p50'] * 1e3:.2f} ms, p99 {gap['p99'] * 1e3:.2f} ms, max {gap['max'] * 1e3:.2f} ms"
+    )
     return result
 
 
@@ -125,6 +135,7 @@ def _ack_stages(
 ) -> dict[str, Any]:
     stages: dict[str, list[float]] = {name: [] for name in ACK_STAGES}
     totals: list[float] = []
+    gaps: list[float] = []  # per ack call: its tick's start - the partition's previous tick's
     by_partition: dict[int, list[int]] = defaultdict(list)
     for partition, offset in zip(items.plan.partitions, items.plan.offsets, strict=True):
         by_partition[partition].append(offset)
@@ -134,7 +145,11 @@ def _ack_stages(
     for partition, offsets in by_partition.items():
         offsets.sort()
         marks = [w for w, _ in acks[partition]]
-        ticks = run.ticks.get(partition % run.producers, [])
+        ticks = run.ticks.get(partition, [])
+        for watermark_at in (at for _, at in acks[partition]):
+            t = bisect.bisect_right(ticks, watermark_at) - 1
+            if t >= 1:
+                gaps.append(ticks[t] - ticks[t - 1])
         last: tuple[float, int] = (-math.inf, -1)  # (latest end so far, its worker)
         for offset in offsets:
             got = ran.get((partition, offset))
@@ -157,4 +172,6 @@ def _ack_stages(
             stages["completion"].append(recorded - ready)
             stages["ack loop wait"].append(tick - recorded)
             stages["offer and ack"].append(acked_at - tick)
-    return _summary(totals, stages)
+    out = _summary(totals, stages)
+    out["_gaps"] = gaps
+    return out

@@ -69,7 +69,7 @@ def produce(job: ProducerJob, positions: list[int], tuples: list[Any]) -> None:
     """One producer process: enqueue ``tuples`` (global positions ``positions``) one call
     each on the global schedule, wait until all are acked, write what it saw to ``job.out``."""
     acks: list[tuple[int, int, float]] = []
-    ticks: list[float] = []
+    ticks: list[tuple[float, list[int]]] = []
 
     def ack(partition: int, watermark: int) -> None:
         acks.append((partition, watermark, time.monotonic()))
@@ -114,8 +114,9 @@ def produce(job: ProducerJob, positions: list[int], tuples: list[Any]) -> None:
     Path(job.out).write_text(json.dumps(result, separators=(",", ":")))
 
 
-def _trace_ticks(producer: Producer, ticks: list[float]) -> None:
-    """Record when each tick of the producer's ack loop starts (its offer round trip). The
+def _trace_ticks(producer: Producer, ticks: list[tuple[float, list[int]]]) -> None:
+    """Record when each tick of the producer's ack loop starts (its offer round trip) and
+    which partitions it offers (a quiet partition is offered less often). The
     loop's thread is already running, so the bound method is swapped on the instance: its
     ``_run`` looks ``self._tick`` up on every turn."""
     loop = getattr(producer, "_ack_loop", None)
@@ -124,7 +125,7 @@ def _trace_ticks(producer: Producer, ticks: list[float]) -> None:
         return  # the producer changed shape: no ticks, the breakdown says so
 
     def traced(partitions: list[int]) -> None:
-        ticks.append(time.monotonic())
+        ticks.append((time.monotonic(), list(partitions)))
         tick(partitions)
 
     loop._tick = traced  # type: ignore[method-assign]
@@ -136,8 +137,7 @@ class S3Run:
     returned_at: list[float]  # ... and when it returned
     lag: list[float]
     acks: list[AckCall]
-    ticks: dict[int, list[float]]  # producer index -> when its ack loop's ticks began
-    producers: int
+    ticks: dict[int, list[float]]  # partition -> when the ack loop ticks offering it began
     records: list[Any]
     traces: list[WorkerTrace]  # per worker, with round trips when traced
     first: float
@@ -222,7 +222,7 @@ def _merge(items: Items, outs: list[Path], records: list[Any], traces: list[Work
     acks: list[AckCall] = []
     ticks: dict[int, list[float]] = {}
     first, last = float("inf"), 0.0
-    for index, out in enumerate(outs):
+    for out in outs:
         data = json.loads(out.read_text())
         if data["refused"]:
             raise BenchFailure(f"{data['refused']} items were not accepted")
@@ -235,14 +235,16 @@ def _merge(items: Items, outs: list[Path], records: list[Any], traces: list[Work
             returned_at[position] = back
         lag += data["lag"]
         acks += [AckCall(p, w, at) for p, w, at in data["acks"]]
-        ticks[index] = sorted(data["ticks"])
+        for at, partitions in data["ticks"]:
+            for partition in partitions:
+                ticks.setdefault(partition, []).append(at)
         if data["called"]:
             first = min(first, data["called"][0])
             last = max(last, data["called"][-1])
     acks.sort(key=lambda a: a.at)
-    return S3Run(
-        enqueued_at, returned_at, lag, acks, ticks, len(outs), records, traces, first, last
-    )
+    for at in ticks.values():
+        at.sort()
+    return S3Run(enqueued_at, returned_at, lag, acks, ticks, records, traces, first, last)
 
 
 def stats(values: list[float]) -> dict[str, float]:

@@ -90,6 +90,13 @@ def _s3_markdown(s: dict[str, Any]) -> list[str]:
                 f"| {name} | {_ms(d['p50'])} | {_ms(d['p99'])} | {_ms(d['mean'])} |"
                 f" {_ms(d['tail_mean'])} |"
             )
+    gap = s.get("breakdown", {}).get("ack_tick_gap")
+    if gap:
+        out += [
+            "",
+            f"Gap between the ack loop tick that made an ack and the partition's previous tick:"
+            f" p50 {_ms(gap['p50'])} ms, p99 {_ms(gap['p99'])} ms, max {_ms(gap['max'])} ms.",
+        ]
     return out
 
 
