@@ -32,6 +32,11 @@ from workshaper.worker import Worker
 
 log = logging.getLogger(__name__)
 
+#: How long the writer gathers queued items before sending them while the enqueueing thread
+#: keeps going (it sends at once when that thread is about to wait for room, or for a drain),
+#: and how many items make it send at once anyway.
+GATHER_SECONDS, GATHER_ITEMS = 0.0005, 256
+
 
 class Manager:
     """Enqueue items, run ``work`` on them in sub-key order, ack contiguous watermarks."""
@@ -58,8 +63,12 @@ class Manager:
         self._user_ack = ack
         self._max_in_queue = max_in_queue
         self._lock = threading.Lock()
-        #: Notified when an ack frees room and when the writer drained its queue.
-        self._changed = threading.Condition(self._lock)
+        #: Notified when an ack frees room (enqueue waits on it).
+        self._room = threading.Condition(self._lock)
+        #: Notified when items wait for the writer (the writer waits on it).
+        self._work = threading.Condition(self._lock)
+        #: Notified when the writer finished a send (drain and flush wait on it).
+        self._sent = threading.Condition(self._lock)
         self._unacked: dict[int, list[int]] = {}  # partition -> accepted offsets, ascending
         self._acked_to: dict[int, int] = {}  # partition -> highest offset acked
         self._total_enqueued = 0
@@ -98,6 +107,7 @@ class Manager:
         self._writer: threading.Thread | None = None
         self._waiting: list[tuple[int, EncodedItem]] = []  # checked, counted, not sent yet
         self._writing = False
+        self._urgent = False  # someone waits for the queued items to be sent: no gathering
         self._stopping = False
         self._write_error: BaseException | None = None
         self._sent_to: dict[int, int] = {}  # partition -> highest offset sent or waiting
@@ -116,7 +126,7 @@ class Manager:
             count = bisect.bisect_right(pending, offset)
             del pending[:count]
             self._total_acked += count
-            self._changed.notify_all()
+            self._room.notify_all()
 
     def enqueue(
         self,
@@ -155,9 +165,9 @@ class Manager:
         (QueueFull after ``timeout``); False for any other offset (the script must decide)."""
         partition, item = encoded
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._changed:
-            self._raise_write_error()
+        with self._lock:
             while True:
+                self._raise_write_error()
                 if item.offset <= self._sent_to.get(partition, -1):
                     return False
                 unacked = self._unacked.setdefault(partition, [])
@@ -171,25 +181,48 @@ class Manager:
                         partition,
                         [None],
                     )
-                self._changed.wait(remaining)
+                self._hurry()  # what is queued goes now: this thread waits for room
+                self._room.wait(remaining)
             self._sent_to[partition] = item.offset
             unacked.append(item.offset)  # above every offset sent: the list stays ascending
             self._total_enqueued += 1
             self._waiting.append(encoded)
-            if not self._writing:
-                self._changed.notify_all()
+            if len(self._waiting) == 1 or len(self._waiting) >= GATHER_ITEMS:
+                self._work.notify()  # starts the writer's gathering, or ends it
         return True
+
+    def _hurry(self) -> None:
+        """Send what is queued without gathering more (the caller holds the lock)."""
+        if self._waiting and not self._urgent:
+            self._urgent = True
+            self._work.notify()
+
+    def _take_batch(self) -> list[tuple[int, EncodedItem]] | None:
+        """The writer's wait for items (the caller holds the lock): the first one starts a
+        gathering of GATHER_SECONDS, cut short when the enqueueing thread is about to wait,
+        by a drain, or by GATHER_ITEMS items. None: stopped with nothing left."""
+        while not self._waiting:
+            if self._stopping:
+                return None
+            self._work.wait()
+        deadline = time.monotonic() + GATHER_SECONDS
+        while not (self._urgent or self._stopping or len(self._waiting) >= GATHER_ITEMS):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._work.wait(remaining)
+        batch, self._waiting = self._waiting, []
+        self._urgent = False
+        self._writing = True
+        return batch
 
     def _write_loop(self) -> None:
         """Send what waits, in one script call per round, until stopped and drained."""
         while True:
-            with self._changed:
-                while not self._waiting and not self._stopping:
-                    self._changed.wait()
-                if not self._waiting:
-                    return
-                batch, self._waiting = self._waiting, []
-                self._writing = True
+            with self._lock:
+                batch = self._take_batch()
+            if batch is None:
+                return
             error: BaseException | None = None
             try:
                 statuses = self._producer.enqueue_encoded(batch)
@@ -202,20 +235,22 @@ class Manager:
                 error = exc
             if error is not None:
                 log.error("enqueue of %d queued item(s) failed: %r", len(batch), error)
-            with self._changed:
+            with self._lock:
                 self._writing = False
                 if error is not None and self._write_error is None:
                     self._write_error = error
-                self._changed.notify_all()
+                    self._room.notify_all()  # enqueues waiting for room raise it
+                self._sent.notify_all()
 
     def _drain(self, deadline: float | None) -> bool:
         """Wait until the writer sent everything queued (False if ``deadline`` passed)."""
-        with self._changed:
+        with self._lock:
             while self._waiting or self._writing:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self._changed.wait(remaining)
+                self._hurry()
+                self._sent.wait(remaining)
             self._raise_write_error()
         return True
 
@@ -226,9 +261,10 @@ class Manager:
     def _stop_writer(self) -> None:
         if self._writer is None:
             return
-        with self._changed:
+        with self._lock:
             self._stopping = True
-            self._changed.notify_all()
+            self._work.notify_all()
+            self._room.notify_all()
 
     # --- state -------------------------------------------------------------------------------
 
