@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from workshaper import Enqueued, Producer
 from workshaper.ackloop import AckLoop
@@ -36,6 +39,7 @@ from workshaper_tools.bench.common import (
     BenchFailure,
     Items,
     WorkerFleet,
+    cpu_seconds,
     percentile,
     plan_noop,
     private_redis,
@@ -85,6 +89,7 @@ def produce(job: ProducerJob, positions: list[int], tuples: list[Any]) -> None:
     lag: list[float] = []
     refused = 0
     monotonic, sleep = time.monotonic, time.sleep
+    cpu = time.process_time()  # this process, ack loop thread included
     for position, item in zip(positions, tuples, strict=True):
         due = job.t0 + position / job.rate
         now = monotonic()
@@ -98,6 +103,7 @@ def produce(job: ProducerJob, positions: list[int], tuples: list[Any]) -> None:
         returned.append(monotonic())
     done = monotonic()
     flushed = producer.flush(timeout=300.0)
+    cpu = time.process_time() - cpu
     producer.close()
     result = {
         "positions": positions,
@@ -110,6 +116,7 @@ def produce(job: ProducerJob, positions: list[int], tuples: list[Any]) -> None:
         "flushed": flushed,
         "first": called[0] if called else job.t0,
         "done": done,
+        "cpu": cpu,
     }
     Path(job.out).write_text(json.dumps(result, separators=(",", ":")))
 
@@ -142,6 +149,8 @@ class S3Run:
     traces: list[WorkerTrace]  # per worker, with round trips when traced
     first: float
     last: float  # when the last enqueue call began
+    #: CPU seconds from the first item's due time until everything was acked, by process kind
+    cpu: dict[str, float] = field(default_factory=dict)
 
 
 def run_s3(
@@ -173,6 +182,9 @@ def run_s3(
     outs: list[Path] = []
     try:
         fleet.start()
+        client = redis.Redis.from_url(url)
+        redis_cpu = _redis_cpu(client)
+        workers_cpu = sum(cpu_seconds(pid) for pid in fleet.pids())
         t0 = time.monotonic() + START_MARGIN
         for index in range(producers):
             mine = [i for i, p in enumerate(items.plan.partitions) if p % producers == index]
@@ -204,6 +216,9 @@ def run_s3(
                 )
             if fleet.exited():
                 raise BenchFailure(f"a worker exited during the run:\n{fleet.logs_tail()}")
+        workers_cpu = sum(cpu_seconds(pid) for pid in fleet.pids()) - workers_cpu
+        redis_cpu = _redis_cpu(client) - redis_cpu
+        client.close()
         records = fleet.stop()
     finally:
         for proc in procs:
@@ -211,7 +226,14 @@ def run_s3(
                 proc.kill()
                 proc.join(10)
         fleet.kill()
-    return _merge(items, outs, records, read_traces(fleet.dump_dir))
+    run = _merge(items, outs, records, read_traces(fleet.dump_dir))
+    run.cpu.update({"workers": workers_cpu, "redis-server": redis_cpu})
+    return run
+
+
+def _redis_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def _merge(items: Items, outs: list[Path], records: list[Any], traces: list[WorkerTrace]) -> S3Run:
@@ -222,6 +244,7 @@ def _merge(items: Items, outs: list[Path], records: list[Any], traces: list[Work
     acks: list[AckCall] = []
     ticks: dict[int, list[float]] = {}
     first, last = float("inf"), 0.0
+    producers_cpu = 0.0
     for out in outs:
         data = json.loads(out.read_text())
         if data["refused"]:
@@ -234,6 +257,7 @@ def _merge(items: Items, outs: list[Path], records: list[Any], traces: list[Work
             enqueued_at[position] = called
             returned_at[position] = back
         lag += data["lag"]
+        producers_cpu += data["cpu"]
         acks += [AckCall(p, w, at) for p, w, at in data["acks"]]
         for at, partitions in data["ticks"]:
             for partition in partitions:
@@ -244,7 +268,18 @@ def _merge(items: Items, outs: list[Path], records: list[Any], traces: list[Work
     acks.sort(key=lambda a: a.at)
     for at in ticks.values():
         at.sort()
-    return S3Run(enqueued_at, returned_at, lag, acks, ticks, records, traces, first, last)
+    return S3Run(
+        enqueued_at,
+        returned_at,
+        lag,
+        acks,
+        ticks,
+        records,
+        traces,
+        first,
+        last,
+        {"producers": producers_cpu},
+    )
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -272,6 +307,7 @@ def scenario_s3(args: Any, log_dir: Path) -> dict[str, Any]:
         f" enqueue call each), {producers} producer process(es), {args.partitions} partitions,"
         f" {args.sub_keys} sub keys, {args.workers} workers x {args.concurrency}"
     )
+    load_before = os.getloadavg()
     with private_redis() as server:
         run = run_s3(
             server.url,
@@ -296,6 +332,8 @@ def scenario_s3(args: Any, log_dir: Path) -> dict[str, Any]:
     achieved = (count - 1) / span if span > 0 else float("nan")
     enqueue_call = stats([b - a for a, b in zip(run.enqueued_at, run.returned_at, strict=True)])
     met = start["p99"] <= TARGET_START_P99 and ack["p99"] <= TARGET_ACK_P99
+    cpu_us = {kind: 1e6 * seconds / count for kind, seconds in run.cpu.items()}
+    cores = sum(cpu_us.values()) * rate / 1e6
     for name, s, target in (
         ("enqueue -> start", start, TARGET_START_P99),
         ("finish -> ack  ", ack, TARGET_ACK_P99),
@@ -309,6 +347,13 @@ def scenario_s3(args: Any, log_dir: Path) -> dict[str, Any]:
         f" p50 {_ms(percentile(run.lag, 50))} ms, p99 {_ms(percentile(run.lag, 99))} ms;"
         f" one enqueue call p50 {_ms(enqueue_call['p50'])} ms, p99 {_ms(enqueue_call['p99'])}"
         f" ms - {verdict.summary()}"
+    )
+    say(
+        "  CPU per item: "
+        + ", ".join(f"{kind} {us:.0f} us" for kind, us in cpu_us.items())
+        + f" = {cores:.2f} cores needed for {rate:,.0f} items/s"
+        f" (this machine has {os.cpu_count()});"
+        f" load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after"
     )
     result: dict[str, Any] = {
         "rate": rate,
@@ -330,6 +375,10 @@ def scenario_s3(args: Any, log_dir: Path) -> dict[str, Any]:
         "targets": {"enqueue_to_start_p99": TARGET_START_P99, "finish_to_ack_p99": TARGET_ACK_P99},
         "met": met,
         "verdict": verdict.summary(),
+        "cpu_us_per_item": cpu_us,
+        "cores_at_offered_rate": cores,
+        "load_before": load_before[0],
+        "load_after": os.getloadavg()[0],
         "_start_delays": start_values,
         "_ack_delays": ack_values,
     }

@@ -71,6 +71,14 @@ def _s3_markdown(s: dict[str, Any]) -> list[str]:
             f" p50 {_ms(s['enqueue_call']['p50'])} ms, p99 {_ms(s['enqueue_call']['p99'])} ms)."
             f" Clock: {s.get('clock', 'CLOCK_MONOTONIC')}.",
         ]
+    if "cpu_us_per_item" in s:
+        cpu = ", ".join(f"{kind} {us:.0f} us" for kind, us in s["cpu_us_per_item"].items())
+        out += [
+            "",
+            f"CPU per item: {cpu}; at {s['rate']:,.0f} items/s that is"
+            f" {s['cores_at_offered_rate']:.2f} cores. Load average {s['load_before']:.2f}"
+            f" before S3, {s['load_after']:.2f} after.",
+        ]
     for key, title in (
         ("enqueue_to_start", "enqueue -> start"),
         ("finish_to_ack", "finish -> ack"),
