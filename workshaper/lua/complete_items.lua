@@ -40,31 +40,27 @@ end
 if not whole(lease_ms, 1) then return bad_argument('complete_items', 'lease ms', ARGV[1]) end
 if not whole(batch, 1) then return bad_argument('complete_items', 'batch', ARGV[2]) end
 if not whole(n, 0) then return bad_argument('complete_items', 'lease count', ARGV[3]) end
-local calls = {}
+-- Where each lease's arguments start in ARGV; its fields are read from there when used (a
+-- table per lease costs more than the reads). Names an argument of lease i in an error.
+local starts = {}
+local function bad_lease(i, what, value)
+  return bad_argument('complete_items', what .. ' of lease ' .. string.format('%d', i), value)
+end
 local a = 4
 for i = 1, n do
-  local key_index, sub, token, action = tonumber(ARGV[a]), ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local k = tonumber(ARGV[a + 5])
-  local what = 'of lease ' .. string.format('%d', i)
+  local key_index, k, action = tonumber(ARGV[a]), tonumber(ARGV[a + 5]), ARGV[a + 3]
   if not whole(key_index, 1) or not KEYS[FIRST_EXTRA_KEY + key_index - 1] then
-    return bad_argument('complete_items', 'key index ' .. what, ARGV[a])
+    return bad_lease(i, 'key index', ARGV[a])
   end
-  if not sub or not token then
-    return bad_argument('complete_items', 'sub key/token ' .. what, nil)
-  end
+  if not ARGV[a + 1] or not ARGV[a + 2] then return bad_lease(i, 'sub key/token', nil) end
   if action ~= 'k' and action ~= 'c' and action ~= 'y' and action ~= 'r' then
-    return bad_argument('complete_items', 'action ' .. what, action)
+    return bad_lease(i, 'action', action)
   end
-  if not whole(k, 0) or a + 5 + k > #ARGV then
-    return bad_argument('complete_items', 'offset count ' .. what, ARGV[a + 5])
-  end
+  if not whole(k, 0) or a + 5 + k > #ARGV then return bad_lease(i, 'offset count', ARGV[a + 5]) end
   for j = a + 6, a + 5 + k do
-    if not string.match(ARGV[j], '^%d+$') then
-      return bad_argument('complete_items', 'offset ' .. what, ARGV[j])
-    end
+    if not string.match(ARGV[j], '^%d+$') then return bad_lease(i, 'offset', ARGV[j]) end
   end
-  calls[i] = {list_key = KEYS[FIRST_EXTRA_KEY + key_index - 1], sub = sub, token = token,
-              action = action, exact_mode = ARGV[a + 4] == '1', k = k, first = a + 6}
+  starts[i] = a
   a = a + 6 + k
 end
 
@@ -79,7 +75,7 @@ if err then return err end
 -- second completion of a sub key would be checked against what the first one changed.
 local subs, seen = {}, {}
 for i = 1, n do
-  local sub = calls[i].sub
+  local sub = ARGV[starts[i] + 1]
   if seen[sub] then return bad_argument('complete_items', 'repeated sub key', sub) end
   seen[sub] = true
   subs[i] = sub
@@ -95,13 +91,13 @@ local ready_len = size[K_READY]
 -- offsets), then what follows them (the new head, or the next batch when it may continue).
 local held, lists, counts = {}, {}, {}
 for i = 1, n do
-  local call = calls[i]
-  local owner = owners[i]
-  if owner and string.sub(owner, 1, #call.token + 1) == call.token .. '|' then
-    local take = 1
-    if call.action == 'c' or (call.action == 'y' and ready_len == 0) then take = batch end
+  local at = starts[i]
+  if owners[i] and starts_with_field(owners[i], ARGV[at + 2]) then
+    local action, take = ARGV[at + 3], 1
+    if action == 'c' or (action == 'y' and ready_len == 0) then take = batch end
     held[#held + 1] = i
-    lists[#held], counts[#held] = call.list_key, call.k + take
+    lists[#held] = KEYS[FIRST_EXTRA_KEY + tonumber(ARGV[at]) - 1]
+    counts[#held] = tonumber(ARGV[at + 5]) + take
   end
 end
 local reads
@@ -130,10 +126,10 @@ local function extend(sub)
 end
 
 for h = 1, #held do
-  local i = held[h]
-  local call, read = calls[i], reads[h]
-  local list_key, sub, action = call.list_key, call.sub, call.action
-  local exact_mode, k, first = call.exact_mode, call.k, call.first
+  local i, list_key, read = held[h], lists[h], reads[h]
+  local at = starts[i]
+  local sub, action, exact_mode = ARGV[at + 1], ARGV[at + 3], ARGV[at + 4] == '1'
+  local k, first = tonumber(ARGV[at + 5]), at + 6
   local continues = false
   local take = 1  -- entries wanted past the finished ones: the new head at least
   if action ~= 'k' then
@@ -142,8 +138,7 @@ for h = 1, #held do
   end
   local finished = 0
   for j = 1, math.min(k, #read) do
-    local prefix = ARGV[first + j - 1] .. '|'
-    if string.sub(read[j], 1, #prefix) ~= prefix then break end
+    if not starts_with_field(read[j], ARGV[first + j - 1]) then break end
     finished = j
   end
   if finished > 0 then

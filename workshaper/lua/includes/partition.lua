@@ -142,6 +142,12 @@ local function owner_token(sub)
   return nil
 end
 
+-- Does `s` start with the field `value` and its "|" ("<offset>|..." entries, "<token>|..." owner
+-- records)? Runs per item and lease, so it makes no string.
+local function starts_with_field(s, value)
+  return string.byte(s, #value + 1) == 124 and string.find(s, value, 1, true) == 1
+end
+
 -- Does the list's first entry start with prefix ("<offset>|")?
 local function head_matches(list_key, prefix)
   local head = redis.call('LINDEX', list_key, 0)
