@@ -46,7 +46,7 @@ def clock() -> float:
 KEEP, CONTINUE, YIELD, RELEASE = "k", "c", "y", "r"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Lease:
     """A sub key this worker holds."""
 
