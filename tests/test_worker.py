@@ -355,7 +355,8 @@ def test_prefetched_batches_queue_for_threads_and_never_exceed_concurrency(
     ("batch_seconds", "round_trip", "deep", "expected"),
     [
         (0.0, 0.0, True, 1),  # nothing measured yet: one
-        (0.002, 0.0005, True, 16),  # a lease per item: as many as allowed
+        (0.002, 0.0005, True, 16),  # 8 slots x 4 round trips of >= 1 ms / 2 ms batches
+        (0.0001, 0.0005, True, 64),  # a lease per item: as many as allowed
         (0.0045, 0.0005, True, 8),  # 8 slots x 4 round trips of >= 1 ms / 4.5 ms batches
         (0.010, 0.0005, True, 4),  # 8 slots x 4 round trips of >= 1 ms / 10 ms batches
         (0.250, 0.0005, True, 1),  # long batches: one, never zero
@@ -372,7 +373,7 @@ def test_prefetch_follows_batch_and_round_trip_times(
     expected: int,
 ) -> None:
     worker = workshaper.Worker(backend, namespace, work=print, concurrency=8)
-    assert worker.prefetch == 16
+    assert worker.prefetch == 64
     policy = PrefetchPolicy(worker.concurrency, worker.prefetch)
     policy.deep_backlog = deep
     policy.batch_seconds = batch_seconds

@@ -72,7 +72,7 @@ def worker_parser() -> argparse.ArgumentParser:
         "--prefetch",
         type=number(int, "--prefetch"),
         default=env("PREFETCH"),
-        help="most leases read ahead beyond --concurrency (default 2 x concurrency; 0: none)",
+        help="most leases read ahead beyond --concurrency (default 8 x concurrency; 0: none)",
     )
     p.add_argument("--on-done", default=env("ON_DONE"), help="MODULE:FUNCTION after success")
     p.add_argument("--on-error", default=env("ON_ERROR"), help="MODULE:FUNCTION per failure")

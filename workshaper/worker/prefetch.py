@@ -64,7 +64,7 @@ class PrefetchPolicy:
 
     def lookahead(self) -> int:
         """Leases to prefetch: as many as batches end (across the slots) while a new lease
-        becomes runnable, capped by ``prefetch`` (default twice the slots). Short batches (a
+        becomes runnable, capped by ``prefetch`` (default 8 per slot). Short batches (a
         lease per item) need many, or slots sit idle waiting for claims; long ones need one,
         and more would hold sub keys idle in this worker's queue while another worker has free
         slots."""

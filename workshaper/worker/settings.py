@@ -16,6 +16,12 @@ from workshaper.options import check_positive, shown
 
 #: Items a worker reads per lease per round trip.
 DEFAULT_BATCH_SIZE = 100
+#: Default ``prefetch``, per executor slot. How many leases are really read ahead follows the
+#: batch times (prefetch.PrefetchPolicy): long batches use one. With a lease per item a claim
+#: is the worker's unit of work, so the cap sets the items per round trip: 2 per slot (16
+#: leases at concurrency 8) made the claim, the completion and the coordinator's turn cost
+#: ~40% more per item than 8 per slot (docs/benchmarks.md, issue 9).
+DEFAULT_PREFETCH_PER_SLOT = 8
 #: Shortest lease accepted: renewals run every lease / 3 and must fit a round trip.
 MIN_LEASE_SECONDS = 0.05
 
@@ -104,7 +110,7 @@ def worker_settings(
     if lease < MIN_LEASE_SECONDS:
         raise InvalidInput(f"lease must be >= {MIN_LEASE_SECONDS} seconds, got {lease}")
     if prefetch is None:
-        prefetch = 2 * concurrency
+        prefetch = DEFAULT_PREFETCH_PER_SLOT * concurrency
     elif isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
         raise InvalidInput(f"prefetch must be an int >= 0, got {shown(prefetch)}")
     elif prefetch > MAX_PREFETCH:
