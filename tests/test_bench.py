@@ -172,7 +172,8 @@ def test_s3_trace_splits_both_latencies_by_hand_off(
     stages = s3["breakdown"]
     assert list(stages["enqueue_to_start"]["stages"]) == [
         "enqueue call",
-        "wait for the worker",
+        "bell",
+        "coordinator",
         "worker round trip",
         "hand-off",
     ]

@@ -3,12 +3,15 @@
 Every time below is CLOCK_MONOTONIC of the same host. Per item (partition p, offset o), run
 by worker w:
 
-enqueue -> start = enqueue call + wait for the worker + worker round trip + hand-off, where
+enqueue -> start = enqueue call + bell + coordinator + worker round trip + hand-off, where
 - enqueue call: the producer's ``enqueue`` (the enqueue script and the bell's ZADD, one round
   trip), from the call to its return;
-- wait for the worker: from that return until w sent the round trip that brought the item (a
-  claim, or the completion of the sub key's previous batch handing out the next one): the
-  bell's BZPOPMIN, the waker -> coordinator inbox hop, and any round trip w was in already;
+- bell: from that return until w's waker popped partition p's bell, when the round trip that
+  brought the item was a claim sent after a pop of p's bell by w that came after the enqueue
+  call began (0 otherwise: a claim w sent again because the last claim left sub keys ready, or
+  the item came with the completion of its sub key's previous batch);
+- coordinator: from then until w sent that round trip (the waker -> coordinator inbox hop,
+  and the round trip w was in already). Bell + coordinator = the wait for the worker;
 - worker round trip: that round trip, sent to answered;
 - hand-off: from its answer to the start of the work (the coordinator hands the lease to an
   executor thread, which must get the GIL).
@@ -39,7 +42,7 @@ from workshaper_tools.bench.common import Items, percentile, say
 if TYPE_CHECKING:
     from workshaper_tools.bench.latency import S3Run
 
-START_STAGES = ("enqueue call", "wait for the worker", "worker round trip", "hand-off")
+START_STAGES = ("enqueue call", "bell", "coordinator", "worker round trip", "hand-off")
 ACK_STAGES = ("head of line", "completion", "ack loop wait", "offer and ack")
 
 
@@ -108,6 +111,12 @@ def _start_stages(
     stages: dict[str, list[float]] = {name: [] for name in START_STAGES}
     totals: list[float] = []
     plan = items.plan
+    bells: list[dict[int, list[float]]] = []  # per worker: partition -> when its bell was popped
+    for trace in run.traces:
+        popped: dict[int, list[float]] = defaultdict(list)
+        for partition, at in trace.bells:
+            popped[partition].append(at)
+        bells.append({p: sorted(at) for p, at in popped.items()})
     for i, (partition, offset) in enumerate(zip(plan.partitions, plan.offsets, strict=True)):
         got = ran.get((partition, offset))
         if got is None:
@@ -116,11 +125,17 @@ def _start_stages(
         k = bisect.bisect_right(answered[w], start) - 1
         if k < 0:
             continue
-        sent, back, _, _ = run.traces[w].round_trips[k]
+        sent, back, claims, _ = run.traces[w].round_trips[k]
         called, returned = run.enqueued_at[i], run.returned_at[i]
+        bell = 0.0
+        pops = bells[w].get(partition, [])
+        b = bisect.bisect_right(pops, sent) - 1
+        if claims and b >= 0 and pops[b] >= called:
+            bell = pops[b] - returned
         totals.append(start - called)
         stages["enqueue call"].append(returned - called)
-        stages["wait for the worker"].append(sent - returned)
+        stages["bell"].append(bell)
+        stages["coordinator"].append(sent - returned - bell)
         stages["worker round trip"].append(back - sent)
         stages["hand-off"].append(start - back)
     return _summary(totals, stages)
