@@ -13,7 +13,7 @@ from functools import partial
 from workshaper import codec, scripts
 from workshaper.batch import Batch, Reply
 from workshaper.worker.dispatch import Dispatcher
-from workshaper.worker.lease import REPORTING, Lease
+from workshaper.worker.lease import REPORTING, Lease, valid_until
 from workshaper.worker.prefetch import PrefetchPolicy
 from workshaper.worker.state import CoordinatorState
 
@@ -35,6 +35,10 @@ class Claims:
         self._prefetch = prefetch
         self._dispatcher = dispatcher
         self._pending: list[_Claim] = []
+        #: Partitions that had runnable sub keys left when this worker had no room: claimed
+        #: in the first round trip that has room again, without waiting for the waker to pop
+        #: the bell (its bell was rung too, so other workers may take them meanwhile).
+        self._deferred: set[int] = set()
         # Request ids must never repeat, not even across restarts of a worker under a fixed
         # name: claim_sub_keys answers a known request id from its cache (>= 60 s), so a
         # restarted process counting from 0 again would be handed its predecessor's leases and
@@ -58,15 +62,40 @@ class Claims:
         wanted = self.wanted()
         if wanted <= 0 or self._state.stopping:
             self._state.wakes.add(partition)  # give the bell back for another worker
+            if not self._state.stopping:
+                self._deferred.add(partition)
             return
+        self._claim(partition, wanted)
+
+    def _claim(self, partition: int, count: int) -> None:
+        self._deferred.discard(partition)
         if any(c.partition == partition for c in self._pending):
             return  # one claim per partition at a time: its answer says if more are left
         request_id = f"{self._incarnation}:{next(self._request_seq)}"
-        self._pending.append(_Claim(partition, request_id, wanted))
+        self._pending.append(_Claim(partition, request_id, count))
+
+    @property
+    def deferred_due(self) -> bool:
+        """Partitions wait for room, and there is room now: claim in the next round trip."""
+        return bool(self._deferred) and self.wanted() > 0
+
+    def _claim_deferred(self) -> None:
+        """Room again (batches ended since the last turn): claim where sub keys were left.
+        With a lease per item this saves the waker's pop and a coordinator turn per claim."""
+        if not self._deferred:
+            return
+        for partition in sorted(self._deferred):
+            wanted = self.wanted()
+            if wanted <= 0:
+                if self._state.stopping:
+                    self._deferred.clear()
+                return
+            self._claim(partition, wanted)
 
     # --- claims --------------------------------------------------------------------------
 
     def add_claims(self, batch: Batch) -> list[Callable[[], None]]:
+        self._claim_deferred()
         settings = self._state.settings
         handlers: list[Callable[[], None]] = []
         for claim in self._pending:
@@ -90,6 +119,8 @@ class Claims:
         self._prefetch.claim_left(ready_left)
         state = self._state
         pkeys = state.settings.keys.partition(claim.partition)
+        # Every lease of the claim is valid as long (Lease.extended, once for all of them).
+        valid = valid_until(state.sent_at, state.settings.lease_seconds)
         for c in claimed:
             lease = Lease(
                 claim.partition,
@@ -100,7 +131,7 @@ class Claims:
                 c.exact,
                 c.attempts_record,
             )
-            state.extended(lease)
+            lease.valid_until = valid
             if state.stopping:
                 lease.stop = True
             state.leases[lease.key] = lease

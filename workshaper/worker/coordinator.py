@@ -137,7 +137,7 @@ class Coordinator:
     def _has_outgoing(self) -> bool:
         if self.claims.pending or self.state.wakes or self.reaper.has_expired:
             return True
-        if self.dispatcher.isolation.mark_due():
+        if self.dispatcher.isolation.mark_due() or self.claims.deferred_due:
             return True
         return any(
             lease.unreported or lease.end_action or lease.failure

@@ -36,6 +36,11 @@ LEASE_MARGIN = 0.1
 _monotonic = time.monotonic
 
 
+def valid_until(sent: float, lease_seconds: float) -> float:
+    """When a lease Redis extended in a round trip sent at ``sent`` may have expired there."""
+    return sent + lease_seconds * (1 - LEASE_MARGIN)
+
+
 def clock() -> float:
     """CLOCK_MONOTONIC, read through a module global so a test can move it."""
     return _monotonic()
@@ -97,7 +102,7 @@ class Lease:
     def extended(self, sent: float, lease_seconds: float) -> None:
         """Redis extended the lease (claim, renewal, completion, failure) in a round trip sent
         at ``sent``: its deadline there is at least ``sent + lease_seconds``."""
-        self.valid_until = max(self.valid_until, sent + lease_seconds * (1 - LEASE_MARGIN))
+        self.valid_until = max(self.valid_until, valid_until(sent, lease_seconds))
 
     def may_have_expired(self) -> bool:
         """The zombie rule: once True, no item of the lease may start until Redis confirms the
