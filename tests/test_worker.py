@@ -15,7 +15,8 @@ from workshaper import InvalidInput, InvalidType, codec
 from workshaper.admin import Admin
 from workshaper.connection import Backend
 from workshaper.keys import NamespaceKeys
-from workshaper.worker.prefetch import PrefetchPolicy
+from workshaper.worker import lease as lease_states
+from workshaper.worker.prefetch import PrefetchPolicy, occupies
 from workshaper_tools.testing import RedisServer
 
 from .conftest import wait_for
@@ -379,6 +380,29 @@ def test_prefetch_follows_batch_and_round_trip_times(
     policy.batch_seconds = batch_seconds
     policy.round_trip_seconds = round_trip
     assert policy.lookahead() == expected
+
+
+def test_wanted_counts_the_leases_that_occupy_a_slot() -> None:
+    """PrefetchPolicy.wanted counts held leases with occupies() inlined: every state and end
+    action gives the same count as occupies()."""
+    keys = NamespaceKeys("ns").partition(0)
+    leases = []
+    for state in (
+        lease_states.CLAIMED,
+        lease_states.READY,
+        lease_states.RUNNING,
+        lease_states.REPORTING,
+        lease_states.WAITING,
+    ):
+        for action in (None, lease_states.CONTINUE, lease_states.YIELD, lease_states.RELEASE):
+            for read_to_end in (False, True):
+                lease = lease_states.Lease(0, keys, b"s", "s", 1, 0, b"")
+                lease.state, lease.end_action, lease.read_to_end = state, action, read_to_end
+                leases.append(lease)
+    policy = PrefetchPolicy(concurrency=100, prefetch=0)
+    held = sum(1 for lease in leases if occupies(lease))
+    assert 0 < held < len(leases)
+    assert policy.wanted(leases, claiming=3) == 100 - held - 3
 
 
 def test_async_handler_retries_and_sees_its_own_job(backend: Backend, namespace: str) -> None:

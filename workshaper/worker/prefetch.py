@@ -42,16 +42,22 @@ class PrefetchPolicy:
         self.deep_backlog = False  # the last claim left >= concurrency sub keys runnable
         self.batch_seconds = 0.0  # moving average of a finished batch's run time (0: none yet)
         self.round_trip_seconds = 0.0  # moving average of one coordinator round trip
+        #: lookahead() as of the last change of its inputs (None: to compute). wanted() runs
+        #: several times per coordinator turn; the inputs change once per batch or round trip.
+        self._lookahead: int | None = None
 
     def batch_took(self, seconds: float) -> None:
         self.batch_seconds = moving_average(self.batch_seconds, seconds)
+        self._lookahead = None
 
     def round_trip_took(self, seconds: float) -> None:
         self.round_trip_seconds = moving_average(self.round_trip_seconds, seconds)
+        self._lookahead = None
 
     def claim_left(self, ready_left: int) -> None:
         """A claim's answer: how many runnable sub keys its partition still has."""
         self.deep_backlog = ready_left >= self.concurrency
+        self._lookahead = None
 
     def wanted(self, leases: Iterable[Lease], claiming: int) -> int:
         """How many more leases to claim: one per executor slot, plus a few prefetched (their
@@ -59,8 +65,19 @@ class PrefetchPolicy:
         next sub key at once instead of after a claim and a read. With few sub keys no worker
         prefetches, so none holds sub keys that another worker could be running.
         ``claiming``: leases asked for by claims still in flight."""
-        held = sum(1 for lease in leases if occupies(lease))
-        return self.concurrency + self.lookahead() - held - claiming
+        held = 0
+        for lease in leases:  # occupies(lease), inlined: this runs per lease, per call
+            state = lease.state
+            if state == WAITING:
+                continue
+            if state == REPORTING and lease.end_action is not None:
+                held += lease.end_action == CONTINUE and not lease.read_to_end
+            else:
+                held += 1
+        lookahead = self._lookahead
+        if lookahead is None:
+            lookahead = self._lookahead = self.lookahead()
+        return self.concurrency + lookahead - held - claiming
 
     def lookahead(self) -> int:
         """Leases to prefetch: as many as batches end (across the slots) while a new lease
