@@ -178,6 +178,7 @@ def test_s3_trace_splits_both_latencies_by_hand_off(
         "hand-off",
     ]
     assert set(stages["ack_tick_gap"]) == {"p50", "p99", "p99.9", "max"}
+    assert set(stages["enqueue_to_start"]["bell_out_of_slots"]) == {"mean", "tail_mean"}
     assert list(stages["finish_to_ack"]["stages"]) == [
         "head of line",
         "completion",

@@ -46,6 +46,36 @@ START_STAGES = ("enqueue call", "bell", "coordinator", "worker round trip", "han
 ACK_STAGES = ("head of line", "completion", "ack loop wait", "offer and ack")
 
 
+class _SlotTimeline:
+    """When a worker's waker was out of free slots (so it was not in ``BZPOPMIN``): its count
+    is the last one the coordinator published, less the bells it popped since."""
+
+    def __init__(self, published: list[tuple[float, int]], pops: list[float]) -> None:
+        events = sorted([(at, 1, free) for at, free in published] + [(at, 0, 0) for at in pops])
+        self._starts: list[float] = []
+        self._blocked_before: list[float] = []  # blocked seconds from the first event on
+        self._blocked: list[bool] = []
+        budget, total = 0, 0.0
+        for i, (at, kind, free) in enumerate(events):
+            budget = free if kind else budget - 1
+            self._starts.append(at)
+            self._blocked_before.append(total)
+            self._blocked.append(budget <= 0)
+            if budget <= 0 and i + 1 < len(events):
+                total += events[i + 1][0] - at
+
+    def _upto(self, t: float) -> float:
+        i = bisect.bisect_right(self._starts, t) - 1
+        if i < 0:
+            return 0.0
+        extra = t - self._starts[i] if self._blocked[i] else 0.0
+        return self._blocked_before[i] + extra
+
+    def blocked(self, a: float, b: float) -> float:
+        """Seconds in [a, b] the waker had no free slot."""
+        return max(0.0, self._upto(b) - self._upto(a))
+
+
 def _summary(totals: list[float], stages: dict[str, list[float]]) -> dict[str, Any]:
     """Per stage: p50, p99, mean, and the mean over the items whose total is above its p99
     (what the tail is made of)."""
@@ -94,6 +124,11 @@ def breakdown(items: Items, run: S3Run) -> dict[str, Any]:
                 f"    {stage:>20}: p50 {s['p50'] * 1e3:6.2f} ms, p99 {s['p99'] * 1e3:6.2f} ms,"
                 f" mean {s['mean'] * 1e3:6.2f} ms, mean in the tail {s['tail_mean'] * 1e3:6.2f} ms"
             )
+    blocked = to_start["bell_out_of_slots"]
+    say(
+        f"  of the bell stage, the waker was out of free slots: mean {blocked['mean'] * 1e3:.2f}"
+        f" ms, mean in the tail {blocked['tail_mean'] * 1e3:.2f} ms"
+    )
     gap = result["ack_tick_gap"]
     say(
         f"  gap between the acking tick and the partition's previous tick: p50"
@@ -112,11 +147,14 @@ def _start_stages(
     totals: list[float] = []
     plan = items.plan
     bells: list[dict[int, list[float]]] = []  # per worker: partition -> when its bell was popped
+    slots: list[_SlotTimeline] = []
     for trace in run.traces:
         popped: dict[int, list[float]] = defaultdict(list)
         for partition, at in trace.bells:
             popped[partition].append(at)
         bells.append({p: sorted(at) for p, at in popped.items()})
+        slots.append(_SlotTimeline(trace.published, [at for _, at in trace.bells]))
+    out_of_slots: list[float] = []  # per item: seconds of its bell stage with no free slot
     for i, (partition, offset) in enumerate(zip(plan.partitions, plan.offsets, strict=True)):
         got = ran.get((partition, offset))
         if got is None:
@@ -132,13 +170,21 @@ def _start_stages(
         b = bisect.bisect_right(pops, sent) - 1
         if claims and b >= 0 and pops[b] >= called:
             bell = pops[b] - returned
+        out_of_slots.append(slots[w].blocked(returned, returned + bell) if bell > 0 else 0.0)
         totals.append(start - called)
         stages["enqueue call"].append(returned - called)
         stages["bell"].append(bell)
         stages["coordinator"].append(sent - returned - bell)
         stages["worker round trip"].append(back - sent)
         stages["hand-off"].append(start - back)
-    return _summary(totals, stages)
+    out = _summary(totals, stages)
+    cut = percentile(totals, 99)
+    tail = [i for i, t in enumerate(totals) if t > cut]
+    out["bell_out_of_slots"] = {
+        "mean": sum(out_of_slots) / len(out_of_slots) if out_of_slots else math.nan,
+        "tail_mean": sum(out_of_slots[i] for i in tail) / len(tail) if tail else math.nan,
+    }
+    return out
 
 
 def _ack_stages(

@@ -12,8 +12,9 @@ costs about half a microsecond per item, so it stays on in every timed run.
     sleep   sleeps ``int(message)`` microseconds (S2: the plan decides each item's work)
 
 With ``WS_BENCH_TRACE=1`` (S3's breakdown) the worker also records each of its round trips
-(when sent, when answered, how many claims and completions it carried) and each wake-up bell
-its waker popped, by wrapping ``Batch.execute`` and ``Redis.bzpopmin`` of this process; they
+(when sent, when answered, how many claims and completions it carried), each wake-up bell its
+waker popped and each free-slot count the coordinator published to the waker, by wrapping
+``Batch.execute``, ``Redis.bzpopmin`` and ``Waker.publish_free_slots`` of this process; they
 land in the same file.
 """
 
@@ -47,6 +48,7 @@ _monotonic = time.monotonic
 _lock = threading.Lock()  # the five appends of one item stay together
 _round_trips: list[RoundTrip] = []
 _bells: list[tuple[int, float]] = []  # (partition, popped at)
+_published: list[tuple[float, int]] = []  # (when, free slots the coordinator published)
 
 
 def _sub_key() -> Any:
@@ -108,6 +110,15 @@ def trace_round_trips() -> None:
             _bells.append((int(popped[1]), _monotonic()))
         return popped
 
+    from workshaper.worker.waker import Waker  # noqa: PLC0415 - only when tracing
+
+    publish = Waker.publish_free_slots
+
+    def traced_publish(self: Waker, free: int) -> None:
+        _published.append((_monotonic(), free))
+        publish(self, free)
+
+    Waker.publish_free_slots = traced_publish  # type: ignore[method-assign]
     Batch.script = traced_script  # type: ignore[method-assign]
     Batch.execute = traced_execute  # type: ignore[method-assign]
     redis.Redis.bzpopmin = traced_bzpopmin  # type: ignore[method-assign,assignment]
@@ -130,7 +141,13 @@ def dump(directory: str | Path | None = None) -> Path | None:
         return None
     path = Path(target) / f"{os.getpid()}.json"
     tmp = path.with_suffix(".tmp")
-    data = {"pid": os.getpid(), "records": records(), "round_trips": _round_trips, "bells": _bells}
+    data = {
+        "pid": os.getpid(),
+        "records": records(),
+        "round_trips": _round_trips,
+        "bells": _bells,
+        "published": _published,
+    }
     tmp.write_text(json.dumps(data, separators=(",", ":")))
     tmp.replace(path)
     return path
@@ -156,6 +173,7 @@ class WorkerTrace:
     records: list[Record]
     round_trips: list[RoundTrip]
     bells: list[tuple[int, float]]
+    published: list[tuple[float, int]]  # (when, free slots published to the waker)
 
 
 def read_traces(directory: str | Path) -> list[WorkerTrace]:
@@ -169,6 +187,7 @@ def read_traces(directory: str | Path) -> list[WorkerTrace]:
                 [(r[0], r[1], r[2], r[3], r[4]) for r in data["records"]],
                 [(t[0], t[1], t[2], t[3]) for t in data.get("round_trips", [])],
                 [(b[0], b[1]) for b in data.get("bells", [])],
+                [(f[0], f[1]) for f in data.get("published", [])],
             )
         )
     return out

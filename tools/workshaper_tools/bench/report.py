@@ -98,6 +98,13 @@ def _s3_markdown(s: dict[str, Any]) -> list[str]:
                 f"| {name} | {_ms(d['p50'])} | {_ms(d['p99'])} | {_ms(d['mean'])} |"
                 f" {_ms(d['tail_mean'])} |"
             )
+    blocked = s.get("breakdown", {}).get("enqueue_to_start", {}).get("bell_out_of_slots")
+    if blocked:
+        out += [
+            "",
+            "Of the bell stage, time the waker had no free slot (not in BZPOPMIN): mean"
+            f" {_ms(blocked['mean'])} ms, mean in the tail {_ms(blocked['tail_mean'])} ms.",
+        ]
     gap = s.get("breakdown", {}).get("ack_tick_gap")
     if gap:
         out += [
