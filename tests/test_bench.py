@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,12 +23,10 @@ from workshaper_tools.testing import RedisServer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quick_mode_runs_every_scenario_and_checks_invariants(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
-    # redis_server: skip (locally) or fail (CI) without redis-server; the bench starts its own.
+def _run_bench(argv: list[str], out: Path) -> dict[str, Any]:
+    """Run the bench in a child process with ``--out out``; its results.json (exit 0 asserted)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "workshaper_tools.bench", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", "workshaper_tools.bench", *argv, "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -35,7 +34,15 @@ def test_quick_mode_runs_every_scenario_and_checks_invariants(
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+    results: dict[str, Any] = json.loads((out / "results.json").read_text())
+    return results
+
+
+def test_quick_mode_runs_every_scenario_and_checks_invariants(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # redis_server: skip (locally) or fail (CI) without redis-server; the bench starts its own.
+    results = _run_bench(["--quick"], tmp_path)
     assert {"s1", "s1keys", "s2", "s3", "s4", "s5", "peers"} <= results.keys()
     verdicts = [*results["s1"]["verdicts"], results["s3"]["verdict"]]
     verdicts += [r["verdict"] for r in results["s2"]["rows"]]
@@ -155,17 +162,8 @@ def test_s3_trace_splits_both_latencies_by_hand_off(
     """S3 with several producer processes and the trace on: every item is checked, and the
     breakdown names each stage of both intervals (no timing is asserted)."""
     argv = ["--quick", "--only", "s3", "--s3-producers", "2", "--s3-trace"]
-    argv += ["--s3-rate", "2000", "--out", str(tmp_path)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "workshaper_tools.bench", *argv],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    s3 = json.loads((tmp_path / "results.json").read_text())["s3"]
+    argv += ["--s3-rate", "2000"]
+    s3 = _run_bench(argv, tmp_path)["s3"]
     assert s3["producers"] == 2
     assert " 0 lost, 0 order violations, 0 watermark violations" in s3["verdict"]
     assert s3["enqueue_to_start"]["count"] == s3["items"]
