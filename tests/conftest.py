@@ -13,6 +13,7 @@ import pytest
 
 import workshaper
 from workshaper.connection import Backend, connect, embedded_backend
+from workshaper.embedded import EmbeddedServer
 from workshaper_tools.testing import RedisServer, redis_server_binary
 from workshaper_tools.testing.redis_cluster import RedisCluster, redis_cli_binary
 
@@ -65,11 +66,14 @@ def namespace() -> str:
     return "t" + uuid.uuid4().hex[:12]
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=["embedded", "embedded-lua", "redis"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    """The same tests on the embedded backend (our scripts in-process) and a real redis-server."""
+    """The same tests on the embedded backend (the hot scripts transcribed to Python, the rest
+    in Lua), on it with every script in Lua, and on a real redis-server."""
     if request.param == "embedded":
         b = embedded_backend()
+    elif request.param == "embedded-lua":
+        b = embedded_backend(EmbeddedServer(native_scripts=False))
     else:
         server: RedisServer = request.getfixturevalue("redis_server")
         b = connect(server.url)

@@ -34,6 +34,7 @@ from hypothesis.stateful import (
 from workshaper import codec, scripts
 from workshaper.batch import Batch, Reply, run_one
 from workshaper.connection import Backend, connect, embedded_backend
+from workshaper.embedded import EmbeddedServer
 from workshaper.keys import NamespaceKeys, PartitionKeys
 from workshaper.scripts import Completion, EncodedItem
 from workshaper_tools.testing import RedisServer
@@ -132,11 +133,11 @@ class Side:
 
 
 class Differential(RuleBasedStateMachine):
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, redis_url: str, native: bool) -> None:
         super().__init__()
         namespace = "d" + uuid.uuid4().hex[:10]
         self.real = Side(connect(redis_url), namespace)
-        self.emb = Side(embedded_backend(), namespace)
+        self.emb = Side(embedded_backend(EmbeddedServer(native_scripts=native)), namespace)
         self.sides = (self.real, self.emb)
         self.leases: dict[bytes, tuple[int, bool]] = {}  # sub -> (token, exact), as claimed
         self.requests = 0
@@ -352,9 +353,9 @@ class Differential(RuleBasedStateMachine):
             side.backend.close()
 
 
-def _run(redis_server: RedisServer, examples: int, steps: int) -> None:
+def _run(redis_server: RedisServer, examples: int, steps: int, native: bool) -> None:
     run_state_machine_as_test(
-        lambda: Differential(redis_server.url),
+        lambda: Differential(redis_server.url, native),
         settings=settings(
             max_examples=examples,
             stateful_step_count=steps,
@@ -366,10 +367,16 @@ def _run(redis_server: RedisServer, examples: int, steps: int) -> None:
     )
 
 
-def test_embedded_matches_redis_step_by_step(redis_server: RedisServer) -> None:
-    _run(redis_server, examples=80, steps=40)
+#: The embedded default (the hot scripts transcribed to Python) and every script in Lua.
+MODES = pytest.mark.parametrize("native", [True, False], ids=["native", "lua"])
+
+
+@MODES
+def test_embedded_matches_redis_step_by_step(redis_server: RedisServer, native: bool) -> None:
+    _run(redis_server, examples=80, steps=40, native=native)
 
 
 @pytest.mark.slow
-def test_embedded_matches_redis_long_run(redis_server: RedisServer) -> None:
-    _run(redis_server, examples=600, steps=60)
+@MODES
+def test_embedded_matches_redis_long_run(redis_server: RedisServer, native: bool) -> None:
+    _run(redis_server, examples=600, steps=60, native=native)

@@ -54,9 +54,13 @@ def error_reply(exc: CommandError) -> ResponseError:
 class EmbeddedServer:
     """One in-process Redis: a store, the Lua runtime, and the command dispatch."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.time, *, native_scripts: bool = True
+    ) -> None:
+        """``native_scripts``: run the hot scripts' Python transcriptions (embedded.native);
+        False runs every script through Lua."""
         self.store = Store(clock)
-        self.scripts = LuaScripts(self.store)
+        self.scripts = LuaScripts(self.store, native=native_scripts)
         self._lock = self.store.lock
         self._listeners: list[Callable[[list[bytes]], None]] = []
 

@@ -33,6 +33,7 @@ from workshaper.embedded.commands import (
     Status,
     format_double,
 )
+from workshaper.embedded.native import NativeScript, native_for
 from workshaper.embedded.store import CommandError, Store
 
 with lupa.allow_lua_module_loading():
@@ -162,8 +163,13 @@ def _shebang(source: bytes) -> tuple[bytes, bool]:
 class LuaScripts:
     """The Lua runtime of one embedded server and its script cache."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, native: bool = True) -> None:
         self._store = store
+        #: Run the transcriptions of the hot scripts (workshaper.embedded.native) instead of
+        #: their Lua; False runs every script through Lua (tests compare the two).
+        self._native = native
+        #: SHA1 -> the transcription of a loaded script (only while it is loaded).
+        self._natives: dict[bytes, NativeScript] = {}
         # unpack_returned_tuples: _call answers an array as the values (True, item, ...).
         self._lua = lua51.LuaRuntime(
             encoding=None,
@@ -200,6 +206,9 @@ class LuaScripts:
             if self._lua_type(function) != "function":
                 raise CommandError(f"ERR Error compiling script (new function): {_text(function)}")
             self._scripts[sha] = function
+            native = native_for(sha) if self._native else None
+            if native is not None:
+                self._natives[sha] = native
             if read_only:
                 self._read_only_scripts.add(sha)
             if source.startswith(b"#!"):
@@ -211,6 +220,7 @@ class LuaScripts:
 
     def flush(self) -> None:
         self._scripts.clear()
+        self._natives.clear()
         self._read_only_scripts.clear()
         self._shebang_scripts.clear()
 
@@ -233,21 +243,16 @@ class LuaScripts:
             raise CommandError("ERR Can not run script with write flag using *_ro command.")
         self._writes_denied = ro or read_only
         try:
+            native = self._natives.get(sha)
+            if native is not None and not self._writes_denied:
+                nkeys = _number_of_keys(args)
+                return native(self._store, list(args[1 : nkeys + 1]), list(args[nkeys + 1 :]))
             return self._run_script(sha, function, args)
         finally:
             self._writes_denied = False
 
     def _run_script(self, sha: bytes, function: Any, args: Sequence[bytes]) -> Any:
-        if not args:
-            raise CommandError("ERR wrong number of arguments for 'evalsha' command")
-        try:
-            nkeys = int(args[0])
-        except ValueError:
-            raise CommandError("ERR value is not an integer or out of range") from None
-        if nkeys < 0:
-            raise CommandError("ERR Number of keys can't be negative")
-        if nkeys > len(args) - 1:
-            raise CommandError("ERR Number of keys can't be greater than number of args")
+        nkeys = _number_of_keys(args)
         try:
             if len(args) <= MAX_VALUE_ARGS:
                 result = self._run_values(function, nkeys, *args[1:])
@@ -412,6 +417,21 @@ class LuaScripts:
                 parts.append(_json_string(key) + ":" + self._json(v, depth + 1))
             return "{" + ",".join(parts) + "}"
         raise CommandError(f"ERR Cannot serialise {self._lua_type(value)}: type not supported")
+
+
+def _number_of_keys(args: Sequence[bytes]) -> int:
+    """EVALSHA's numkeys, checked as Redis does."""
+    if not args:
+        raise CommandError("ERR wrong number of arguments for 'evalsha' command")
+    try:
+        nkeys = int(args[0])
+    except ValueError:
+        raise CommandError("ERR value is not an integer or out of range") from None
+    if nkeys < 0:
+        raise CommandError("ERR Number of keys can't be negative")
+    if nkeys > len(args) - 1:
+        raise CommandError("ERR Number of keys can't be greater than number of args")
+    return nkeys
 
 
 def _json_number(value: float) -> str:
