@@ -16,8 +16,20 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Any, Protocol
 
-from workshaper.connection import Backend
+
+class Backend(Protocol):
+    """What this module reads of a ``connection.Backend`` (not imported: the embedded server,
+    which connection builds, reads the scripts' sources too)."""
+
+    @property
+    def shebangs(self) -> bool: ...
+    @property
+    def cluster(self) -> bool: ...
+    @property
+    def client(self) -> Any: ...
+
 
 _INCLUDE = re.compile(r"^--@include (\S+)$", re.MULTILINE)
 

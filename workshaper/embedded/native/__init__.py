@@ -28,6 +28,7 @@ from typing import Any
 
 from workshaper.embedded.native import watermark
 from workshaper.embedded.store import Store
+from workshaper.lua_scripts import load_script
 
 NativeScript = Callable[[Store, list[bytes], list[bytes]], Any]
 
@@ -44,10 +45,8 @@ def native_for(sha: bytes) -> NativeScript | None:
     """The transcription of the script whose SHA1 (hex, as sent by EVALSHA) is ``sha``: of its
     source with or without the shebang line. None for any other script, and for a script whose
     source no longer is the one transcribed."""
-    global _by_sha  # built on first use: lua_scripts imports the connection module
+    global _by_sha  # built on first use (it reads every transcribed script's source)
     if _by_sha is None:
-        from workshaper.lua_scripts import load_script  # noqa: PLC0415 - import cycle
-
         table: dict[bytes, NativeScript] = {}
         for name, (function, transcribed) in TRANSCRIPTIONS.items():
             script = load_script(name)
