@@ -311,6 +311,9 @@ def test_status_watch_in_a_pseudo_terminal(redis_server: RedisServer, namespace:
         pid, fd = pty.fork()
         if pid == 0:  # the child: the command on the pty
             os.chdir(ROOT)
+            # A suite started in the background inherits SIGINT ignored, and so would the
+            # command (Python leaves an ignored SIGINT ignored): Ctrl-C must reach it.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.execv(
                 str(BIN / "workshaper"),
                 [
