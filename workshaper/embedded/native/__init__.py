@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from workshaper.embedded.native import watermark
+from workshaper.embedded.native import complete, watermark
 from workshaper.embedded.store import Store
 from workshaper.lua_scripts import load_script
 
@@ -36,6 +36,7 @@ NativeScript = Callable[[Store, list[bytes], list[bytes]], Any]
 TRANSCRIPTIONS: dict[str, tuple[NativeScript, str]] = {
     "offer_watermark": (watermark.offer_watermark, watermark.OFFER_SHA1),
     "commit_watermark": (watermark.commit_watermark, watermark.COMMIT_SHA1),
+    "complete_items": (complete.complete_items, complete.COMPLETE_SHA1),
 }
 
 _by_sha: dict[bytes, NativeScript] | None = None

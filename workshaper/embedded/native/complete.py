@@ -1,0 +1,382 @@
+"""complete_items.lua in Python (see the package's doc): record the finished items of one or
+more leases of a partition, then keep, continue, yield or release each lease.
+
+Statement by statement, with the script's reads, writes and replies in its order. Lua numbers are
+doubles, and the script formats them with ``string.format('%d')``: the arguments and the
+single-step counts it reads are taken as Lua takes them (``_number``: strtod's inf and nan too,
+whole numbers past 2**53 rounded) and formatted as Lua's C cast does (``_format_d``), so even an
+absurd argument answers what the script answers.
+
+The script checks every argument, the type of every key it writes and every list it reads before
+its first write (an error then leaves nothing written); after that only a corrupt single-step
+count can fail it, at the point Lua fails, with the writes made so far kept, as on Redis.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import TypeGuard
+
+from workshaper.embedded.native.partition import (
+    FIRST_EXTRA_KEY,
+    Partition,
+    bad_argument,
+    call,
+    entry_offset,
+    key_error,
+    script_error,
+    starts_with_field,
+    tonumber,
+)
+from workshaper.embedded.protocol import span
+from workshaper.embedded.store import CommandError, Store
+
+#: The SHA1 of the .lua source (with its includes) this module transcribes.
+COMPLETE_SHA1 = "f4a9624069aa7e342b5ccb7faafca28e41cf01ad"
+_SCRIPT = "complete_items"
+
+#: Where a corrupt single-step count fails a comparison in the script: (line, as the runtime
+#: names it (the source without its shebang), the operand types Lua names). consume_exact's
+#: ``left <= 0``, and the take-one check's ``... > 0`` (which Lua runs as ``0 < ...``).
+_CONSUME = (268, "nil", "number")
+_TAKE_ONE = (480, "number", "nil")
+
+_ACTIONS = frozenset({b"k", b"c", b"y", b"r"})
+#: What strtod (Lua's tonumber) reads beyond partition.tonumber: inf, infinity, nan.
+_SPECIAL = re.compile(rb"\s*[-+]?(inf|infinity|nan)\s*", re.IGNORECASE)
+#: Whole numbers a double holds exactly; past them Lua has the nearest double.
+_EXACT = 2**53
+#: What a C cast of a double outside 64 bits (or NaN) gives on x86-64, Lua's '%d' included.
+_LONG_MIN = -(2**63)
+
+Reply = list[bytes | int]
+Number = int | float
+
+
+# --- Lua's numbers ---------------------------------------------------------------------------
+
+
+def _number(value: bytes | None) -> Number | None:
+    """Lua 5.1's ``tonumber``: strtod's inf and nan, and the double nearest a big whole one."""
+    number = tonumber(value)
+    if number is None:
+        if value is not None and _SPECIAL.fullmatch(value):
+            return float(value)
+        return None
+    if isinstance(number, int) and not -_EXACT <= number <= _EXACT:
+        return float(number)
+    return number
+
+
+def _whole(number: Number | None, least: int) -> TypeGuard[Number]:
+    """The script's ``whole``: ``v and v == math.floor(v) and v >= least`` (inf is whole)."""
+    if number is None or math.isnan(number):
+        return False
+    return (math.isinf(number) or number == math.floor(number)) and number >= least
+
+
+def _long(number: Number) -> int:
+    """The C cast ``(long)number`` of Lua's ``string.format('%d')``: truncation, and LONG_MIN
+    for what 64 bits cannot hold."""
+    if isinstance(number, int) and -_EXACT <= number <= _EXACT:
+        return number
+    x = float(number)
+    return int(x) if -(2.0**63) <= x < 2.0**63 else _LONG_MIN
+
+
+def _format_d(number: Number) -> bytes:
+    return b"%d" % _long(number)
+
+
+def _compare_error(site: tuple[int, str, str]) -> CommandError:
+    """The error of a Lua comparison with nil (what Lua raises on a corrupt stored count)."""
+    line, left, right = site
+    message = f"user_script:{line}: attempt to compare {left} with {right}"
+    return script_error(COMPLETE_SHA1, message)
+
+
+# --- arguments -------------------------------------------------------------------------------
+
+
+def _arg(argv: list[bytes], index: int) -> bytes | None:
+    """ARGV[index + 1]: nil past the end."""
+    return argv[index] if index < len(argv) else None
+
+
+def _bad_lease(i: int, what: str, value: bytes | None) -> CommandError:
+    return bad_argument(_SCRIPT, f"{what} of lease {i}", value)
+
+
+def _check_arguments(keys: list[bytes], argv: list[bytes]) -> tuple[Number, Number, list[int]]:
+    """(lease ms, batch, where each lease's arguments start in argv), or the script's error
+    for the first malformed argument."""
+    lease_ms, batch, n = _number(_arg(argv, 0)), _number(_arg(argv, 1)), _number(_arg(argv, 2))
+    if not _whole(lease_ms, 1):
+        raise bad_argument(_SCRIPT, "lease ms", _arg(argv, 0))
+    if not _whole(batch, 1):
+        raise bad_argument(_SCRIPT, "batch", _arg(argv, 1))
+    if not _whole(n, 0):
+        raise bad_argument(_SCRIPT, "lease count", _arg(argv, 2))
+    starts: list[int] = []
+    at = 3
+    i = 1
+    while i <= n:  # n may be inf, as in Lua: the arguments run out first
+        starts.append(at)
+        at += 6 + _check_lease(keys, argv, at, i)
+        i += 1
+    return lease_ms, batch, starts
+
+
+def _check_lease(keys: list[bytes], argv: list[bytes], at: int, i: int) -> int:
+    """Check the arguments of lease ``i`` (starting at argv[at]); its offset count."""
+    key_index, k, action = _number(_arg(argv, at)), _number(_arg(argv, at + 5)), _arg(argv, at + 3)
+    if not _whole(key_index, 1) or key_index > len(keys) - FIRST_EXTRA_KEY:
+        raise _bad_lease(i, "key index", _arg(argv, at))
+    if at + 2 >= len(argv):
+        raise _bad_lease(i, "sub key/token", None)
+    if action not in _ACTIONS:
+        raise _bad_lease(i, "action", action)
+    if not _whole(k, 0) or at + 6 + k > len(argv):
+        raise _bad_lease(i, "offset count", _arg(argv, at + 5))
+    count = int(k)
+    for j in range(at + 6, at + 6 + count):
+        if not argv[j].isdigit():  # '^%d+$': ASCII digits, at least one
+            raise _bad_lease(i, "offset", argv[j])
+    return count
+
+
+# --- the script ------------------------------------------------------------------------------
+
+
+def complete_items(store: Store, keys: list[bytes], argv: list[bytes]) -> list[Reply]:
+    """One reply per lease: {1, finished} kept, {1, finished, attempts, entries...} continued,
+    {2, finished, requeued} released, {-1, 0} fenced (complete_items.lua's header)."""
+    lease_ms, batch, starts = _check_arguments(keys, argv)
+    part = Partition(store, keys)
+    size = part.wrong_type(
+        _SCRIPT,
+        [part.owners, part.leases, part.ready, part.heads, part.late, part.attempts, part.exact],
+    )
+    subs = _distinct_subs(argv, starts)
+    # The fencing check of every lease in one HMGET (sound as no sub key comes twice).
+    owners = call(store, b"HMGET", part.owners, *subs) if subs else []
+    run = _Completion(part, size, argv, batch)
+    held: list[int] = []
+    lists: list[bytes] = []
+    counts: list[Number] = []
+    for i, at in enumerate(starts):
+        owner = owners[i]
+        if owner is not None and starts_with_field(owner, argv[at + 2]):
+            held.append(i)
+            lists.append(keys[FIRST_EXTRA_KEY + int(_number(argv[at]) or 0) - 1])
+            take = batch if run.continues(argv[at + 3]) else 1
+            counts.append(_offset_count(argv, at) + take)
+    reads = _read_lists(part, lists, counts)
+    now = part.now_ms()
+    replies: list[Reply] = [[-1, 0] for _ in starts]  # fenced, unless held below
+    for i, list_key, read in zip(held, lists, reads, strict=True):
+        replies[i] = run.lease(starts[i], list_key, read)
+    run.apply(_format_d(now + lease_ms))
+    return replies
+
+
+def _distinct_subs(argv: list[bytes], starts: list[int]) -> list[bytes]:
+    """The sub key of each lease; a repeated one is an error (the one HMGET would check the
+    second completion against what the first one changed)."""
+    subs: list[bytes] = []
+    seen: set[bytes] = set()
+    for at in starts:
+        sub = argv[at + 1]
+        if sub in seen:
+            raise bad_argument(_SCRIPT, "repeated sub key", sub)
+        seen.add(sub)
+        subs.append(sub)
+    return subs
+
+
+def _offset_count(argv: list[bytes], at: int) -> int:
+    """k, the lease's number of finished offsets (checked whole and within ARGV)."""
+    return int(_number(argv[at + 5]) or 0)
+
+
+def _read_lists(part: Partition, lists: list[bytes], counts: list[Number]) -> list[list[bytes]]:
+    """LRANGE list 0 count-1 of each held lease's list, before the first write: the read is
+    also the list's type check. The stop is formatted with '%d' as read_lists does (an absurd
+    batch past 64 bits reads nothing, as in Lua)."""
+    reads: list[list[bytes]] = []
+    for key, count in zip(lists, counts, strict=True):
+        try:
+            value: list[bytes] | None = part.store.get(key, list)
+        except CommandError as exc:
+            raise key_error(_SCRIPT, key, exc) from None
+        if value is None:
+            reads.append([])
+        else:
+            lo, hi = span(len(value), 0, _long(count - 1))
+            reads.append(value[lo:hi])
+    return reads
+
+
+class _Completion:
+    """One call past its checks: each held lease is completed in turn, and the writes to the
+    partition's shared keys that concern only the lease's own member are collected and made
+    once after the loop, in the script's order (its tables of the same names)."""
+
+    __slots__ = (
+        "argv",
+        "batch",
+        "cleared",
+        "drained",
+        "emptied",
+        "extends",
+        "late",
+        "moved",
+        "part",
+        "ready_len",
+        "released",
+        "requeued",
+        "size",
+    )
+
+    def __init__(
+        self, part: Partition, size: dict[bytes, int], argv: list[bytes], batch: Number
+    ) -> None:
+        self.part, self.size, self.argv, self.batch = part, size, argv, batch
+        #: `ready` only grows in this call (released sub keys with items left go to its tail):
+        #: its length is probed once and counted here. A yield continues only while it is 0.
+        self.ready_len = size[part.ready]
+        self.extends: list[bytes] = []  # ZADD leases XX (the subs; the deadline is shared)
+        self.moved: list[bytes] = []  # ZADD heads: new head offset, sub
+        self.emptied: list[bytes] = []  # ZREM heads, HDEL exact: queue now empty
+        self.drained: list[bytes] = []  # DEL: the lists of `emptied`
+        self.released: list[bytes] = []  # HDEL owners, ZREM leases
+        self.cleared: list[bytes] = []  # HDEL attempts: the head moved
+        self.late: list[bytes] = []  # ZREM late: finished offsets, when `late` had any
+        self.requeued: list[bytes] = []  # RPUSH ready: released with items left
+
+    def continues(self, action: bytes) -> bool:
+        """Does the lease hand out its next batch (a yield only while no other sub key waits)?
+        Else it wants the new head alone past its finished entries."""
+        return action == b"c" or (action == b"y" and self.ready_len == 0)
+
+    def lease(self, at: int, list_key: bytes, read: list[bytes]) -> Reply:
+        """Record what the held lease at argv[at] finished, then keep, continue or release it."""
+        argv = self.argv
+        sub, action, exact_mode = argv[at + 1], argv[at + 3], argv[at + 4] == b"1"
+        k, first = _offset_count(argv, at), at + 6
+        continues = self.continues(action)
+        take = self.batch if continues else 1  # entries wanted past the finished ones
+        finished = 0
+        for j in range(min(k, len(read))):
+            if not starts_with_field(read[j], argv[first + j]):
+                break
+            finished = j + 1
+        if finished > 0:
+            self._record(at, list_key, read, finished)
+        if action == b"k":
+            self.extends.append(sub)
+            return [1, finished]
+        if exact_mode and continues and _exact_left(self.part, sub, _TAKE_ONE) > 0:
+            take = 1  # still single-step: one item at a time
+        nexts = read[finished : int(min(finished + take, len(read)))]
+        if continues and nexts:
+            self.extends.append(sub)
+            attempts: bytes = b""
+            if finished == 0 and self.size[self.part.attempts] > 0:
+                attempts = call(self.part.store, b"HGET", self.part.attempts, sub) or b""
+            return [1, finished, attempts, *nexts]
+        self.released.append(sub)
+        if nexts:
+            self.requeued.append(sub)
+            self.ready_len += 1
+            return [2, finished, 1]
+        return [2, finished, 0]
+
+    def _record(self, at: int, list_key: bytes, read: list[bytes], finished: int) -> None:
+        """The first ``finished`` entries of the lease's queue are done: take them off, keep
+        `heads`, `late`, the attempts and the single-step window in step."""
+        part, argv = self.part, self.argv
+        sub, first = argv[at + 1], at + 6
+        if self.size[part.late] > 0:
+            self.late += argv[first : first + finished]
+        self.cleared.append(sub)
+        if argv[at + 4] == b"1":
+            _consume_exact(part, sub, finished)
+            _end_isolation(part, sub)  # flagged again by its worker before the next item starts
+        if finished == len(read):
+            # The read asked for more than `finished`: it held the whole list, empty now.
+            self.drained.append(list_key)
+            self.emptied.append(sub)  # a crash window ends with the items it was for
+            return
+        call(part.store, b"LTRIM", list_key, b"%d" % finished, b"-1")
+        # A corrupt new head has no offset: the old score stays, which can only hold the
+        # watermark back until the entry is dead-lettered.
+        head_offset = entry_offset(read[finished])
+        if head_offset is not None:
+            self.moved += (head_offset, sub)
+
+    def apply(self, deadline: bytes) -> None:
+        """The collected writes. Empty hashes are not written to (as in the script); one call
+        here stands for the script's chunks of the same call."""
+        part, size, store = self.part, self.size, self.part.store
+        if self.drained:
+            call(store, b"DEL", *self.drained)
+        if size[part.attempts] > 0 and self.cleared:
+            call(store, b"HDEL", part.attempts, *self.cleared)
+        if self.late:
+            call(store, b"ZREM", part.late, *self.late)
+        if self.emptied:
+            call(store, b"ZREM", part.heads, *self.emptied)
+            if size[part.exact] > 0:
+                call(store, b"HDEL", part.exact, *self.emptied)
+        if self.moved:
+            call(store, b"ZADD", part.heads, *self.moved)
+        if self.released:
+            call(store, b"HDEL", part.owners, *self.released)
+            call(store, b"ZREM", part.leases, *self.released)
+        if self.requeued:
+            call(store, b"RPUSH", part.ready, *self.requeued)
+        if self.extends:
+            # XX: never re-create a lease; `released` and `extends` name different sub keys.
+            pairs = [x for sub in self.extends for x in (deadline, sub)]
+            call(store, b"ZADD", part.leases, b"XX", *pairs)
+
+
+# --- the single-step window and the isolation flag (partition.lua) ----------------------------
+
+
+def _exact_left(part: Partition, sub: bytes, site: tuple[int, str, str]) -> Number:
+    """``tonumber(HGET exact sub or '0')``, compared with a number at ``site``: a corrupt count
+    fails that comparison as in Lua."""
+    value = call(part.store, b"HGET", part.exact, sub)
+    number = _number(b"0" if value is None else value)  # "" is a value: Lua's `or` keeps it
+    if number is None:
+        raise _compare_error(site)
+    return number
+
+
+def _consume_exact(part: Partition, sub: bytes, count: int) -> None:
+    """partition.lua's consume_exact: after ``count`` items of sub finished, shorten its
+    single-step window."""
+    left = _exact_left(part, sub, _CONSUME)
+    if left <= 0:
+        return
+    if left <= count:
+        call(part.store, b"HDEL", part.exact, sub)
+    else:
+        call(part.store, b"HSET", part.exact, sub, _format_d(left - count))
+
+
+#: partition.lua's parse_owner pattern: "token|flag|batch|max_attempts|exhausted_mode|worker".
+_OWNER = re.compile(rb"([0-9]+)\|(.)\|[0-9]+\|[0-9]+\|[A-Za-z]\|.*", re.DOTALL)
+
+
+def _end_isolation(part: Partition, sub: bytes) -> None:
+    """partition.lua's end_isolation: the lease's isolated item ended, so its owner record's
+    flag goes back to "-" (with_flag) until its worker flags the next item."""
+    raw = call(part.store, b"HGET", part.owners, sub)
+    owner = None if raw is None else _OWNER.fullmatch(raw)
+    if owner is not None and owner[2] == b"i":
+        token = owner[1]
+        call(part.store, b"HSET", part.owners, sub, token + b"|-" + raw[len(token) + 2 :])
