@@ -30,8 +30,9 @@ from collections.abc import Callable, Generator
 from typing import Any, Protocol
 
 from workshaper import codec
-from workshaper.jobs import Job, set_current_job
+from workshaper.jobs import Job, new_job, set_current_job
 from workshaper.worker.lease import Lease
+from workshaper.worker.lease import clock as lease_clock
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,9 @@ class BatchRunner:
     def ended(self, lease: Lease, outcome: Outcome) -> None:
         self._post(("ended", lease, outcome))
 
-    def _finished(self, lease: Lease, offset: int) -> None:
-        lease.finished.append(offset)
+    def _notify(self, lease: Lease) -> None:
+        """Tell the coordinator that ``lease.finished`` has offsets, unless it was told
+        already since it last drained them (the offset is appended first: see collect)."""
         if not lease.notified:
             lease.notified = True
             self._post(("done", lease))
@@ -138,24 +140,30 @@ class BatchRunner:
         Everything but the handler call lives here, so the thread driver (``run_sync``) and
         the event-loop driver (``run_async``) differ only in ``await``.
         """
-        on_done, finished = self._on_done, self._finished
+        # Everything looked up per item is bound here once: at a lease per item or a no-op
+        # handler, the lookups and Python calls around the handler are most of the cost.
+        on_done, post, observe = self._on_done, self._post, self.observe_handler
         partition, sub_key, token = lease.partition, lease.sub_key, lease.token
-        observe = self.observe_handler
+        done = lease.finished.append
+        decode = codec.decode_message
+        now = lease_clock  # reads the module's clock at each call: tests move it
         lease.started = time.monotonic()
         last = len(entries) - 1
+        item_attempt = attempt  # the head's; every later item is on its first attempt
         try:
             for index, raw in enumerate(entries):
                 if lease.stop:
                     return ("stopped", index)
-                if lease.may_have_expired():
+                if now() >= lease.valid_until:  # Lease.may_have_expired, inlined
                     return ("expired", index)
                 try:
                     head, _, payload = raw.partition(b"|")
                     offset = int(head)
-                    message = codec.decode_message(payload)
+                    message = decode(payload)
                 except (ValueError, codec.CorruptEntry) as exc:
                     return ("corrupt", index, f"queue entry does not decode: {exc}")
-                job = Job(sub_key, partition, offset, attempt if index == 0 else 1, token)
+                job = new_job((sub_key, partition, offset, item_attempt, token))
+                item_attempt = 1
                 set_current_job(job)
                 if observe is None:
                     error = yield job, message
@@ -167,14 +175,16 @@ class BatchRunner:
                     return ("stopped", index)
                 if error is not None:
                     return self.failed(lease, index, job, message, error)
-                if index == last and on_done is None:
-                    # The batch's "ended" follows at once and collects it: no wake-up of its
-                    # own (with a lease per item, that halves the coordinator's inbox).
-                    lease.finished.append(offset)
-                else:
-                    finished(lease, offset)
+                done(offset)
                 if on_done is not None:
+                    self._notify(lease)
                     self._done_callback(message, partition, offset)
+                elif index != last and not lease.notified:
+                    # The last item needs no wake-up of its own: the batch's "ended" follows
+                    # at once and collects it (with a lease per item, that halves the
+                    # coordinator's inbox).
+                    lease.notified = True
+                    post(("done", lease))
             return ("finished",)
         finally:
             set_current_job(None)
