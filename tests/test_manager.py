@@ -86,3 +86,24 @@ def test_shutdown_without_wait_leaves_no_thread_behind() -> None:
     assert not any(t.name == "workshaper-enqueue" for t in threading.enumerate())
     with pytest.raises(RuntimeError, match="shut down"):
         manager.enqueue("k", "m", 0, 9)
+
+
+def test_room_frees_only_once_the_watermark_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The script counts a partition's items until the acked watermark is committed, not when
+    # ack returns: room the Manager freed at ack made its queued sends find the partition full
+    # (a wasted script call and a wait for the commit).
+    import workshaper.ackloop
+
+    real_commit = workshaper.ackloop.scripts.commit_watermark
+
+    def slow_commit(*args: object, **kwargs: object) -> object:
+        time.sleep(0.05)  # a window between ack and commit in which a send would be refused
+        return real_commit(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(workshaper.ackloop.scripts, "commit_watermark", slow_commit)
+    with workshaper.Manager(work=lambda m, p, o: None, max_in_queue=2) as manager:
+        for offset in range(12):
+            assert manager.enqueue("k", "m", 0, offset, timeout=30) is Enqueued.ACCEPTED
+        assert manager.flush(timeout=30)
+        assert manager.total_acked == 12
+        assert manager.producer.stats["full_waits"] == 0

@@ -5,12 +5,13 @@ on its own in-memory server), so the seed-style program needs no server.
 
 On that private backend the Manager is the only producer, so it knows what the enqueue script
 would answer for an offset above every offset it ever sent: ACCEPTED, once the partition has
-room (its own count of accepted-but-unacked items, freed by the ack callback). Such an item is
-checked and encoded at once, counted, and handed to a writer thread that sends everything
-waiting in one script call whenever the previous call returned (group commit): the seed-style
-one-call-per-item loop costs one script call per batch, not per item. Anything else (an offset
-at or below one already sent: a re-delivery) waits for the writer to drain and asks the script,
-so every status is the script's. The writer checks that the script accepted every item.
+room (its own count of accepted-but-unacked items, freed once the acked watermark is recorded,
+as the script's count is). Such an item is checked and encoded at once, counted, and handed to
+a writer thread that sends everything waiting in one script call whenever the previous call
+returned (group commit): the seed-style one-call-per-item loop costs one script call per batch,
+not per item. Anything else (an offset at or below one already sent: a re-delivery) waits for
+the writer to drain and asks the script, so every status is the script's. The writer checks
+that the script accepted every item.
 """
 
 from __future__ import annotations
@@ -63,14 +64,16 @@ class Manager:
         self._user_ack = ack
         self._max_in_queue = max_in_queue
         self._lock = threading.Lock()
-        #: Notified when an ack frees room (enqueue waits on it).
+        #: Notified when a recorded watermark frees room (enqueue waits on it).
         self._room = threading.Condition(self._lock)
         #: Notified when items wait for the writer (the writer waits on it).
         self._work = threading.Condition(self._lock)
         #: Notified when the writer finished a send (drain and flush wait on it).
         self._sent = threading.Condition(self._lock)
-        self._unacked: dict[int, list[int]] = {}  # partition -> accepted offsets, ascending
-        self._acked_to: dict[int, int] = {}  # partition -> highest offset acked
+        #: partition -> accepted offsets not covered by a recorded watermark yet, ascending (what
+        #: the enqueue script counts against max_in_queue)
+        self._unacked: dict[int, list[int]] = {}
+        self._acked_to: dict[int, int] = {}  # partition -> highest offset ack returned for
         self._total_enqueued = 0
         self._total_acked = 0
         # redis=None: a private embedded server, so each Manager starts empty like the seed's.
@@ -82,6 +85,7 @@ class Manager:
                 max_in_queue=max_in_queue,
                 ack=self._ack,
                 ack_interval=ack_interval,
+                recorded=self._recorded,
                 ack_each=ack_each,
             )
         except BaseException:
@@ -121,12 +125,24 @@ class Manager:
         if self._user_ack is not None:
             self._user_ack(partition, offset)
         with self._lock:
-            self._acked_to[partition] = max(offset, self._acked_to.get(partition, -1))
+            before = self._acked_to.get(partition, -1)
+            if offset <= before:
+                return
+            self._acked_to[partition] = offset
             pending = self._unacked.get(partition, [])
-            count = bisect.bisect_right(pending, offset)
-            del pending[:count]
-            self._total_acked += count
-            self._room.notify_all()
+            self._total_acked += bisect.bisect_right(pending, offset) - bisect.bisect_right(
+                pending, before
+            )
+
+    def _recorded(self, partition: int, watermark: int) -> None:
+        """The acked watermark is committed: its items leave the partition's count here only
+        now, as they leave the script's (room freed at ack made queued sends find the
+        partition full until the commit)."""
+        with self._lock:
+            pending = self._unacked.get(partition)
+            if pending:
+                del pending[: bisect.bisect_right(pending, watermark)]
+                self._room.notify_all()
 
     def enqueue(
         self,
