@@ -262,6 +262,43 @@ def test_ack_watermark_waits_for_the_lowest_unfinished_offset(
     assert acks == [3]
 
 
+@pytest.mark.parametrize("stalled_by", ["quiet checks", "ack failures"])
+def test_a_partition_stalled_for_long_does_not_stop_the_acks_of_others(
+    backend: Backend, namespace: str, stalled_by: str
+) -> None:
+    """A partition whose watermark has not moved for many checks (a blocked sub key: minutes of
+    checks 100 ms apart), or whose ack kept raising (one retry a second), still gets a bounded
+    back-off: its delay once overflowed a float, which failed every tick it was offered in and
+    left the partitions after it in that tick unacked."""
+    gate = threading.Event()
+    acked: list[tuple[int, int]] = []
+
+    def ack(partition: int, offset: int) -> None:
+        if partition == 0 and stalled_by == "ack failures":
+            raise RuntimeError("ack keeps failing")
+        acked.append((partition, offset))
+
+    def work(message: Any, partition: int, offset: int) -> None:
+        if partition == 0 and stalled_by == "quiet checks":
+            gate.wait(30)
+
+    worker = workshaper.Worker(backend, namespace, work=work, concurrency=4).start()
+    try:
+        with workshaper.Producer(backend, namespace, ack=ack) as producer:
+            loop = producer._ack_loop
+            producer.enqueue("stuck", "m", 0, 0)
+            counts = loop._quiet if stalled_by == "quiet checks" else loop._failures
+            wait_for(lambda: counts.get(0, 0) > 0)
+            with loop._changed:
+                counts[0] = 5000  # as after minutes of checks that found nothing to ack
+            for offset in range(5):
+                producer.enqueue(f"k{offset}", "m", 1, offset)
+                wait_for(lambda o=offset: (1, o) in acked, timeout=5)  # type: ignore[misc]
+    finally:
+        gate.set()
+        worker.stop(10)
+
+
 def test_closed_producer_refuses_enqueue(backend: Backend, namespace: str) -> None:
     producer = workshaper.Producer(backend, namespace)
     producer.close()

@@ -40,6 +40,13 @@ REDIS_RETRY_DELAY = 0.5
 STOP_COMMIT_TIMEOUT = 5.0
 
 
+def _backoff(interval: float, doublings: int, longest: float) -> float:
+    """``interval * 2**doublings``, at most ``longest``. The exponent is capped: the counts
+    keep growing while a partition stays stalled (minutes of quiet checks, an ack failing for
+    long), and past ~1,000 doublings the product overflows a float, which failed the tick."""
+    return min(interval * float(2 ** min(doublings, 64)), longest)
+
+
 class AckLoop:
     def __init__(
         self,
@@ -233,7 +240,7 @@ class AckLoop:
         quiet = self._quiet.get(partition, 0) + 1
         self._quiet[partition] = quiet
         if quiet > QUIET_CHECKS:
-            delay = min(self._interval * 2 ** (quiet - QUIET_CHECKS), MAX_QUIET_INTERVAL)
+            delay = _backoff(self._interval, quiet - QUIET_CHECKS, MAX_QUIET_INTERVAL)
             self._next_check[partition] = time.monotonic() + delay
 
     def _sleep(self, seconds: float) -> None:
@@ -342,7 +349,7 @@ class AckLoop:
             failures = self._failures.get(partition, 0) + 1
             self._failures[partition] = failures
             self.ack_errors += 1
-            delay = min(self._interval * 2**failures, MAX_ACK_RETRY_DELAY)
+            delay = _backoff(self._interval, failures, MAX_ACK_RETRY_DELAY)
             self._next_check[partition] = time.monotonic() + delay
             log.exception(
                 "ack(%d, %d) raised (failure %d); offering it again in %.3fs",
