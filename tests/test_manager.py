@@ -107,3 +107,28 @@ def test_room_frees_only_once_the_watermark_is_recorded(monkeypatch: pytest.Monk
         assert manager.flush(timeout=30)
         assert manager.total_acked == 12
         assert manager.producer.stats["full_waits"] == 0
+
+
+@pytest.mark.parametrize("max_in_queue", [1, 100])
+def test_an_error_of_a_queued_send_is_raised_by_the_next_enqueue_and_flush(
+    max_in_queue: int,
+) -> None:
+    # max_in_queue 1: the enqueueing thread sends the queue itself before it waits for room;
+    # 100: the writer thread sends it.
+    manager = workshaper.Manager(work=lambda m, p, o: None, max_in_queue=max_in_queue)
+    try:
+
+        def refuse(*args: object, **kwargs: object) -> list[Enqueued]:
+            raise ConnectionError("the send failed")
+
+        manager.producer.enqueue_encoded = refuse  # type: ignore[method-assign]
+        assert manager.enqueue("k", "m", 0, 0) is Enqueued.ACCEPTED  # queued, not sent yet
+        with pytest.raises(RuntimeError, match="enqueue of this Manager failed") as raised:
+            for offset in range(1, 50):
+                manager.enqueue("k", "m", 0, offset, timeout=30)
+                time.sleep(0.01)
+        assert isinstance(raised.value.__cause__, ConnectionError)
+        with pytest.raises(RuntimeError, match="enqueue of this Manager failed"):
+            manager.flush(timeout=30)
+    finally:
+        manager.shutdown(timeout=5, wait=False)

@@ -6,12 +6,14 @@ on its own in-memory server), so the seed-style program needs no server.
 On that private backend the Manager is the only producer, so it knows what the enqueue script
 would answer for an offset above every offset it ever sent: ACCEPTED, once the partition has
 room (its own count of accepted-but-unacked items, freed once the acked watermark is recorded,
-as the script's count is). Such an item is checked and encoded at once, counted, and handed to
-a writer thread that sends everything waiting in one script call whenever the previous call
-returned (group commit): the seed-style one-call-per-item loop costs one script call per batch,
-not per item. Anything else (an offset at or below one already sent: a re-delivery) waits for
-the writer to drain and asks the script, so every status is the script's. The writer checks
-that the script accepted every item.
+as the script's count is). Such an item is checked and encoded at once, counted, and queued;
+everything queued goes in one script call (group commit), so the seed-style one-call-per-item
+loop costs one script call per batch, not per item. The enqueueing thread sends the queue itself
+when it is about to wait (for room, or in flush); otherwise a writer thread sends it, a moment
+after its first item (GATHER_SECONDS), so items never wait for the next enqueue. One send runs
+at a time, which keeps each partition's order. Anything else (an offset at or below one already
+sent: a re-delivery) waits until everything queued was sent and asks the script, so every
+status is the script's. Each send checks that the script accepted every item.
 """
 
 from __future__ import annotations
@@ -197,7 +199,8 @@ class Manager:
                         partition,
                         [None],
                     )
-                self._hurry()  # what is queued goes now: this thread waits for room
+                if self._send_here():  # what is queued goes now: this thread waits for room
+                    continue  # the lock was let go while sending: look again
                 self._room.wait(remaining)
             self._sent_to[partition] = item.offset
             unacked.append(item.offset)  # above every offset sent: the list stays ascending
@@ -213,24 +216,60 @@ class Manager:
             self._urgent = True
             self._work.notify()
 
-    def _take_batch(self) -> list[tuple[int, EncodedItem]] | None:
-        """The writer's wait for items (the caller holds the lock): the first one starts a
-        gathering of GATHER_SECONDS, cut short when the enqueueing thread is about to wait,
-        by a drain, or by GATHER_ITEMS items. None: stopped with nothing left."""
-        while not self._waiting:
-            if self._stopping:
-                return None
-            self._work.wait()
-        deadline = time.monotonic() + GATHER_SECONDS
-        while not (self._urgent or self._stopping or len(self._waiting) >= GATHER_ITEMS):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            self._work.wait(remaining)
+    def _send_here(self) -> bool:
+        """Send what is queued on the calling thread, which is about to wait (for room, or for
+        a drain), unless a send is under way: then the writer sends it right after that one.
+        Handing the items to the writer would put a thread switch between every freed slot
+        and its next item. The caller holds the lock; it is let go while sending (True)."""
+        if not self._waiting:
+            return False
+        if self._writing:
+            self._hurry()
+            return False
+        batch = self._take_now()
+        self._lock.release()
+        try:
+            error = self._send(batch)
+        finally:
+            self._lock.acquire()
+        self._sent_batch(error)
+        return True
+
+    def _take_now(self) -> list[tuple[int, EncodedItem]]:
+        """Everything queued, for one send; no other send starts until ``_sent_batch`` (the
+        caller holds the lock). One send at a time keeps each partition's order."""
         batch, self._waiting = self._waiting, []
         self._urgent = False
         self._writing = True
         return batch
+
+    def _sent_batch(self, error: BaseException | None) -> None:
+        """A send ended (the caller holds the lock)."""
+        self._writing = False
+        if error is not None and self._write_error is None:
+            self._write_error = error
+            self._room.notify_all()  # enqueues waiting for room raise it
+        self._sent.notify_all()
+        if self._waiting:
+            self._work.notify()  # the writer may be waiting for this send to end
+
+    def _take_batch(self) -> list[tuple[int, EncodedItem]] | None:
+        """The writer's wait for items (the caller holds the lock): the first one starts a
+        gathering of GATHER_SECONDS, cut short when the enqueueing thread is about to wait,
+        by a drain, or by GATHER_ITEMS items. None: stopped with nothing left."""
+        while True:
+            while not self._waiting or self._writing:
+                if self._stopping and not self._waiting:
+                    return None
+                self._work.wait()
+            deadline = time.monotonic() + GATHER_SECONDS
+            while not (self._urgent or self._stopping or len(self._waiting) >= GATHER_ITEMS):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._waiting or self._writing:
+                    break
+                self._work.wait(remaining)
+            if self._waiting and not self._writing:  # else the enqueueing thread sent them
+                return self._take_now()
 
     def _write_loop(self) -> None:
         """Send what waits, in one script call per round, until stopped and drained."""
@@ -239,34 +278,35 @@ class Manager:
                 batch = self._take_batch()
             if batch is None:
                 return
-            error: BaseException | None = None
-            try:
-                statuses = self._producer.enqueue_encoded(batch)
-                if any(s is not Enqueued.ACCEPTED for s in statuses):
-                    error = RuntimeError(
-                        "the embedded backend did not accept items this Manager counted as"
-                        " accepted (was its producer used directly?)"
-                    )
-            except BaseException as exc:  # kept and raised to the caller of enqueue or flush
-                error = exc
-            if error is not None:
-                log.error("enqueue of %d queued item(s) failed: %r", len(batch), error)
+            error = self._send(batch)
             with self._lock:
-                self._writing = False
-                if error is not None and self._write_error is None:
-                    self._write_error = error
-                    self._room.notify_all()  # enqueues waiting for room raise it
-                self._sent.notify_all()
+                self._sent_batch(error)
+
+    def _send(self, batch: list[tuple[int, EncodedItem]]) -> BaseException | None:
+        """One script call for ``batch``; the error that kept it from being accepted."""
+        error: BaseException | None = None
+        try:
+            statuses = self._producer.enqueue_encoded(batch)
+            if any(s is not Enqueued.ACCEPTED for s in statuses):
+                error = RuntimeError(
+                    "the embedded backend did not accept items this Manager counted as"
+                    " accepted (was its producer used directly?)"
+                )
+        except BaseException as exc:  # kept and raised to the caller of enqueue or flush
+            error = exc
+        if error is not None:
+            log.error("enqueue of %d queued item(s) failed: %r", len(batch), error)
+        return error
 
     def _drain(self, deadline: float | None) -> bool:
-        """Wait until the writer sent everything queued (False if ``deadline`` passed)."""
+        """Wait until everything queued was sent (False if ``deadline`` passed)."""
         with self._lock:
             while self._waiting or self._writing:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self._hurry()
-                self._sent.wait(remaining)
+                if not self._send_here():
+                    self._sent.wait(remaining)
             self._raise_write_error()
         return True
 
