@@ -10,6 +10,11 @@ absurd argument answers what the script answers.
 The script checks every argument, the type of every key it writes and every list it reads before
 its first write (an error then leaves nothing written); after that only a corrupt single-step
 count can fail it, at the point Lua fails, with the writes made so far kept, as on Redis.
+
+Every item passes through here, so the common path works on the store's containers directly,
+doing exactly what the command of the script's ``redis.call`` does (the read, the type check,
+an emptied container deleted, a blocked pop woken); the rare single-step path goes through
+``call``.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from workshaper.embedded.native.partition import (
     tonumber,
 )
 from workshaper.embedded.protocol import span
-from workshaper.embedded.store import CommandError, Store
+from workshaper.embedded.store import CommandError, Store, ZSet
 
 #: The SHA1 of the .lua source (with its includes) this module transcribes.
 COMPLETE_SHA1 = "f4a9624069aa7e342b5ccb7faafca28e41cf01ad"
@@ -108,42 +113,87 @@ def _bad_lease(i: int, what: str, value: bytes | None) -> CommandError:
     return bad_argument(_SCRIPT, f"{what} of lease {i}", value)
 
 
-def _check_arguments(keys: list[bytes], argv: list[bytes]) -> tuple[Number, Number, list[int]]:
-    """(lease ms, batch, where each lease's arguments start in argv), or the script's error
-    for the first malformed argument."""
-    lease_ms, batch, n = _number(_arg(argv, 0)), _number(_arg(argv, 1)), _number(_arg(argv, 2))
-    if not _whole(lease_ms, 1):
+def _whole_arg(value: bytes | None, least: int) -> Number | None:
+    """``whole(tonumber(value), least)`` of the script: the number, or None when it is not a
+    whole number at least ``least``."""
+    if value is not None and value.isdigit() and len(value) < 16:
+        whole = int(value)  # the common case: exact in a double, whole
+        return whole if whole >= least else None
+    number = _number(value)
+    return number if _whole(number, least) else None
+
+
+#: One lease's arguments: where they start in argv, its offset count k, its queue list.
+LeaseArgs = tuple[int, int, bytes]
+
+
+def _check_arguments(
+    keys: list[bytes], argv: list[bytes]
+) -> tuple[Number, Number, list[LeaseArgs]]:
+    """(lease ms, batch, each lease's arguments), or the script's error for the first malformed
+    argument."""
+    lease_ms = _whole_arg(_arg(argv, 0), 1)
+    if lease_ms is None:
         raise bad_argument(_SCRIPT, "lease ms", _arg(argv, 0))
-    if not _whole(batch, 1):
+    batch = _whole_arg(_arg(argv, 1), 1)
+    if batch is None:
         raise bad_argument(_SCRIPT, "batch", _arg(argv, 1))
-    if not _whole(n, 0):
+    n = _whole_arg(_arg(argv, 2), 0)
+    if n is None:
         raise bad_argument(_SCRIPT, "lease count", _arg(argv, 2))
-    starts: list[int] = []
+    leases: list[LeaseArgs] = []
     at = 3
     i = 1
     while i <= n:  # n may be inf, as in Lua: the arguments run out first
-        starts.append(at)
-        at += 6 + _check_lease(keys, argv, at, i)
+        lease = _well_formed_lease(keys, argv, at)
+        if lease is None:  # something is off: check it argument by argument, as Lua does
+            k, list_key = _check_lease(keys, argv, at, i)
+            lease = (at, k, list_key)
+        leases.append(lease)
+        at += 6 + lease[1]
         i += 1
-    return lease_ms, batch, starts
+    return lease_ms, batch, leases
 
 
-def _check_lease(keys: list[bytes], argv: list[bytes], at: int, i: int) -> int:
-    """Check the arguments of lease ``i`` (starting at argv[at]); its offset count."""
-    key_index, k, action = _number(_arg(argv, at)), _number(_arg(argv, at + 5)), _arg(argv, at + 3)
-    if not _whole(key_index, 1) or key_index > len(keys) - FIRST_EXTRA_KEY:
+def _well_formed_lease(keys: list[bytes], argv: list[bytes], at: int) -> LeaseArgs | None:
+    """The arguments of the lease at argv[at] when they are what the workers send (numbers in
+    plain digits), else None (then _check_lease finds what is wrong, or takes them as Lua
+    takes an unusual number). Every lease of every call passes here."""
+    end = len(argv)
+    if at + 5 >= end:
+        return None
+    raw_index, raw_k = argv[at], argv[at + 5]
+    if not (raw_index.isdigit() and raw_k.isdigit() and len(raw_index) < 16 and len(raw_k) < 16):
+        return None
+    key_index, k = int(raw_index), int(raw_k)
+    if (
+        not 1 <= key_index <= len(keys) - FIRST_EXTRA_KEY
+        or argv[at + 3] not in _ACTIONS
+        or at + 6 + k > end
+        or not all(map(bytes.isdigit, argv[at + 6 : at + 6 + k]))
+    ):
+        return None
+    return at, k, keys[FIRST_EXTRA_KEY + key_index - 1]
+
+
+def _check_lease(keys: list[bytes], argv: list[bytes], at: int, i: int) -> tuple[int, bytes]:
+    """Check the arguments of lease ``i`` (starting at argv[at]): its offset count and the list
+    its key index names."""
+    key_index, k = _whole_arg(_arg(argv, at), 1), _whole_arg(_arg(argv, at + 5), 0)
+    if key_index is None or key_index > len(keys) - FIRST_EXTRA_KEY:
         raise _bad_lease(i, "key index", _arg(argv, at))
     if at + 2 >= len(argv):
         raise _bad_lease(i, "sub key/token", None)
+    action = _arg(argv, at + 3)
     if action not in _ACTIONS:
         raise _bad_lease(i, "action", action)
-    if not _whole(k, 0) or at + 6 + k > len(argv):
+    if k is None or at + 6 + k > len(argv):
         raise _bad_lease(i, "offset count", _arg(argv, at + 5))
     count = int(k)
     for j in range(at + 6, at + 6 + count):
         if not argv[j].isdigit():  # '^%d+$': ASCII digits, at least one
             raise _bad_lease(i, "offset", argv[j])
-    return count
+    return count, keys[FIRST_EXTRA_KEY + int(key_index) - 1]
 
 
 # --- the script ------------------------------------------------------------------------------
@@ -152,66 +202,84 @@ def _check_lease(keys: list[bytes], argv: list[bytes], at: int, i: int) -> int:
 def complete_items(store: Store, keys: list[bytes], argv: list[bytes]) -> list[Reply]:
     """One reply per lease: {1, finished} kept, {1, finished, attempts, entries...} continued,
     {2, finished, requeued} released, {-1, 0} fenced (complete_items.lua's header)."""
-    lease_ms, batch, starts = _check_arguments(keys, argv)
+    lease_ms, batch, leases = _check_arguments(keys, argv)
     part = Partition(store, keys)
-    size = part.wrong_type(
-        _SCRIPT,
-        [part.owners, part.leases, part.ready, part.heads, part.late, part.attempts, part.exact],
-    )
-    subs = _distinct_subs(argv, starts)
+    size = _wrong_type(part, keys)
+    subs = _distinct_subs(argv, leases)
     # The fencing check of every lease in one HMGET (sound as no sub key comes twice).
-    owners = call(store, b"HMGET", part.owners, *subs) if subs else []
+    owner_of = store.get(part.owners, dict) or {}
     run = _Completion(part, size, argv, batch)
     held: list[int] = []
-    lists: list[bytes] = []
     counts: list[Number] = []
-    for i, at in enumerate(starts):
-        owner = owners[i]
+    for i, (at, k, _) in enumerate(leases):
+        owner = owner_of.get(subs[i])
         if owner is not None and starts_with_field(owner, argv[at + 2]):
             held.append(i)
-            lists.append(keys[FIRST_EXTRA_KEY + int(_number(argv[at]) or 0) - 1])
-            take = batch if run.continues(argv[at + 3]) else 1
-            counts.append(_offset_count(argv, at) + take)
-    reads = _read_lists(part, lists, counts)
-    now = part.now_ms()
-    replies: list[Reply] = [[-1, 0] for _ in starts]  # fenced, unless held below
-    for i, list_key, read in zip(held, lists, reads, strict=True):
-        replies[i] = run.lease(starts[i], list_key, read)
+            counts.append(k + (batch if run.continues(argv[at + 3]) else 1))
+    reads = _read_lists(store, [leases[i][2] for i in held], counts)
+    # TIME as now_ms reads it: whole seconds * 1000 + microseconds // 1000.
+    now = int(store.clock() * 1_000_000) // 1000
+    replies: list[Reply] = [[-1, 0] for _ in leases]  # fenced, unless held below
+    for i, read in zip(held, reads, strict=True):
+        replies[i] = run.lease(leases[i], read)
     run.apply(_format_d(now + lease_ms))
     return replies
 
 
-def _distinct_subs(argv: list[bytes], starts: list[int]) -> list[bytes]:
+def _wrong_type(part: Partition, keys: list[bytes]) -> dict[bytes, int]:
+    """partition.lua's wrong_type for the keys this script writes: the error naming the first
+    one of the wrong type, else each one's size. Each key's kind is its role's, as in the
+    script's KEY_TYPE table when the twelve fixed keys are distinct (a key named twice has one
+    kind there: the shared helper probes that)."""
+    probes: tuple[tuple[bytes, type], ...] = (
+        (part.owners, dict),
+        (part.leases, ZSet),
+        (part.ready, list),
+        (part.heads, ZSet),
+        (part.late, ZSet),
+        (part.attempts, dict),
+        (part.exact, dict),
+    )
+    if len(set(keys[:FIRST_EXTRA_KEY])) < FIRST_EXTRA_KEY:
+        return part.wrong_type(_SCRIPT, [key for key, _ in probes])
+    get = part.store.get
+    size: dict[bytes, int] = {}
+    for key, kind in probes:
+        try:
+            value = get(key, kind)
+        except CommandError as exc:
+            raise key_error(_SCRIPT, key, exc) from None
+        size[key] = 0 if value is None else len(value)
+    return size
+
+
+def _distinct_subs(argv: list[bytes], leases: list[LeaseArgs]) -> list[bytes]:
     """The sub key of each lease; a repeated one is an error (the one HMGET would check the
     second completion against what the first one changed)."""
-    subs: list[bytes] = []
-    seen: set[bytes] = set()
-    for at in starts:
-        sub = argv[at + 1]
-        if sub in seen:
-            raise bad_argument(_SCRIPT, "repeated sub key", sub)
-        seen.add(sub)
-        subs.append(sub)
+    subs = [argv[at + 1] for at, _, _ in leases]
+    if len(set(subs)) < len(subs):
+        seen: set[bytes] = set()
+        for sub in subs:
+            if sub in seen:
+                raise bad_argument(_SCRIPT, "repeated sub key", sub)
+            seen.add(sub)
     return subs
 
 
-def _offset_count(argv: list[bytes], at: int) -> int:
-    """k, the lease's number of finished offsets (checked whole and within ARGV)."""
-    return int(_number(argv[at + 5]) or 0)
-
-
-def _read_lists(part: Partition, lists: list[bytes], counts: list[Number]) -> list[list[bytes]]:
+def _read_lists(store: Store, lists: list[bytes], counts: list[Number]) -> list[list[bytes]]:
     """LRANGE list 0 count-1 of each held lease's list, before the first write: the read is
     also the list's type check. The stop is formatted with '%d' as read_lists does (an absurd
     batch past 64 bits reads nothing, as in Lua)."""
     reads: list[list[bytes]] = []
     for key, count in zip(lists, counts, strict=True):
         try:
-            value: list[bytes] | None = part.store.get(key, list)
+            value: list[bytes] | None = store.get(key, list)
         except CommandError as exc:
             raise key_error(_SCRIPT, key, exc) from None
         if value is None:
             reads.append([])
+        elif type(count) is int:  # count >= 1: the first count entries
+            reads.append(value[:count])
         else:
             lo, hi = span(len(value), 0, _long(count - 1))
             reads.append(value[lo:hi])
@@ -260,11 +328,12 @@ class _Completion:
         Else it wants the new head alone past its finished entries."""
         return action == b"c" or (action == b"y" and self.ready_len == 0)
 
-    def lease(self, at: int, list_key: bytes, read: list[bytes]) -> Reply:
-        """Record what the held lease at argv[at] finished, then keep, continue or release it."""
+    def lease(self, lease: LeaseArgs, read: list[bytes]) -> Reply:
+        """Record what the held lease finished, then keep, continue or release it."""
         argv = self.argv
+        at, k, list_key = lease
         sub, action, exact_mode = argv[at + 1], argv[at + 3], argv[at + 4] == b"1"
-        k, first = _offset_count(argv, at), at + 6
+        first = at + 6
         continues = self.continues(action)
         take = self.batch if continues else 1  # entries wanted past the finished ones
         finished = 0
@@ -284,7 +353,7 @@ class _Completion:
             self.extends.append(sub)
             attempts: bytes = b""
             if finished == 0 and self.size[self.part.attempts] > 0:
-                attempts = call(self.part.store, b"HGET", self.part.attempts, sub) or b""
+                attempts = self.part.hget(self.part.attempts, sub) or b""
             return [1, finished, attempts, *nexts]
         self.released.append(sub)
         if nexts:
@@ -309,7 +378,13 @@ class _Completion:
             self.drained.append(list_key)
             self.emptied.append(sub)  # a crash window ends with the items it was for
             return
-        call(part.store, b"LTRIM", list_key, b"%d" % finished, b"-1")
+        # LTRIM list finished -1 (a list emptied goes; only a list read twice, by two leases of
+        # the call, can be shorter than its read here).
+        store = part.store
+        entries = store.get(list_key, list)
+        if entries is not None:
+            del entries[:finished]
+            store.drop_if_empty(list_key, entries)
         # A corrupt new head has no offset: the old score stays, which can only hold the
         # watermark back until the entry is dead-lettered.
         head_offset = entry_offset(read[finished])
@@ -317,30 +392,72 @@ class _Completion:
             self.moved += (head_offset, sub)
 
     def apply(self, deadline: bytes) -> None:
-        """The collected writes. Empty hashes are not written to (as in the script); one call
-        here stands for the script's chunks of the same call."""
+        """The collected writes, in the script's order, each as its command does it on the
+        store (one here stands for the script's chunks of it). Empty hashes are not written to,
+        as in the script."""
         part, size, store = self.part, self.size, self.part.store
-        if self.drained:
-            call(store, b"DEL", *self.drained)
+        for key in self.drained:  # DEL
+            if store.lookup(key) is not None:
+                store.delete(key)
         if size[part.attempts] > 0 and self.cleared:
-            call(store, b"HDEL", part.attempts, *self.cleared)
+            _hdel(store, part.attempts, self.cleared)
         if self.late:
-            call(store, b"ZREM", part.late, *self.late)
+            _zrem(store, part.late, self.late)
         if self.emptied:
-            call(store, b"ZREM", part.heads, *self.emptied)
+            _zrem(store, part.heads, self.emptied)
             if size[part.exact] > 0:
-                call(store, b"HDEL", part.exact, *self.emptied)
+                _hdel(store, part.exact, self.emptied)
         if self.moved:
-            call(store, b"ZADD", part.heads, *self.moved)
+            _zadd_heads(store, part.heads, self.moved)
         if self.released:
-            call(store, b"HDEL", part.owners, *self.released)
-            call(store, b"ZREM", part.leases, *self.released)
-        if self.requeued:
-            call(store, b"RPUSH", part.ready, *self.requeued)
+            _hdel(store, part.owners, self.released)
+            _zrem(store, part.leases, self.released)
+        if self.requeued:  # RPUSH
+            store.get_or_create(part.ready, list).extend(self.requeued)
         if self.extends:
-            # XX: never re-create a lease; `released` and `extends` name different sub keys.
-            pairs = [x for sub in self.extends for x in (deadline, sub)]
-            call(store, b"ZADD", part.leases, b"XX", *pairs)
+            # ZADD leases XX: never re-create a lease, nor add a member (`released` and
+            # `extends` name different sub keys). Only a score changes: no waiter to wake.
+            leases: ZSet | None = store.get(part.leases, ZSet)
+            if leases is not None:
+                score = float(deadline)
+                for sub in self.extends:
+                    if sub in leases.scores:
+                        leases.add(sub, score)
+
+
+# --- the commands of the writes, on the store ---------------------------------------------------
+
+
+def _hdel(store: Store, key: bytes, fields: list[bytes]) -> None:
+    """HDEL key fields...: an emptied hash goes."""
+    h: dict[bytes, bytes] | None = store.get(key, dict)
+    if h is not None:
+        for field in fields:
+            h.pop(field, None)
+        store.drop_if_empty(key, h)
+
+
+def _zrem(store: Store, key: bytes, members: list[bytes]) -> None:
+    """ZREM key members...: an emptied sorted set goes."""
+    z: ZSet | None = store.get(key, ZSet)
+    if z is not None:
+        for member in members:
+            z.remove(member)
+        store.drop_if_empty(key, z)
+
+
+def _zadd_heads(store: Store, key: bytes, pairs: list[bytes]) -> None:
+    """ZADD key offset member ...: the offsets are digits (entry_offset), their scores the
+    doubles ZADD parses; a new member wakes a blocking pop waiting on the key, as ZADD does."""
+    z: ZSet | None = store.get(key, ZSet)
+    if z is None:
+        z = store.data[key] = ZSet()
+    added = 0
+    for j in range(0, len(pairs), 2):
+        if z.add(pairs[j + 1], float(pairs[j])):
+            added += 1
+    if added and key in store.waiters:
+        store.changed.notify_all()
 
 
 # --- the single-step window and the isolation flag (partition.lua) ----------------------------
