@@ -1,0 +1,166 @@
+"""Micro-benchmark of complete_items on the embedded server: its Python transcription against
+its Lua, in one process (``python -m workshaper_tools.bench.complete_micro``).
+
+    --calls N     timed calls per scenario and mode (default 2000)
+    --before REV  also time the transcription as it was at git revision REV (before/after in
+                  the same run)
+
+Each call completes leases of a partition whose state is written anew before it (untimed);
+only ``run_one`` of ``scripts.complete_items`` is timed, so a call's time includes the batch
+machinery, the same in every mode. The modes take turns in rounds, so the machine's noise falls
+on all of them alike. Prints the median microseconds per call of each mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import subprocess
+import time
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from workshaper import scripts
+from workshaper.batch import run_one
+from workshaper.connection import Backend, embedded_backend
+from workshaper.embedded import EmbeddedServer
+from workshaper.embedded.native import NativeScript
+from workshaper.keys import NamespaceKeys, PartitionKeys
+from workshaper.lua_scripts import load_script
+from workshaper.scripts import Completion
+
+LEASE_MS = 60_000
+ROUND = 50  # calls of one mode before the next mode's turn
+TRANSCRIPTION = "workshaper/embedded/native/complete.py"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    leases: int
+    finished: int  # items each lease finished
+    queued: int  # items in each lease's queue before the call
+    action: str
+    batch: int = 10
+
+
+SCENARIOS = (
+    Scenario("1 lease, 1 item, release", 1, 1, 1, "r"),
+    Scenario("8 leases, 1 item each, release", 8, 1, 1, "r"),
+    Scenario("24 leases, 1 item each, release", 24, 1, 1, "r"),
+    Scenario("24 leases, 1 item each, release, items left", 24, 1, 2, "r"),
+    Scenario("1 lease, 20 items, continue", 1, 20, 40, "c", batch=20),
+)
+
+
+def _subs(scenario: Scenario) -> list[bytes]:
+    return [b"s%d" % i for i in range(scenario.leases)]
+
+
+def _prepare(backend: Backend, pkeys: PartitionKeys, scenario: Scenario) -> None:
+    """The partition before the call: each sub key leased (token 7), its queue full."""
+    subs = _subs(scenario)
+    pipe = backend.client.pipeline(transaction=False)
+    pipe.delete(*pkeys.fixed, *(pkeys.queue(sub) for sub in subs))
+    pipe.hset(pkeys.owners, mapping={sub: b"7|-|10|3|d|w1" for sub in subs})
+    pipe.zadd(pkeys.leases, dict.fromkeys(subs, 1))
+    offset = 0
+    heads: dict[bytes, int] = {}
+    for sub in subs:
+        heads[sub] = offset
+        entries = [b"%d|m" % (offset + j) for j in range(scenario.queued)]
+        pipe.rpush(pkeys.queue(sub), *entries)
+        offset += scenario.queued
+    pipe.zadd(pkeys.heads, heads)
+    pipe.execute()
+
+
+def _completions(scenario: Scenario) -> list[Completion]:
+    completions = []
+    for i, sub in enumerate(_subs(scenario)):
+        first = i * scenario.queued
+        offsets = list(range(first, first + scenario.finished))
+        completions.append(Completion(sub, 7, scenario.action, offsets))
+    return completions
+
+
+def _timed_round(backend: Backend, pkeys: PartitionKeys, scenario: Scenario) -> list[float]:
+    """ROUND calls, each on a freshly prepared partition; their times in microseconds."""
+    completions = _completions(scenario)
+    times = []
+    for _ in range(ROUND):
+        _prepare(backend, pkeys, scenario)
+        start = time.perf_counter()
+        run_one(
+            backend,
+            lambda b: scripts.complete_items(
+                b, pkeys, completions, lease_ms=LEASE_MS, batch_size=scenario.batch
+            ),
+        )
+        times.append((time.perf_counter() - start) * 1e6)
+    return times
+
+
+def _transcription_at(rev: str) -> NativeScript:
+    """complete_items as transcribed at git revision ``rev``."""
+    root = Path(__file__).resolve().parents[3]
+    source = subprocess.run(
+        ["git", "show", f"{rev}:{TRANSCRIPTION}"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+    ).stdout
+    module = types.ModuleType(f"complete_at_{rev}")
+    exec(compile(source, f"{rev}:{TRANSCRIPTION}", "exec"), module.__dict__)
+    function: NativeScript = module.complete_items
+    return function
+
+
+def _servers(before: str | None) -> dict[str, Backend]:
+    modes = {
+        "lua": embedded_backend(EmbeddedServer(native_scripts=False)),
+        "native": embedded_backend(EmbeddedServer(native_scripts=True)),
+    }
+    if before is not None:
+        server = EmbeddedServer(native_scripts=True)
+        sha = server.scripts.load(load_script("complete_items").source.encode())
+        # The script is loaded: the old transcription stands in for the current one.
+        server.scripts._natives[sha] = _transcription_at(before)
+        modes[f"native@{before}"] = embedded_backend(server)
+    return modes
+
+
+def run(calls: int, before: str | None, say: Callable[[str], None] = print) -> None:
+    modes = _servers(before)
+    pkeys = NamespaceKeys("micro").partition(0)
+    names = list(modes)
+    say(f"{'scenario':48} " + " ".join(f"{n:>16}" for n in names) + "   lua/native")
+    for scenario in SCENARIOS:
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for backend in modes.values():  # warm up: scripts loaded, caches filled
+            _timed_round(backend, pkeys, scenario)
+        gc.collect()
+        while len(times[names[0]]) < calls:
+            for name, backend in modes.items():
+                times[name] += _timed_round(backend, pkeys, scenario)
+        medians = {name: statistics.median(t) for name, t in times.items()}
+        ratio = medians["lua"] / medians["native"]
+        cells = " ".join(f"{medians[n]:>13.1f} us" for n in names)
+        say(f"{scenario.name:48} {cells}   {ratio:>9.2f}x")
+    for backend in modes.values():
+        backend.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--calls", type=int, default=2000)
+    p.add_argument("--before", default=None, help="git revision of an earlier transcription")
+    args = p.parse_args(argv)
+    run(args.calls, args.before)
+
+
+if __name__ == "__main__":
+    main()
