@@ -118,24 +118,23 @@ class Claims:
         self._pending.remove(claim)
         self._prefetch.claim_left(ready_left)
         state = self._state
-        pkeys = state.settings.keys.partition(claim.partition)
+        partition = claim.partition
+        pkeys = state.settings.keys.partition(partition)
         # Every lease of the claim is valid as long (Lease.extended, once for all of them).
         valid = valid_until(state.sent_at, state.settings.lease_seconds)
+        # Looked up once per claim, not per lease (with a lease per item, a claim brings dozens).
+        stopping, leases, start = state.stopping, state.leases, self._start
+        batch_size = state.settings.batch_size
         for c in claimed:
+            sub = c.sub
             lease = Lease(
-                claim.partition,
-                pkeys,
-                c.sub,
-                _sub_key(claim.partition, c.sub),
-                c.token,
-                c.exact,
-                c.attempts_record,
+                partition, pkeys, sub, _sub_key(partition, sub), c.token, c.exact, c.attempts_record
             )
             lease.valid_until = valid
-            if state.stopping:
+            if stopping:
                 lease.stop = True
-            state.leases[lease.key] = lease
-            self._start(lease, c.entries)
+            leases[(partition, sub)] = lease  # lease.key
+            start(lease, c.entries, batch_size)
         state.stats["claimed"] += len(claimed)
         if state.observer is not None:
             state.observer.claimed(len(claimed))
@@ -144,12 +143,11 @@ class Claims:
             state.wakes.add(claim.partition)
             self.woken(claim.partition)
 
-    def _start(self, lease: Lease, entries: list[bytes]) -> None:
+    def _start(self, lease: Lease, entries: list[bytes], batch_size: int) -> None:
         """Run the first batch the claim handed back (or give the lease back at once)."""
         lease.entries = entries
-        count = 1 if lease.exact > 0 else self._state.settings.batch_size
-        lease.read_to_end = len(entries) < count
-        lease.attempt = lease.attempt_of_head()
+        lease.read_to_end = len(entries) < (1 if lease.exact > 0 else batch_size)
+        lease.attempt = lease.attempt_of_head() if lease.attempts_record else 1
         lease.state = REPORTING
         if lease.stop or not entries:
             lease.hand_back()

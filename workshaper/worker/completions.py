@@ -13,7 +13,15 @@ from workshaper import scripts
 from workshaper.batch import Batch, Reply
 from workshaper.scripts import Completion
 from workshaper.worker.dispatch import Dispatcher
-from workshaper.worker.lease import CONTINUE, KEEP, RELEASE, REPORTING, Lease
+from workshaper.worker.lease import (
+    CONTINUE,
+    KEEP,
+    LEASE_QUANTUM,
+    RELEASE,
+    REPORTING,
+    YIELD,
+    Lease,
+)
 from workshaper.worker.prefetch import PrefetchPolicy
 from workshaper.worker.state import CoordinatorState, by_partition
 
@@ -47,9 +55,16 @@ class Completions:
             self._dispatcher.drop(lease)
             return
         if kind == "finished":
-            self._prefetch.batch_took(time.monotonic() - lease.started)
+            now = time.monotonic()
+            self._prefetch.batch_took(now - lease.started)
             lease.entries = []
-            lease.end_action = lease.next_action(self._state.stopping)
+            # Lease.next_action, inlined with the clock read above (this runs per lease).
+            if self._state.stopping:
+                lease.end_action = RELEASE
+            elif now - lease.acquired > LEASE_QUANTUM:
+                lease.end_action = YIELD
+            else:
+                lease.end_action = CONTINUE
         elif kind == "stopped":
             lease.entries = lease.entries[outcome[1] :]
             lease.end_action = RELEASE
@@ -99,32 +114,39 @@ class Completions:
         reply: Reply[list[scripts.CompletionReply]],
         sent: list[tuple[Lease, int, str]],
     ) -> None:
-        dispatcher = self._dispatcher
+        # Looked up once per reply, not per lease (with a lease per item, a reply has dozens).
+        state, dispatcher = self._state, self._dispatcher
+        isolation, drop, submit = dispatcher.isolation, dispatcher.drop, dispatcher.submit
+        finished = 0
         for (lease, n, action), answer in zip(sent, reply.get(), strict=True):
             del lease.unreported[:n]
-            if answer.code < 0:
+            code = answer.code
+            if code < 0:
                 dispatcher.fenced(lease, "completion")
                 continue
-            self._state.stats["finished"] += answer.finished
-            dispatcher.isolation.use_window_steps(lease, answer.finished)
-            if answer.code == 1:  # held: the script extended the lease
-                self._state.extended(lease)
+            finished += answer.finished
+            if lease.exact:  # only a lease in its single-step window counts its steps
+                isolation.use_window_steps(lease, answer.finished)
+            if code == 1:  # held: the script extended the lease
+                state.extended(lease)
             if action == KEEP:
                 continue
             lease.end_action = None
-            if answer.code == 2:
+            if code == 2:
                 if answer.requeued:
                     # Released with items left (stop, hand-back, yield): the script put it back
                     # in ready, so ring its bell; the reaper's ready sweep comes only every few
                     # seconds.
-                    self._state.wakes.add(lease.partition)
-                dispatcher.drop(lease)
+                    state.wakes.add(lease.partition)
+                drop(lease)
             elif answer.next_entries:
                 lease.entries = answer.next_entries
-                batch_size = self._state.settings.batch_size
-                lease.read_to_end = not lease.exact and len(lease.entries) < batch_size
+                lease.read_to_end = (
+                    not lease.exact and len(lease.entries) < state.settings.batch_size
+                )
                 lease.attempts_record = answer.attempts_record
                 lease.attempt = lease.attempt_of_head()
-                dispatcher.submit(lease)
+                submit(lease)
             else:  # held with nothing left: cannot happen, but never strand a lease
                 lease.end_action = RELEASE
+        state.stats["finished"] += finished

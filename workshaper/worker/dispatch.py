@@ -66,7 +66,8 @@ class Dispatcher:
     def batch_left(self) -> None:
         """A batch left the executor: its slot goes to the next lease on standby."""
         self.in_executor -= 1
-        self.dispatch_standby()
+        if self.standby or self.isolation.lease is not None:  # else nothing waits for it
+            self.dispatch_standby()
 
     def dispatch_standby(self) -> None:
         if self.isolation.lease is not None:
@@ -86,7 +87,10 @@ class Dispatcher:
 
     def drop(self, lease: Lease) -> None:
         """Forget a lease that ended or was lost (its batch may still be running)."""
-        self._state.forget(lease)
+        # CoordinatorState.forget, inlined (this runs per lease).
+        leases, key = self._state.leases, (lease.partition, lease.sub)
+        if leases.get(key) is lease:  # this very lease, not a later one of the sub key
+            del leases[key]
         if lease.state == READY and lease in self.standby:
             self.standby.remove(lease)
         if lease.state == READY:
