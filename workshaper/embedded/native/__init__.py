@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from workshaper.embedded.native import claim, complete, watermark
+from workshaper.embedded.native import claim, complete, enqueue, watermark
 from workshaper.embedded.store import Store
 from workshaper.lua_scripts import load_script
 
@@ -38,6 +38,7 @@ TRANSCRIPTIONS: dict[str, tuple[NativeScript, str]] = {
     "commit_watermark": (watermark.commit_watermark, watermark.COMMIT_SHA1),
     "complete_items": (complete.complete_items, complete.COMPLETE_SHA1),
     "claim_sub_keys": (claim.claim_sub_keys, claim.CLAIM_SHA1),
+    "enqueue_items": (enqueue.enqueue_items, enqueue.ENQUEUE_SHA1),
 }
 
 _by_sha: dict[bytes, NativeScript] | None = None

@@ -1,0 +1,184 @@
+"""enqueue_items' transcription (workshaper/embedded/native/enqueue.py) against its Lua and a
+real Redis, on what the differential test's rules do not reach: lost writes (status 5), a re-sent
+call answered from its record, batches past the script's chunk sizes (2,000 ARGV values per
+RPUSH, 1,000 pairs per ZADD of new heads), a late gap above every entry left in `accepted`, and
+malformed calls. Every reply and, after every call, every key of the namespace must be the same
+on the three."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+import redis
+
+from workshaper import codec, scripts
+from workshaper.batch import run_one
+from workshaper.connection import Backend, connect, embedded_backend
+from workshaper.embedded import EmbeddedServer
+from workshaper.keys import NamespaceKeys
+from workshaper.lua_scripts import load_script
+from workshaper.scripts import EncodedItem
+from workshaper_tools.testing import RedisServer
+
+from .test_embedded_differential import dump
+
+SOURCE = load_script("enqueue_items").source
+
+
+def item(sub: str | None, offset: int) -> EncodedItem:
+    return EncodedItem(
+        codec.encode_sub_key(sub, offset),
+        offset,
+        codec.make_entry(offset, codec.encode_message(f"m{offset}", 100)),
+    )
+
+
+class Sides:
+    """The native embedded server, the embedded server in Lua, and a real Redis, in step."""
+
+    def __init__(self, redis_url: str) -> None:
+        namespace = "e" + uuid.uuid4().hex[:10]
+        self.backends: list[Backend] = [
+            embedded_backend(EmbeddedServer(native_scripts=True)),
+            embedded_backend(EmbeddedServer(native_scripts=False)),
+            connect(redis_url),
+        ]
+        self.keys = NamespaceKeys(namespace).partition(0)
+        self.pattern = f"ws:{{{namespace}*"
+        self.calls = 0
+
+    def same(self, run: Callable[[Backend], Any]) -> Any:
+        """``run`` on each side: the same reply (or error class) and then the same state."""
+        outcomes = []
+        for backend in self.backends:
+            try:
+                outcomes.append(run(backend))
+            except Exception as exc:  # the same error class on every side (texts differ)
+                outcomes.append(("error", type(exc).__name__))
+        assert outcomes[0] == outcomes[1] == outcomes[2]
+        states = [dump(b.client, self.keys, self.pattern) for b in self.backends]
+        assert states[0] == states[1] == states[2]
+        return outcomes[0]
+
+    def enqueue(
+        self, items: list[EncodedItem], max_in_queue: int = 1_000_000, **kwargs: Any
+    ) -> Any:
+        self.calls += 1
+        kwargs.setdefault("request_id", f"call{self.calls}")  # the same on every side
+        return self.same(
+            lambda b: run_one(
+                b,
+                lambda batch: scripts.enqueue_items(
+                    batch, self.keys, items, max_in_queue, **kwargs
+                ),
+            )
+        )
+
+    def raw(self, argv: list[Any], subs: Sequence[bytes] = ()) -> Any:
+        """EVAL of the script with these arguments, as sent (the reply not parsed)."""
+        keys = [*self.keys.fixed, *(self.keys.queue(s) for s in subs)]
+        return self.same(lambda b: b.client.eval(SOURCE, len(keys), *keys, *argv))
+
+    def each(self, write: Callable[[redis.Redis], Any]) -> None:
+        for backend in self.backends:
+            write(backend.client)
+
+    def close(self) -> None:
+        for backend in self.backends:
+            keys = list(backend.client.scan_iter(match=self.pattern, count=1000))
+            if keys:
+                backend.client.delete(*keys)
+            backend.close()
+
+
+@pytest.fixture
+def sides(redis_server: RedisServer) -> Iterator[Sides]:
+    s = Sides(redis_server.url)
+    yield s
+    s.close()
+
+
+def test_lost_writes_write_nothing_and_keep_the_record(sides: Sides) -> None:
+    assert sides.enqueue([item("a", i) for i in range(5)], request_id="r1") == [0] * 5
+    lost = [item("a", 5), item("b", 6)]
+    assert sides.enqueue(lost, request_id="r2", expected_highest=10) == [5, 5]
+    # The record of r1 is still the partition's last: a re-send of r1 gets its answer.
+    assert sides.raw(["r1", 100, -1, 0, 0]) == 5
+    assert sides.enqueue(lost, request_id="r3", expected_highest=4) == [0, 0]
+
+
+def test_a_re_sent_call_gets_its_first_answer_on_both_paths(sides: Sides) -> None:
+    enc = codec.encode_sub_key("a", 0)
+    entries = [codec.make_entry(i, b"x") for i in (1, 2)]
+    fast = ["f1", 100, -1, 2, 1, 1, 2, 1, 1, enc, 2, *entries]
+    assert sides.raw(fast, [enc]) == 2
+    assert sides.raw(fast, [enc]) == 2  # from the record: nothing written again
+    general = ["g1", 100, -1, 2, 1, 2, 3, 1, 1, enc, 2, entries[1], codec.make_entry(3, b"y")]
+    assert sides.raw(general, [enc]) == [1, 0]
+    assert sides.raw(general, [enc]) == [1, 0]
+    # Records the script never writes are answered as the script reads them.
+    sides.each(lambda c: c.hset(sides.keys.meta, "request", "h1|n"))
+    assert sides.raw(["h1", 100, -1, 0, 0]) is None
+    sides.each(lambda c: c.hset(sides.keys.meta, "request", "h1|n7.9"))
+    assert sides.raw(["h1", 100, -1, 0, 0]) == 7
+    sides.each(lambda c: c.hset(sides.keys.meta, "request", "h1|12x"))
+    assert sides.raw(["h1", 100, -1, 0, 0]) == [1, 2, 72]
+
+
+def test_batches_past_the_chunk_sizes(sides: Sides) -> None:
+    count = 2100  # past 2,000 ARGV values per RPUSH and 1,000 pairs per ZADD or HMGET
+    # A leased sub key among them: its new queue gets a head but is not made runnable.
+    sides.each(lambda c: c.hset(sides.keys.owners, codec.encode_sub_key("k7", 0), "1|-|1|3|d|w"))
+    # The fast path: one sub key per item, then one sub key for all.
+    assert sides.enqueue([item(f"k{i}", 2 * i) for i in range(count)]) == [0] * count
+    assert sides.enqueue([item("one", 2 * count + i) for i in range(count)]) == [0] * count
+    # The general path: late gap fills (LINSERT, `late`), duplicates, fresh offsets of one sub
+    # key, then of one sub key each (new heads) until the partition is full.
+    late = [item(f"k{i}", 2 * i + 1) for i in range(count)]
+    again = [item(f"k{i}", 2 * i) for i in range(0, count, 7)]
+    one = [item("two", 4 * count + i) for i in range(count)]
+    each = [item(f"n{i}", 5 * count + i) for i in range(count)]
+    statuses = sides.enqueue([*late, *again, *one, *each], max_in_queue=4 * count + 1100)
+    accepted = [0] * count
+    assert statuses == [*accepted, *[1] * len(again), *accepted, *[0] * 1100, *[3] * (count - 1100)]
+
+
+def test_a_late_gap_above_every_accepted_entry_is_appended(sides: Sides) -> None:
+    # `max` says 100 was accepted, `accepted` has nothing above 50 (state of a partial restore):
+    # 50 is a gap filled late, appended to `accepted` rather than inserted.
+    sides.each(lambda c: c.hset(sides.keys.meta, "max", "100"))
+    assert sides.enqueue([item("a", 50), item("a", 40), item("b", 101)]) == [0, 0, 0]
+
+
+def test_a_call_without_items(sides: Sides) -> None:
+    assert sides.raw(["z1", 100, -1, 0, 0]) == []
+    assert sides.enqueue([item("a", 3)]) == [0]
+    assert sides.raw(["z2", 100, -1, 0, 0]) == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],  # no n
+        ["r", 100, -1],
+        ["r", "x", -1, 1, 1, 5, 1, "sa", 1, "5|m"],  # max_in_queue no number
+        ["r", 100, "x", 1, 1, 5, 1, "sa", 1, "5|m"],  # expected_highest no number
+        ["r", 100, -1, 1, 1, "x", 1, "sa", 1, "5|m"],  # an offset no number
+        ["r", 100, -1, 1, 1, 5, 1, "sa"],  # a group without its count
+        ["r", 100, -1, 1, None, 5, 1, "sa", 1, "5|m"],  # no group count
+    ],
+)
+def test_malformed_calls_fail_before_writing(sides: Sides, argv: list[Any]) -> None:
+    sides.enqueue([item("a", 3)])
+    args = [b"" if a is None else a for a in argv]
+    outcome = sides.raw(args, [b"sa"])
+    assert outcome[0] == "error"
+
+
+def test_a_corrupt_watermark_fails_the_call_before_writing(sides: Sides) -> None:
+    sides.enqueue([item("a", 3)])
+    sides.each(lambda c: c.hset(sides.keys.meta, "acked", "garbage"))
+    assert sides.enqueue([item("a", 4)])[0] == "error"
