@@ -255,8 +255,9 @@ class AckLoop:
             for p in partitions
         }
         batch.execute()
-        with self._changed:
-            self._full.difference_update(partitions)  # offered; a full enqueue asks again
+        if self._full:  # (only ever filled under the lock; one found later is offered again)
+            with self._changed:
+                self._full.difference_update(partitions)  # offered; a full enqueue asks again
         commits: dict[int, int] = {}
         for partition, reply in offers.items():
             offer = reply.get()
@@ -278,11 +279,13 @@ class AckLoop:
         batch.execute()
         for done in committed:
             done.get()
-        with self._changed:
-            for partition in commits:
+        with self._changed:  # one lock and one wake-up for every partition committed
+            for partition, watermark in commits.items():
                 self._generation[partition] = self._generation.get(partition, 0) + 1
+                if watermark > self._acked.get(partition, -1):
+                    self._acked[partition] = watermark
+            self._changed.notify_all()
         for partition, watermark in commits.items():
-            self._note(partition, watermark)
             self._call_recorded(partition, watermark)
 
     def _call_recorded(self, partition: int, watermark: int) -> None:
@@ -364,6 +367,10 @@ class AckLoop:
         return True
 
     def _note(self, partition: int, acked: int) -> None:
+        # Only the ticking thread writes _acked: an offer that found the acked watermark where
+        # it was (most do) takes no lock and wakes no one.
+        if acked <= self._acked.get(partition, -1):
+            return
         with self._changed:
             if acked > self._acked.get(partition, -1):
                 self._acked[partition] = acked
