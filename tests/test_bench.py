@@ -183,3 +183,23 @@ def test_s3_trace_splits_both_latencies_by_hand_off(
         "ack loop wait",
         "offer and ack",
     ]
+
+
+def test_embedded_bench_repeats_rows_and_compares_two_trees(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from workshaper_tools.bench import embedded
+
+    small = ["--backend", "embedded", "--only", "s1", "--items", "300"]
+    assert embedded.main([*small, "--rounds", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 6  # two runs of two rows, then each row's median
+    assert all(line.startswith("median of 2: embedded  S1") for line in lines[4:])
+    # This tree against itself: each round runs both sides in fresh processes.
+    assert embedded.main([*small, "--compare", str(ROOT)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[2] for line in lines[:4]] == ["before", "before", "after", "after"]
+    assert sum(line.startswith(("before median of 1", "after  median of 1")) for line in lines) == 4
+    assert embedded._without_options(
+        ["--rounds", "3", "--compare=/x", "--items", "5"], {"--compare": 1, "--rounds": 1}
+    ) == ["--items", "5"]

@@ -2,22 +2,35 @@
 1,000 keys) on the embedded default (``redis=None``), on the former embedded backend (fakeredis)
 and on a private redis-server.
 
-``python -m workshaper_tools.bench.embedded [--backend embedded|fakeredis|redis|all] [--items N]``
+``python -m workshaper_tools.bench.embedded [--backend embedded|fakeredis|redis|all] [--items N]
+[--rounds N] [--compare OLD_TREE]``
 
 S1 here is the issue's shape for the Manager: no-op work over 1,000 sub keys, one partition,
 concurrency 16, items enqueued one call each (as a seed-style program does). S2 is the same
 workload as ``ordering.py`` (10,000 items, seeded 0-5 ms sleeps, 1,000 keys, 16 slots) run by
 one Manager with the seed's max_in_queue of 25.
+
+On a shared machine one run of a row can take twice as long as the next. ``--rounds N`` runs
+every row N times and ends with each row's medians; ``--compare OLD_TREE`` runs each round
+twice, first with the ``workshaper`` package of OLD_TREE (a ``git worktree`` of the commit
+before), then with this tree's, each in a fresh process with this tree's bench, so before and
+after share the machine's load, and ends with both sides' medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
+import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from workshaper.connection import fakeredis_backend
@@ -89,6 +102,82 @@ def _sleep_us(message: Any, partition: int, offset: int) -> None:
     time.sleep(int(message) / 1e6)
 
 
+#: One measured row: (name, seconds, CPU seconds, items, S2's ideal seconds or None).
+Row = tuple[str, float, float, int, float | None]
+
+
+def _describe(row: Row) -> str:
+    name, seconds, cpu, count, ideal = row
+    if ideal is None:
+        return (
+            f"{name}: {seconds:.2f} s, {count / seconds:,.0f} items/s, "
+            f"CPU {cpu / count * 1e6:.0f} us/item"
+        )
+    return (
+        f"{name}: {seconds:.2f} s = {seconds / ideal:.2f}x ideal {ideal:.2f} s"
+        f" (seed {SEED_PUBLISHED['1000']} s), CPU {cpu:.2f} s"
+    )
+
+
+def _measure(args: argparse.Namespace) -> Iterator[Row]:
+    backends = ["fakeredis", "embedded", "redis"] if args.backend == "all" else [args.backend]
+    only = set(args.only.split(","))
+    for backend in backends:
+        with _target(backend) as redis:
+            if "s1" in only:
+                for max_in_queue in (25, 1000):
+                    items = s1_items(args.fakeredis_items if backend == "fakeredis" else args.items)
+                    seconds, cpu = _run(redis, items, _noop, max_in_queue)
+                    name = (
+                        f"{backend:9s} S1 no-op {len(items):,} items, {S1_KEYS} keys, "
+                        f"max_in_queue {max_in_queue}"
+                    )
+                    yield name, seconds, cpu, len(items), None
+            if "s2" in only:
+                plan, sleeps = plan_sleeps(10000, "1000")
+                ideal, _, _ = ideal_seconds(plan, sleeps, SLOTS)
+                items = [(sub, str(us), p, o) for sub, us, p, o in plan.tuples]
+                for max_in_queue in map(int, args.s2_max_in_queue.split(",")):
+                    seconds, cpu = _run(redis, items, _sleep_us, max_in_queue)
+                    name = f"{backend:9s} S2 1,000 keys, 10,000 items, max_in_queue {max_in_queue}"
+                    yield name, seconds, cpu, len(items), ideal
+
+
+def _round_in(tree: Path, argv: list[str]) -> list[Row]:
+    """One round with ``tree``'s workshaper and this tree's bench, in a fresh process."""
+    tools = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree), str(tools)]))
+    done = subprocess.run(
+        [sys.executable, "-m", "workshaper_tools.bench.embedded", *argv, "--rows-json"],
+        env=env,
+        cwd=tree,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    rows: list[Row] = []
+    for line in done.stdout.splitlines():
+        if line.startswith("["):
+            name, seconds, cpu, count, ideal = json.loads(line)
+            rows.append((name, seconds, cpu, count, ideal))
+    return rows
+
+
+def _medians(label: str, rows: list[Row]) -> None:
+    by_name: dict[str, list[Row]] = {}
+    for row in rows:
+        by_name.setdefault(row[0], []).append(row)
+    for name, runs in by_name.items():
+        seconds = statistics.median(r[1] for r in runs)
+        cpu = statistics.median(r[2] for r in runs)
+        count, ideal = runs[0][3], runs[0][4]
+        speed = f"{count / seconds:,.0f} items/s" if ideal is None else f"{seconds / ideal:.2f}x"
+        say(
+            f"{label}median of {len(runs)}: {name}: {seconds:.2f} s ({speed}),"
+            f" CPU {cpu / count * 1e6:.0f} us/item"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workshaper_tools.bench.embedded")
     parser.add_argument(
@@ -102,33 +191,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--s2-max-in-queue", default="25", help="S2's max_in_queue values, comma-separated"
     )
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every row (medians)")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="OLD_TREE",
+        help="alternate rounds between OLD_TREE's workshaper and this tree's",
+    )
+    parser.add_argument("--rows-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    backends = ["fakeredis", "embedded", "redis"] if args.backend == "all" else [args.backend]
-    only = set(args.only.split(","))
-    for backend in backends:
-        with _target(backend) as redis:
-            if "s1" in only:
-                for max_in_queue in (25, 1000):
-                    items = s1_items(args.fakeredis_items if backend == "fakeredis" else args.items)
-                    seconds, cpu = _run(redis, items, _noop, max_in_queue)
-                    say(
-                        f"{backend:9s} S1 no-op {len(items):,} items, {S1_KEYS} keys, "
-                        f"max_in_queue {max_in_queue}: {seconds:.2f} s, "
-                        f"{len(items) / seconds:,.0f} items/s, "
-                        f"CPU {cpu / len(items) * 1e6:.0f} us/item"
-                    )
-            if "s2" in only:
-                plan, sleeps = plan_sleeps(10000, "1000")
-                ideal, _, _ = ideal_seconds(plan, sleeps, SLOTS)
-                items = [(sub, str(us), p, o) for sub, us, p, o in plan.tuples]
-                for max_in_queue in map(int, args.s2_max_in_queue.split(",")):
-                    seconds, cpu = _run(redis, items, _sleep_us, max_in_queue)
-                    say(
-                        f"{backend:9s} S2 1,000 keys, 10,000 items, max_in_queue {max_in_queue}:"
-                        f" {seconds:.2f} s = {seconds / ideal:.2f}x ideal {ideal:.2f} s"
-                        f" (seed {SEED_PUBLISHED['1000']} s), CPU {cpu:.2f} s"
-                    )
+    if args.compare is not None:
+        here = Path(__file__).resolve().parents[3]
+        passed = list(argv if argv is not None else sys.argv[1:])
+        child = _without_options(passed, {"--compare": 1, "--rounds": 1})
+        sides: dict[str, list[Row]] = {"before": [], "after": []}
+        for number in range(1, args.rounds + 1):
+            for side, tree in (("before", args.compare.resolve()), ("after", here)):
+                for row in _round_in(tree, child):
+                    sides[side].append(row)
+                    say(f"round {number} {side:6s} {_describe(row)}")
+        for side, side_rows in sides.items():
+            _medians(f"{side:6s} ", side_rows)
+        return 0
+    measured: list[Row] = []
+    for _ in range(args.rounds):
+        for row in _measure(args):
+            measured.append(row)
+            say(json.dumps(row) if args.rows_json else _describe(row))
+    if args.rounds > 1 and not args.rows_json:
+        _medians("", measured)
     return 0
+
+
+def _without_options(argv: list[str], drop: dict[str, int]) -> list[str]:
+    """``argv`` without the options in ``drop`` (option -> how many values follow it)."""
+    out: list[str] = []
+    skip = 0
+    for arg in argv:
+        if skip:
+            skip -= 1
+            continue
+        name = arg.split("=", 1)[0]
+        if name in drop:
+            skip = drop[name] if "=" not in arg else 0
+            continue
+        out.append(arg)
+    return out
 
 
 if __name__ == "__main__":
