@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -25,6 +25,9 @@ from workshaper_tools.testing import RedisServer
 SOURCE = load_script("claim_sub_keys").source
 #: Sub keys a bytes sub key can become (b"b" + the user's bytes): the record's separators,
 #: digits, NUL and a length prefix look-alike among them.
+#: The embedded servers' clock (seconds): stopped, so both modes stamp the same deadlines.
+CLOCK = lambda: 1_800_000_000.123456  # noqa: E731
+
 BINARY_SUBS = [b"b\n1 2 3", b"b12:x", b"b\x00\xff", b"b:", b"b" + b"\n" * 3, b"sa"]
 
 
@@ -34,9 +37,9 @@ class Sides:
     def __init__(self, redis_url: str) -> None:
         self.namespace = "c" + uuid.uuid4().hex[:10]
         self.part: PartitionKeys = NamespaceKeys(self.namespace).partition(0)
-        self.clients: dict[str, redis.Redis] = {
-            "native": EmbeddedServer(native_scripts=True).client(),
-            "lua": EmbeddedServer(native_scripts=False).client(),
+        self.clients: dict[str, redis.Redis] = {  # the embedded ones on one stopped clock
+            "native": EmbeddedServer(CLOCK, native_scripts=True).client(),
+            "lua": EmbeddedServer(CLOCK, native_scripts=False).client(),
             "redis": redis.Redis.from_url(redis_url),
         }
 
@@ -71,11 +74,27 @@ class Sides:
             try:
                 answers[name] = client.eval(SOURCE, len(keys), *keys, *argv)
             except redis.ResponseError as exc:
-                answers[name] = ("error", message(str(exc)))
+                answers[name] = ("error", str(exc))
+        # The embedded modes word an error alike (but for Lua's traceback); Redis names the
+        # script and its line in its own way.
+        assert untraced(answers["native"]) == untraced(answers["lua"]), answers
+        answers = {name: untraced(answer, message) for name, answer in answers.items()}
         assert answers["native"] == answers["lua"] == answers["redis"], answers
         states = {name: self.state(client) for name, client in self.clients.items()}
         assert states["native"] == states["lua"] == states["redis"]
+        # On the same clock, the embedded modes agree on what depends on it too: the lease
+        # deadlines and the claim record's time to live.
+        assert self.exact_state("native") == self.exact_state("lua")
         return answers["native"]
+
+    def exact_state(self, name: str) -> dict[bytes, Any]:
+        client = self.clients[name]
+        state: dict[bytes, Any] = {}
+        for key in sorted(client.scan_iter(match=f"ws:{{{self.namespace}*")):
+            if client.type(key) == b"zset":
+                state[key] = client.zrange(key, 0, -1, withscores=True)
+            state[key, "pttl"] = client.pttl(key)
+        return state
 
     def state(self, client: redis.Redis) -> dict[bytes, Any]:
         state = dump(client, self.part, f"ws:{{{self.namespace}*")
@@ -91,14 +110,21 @@ class Sides:
             client.close()
 
 
+def untraced(answer: Any, normalize: Callable[[str], str] | None = None) -> Any:
+    """An error answer without the embedded Lua's traceback (and ``normalize``d)."""
+    if not (isinstance(answer, tuple) and answer[0] == "error"):
+        return answer
+    text = answer[1].split("\nstack traceback:")[0]
+    return ("error", normalize(text) if normalize else text)
+
+
 def message(text: str) -> str:
     """An error's message without where each side says it happened: Redis appends the script
-    and line, the embedded Lua prefixes "Error running script <sha>: <line>:" and appends a
-    traceback (the transcription says the first part only)."""
+    and its line (counted with the shebang line), the embedded runtime prefixes "Error running
+    script <sha>: user_script:<line>:"."""
     text = re.sub(r" script: [0-9a-f]{40}, on @user_script:\d+\.$", "", text)
     text = re.sub(r"^Error running script [0-9a-f]{40}: ", "", text)
-    text = re.sub(r"^user_script:\d+: ", "", text)
-    return text.split("\nstack traceback:")[0]
+    return re.sub(r"^user_script:\d+: ", "", text)
 
 
 @pytest.fixture
@@ -189,6 +215,8 @@ def test_owned_and_repeated_sub_keys_in_ready(sides: Sides) -> None:
     enqueue(sides, b"sb", 3)
     sides.do("RPUSH", sides.part.ready, b"sa", b"sz")
     sides.do("HSET", sides.part.owners, b"sb", b"4|-|1|3|d|other")
+    # A lease left of a sub key nobody owns (a foreign writer): the claim moves its deadline.
+    sides.do("ZADD", sides.part.leases, 5, b"sa", 7, b"sy")
     sides.claim(max_leases=10)
     sides.claim(max_leases=10)
 

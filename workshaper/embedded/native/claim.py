@@ -6,17 +6,24 @@ errors. Where Lua's numbers (doubles) or string formatting behave unlike Python'
 below do what Lua does; they only matter for absurd arguments (a batch of 2**60 items), and
 cost the common case one comparison.
 
-A runtime error of the Lua (a corrupt claim record retried under its request id) answers with
-the message Lua gives, without Lua's position and traceback, as ``script_error`` words it.
+Each command works on the store's containers directly, doing exactly what the command of the
+embedded command table would (the same container reads, writes and deletions, re-read per
+command as each redis.call does): a claim is one of the hottest calls of the embedded backend.
+Only what the fast path cannot take (absurd numbers) goes through ``call``.
+
+A runtime error of the Lua (a corrupt claim record retried under its request id, a corrupt
+crash window) answers with the message the embedded runtime gives, without its traceback.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from workshaper.embedded.containers import cmd_hincrby
 from workshaper.embedded.native.partition import (
     FIRST_EXTRA_KEY,
     Partition,
@@ -26,16 +33,21 @@ from workshaper.embedded.native.partition import (
     script_error,
     tonumber,
 )
-from workshaper.embedded.store import CommandError, Store
+from workshaper.embedded.store import CommandError, Store, ZSet
 
 #: The SHA1 of the .lua source (with its includes) this module transcribes.
 CLAIM_SHA1 = "03c04ed667ca9a7814a08894bf2e99a08f24a261"
 
 SCRIPT = "claim_sub_keys"
+_MODES = frozenset({b"d", b"b"})  # on exhausted: dead-letter or block
 
 #: Lua numbers are doubles: integers up to this are exact, so Python ints agree with them.
 EXACT = 2**53
 INT64_MIN = -(2**63)
+
+#: Where the Lua fails at run time: its lines as the embedded runtime names them (the source
+#: without its shebang line).
+_LINE_TOKEN, _LINE_SUB, _LINE_NEWLINE, _LINE_WINDOW = 420, 424, 433, 459
 
 #: redis.call with a nil argument (KEYS[13] missing): the embedded runtime's error.
 NIL_ARGUMENT = "ERR Lua redis lib command arguments must be strings or integers"
@@ -146,6 +158,39 @@ class Arguments:
 
     @classmethod
     def parse(cls, argv: list[bytes]) -> Arguments:
+        """The checked arguments, or the script's error for the first bad one."""
+        if len(argv) >= 8:  # the common case: every check passes on plain digits
+            worker, request_id, raw_leases, raw_lease_ms, batch, max_attempts, mode, prefix = argv[
+                :8
+            ]
+            if (
+                worker
+                and request_id
+                and raw_leases.isdigit()
+                and raw_lease_ms.isdigit()
+                and batch.isdigit()
+                and max_attempts.isdigit()
+                and mode in _MODES
+                and prefix
+            ):
+                max_leases, lease_ms, first_read = int(raw_leases), int(raw_lease_ms), int(batch)
+                if 1 <= max_leases <= EXACT and 1 <= lease_ms <= EXACT and first_read <= EXACT:
+                    return cls(
+                        worker,
+                        request_id,
+                        max_leases,
+                        lease_ms,
+                        batch,
+                        max_attempts,
+                        mode,
+                        prefix,
+                        max(first_read, 1),
+                    )
+        return cls.checked(argv)
+
+    @classmethod
+    def checked(cls, argv: list[bytes]) -> Arguments:
+        """Every check of the script, in its order, for any arguments."""
         worker, request_id, raw_leases, raw_lease_ms, batch, max_attempts, mode, queue_prefix = (
             _arg(argv, i) for i in range(8)
         )
@@ -162,7 +207,7 @@ class Arguments:
             raise bad_argument(SCRIPT, "batch", batch)
         if max_attempts is None or not max_attempts.isdigit():
             raise bad_argument(SCRIPT, "max_attempts", max_attempts)
-        if mode not in (b"d", b"b"):
+        if mode not in _MODES:
             raise bad_argument(SCRIPT, "on exhausted", mode)
         if not queue_prefix:
             raise bad_argument(SCRIPT, "queue key prefix", queue_prefix)
@@ -194,37 +239,53 @@ def claim_sub_keys(store: Store, keys: list[bytes], argv: list[bytes]) -> list[A
     if len(keys) <= FIRST_EXTRA_KEY:  # GET of a nil KEYS[13] (or of nil fixed keys)
         raise CommandError(NIL_ARGUMENT)
     record_key = keys[FIRST_EXTRA_KEY]
-    previous = call(store, b"GET", record_key)
+    previous: bytes | None = store.get(record_key, bytes)  # GET
     if previous is not None:
         newline = previous.find(b"\n")
         if newline < 0:
-            raise script_error(
-                CLAIM_SHA1, "attempt to perform arithmetic on local 'newline' (a nil value)"
+            raise runtime_error(
+                _LINE_NEWLINE, "attempt to perform arithmetic on local 'newline' (a nil value)"
             )
         if previous[:newline] == args.request_id:
             return with_first_batches(store, args, decode_record(previous, newline + 1))
     part = Partition(store, keys)
-    size = part.wrong_type(
-        SCRIPT, [part.ready, part.owners, part.meta, part.leases, part.attempts, part.exact]
-    )
+    size = wrong_type(part)
     reads = read_claim(part, args, size)
-    reply: list[Any] = [size[part.ready] - len(reads.popped)]
+    reply: list[Any] = [size[0] - len(reads.popped)]
     # The writes: nothing before this line wrote.
     if reads.popped:
-        call(store, b"LPOP", part.ready, b"%d" % len(reads.popped))
+        lpop(store, part.ready, len(reads.popped))
     first_token: Number = 0
     if reads.subs:
         first_token = write_leases(part, args, reads, reply)
-    record = encode_record(reply[0], first_token, reads.subs, reads.attempts, reads.exact)
-    call(
-        store,
-        b"SET",
-        record_key,
-        args.request_id + b"\n" + record,
-        b"PX",
-        number_arg(max(args.lease_ms * 2, 60000)),
-    )
+    record = args.request_id + b"\n" + encode_record(reply[0], first_token, reads)
+    set_px(store, record_key, record, max(args.lease_ms * 2, 60000))
     return reply
+
+
+def runtime_error(line: int, message: str) -> CommandError:
+    """A Lua runtime error of the script at ``line``."""
+    return script_error(CLAIM_SHA1, f"user_script:{line}: {message}")
+
+
+#: The keys a claim writes, or reads after its first write, and their kinds: what wrong_type
+#: probes, in the script's order (HLEN, ZCARD or LLEN).
+_PROBED = (("ready", list), ("owners", dict), ("meta", dict), ("leases", ZSet),
+           ("attempts", dict), ("exact", dict))  # fmt: skip
+
+
+def wrong_type(part: Partition) -> tuple[int, int, int]:
+    """partition.lua's wrong_type over the claim's keys: the error naming the first key of the
+    wrong type, else the sizes of `ready`, `attempts` and `exact` (the ones the claim uses)."""
+    get = part.store.get
+    sizes: list[int] = []
+    for name, kind in _PROBED:
+        key: bytes = getattr(part, name)
+        try:
+            sizes.append(len(get(key, kind) or ()))
+        except CommandError as exc:
+            raise key_error(SCRIPT, key, exc) from None
+    return sizes[0], sizes[4], sizes[5]
 
 
 @dataclass(slots=True)
@@ -236,37 +297,46 @@ class Reads:
     attempts: list[bytes | None]  # per lease: HMGET of `attempts` (all nil when it is empty)
     exact: list[bytes | None]  # per lease: HMGET of `exact` (all nil when it is empty)
     entries: list[list[bytes]]  # per lease: the first entries of its list
+    #: Was `attempts` or `exact` read (else no lease has a line in the claim record)?
+    hashes_read: bool = False
 
 
-def read_claim(part: Partition, args: Arguments, size: dict[bytes, int]) -> Reads:
+def read_claim(part: Partition, args: Arguments, size: tuple[int, int, int]) -> Reads:
     """Every read of a claim before its first write: the head of `ready`, who owns those sub
     keys, their attempts and crash windows, and the first entries of each new lease's list."""
     store = part.store
-    popped: list[bytes] = call(store, b"LRANGE", part.ready, b"0", number_arg(args.max_leases - 1))
+    popped = lrange(store, part.ready, args.max_leases)
     reads = Reads(popped, [], [], [], [])
     if not popped:
         return reads
     # A sub key is in `ready` only when unleased; the check makes a double lease impossible.
-    owned = call(store, b"HMGET", part.owners, *popped)
-    subs = reads.subs = [sub for sub, owner in zip(popped, owned, strict=True) if owner is None]
+    owned = hmget(store, part.owners)
+    subs = reads.subs = [sub for sub in popped if owned(sub) is None]
     # An empty hash is not read (the Lua skips the HMGET): nil for every sub key.
-    reads.attempts = [None] * len(subs)
-    reads.exact = [None] * len(subs)
-    if subs and size[part.attempts] > 0:
-        reads.attempts = call(store, b"HMGET", part.attempts, *subs)
-    if subs and size[part.exact] > 0:
-        reads.exact = call(store, b"HMGET", part.exact, *subs)
-    counts = [_read_count(args.first_read, window) for window in reads.exact]
-    reads.entries = read_lists(store, [args.queue_prefix + sub for sub in subs], counts)
+    reads.attempts = reads.exact = [None] * len(subs)
+    if subs and size[1] > 0:
+        reads.attempts = list(map(hmget(store, part.attempts), subs))
+        reads.hashes_read = True
+    if subs and size[2] > 0:
+        reads.exact = list(map(hmget(store, part.exact), subs))
+        reads.hashes_read = True
+    prefix, first_read = args.queue_prefix, args.first_read
+    if reads.hashes_read:
+        counts = [_read_count(first_read, window) for window in reads.exact]
+    else:
+        counts = [first_read] * len(subs)
+    reads.entries = read_lists(store, [prefix + sub for sub in subs], counts)
     return reads
 
 
 def _read_count(first_read: Number, window: bytes | None) -> Number:
     """How many entries a lease's first read takes: one while its crash window is open
     (``tonumber(exact[j] or '0') > 0``), else the batch."""
-    left = lua_tonumber(window if window is not None else b"0")
+    if window is None:
+        return first_read
+    left = lua_tonumber(window)
     if left is None:  # `0 < nil` (Lua compiles `a > b` as `b < a`)
-        raise script_error(CLAIM_SHA1, "attempt to compare number with nil")
+        raise runtime_error(_LINE_WINDOW, "attempt to compare number with nil")
     return 1 if left > 0 else first_read
 
 
@@ -274,9 +344,14 @@ def read_lists(store: Store, lists: list[bytes], counts: list[Number]) -> list[l
     """partition.lua's read_lists: ``LRANGE list 0 <'%d' of count - 1>`` of each list with
     pcall, so a list of the wrong type fails the call naming it, before any write."""
     reads: list[list[bytes]] = []
+    get = store.get
     for key, count in zip(lists, counts, strict=True):
         try:
-            reads.append(call(store, b"LRANGE", key, b"0", format_d(count - 1)))
+            if type(count) is int:  # count >= 1: LRANGE 0 count-1 is the slice [:count]
+                value: list[bytes] | None = get(key, list)
+                reads.append([] if value is None else value[:count])
+            else:  # a double: its '%d' may be LONG_MIN (nothing read)
+                reads.append(call(store, b"LRANGE", key, b"0", format_d(count - 1)))
         except CommandError as exc:
             raise key_error(SCRIPT, key, exc) from None
     return reads
@@ -286,47 +361,115 @@ def write_leases(part: Partition, args: Arguments, reads: Reads, reply: list[Any
     """Lease each new sub key (tokens from the partition's counter, a deadline, an owner
     record) and append its part of the reply; returns the first token."""
     store, subs, n = part.store, reads.subs, len(reads.subs)
-    first_token = lua_number(call(store, b"HINCRBY", part.meta, b"token", b"%d" % n)) - n + 1
+    # HINCRBY as the command does it (once per claim: its error cases are not repeated here).
+    first_token = lua_number(cmd_hincrby(store, [part.meta, b"token", b"%d" % n])) - n + 1
     # now_ms() + lease_ms as a double: the exact sum of two ints, rounded once, is what IEEE
-    # addition gives.
-    deadline = format_d(lua_number(part.now_ms() + args.lease_ms))
+    # addition gives. TIME's seconds * 1000 + micros // 1000 is the clock's micros // 1000.
+    now = int(store.clock() * 1_000_000) // 1000
+    deadline = format_d(lua_number(now + args.lease_ms))
     suffix = b"|-|" + args.batch + b"|" + args.max_attempts + b"|" + args.mode + b"|" + args.worker
-    deadlines: list[bytes] = []
-    owners: list[bytes] = []
-    for j, sub in enumerate(subs, 1):  # j as in the Lua: tokens add and subtract as doubles
-        token = format_d(first_token + j - 1)
-        deadlines += (deadline, sub)
-        owners += (sub, token + suffix)
-        first = reads.entries[j - 1]
-        tried, window = reads.attempts[j - 1], reads.exact[j - 1]
-        reply += (
-            sub,
-            token,
-            b"" if tried is None else tried,
-            b"0" if window is None else window,
-            len(first),
-            *first,
-        )
-    call(store, b"ZADD", part.leases, *deadlines)
-    call(store, b"HSET", part.owners, *owners)
+    if type(first_token) is int:  # Lua's first_token + j - 1: exact below 2**53
+        tokens = [b"%d" % token for token in range(first_token, first_token + n)]
+    else:  # as doubles (j = i + 1)
+        tokens = [format_d(first_token + (i + 1) - 1) for i in range(n)]
+    if reads.hashes_read:
+        for sub, token, first, tried, window in zip(
+            subs, tokens, reads.entries, reads.attempts, reads.exact, strict=True
+        ):
+            reply += (
+                sub,
+                token,
+                b"" if tried is None else tried,  # "" stays "" (a Lua string is true)
+                b"0" if window is None else window,
+                len(first),
+            )
+            reply += first
+    else:  # no attempts and no crash window: "" and "0" for every lease
+        for sub, token, first in zip(subs, tokens, reads.entries, strict=True):
+            reply += (sub, token, b"", b"0", len(first))
+            reply += first
+    zadd(store, part.leases, float(deadline), subs)
+    hset(store, part.owners, zip(subs, [token + suffix for token in tokens], strict=True))
     return first_token
+
+
+# --- the commands, on the containers -------------------------------------------------------------
+
+
+def lrange(store: Store, key: bytes, count: Number) -> list[bytes]:
+    """``LRANGE key 0 count-1`` with a number argument (count >= 1)."""
+    if type(count) is not int:
+        result: list[bytes] = call(store, b"LRANGE", key, b"0", number_arg(count - 1))
+        return result
+    value: list[bytes] | None = store.get(key, list)
+    return [] if value is None else value[:count]
+
+
+def hmget(store: Store, key: bytes) -> Any:
+    """HMGET of a hash, as a function of the field: ``get`` of the hash (or of {} when it does
+    not exist, as the command reads it)."""
+    value: dict[bytes, bytes] | None = store.get(key, dict)
+    return (value or {}).get
+
+
+def lpop(store: Store, key: bytes, count: int) -> None:
+    """``LPOP key count``: a list left empty is deleted."""
+    value: list[bytes] | None = store.get(key, list)
+    if value is None:
+        return
+    del value[:count]
+    store.drop_if_empty(key, value)
+
+
+def zadd(store: Store, key: bytes, score: float, members: list[bytes]) -> None:
+    """``ZADD key score member [score member ...]``, one score for all; wakes a blocked
+    BZPOPMIN on the key as the command does."""
+    value: ZSet | None = store.get(key, ZSet)
+    if value is None:
+        value = store.data[key] = ZSet()
+    # The members new to the set go into its order in one update (one sort, not a search per
+    # member); a member already there moves as ZSet.add moves it; a repeated one is there.
+    scores, fresh = value.scores, []
+    for member in members:
+        old = scores.get(member)
+        if old is None:
+            scores[member] = score
+            fresh.append((score, member))
+        elif old != score:
+            value.add(member, score)
+    value.order.update(fresh)
+    added = len(fresh)
+    if added and key in store.waiters:
+        store.changed.notify_all()
+
+
+def hset(store: Store, key: bytes, pairs: Iterable[tuple[bytes, bytes]]) -> None:
+    """``HSET key field value [field value ...]``."""
+    value: dict[bytes, bytes] = store.get_or_create(key, dict)
+    value.update(pairs)
+
+
+def set_px(store: Store, key: bytes, value: bytes, ms: Number) -> None:
+    """``SET key value PX ms`` with a number argument."""
+    if type(ms) is not int or not 0 < ms < 2**63:  # the command says what is wrong with it
+        call(store, b"SET", key, value, b"PX", number_arg(ms))
+        return
+    deadline = store.clock() + ms / 1000
+    store.data[key] = value
+    store.set_deadline(key, deadline)
 
 
 # --- the claim record --------------------------------------------------------------------------
 
 
-def encode_record(
-    ready_left: int,
-    first_token: Number,
-    subs: list[bytes],
-    attempts: list[bytes | None],
-    exact: list[bytes | None],
-) -> bytes:
+def encode_record(ready_left: int, first_token: Number, reads: Reads) -> bytes:
     """``"<ready_left> <first token>\\n"``, each sub key as ``"<length>:<bytes>"``, then
     ``"\\n<j> <attempts> <exact>"`` for each lease j with attempts or a crash window."""
     parts = [format_d(ready_left) + b" " + format_d(first_token) + b"\n"]
-    parts += [b"%d:%s" % (len(sub), sub) for sub in subs]
-    for j, (tried, window) in enumerate(zip(attempts, exact, strict=True), 1):
+    parts += [b"%d:%s" % (len(sub), sub) for sub in reads.subs]
+    if not reads.hashes_read:  # every attempts[j] and exact[j] is nil: no line
+        return b"".join(parts)
+    for j, (tried, window) in enumerate(zip(reads.attempts, reads.exact, strict=True), 1):
         if tried is not None or window is not None:
             shown_tried = format_s(tried) if tried is not None else b""
             shown_window = format_s(window) if window is not None else b"0"
@@ -363,8 +506,8 @@ def decode_record(s: bytes, start: int) -> list[Any]:
 def _decode_fails(s: bytes) -> NoReturn:
     """decode_record on a record without its header line: Lua fails, in one of two ways."""
     if _LENGTH.match(s) is not None:  # '^(%d+):()' from nil: from the record's first byte
-        raise script_error(CLAIM_SHA1, "attempt to perform arithmetic on a nil value")
-    raise script_error(CLAIM_SHA1, "bad argument #2 to 'sub' (number expected, got nil)")
+        raise runtime_error(_LINE_TOKEN, "attempt to perform arithmetic on a nil value")
+    raise runtime_error(_LINE_SUB, "bad argument #2 to 'sub' (number expected, got nil)")
 
 
 def with_first_batches(store: Store, args: Arguments, answer: list[Any]) -> list[Any]:
@@ -374,6 +517,6 @@ def with_first_batches(store: Store, args: Arguments, answer: list[Any]) -> list
     for i in range(1, len(answer), 4):
         sub, token, tried, window = answer[i : i + 4]
         take = 1 if int(window) > 0 else args.first_read
-        entries = call(store, b"LRANGE", args.queue_prefix + sub, b"0", number_arg(take - 1))
+        entries = lrange(store, args.queue_prefix + sub, take)
         reply += (sub, token, tried, window, len(entries), *entries)
     return reply
