@@ -182,3 +182,19 @@ def test_a_corrupt_watermark_fails_the_call_before_writing(sides: Sides) -> None
     sides.enqueue([item("a", 3)])
     sides.each(lambda c: c.hset(sides.keys.meta, "acked", "garbage"))
     assert sides.enqueue([item("a", 4)])[0] == "error"
+
+
+def test_numbers_are_lua_doubles(sides: Sides) -> None:
+    # Past 2**53 two offsets are one double to Lua: the second is a duplicate of the first.
+    assert sides.enqueue([item("a", 2**53), item("b", 2**53 + 1)]) == [0, 1]
+    # tonumber reads what C's strtod reads: "inf" is a number (no limit), "0x2" is 2.
+    enc = codec.encode_sub_key("c", 0)
+    top = 2**53 + 10
+    assert sides.raw(["i1", "inf", -1, 1, 1, top, 1, enc, 1, b"%d|m" % top], [enc]) == 1
+    assert sides.raw(["i2", "0x2", -1, 1, 1, 3, 1, enc, 1, b"3|m"], [enc]) == [3]
+
+
+def test_an_accepted_entry_that_is_no_number_fails_the_search(sides: Sides) -> None:
+    sides.each(lambda c: c.rpush(sides.keys.accepted, "x"))
+    sides.each(lambda c: c.hset(sides.keys.meta, "max", "100"))
+    assert sides.enqueue([item("a", 50)])[0] == "error"  # `v < value` with v nil

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import math
 
+from workshaper.embedded.native.claim import format_d, lua_number, lua_tonumber
 from workshaper.embedded.native.partition import (
+    RANK_SCAN,
     Partition,
     call,
     entry_offset,
-    fmt,
+    key_error,
     script_error,
-    tonumber,
 )
-from workshaper.embedded.store import CommandError, Store
+from workshaper.embedded.store import CommandError, Store, ZSet
 
 #: The SHA1 of enqueue_items.lua (with its include) this module transcribes.
 ENQUEUE_SHA1 = "9baf6994e754de5e7839e11a0b19bffa38c5c933"
@@ -45,48 +46,57 @@ def enqueue_items(store: Store, keys: list[bytes], argv: list[bytes]) -> Reply:
 
 
 class _Enqueue:
-    """One run of the script: its arguments, what it read, and both its paths."""
+    """One run of the script: its arguments, what it read, and both its paths.
+
+    The fast path runs for every call of the Manager's shape, so it reads and writes the
+    store's containers itself where that is exactly what the command does: HMGET, LLEN, the
+    type probes, RPUSH, HSET, TIME, and ZADD where every score is digits (_zadd_digits). The
+    rest, and anything unusual (a nil argument, pairs out of step), goes through ``call`` and
+    so answers as the command does.
+    """
 
     def __init__(self, part: Partition, keys: list[bytes], argv: list[bytes]) -> None:
         self.part = part
         self.keys = keys
         self.argv = argv
         self.request = _arg(argv, 1)
-        self.max_in_queue = tonumber(_arg(argv, 2))
-        self.expected_highest = tonumber(_arg(argv, 3))
-        n = tonumber(_arg(argv, 4))
+        self.max_in_queue = _tonumber(_arg(argv, 2))
+        self.expected_highest = _tonumber(_arg(argv, 3))
+        n = _tonumber(_arg(argv, 4))
         if n is None:  # `GROUP_OF = 5 + n`, before the first command
             raise script_error(ENQUEUE_SHA1, "attempt to perform arithmetic on local 'n' (nil)")
         self.n: Number = n
-        self.groups = tonumber(_arg(argv, 5))
+        self.groups = _tonumber(_arg(argv, 5))
         # Filled in as the script goes.
         self.lists: list[bytes] = []  # group j's queue list: lists[j - 1]
-        self.size: dict[bytes, int] = {}  # each probed fixed key's size
+        self.owners_size = 0  # HLEN owners, as probed
         self.group_sub: dict[Number, bytes | None] = {}
         self.group_first: dict[Number, Number] = {}  # group -> ARGV index of its first entry
+        self.group_count: dict[Number, Number] = {}  # group -> its number of entries
         self.new_heads: list[bytes] = []  # ZADD's score, member pairs
         self.new_subs: list[bytes] = []
 
     def run(self) -> Reply:
         part, store, n = self.part, self.part.store, self.n
-        meta = call(store, b"HMGET", part.meta, b"acked", b"offer", b"max", b"request")
+        meta = _meta(store, part.meta)
         if meta[3] is not None:
             replayed = _replayed(self.request, meta[3])
             if replayed is not _NOT_REPLAYED:
                 return replayed  # type: ignore[return-value]  # an int, None or statuses
-        acked = tonumber(meta[0] if meta[0] is not None else b"-1")
-        floor = _lua_max(acked, tonumber(meta[1] if meta[1] is not None else b"-1"))
-        highest = tonumber(meta[2] if meta[2] is not None else b"-1")
+        # `tonumber(meta[k] or '-1')`: a missing field reads as -1.
+        acked = _tonumber(meta[0]) if meta[0] is not None else -1
+        floor = _lua_max(acked, _tonumber(meta[1]) if meta[1] is not None else -1)
+        highest = _tonumber(meta[2]) if meta[2] is not None else -1
         if _lt(highest, self.expected_highest):
             return [LOST_WRITES] * _times(n)
-        in_queue: int = call(store, b"LLEN", part.accepted)
+        in_queue = len(store.get(part.accepted, list) or ())  # LLEN
         if self.groups is None:
             raise script_error(ENQUEUE_SHA1, "'for' limit must be a number")
         self.lists = [_key(self.keys, 12 + j) for j in range(1, _times(self.groups) + 1)]
-        fixed = [part.heads, part.late, part.ready, part.owners, part.clock]
-        self.size = part.wrong_type(SCRIPT, fixed, self.lists)
+        self.owners_size = _wrong_type(part, self.lists)
         self._read_groups()
-        if n > 0 and self._fast_path_applies(in_queue, _lua_max(highest, floor)):
+        offsets = self._offsets()
+        if n > 0 and self._fast_path_applies(offsets, in_queue, _lua_max(highest, floor)):
             return self._fast_path()
         general = _General(
             part,
@@ -99,7 +109,7 @@ class _Enqueue:
             in_queue=in_queue,
             max_in_queue=self.max_in_queue,
         )
-        statuses = general.decide(self.group_first)
+        statuses = general.decide(offsets, self.group_first)
         self._push_taken(general.taken)
         highest_s = general.highest_s
         if highest_s is not None and highest_s != meta[2]:
@@ -111,25 +121,46 @@ class _Enqueue:
         return statuses
 
     def _read_groups(self) -> None:
-        """Each group's sub key and the ARGV index of its first entry."""
+        """Each group's sub key, the ARGV index of its first entry and its count."""
         argv = self.argv
+        end = len(argv)
         a = 6 + 2 * self.n
+        sub: bytes | None
         for j in range(1, _times(self.groups or 0) + 1):
-            self.group_sub[j] = _arg(argv, a)
+            if type(a) is int and 1 <= a < end:  # both in ARGV: read them directly
+                sub, count_s = argv[a - 1], argv[a]
+                count = int(count_s) if count_s.isdigit() else _tonumber(count_s)
+            else:
+                sub, count = _arg(argv, a), _tonumber(_arg(argv, a + 1))
+            self.group_sub[j] = sub
             self.group_first[j] = a + 2
-            count = tonumber(_arg(argv, a + 1))
             if count is None:
                 raise script_error(ENQUEUE_SHA1, "attempt to perform arithmetic on a nil value")
+            self.group_count[j] = count
             a = a + 2 + count
+
+    def _offsets(self) -> list[Number | None]:
+        """``tonumber(ARGV[OFFSETS + i])`` for i = 1..n (nil where that is no number: it fails
+        where the script compares it, if it gets there)."""
+        n, argv = self.n, self.argv
+        if type(n) is int and 5 + n <= len(argv):
+            # Digits short of 2**53 are the same number to Lua and Python.
+            return [
+                int(s) if s.isdigit() and len(s) < 16 else _tonumber(s) for s in argv[5 : 5 + n]
+            ]
+        return [_tonumber(_arg(argv, 5 + i)) for i in range(1, _times(n) + 1)]
 
     # --- the fast path ----------------------------------------------------------------------
 
-    def _fast_path_applies(self, in_queue: int, previous: Number) -> bool:
+    def _fast_path_applies(
+        self, offsets: list[Number | None], in_queue: int, previous: Number
+    ) -> bool:
         """Offsets strictly increasing above every accepted one, and room for all of them."""
         if _lt(self.max_in_queue, in_queue + self.n):
             return False
-        for i in range(1, _times(self.n) + 1):
-            offset = _number(tonumber(_arg(self.argv, 5 + i)), "compare")
+        for offset in offsets:
+            if offset is None:
+                raise script_error(ENQUEUE_SHA1, "attempt to compare nil with number")
             if offset <= previous:
                 return False
             previous = offset
@@ -138,22 +169,62 @@ class _Enqueue:
     def _fast_path(self) -> int | None:
         """Each group's entries straight from ARGV to its list, no per-item work."""
         part, store, argv, n = self.part, self.part.store, self.argv, self.n
-        call(store, b"RPUSH", part.accepted, *_range(argv, 6, _times(n)))
-        for j in range(1, len(self.group_first) + 1):
-            first = self.group_first[j]
-            count = _number(tonumber(_arg(argv, first - 1)), "perform arithmetic on")
-            values = _range(argv, first, _times(count))
-            length = call(store, b"RPUSH", self.lists[j - 1], *values) if values else 0
-            if length == count:
-                self._new_head(j, _arg(argv, first))
+        if _times(n) > 0:  # rpush_range of an empty range makes no call
+            offsets = argv[5 : 5 + n] if type(n) is int else None
+            if offsets is None or len(offsets) < n:
+                offsets = _range(argv, 6, _times(n))  # a nil among them fails the RPUSH
+            store.get_or_create(part.accepted, list).extend(offsets)  # RPUSH
+        self._push_groups()
         self._register_new_heads()
         record = _concat(self.request, b"|n", _lua_str(n))
         top = _arg(argv, 5 + n)
         if top is None:
             raise CommandError(NIL_ARGUMENT)
-        call(store, b"HSET", part.meta, b"max", top, b"request", record)
+        meta = store.get_or_create(part.meta, dict)  # HSET max, request
+        meta[b"max"] = top
+        meta[b"request"] = record
         _record_clock(part, top)
         return _lua_int(n)
+
+    def _push_groups(self) -> None:
+        """Each group's entries (ARGV[first .. first + count - 1]) to its list in one RPUSH; a
+        list that was empty gets a new head."""
+        store, argv, lists = self.part.store, self.argv, self.lists
+        get, data = store.get, store.data
+        new_heads, new_subs = self.new_heads, self.new_subs
+        end = len(argv)
+        for j in range(1, len(self.group_first) + 1):
+            first, count = self.group_first[j], self.group_count[j]
+            if (
+                not (type(first) is int and type(count) is int and 0 < count <= end + 1 - first)
+                or first < 1
+            ):  # not all in ARGV, or no entry at all: as the script goes
+                self._push_group(j, first, count)
+                continue
+            key = lists[j - 1]
+            queue = get(key, list)  # RPUSH, as the command does it
+            if queue is None:  # a new list: the sub key's first entry is its head
+                data[key] = argv[first - 1 : first - 1 + count]
+                sub = self.group_sub[j]
+                head = entry_offset(argv[first - 1])
+                if head is not None and sub is not None:  # (else _new_head keeps Lua's nils)
+                    new_heads += (head, sub)
+                    new_subs.append(sub)
+                else:
+                    self._new_head(j, argv[first - 1])
+            else:
+                queue.extend(argv[first - 1 : first - 1 + count])
+                if len(queue) == count:  # it was empty (only a list left so by hand can be)
+                    self._new_head(j, argv[first - 1])
+
+    def _push_group(self, j: int, first: Number, count: Number) -> None:
+        """_push_groups for a group whose entries are not all in ARGV (a nil fails the RPUSH)
+        or that has none (no RPUSH: its list's length, 0, equals its count)."""
+        store = self.part.store
+        values = _range(self.argv, first, _times(count))
+        length = call(store, b"RPUSH", self.lists[j - 1], *values) if values else 0
+        if length == count:
+            self._new_head(j, _arg(self.argv, first))
 
     # --- both paths -------------------------------------------------------------------------
 
@@ -173,22 +244,75 @@ class _Enqueue:
         """A queue that was empty: its first entry is its head."""
         if entry is None:  # entry_offset(nil)
             raise script_error(ENQUEUE_SHA1, "bad argument #1 to 'match' (string expected)")
-        _lua_append(self.new_heads, entry_offset(entry))
-        _lua_append(self.new_heads, self.group_sub[group])
-        _lua_append(self.new_subs, self.group_sub[group])
+        head = entry_offset(entry)
+        sub = self.group_sub[group]
+        if head is not None:  # t[#t + 1] = nil appends nothing
+            self.new_heads.append(head)
+        if sub is not None:
+            self.new_heads.append(sub)
+            self.new_subs.append(sub)
 
     def _register_new_heads(self) -> None:
         """New heads go in `heads`, and their sub keys become runnable unless leased (one ZADD,
         HMGET and RPUSH for all of them; no HMGET while nothing is leased)."""
         part, store, new_subs = self.part, self.part.store, self.new_subs
-        if self.new_heads:
-            call(store, b"ZADD", part.heads, *self.new_heads)
-        owners: list[bytes | None] = []
-        if self.size[part.owners] > 0 and new_subs:
-            owners = call(store, b"HMGET", part.owners, *new_subs)
-        runnable = [sub for j, sub in enumerate(new_subs) if j >= len(owners) or owners[j] is None]
+        if self.new_heads:  # (call_chunked of nothing makes no call)
+            if len(self.new_heads) == 2 * len(new_subs):  # every head has its offset: digits
+                _zadd_digits(store, part.heads, self.new_heads)
+            else:  # pairs out of step: ZADD says what is wrong
+                call(store, b"ZADD", part.heads, *self.new_heads)
+        if self.owners_size > 0 and new_subs:
+            owners = store.get(part.owners, dict) or {}  # HMGET
+            runnable = [sub for sub in new_subs if owners.get(sub) is None]
+        else:
+            runnable = new_subs
         if runnable:
-            call(store, b"RPUSH", part.ready, *runnable)
+            store.get_or_create(part.ready, list).extend(runnable)  # RPUSH
+
+
+def _meta(store: Store, key: bytes) -> tuple[bytes | None, ...]:
+    """``HMGET meta acked offer max request``."""
+    meta: dict[bytes, bytes] | None = store.get(key, dict)
+    if meta is None:
+        return (None, None, None, None)
+    return (meta.get(b"acked"), meta.get(b"offer"), meta.get(b"max"), meta.get(b"request"))
+
+
+def _wrong_type(part: Partition, lists: list[bytes]) -> int:
+    """partition.lua's wrong_type for this script: raise the error naming the first key of the
+    wrong type (before any write), else return the size of `owners` (the one size it uses).
+    Partition.wrong_type, without its per-call table of every key's kind."""
+    get = part.store.get
+    owners_size = 0
+    # The fixed keys it writes (or reads after a write), in the order the script probes them.
+    probed = (
+        (part.heads, ZSet),
+        (part.late, ZSet),
+        (part.ready, list),
+        (part.owners, dict),
+        (part.clock, ZSet),
+    )
+    for key, kind in probed:
+        try:
+            value = get(key, kind)
+        except CommandError as exc:
+            raise key_error(SCRIPT, key, exc) from None
+        if kind is dict:
+            owners_size = len(value or ())
+    store = part.store
+    if len(lists) <= 1:
+        existing = bool(lists)
+    elif store.expires.keys().isdisjoint(lists):  # one EXISTS for all; none of them expires
+        existing = not store.data.keys().isdisjoint(lists)
+    else:  # EXISTS looks at each (and drops the expired ones)
+        existing = sum(1 for key in lists if store.lookup(key) is not None) > 0
+    if existing:
+        for key in lists:
+            try:
+                get(key, list)
+            except CommandError as exc:
+                raise key_error(SCRIPT, key, exc) from None
+    return owners_size
 
 
 class _General:
@@ -221,20 +345,21 @@ class _General:
         self.seen: set[bytes] = set()
         self.full = False
 
-    def decide(self, group_first: dict[Number, Number]) -> list[int]:
-        """Every item's status, in order; late ones written as met, fresh ones at the end."""
+    def decide(self, offsets: list[Number | None], group_first: dict[Number, Number]) -> list[int]:
+        """Every item's status, in order; late ones written as met, fresh ones at the end.
+        ``offsets``: tonumber of each item's offset (ARGV[OFFSETS + i])."""
         argv, n = self.argv, self.n
         cursor: dict[Number, int] = {}  # group -> how many of its entries were looked at
         statuses: list[int] = []
         for i in range(1, _times(n) + 1):
             offset_s = _arg(argv, 5 + i)
-            group = tonumber(_arg(argv, 5 + n + i))
+            group = _tonumber(_arg(argv, 5 + n + i))
             first = None if group is None else group_first.get(group)
             if group is None or first is None:
                 raise script_error(ENQUEUE_SHA1, "attempt to perform arithmetic on a nil value")
             entry = _arg(argv, first + cursor.get(group, 0))
             cursor[group] = cursor.get(group, 0) + 1
-            status = self._status(offset_s, tonumber(offset_s))
+            status = self._status(offset_s, offsets[i - 1])
             if status == ACCEPTED:
                 assert offset_s is not None  # an accepted offset is a number
                 self.seen.add(offset_s)
@@ -273,7 +398,7 @@ class _General:
         """Was an offset at or below the highest accepted one accepted already (not acked)?"""
         self._append_fresh()
         at = self._at_rank(offset)
-        return at is not None and tonumber(at) == offset
+        return at is not None and _tonumber(at) == offset
 
     def _insert_late(self, offset: Number, offset_s: bytes) -> None:
         """A gap filled late: in order in `accepted`, and in `late` so the watermark waits."""
@@ -288,16 +413,60 @@ class _General:
     def _at_rank(self, offset: Number) -> bytes | None:
         """``LINDEX accepted accepted_rank(offset, false)``: the first accepted offset not below
         it, or nil."""
-        part = self.part
-        at: bytes | None = call(
-            part.store, b"LINDEX", part.accepted, fmt(part.accepted_rank(int(offset), False))
-        )
-        return at
+        accepted: list[bytes] = self.part.store.get(self.part.accepted, list) or []
+        rank = _accepted_rank(accepted, offset)
+        return accepted[rank] if rank < len(accepted) else None
+
+
+def _accepted_rank(accepted: list[bytes], offset: Number) -> int:
+    """partition.lua's accepted_rank(offset, false): how many accepted offsets are below
+    ``offset`` (LPOS within RANK_SCAN entries, else a binary search). Partition.accepted_rank
+    with Lua's numbers: an entry that is no number fails the script, as its comparison does."""
+    try:
+        return accepted.index(format_d(offset), 0, RANK_SCAN)
+    except ValueError:
+        pass
+    lo, hi = 0, len(accepted)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        value = _tonumber(accepted[mid])
+        if value is None:
+            raise script_error(ENQUEUE_SHA1, "attempt to compare nil with number")
+        if value < offset:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 def _record_clock(part: Partition, highest_offset: bytes) -> None:
     """partition.lua's record_clock: one sample per call and ms, score = the highest offset."""
-    call(part.store, b"ZADD", part.clock, highest_offset, fmt(part.now_ms()))
+    sample = [highest_offset, b"%d" % _now_ms(part.store)]
+    if highest_offset.isdigit():
+        _zadd_digits(part.store, part.clock, sample)
+    else:  # ZADD parses (or refuses) the score
+        call(part.store, b"ZADD", part.clock, *sample)
+
+
+def _zadd_digits(store: Store, key: bytes, pairs: list[bytes]) -> None:
+    """``ZADD key score member ...`` where every score is digits: what the command does then
+    (its plain form: float() of each score, then the adds; a blocked pop on the key woken)."""
+    zset = store.get(key, ZSet)
+    if zset is None:
+        zset = store.data[key] = ZSet()
+    add = zset.add
+    added = 0
+    for k in range(0, len(pairs), 2):
+        if add(pairs[k + 1], float(pairs[k])):
+            added += 1
+    if added and key in store.waiters:
+        store.changed.notify_all()
+
+
+def _now_ms(store: Store) -> int:
+    """partition.lua's now_ms: the TIME command's seconds and microseconds, as ms."""
+    micros = int(store.clock() * 1_000_000)  # what TIME answers, in one number
+    return (micros // 1_000_000) * 1000 + (micros % 1_000_000) // 1000
 
 
 # --- the idempotency record ---------------------------------------------------------------------
@@ -314,7 +483,7 @@ def _replayed(request: bytes | None, record: bytes) -> object:
         return _NOT_REPLAYED
     answer = record[len(request) + 1 :]
     if answer[:1] == b"n":
-        return _lua_int(tonumber(answer[1:]))
+        return _lua_int(_tonumber(answer[1:]))
     return [byte - 48 for byte in answer]  # string.byte(answer, i) - 48
 
 
@@ -344,6 +513,19 @@ def _range(argv: list[bytes], first: Number, count: int) -> list[bytes]:
     if None in values:
         raise CommandError(NIL_ARGUMENT)
     return values  # type: ignore[return-value]  # no None left
+
+
+def _tonumber(value: bytes | None) -> Number | None:
+    """Lua's ``tonumber`` (C's strtod: "inf" too) as the double Lua holds: an int past 2**53
+    becomes the float it rounds to, so comparisons round as Lua's do."""
+    if (  # the common case: a whole number within 2**53
+        value is not None
+        and len(value) < 16
+        and (value.isdigit() or (value[:1] == b"-" and value[1:].isdigit()))
+    ):
+        return int(value)
+    number = lua_tonumber(value)
+    return None if number is None else lua_number(number)
 
 
 def _times(limit: Number) -> int:
