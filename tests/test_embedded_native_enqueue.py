@@ -192,6 +192,7 @@ def test_numbers_are_lua_doubles(sides: Sides) -> None:
     top = 2**53 + 10
     assert sides.raw(["i1", "inf", -1, 1, 1, top, 1, enc, 1, b"%d|m" % top], [enc]) == 1
     assert sides.raw(["i2", "0x2", -1, 1, 1, 3, 1, enc, 1, b"3|m"], [enc]) == [3]
+    assert sides.raw(["i3", 100, -1, "nan", 0]) == []  # `for i = 1, NaN` runs no time
 
 
 def test_an_accepted_entry_that_is_no_number_fails_the_search(sides: Sides) -> None:

@@ -530,7 +530,11 @@ def _tonumber(value: bytes | None) -> Number | None:
 
 def _times(limit: Number) -> int:
     """How many times ``for i = 1, limit`` runs."""
-    return max(0, math.floor(limit))
+    if not limit >= 1:  # also NaN: `1 <= NaN` is false at once
+        return 0
+    if limit == math.inf:  # Lua would loop until it fails or runs out of memory
+        raise script_error(ENQUEUE_SHA1, "a 'for' loop to infinity")
+    return math.floor(limit)
 
 
 def _number(value: Number | None, what: str) -> Number:
