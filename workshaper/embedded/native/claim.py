@@ -437,8 +437,11 @@ def zadd(store: Store, key: bytes, score: float, members: list[bytes]) -> None:
             fresh.append((score, member))
         elif old != score:
             value.add(member, score)
-    value.order.update(fresh)
     added = len(fresh)
+    if added == 1:  # a one-lease claim: update() costs a sort and more for one member
+        value.order.add(fresh[0])
+    elif added:
+        value.order.update(fresh)
     if added and key in store.waiters:
         store.changed.notify_all()
 
