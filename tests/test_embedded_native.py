@@ -404,3 +404,54 @@ def test_complete_items_answers_and_writes_as_its_lua(
     assert outcomes["native"] == outcomes["redis"]
     if raw_errors:  # the transcription's error is the embedded Lua's, word for word
         assert _first_line(raw_errors["native"]) == _first_line(raw_errors["lua"])
+
+
+# --- offer_watermark / commit_watermark on values no caller of ours sends ------------------------
+
+#: name -> (script, what `accepted` holds before, ARGV): each must answer and write the same on
+#: the native server, on its Lua and on a real server (an error too, after the same writes).
+WATERMARK_CASES: dict[str, tuple[str, list[str], list[str]]] = {
+    "commit to infinity": ("commit_watermark", ["1", "2", "3"], ["1e999"]),
+    "commit of no number": ("commit_watermark", ["1", "2", "3"], ["abc"]),
+    "commit past a corrupt accepted entry": ("commit_watermark", ["1", "x", "3"], ["2"]),
+    "commit of a fraction": ("commit_watermark", ["1", "2", "3"], ["2.5"]),
+    "offer past a corrupt accepted entry": ("offer_watermark", ["1", "x", "3"], ["1"]),
+}
+
+
+@pytest.mark.parametrize("case", list(WATERMARK_CASES), ids=list(WATERMARK_CASES))
+def test_the_watermark_scripts_answer_odd_values_as_their_lua(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    calls = _count_calls(monkeypatch)
+    name, accepted, argv = WATERMARK_CASES[case]
+    source = load_script(name).source
+    namespace = "wx" + uuid.uuid4().hex[:10]
+    pkeys = NamespaceKeys(namespace).partition(0)
+    pattern = f"ws:{{{namespace}*"
+    backends = {
+        "native": embedded_backend(EmbeddedServer(native_scripts=True)),
+        "lua": embedded_backend(EmbeddedServer(native_scripts=False)),
+        "redis": connect(redis_server.url),
+    }
+    outcomes: dict[str, tuple[Any, Any]] = {}
+    try:
+        for side, backend in backends.items():
+            client = backend.client
+            client.rpush(pkeys.accepted, *accepted)
+            client.zadd(pkeys.heads, {"s": 9})
+            client.zadd(pkeys.clock, {"1000": 1, "2000": 3})
+            try:
+                reply: Any = client.eval(source, len(pkeys.fixed), *pkeys.fixed, *argv)
+            except redis.ResponseError as exc:
+                reply = ("error", _error_text(str(exc)))
+            outcomes[side] = (reply, _state(client, pattern, pkeys.leases))
+    finally:
+        for backend in backends.values():
+            stale = list(backend.client.scan_iter(match=pattern, count=1000))
+            if stale:
+                backend.client.delete(*stale)
+            backend.close()
+    assert calls[name] == 1
+    assert outcomes["native"] == outcomes["lua"]
+    assert outcomes["native"] == outcomes["redis"]

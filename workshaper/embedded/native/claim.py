@@ -17,13 +17,23 @@ crash window) answers with the message the embedded runtime gives, without its t
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from workshaper.embedded.containers import cmd_hincrby
+from workshaper.embedded.native.numbers import (
+    EXACT,
+    Number,
+    format_d,
+    format_s,
+    lua_number,
+    lua_tonumber,
+    number_arg,
+    reply_number,
+    whole,
+)
 from workshaper.embedded.native.partition import (
     FIRST_EXTRA_KEY,
     Partition,
@@ -31,7 +41,6 @@ from workshaper.embedded.native.partition import (
     call,
     key_error,
     script_error,
-    tonumber,
 )
 from workshaper.embedded.store import CommandError, Store, ZSet
 
@@ -40,10 +49,6 @@ CLAIM_SHA1 = "03c04ed667ca9a7814a08894bf2e99a08f24a261"
 
 SCRIPT = "claim_sub_keys"
 _MODES = frozenset({b"d", b"b"})  # on exhausted: dead-letter or block
-
-#: Lua numbers are doubles: integers up to this are exact, so Python ints agree with them.
-EXACT = 2**53
-INT64_MIN = -(2**63)
 
 #: Where the Lua fails at run time: its lines as the embedded runtime names them (the source
 #: without its shebang line).
@@ -56,86 +61,6 @@ NIL_ARGUMENT = "ERR Lua redis lib command arguments must be strings or integers"
 _HEADER = re.compile(rb"(\d+) (\d+)\n")  # '^(%d+) (%d+)\n()' at `from`
 _LENGTH = re.compile(rb"(\d+):")  # '^(%d+):()' at pos
 _LINE = re.compile(rb"\n(\d+) ([\d|]*) (\d+)")  # gmatch '\n(%d+) ([%d|]*) (%d+)'
-
-Number = int | float
-
-
-# --- Lua's numbers and formats -----------------------------------------------------------------
-
-#: C's isspace, which strtod skips before a number and Lua after it.
-_C_SPACE = b" \t\n\r\f\v"
-_NAN = re.compile(rb"nan(\([0-9a-z_]*\))?")
-
-
-def lua_tonumber(value: bytes | None) -> Number | None:
-    """Lua 5.1's ``tonumber`` of a string, which is C's strtod: partition.tonumber, plus what
-    strtod reads and it does not (infinities, NaN, signed and fractional hexadecimal). A
-    max_leases or lease ms of "inf" passes the script's checks."""
-    number = tonumber(value)
-    if number is not None or value is None:
-        return number
-    text = value.strip(_C_SPACE).lower()
-    body = text[1:] if text[:1] in (b"+", b"-") else text
-    if body in (b"inf", b"infinity") or _NAN.fullmatch(body):
-        return float(text.replace(b"infinity", b"inf").split(b"(")[0])
-    if body.startswith(b"0x") and body[2:3] not in (b"+", b"-"):
-        try:
-            return float.fromhex(text.decode("ascii"))
-        except ValueError:
-            return None
-    return None
-
-
-def whole(number: Number | None, least: int) -> bool:
-    """The script's ``whole(value, least)`` of a number read by lua_tonumber."""
-    if number is None or math.isnan(number):  # floor(NaN) is NaN: never equal
-        return False
-    return (math.isinf(number) or number == math.floor(number)) and number >= least
-
-
-def lua_number(value: int | float) -> Number:
-    """A number as Lua holds it: past 2**53 an int becomes the double it rounds to, so the
-    arithmetic after it rounds as Lua's does."""
-    if type(value) is int and -EXACT <= value <= EXACT:
-        return value
-    return float(value)
-
-
-def format_d(value: Number) -> bytes:
-    """``string.format('%d', value)``: Lua 5.1 casts to a C long (truncating; out of range
-    gives LONG_MIN on x86-64)."""
-    if type(value) is int:
-        return b"%d" % value
-    if -(2.0**63) <= value < 2.0**63:
-        return b"%d" % int(value)
-    return b"%d" % INT64_MIN
-
-
-def format_s(value: bytes) -> bytes:
-    """``string.format('%s', value)``: Lua 5.1 copies a string of 100 bytes or more, and
-    sprintf's a shorter one (which ends it at its first NUL)."""
-    if len(value) >= 100:
-        return value
-    return value.split(b"\0", 1)[0]
-
-
-def reply_number(value: Number) -> int:
-    """A Lua number in a script's reply: truncated to an integer (LuaScripts._from_lua)."""
-    if type(value) is int:
-        return value
-    if not -(2.0**63) <= value < 2.0**63:  # out of range, or NaN
-        return INT64_MIN
-    return int(value)
-
-
-def number_arg(value: Number) -> bytes:
-    """A Lua number passed to redis.call, as the embedded runtime makes it a string (lupa hands
-    over an integral double within 64 bits as an int)."""
-    if isinstance(value, int):
-        return b"%d" % value
-    if value.is_integer() and -(2.0**63) <= value < 2.0**63:
-        return b"%d" % int(value)
-    return repr(value).encode()
 
 
 # --- the arguments -----------------------------------------------------------------------------

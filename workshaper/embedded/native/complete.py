@@ -3,9 +3,9 @@ more leases of a partition, then keep, continue, yield or release each lease.
 
 Statement by statement, with the script's reads, writes and replies in its order. Lua numbers are
 doubles, and the script formats them with ``string.format('%d')``: the arguments and the
-single-step counts it reads are taken as Lua takes them (``_number``: strtod's inf and nan too,
-whole numbers past 2**53 rounded) and formatted as Lua's C cast does (``_format_d``), so even an
-absurd argument answers what the script answers.
+single-step counts it reads are taken as Lua takes them (``numbers.tonumber``: strtod's inf
+and nan too, whole numbers past 2**53 rounded) and formatted as Lua's C cast does
+(``numbers.format_d``), so even an absurd argument answers what the script answers.
 
 The script checks every argument, the type of every key it writes and every list it reads before
 its first write (an error then leaves nothing written); after that only a corrupt single-step
@@ -19,10 +19,9 @@ an emptied container deleted, a blocked pop woken); the rare single-step path go
 
 from __future__ import annotations
 
-import math
 import re
-from typing import TypeGuard
 
+from workshaper.embedded.native.numbers import Number, format_d, to_long, tonumber, whole
 from workshaper.embedded.native.partition import (
     FIRST_EXTRA_KEY,
     Partition,
@@ -32,7 +31,6 @@ from workshaper.embedded.native.partition import (
     key_error,
     script_error,
     starts_with_field,
-    tonumber,
 )
 from workshaper.embedded.protocol import span
 from workshaper.embedded.store import CommandError, Store, ZSet
@@ -48,50 +46,11 @@ _CONSUME = (268, "nil", "number")
 _TAKE_ONE = (480, "number", "nil")
 
 _ACTIONS = frozenset({b"k", b"c", b"y", b"r"})
-#: What strtod (Lua's tonumber) reads beyond partition.tonumber: inf, infinity, nan.
-_SPECIAL = re.compile(rb"\s*[-+]?(inf|infinity|nan)\s*", re.IGNORECASE)
-#: Whole numbers a double holds exactly; past them Lua has the nearest double.
-_EXACT = 2**53
-#: What a C cast of a double outside 64 bits (or NaN) gives on x86-64, Lua's '%d' included.
-_LONG_MIN = -(2**63)
 
 Reply = list[bytes | int]
-Number = int | float
 
 
 # --- Lua's numbers ---------------------------------------------------------------------------
-
-
-def _number(value: bytes | None) -> Number | None:
-    """Lua 5.1's ``tonumber``: strtod's inf and nan, and the double nearest a big whole one."""
-    number = tonumber(value)
-    if number is None:
-        if value is not None and _SPECIAL.fullmatch(value):
-            return float(value)
-        return None
-    if isinstance(number, int) and not -_EXACT <= number <= _EXACT:
-        return float(number)
-    return number
-
-
-def _whole(number: Number | None, least: int) -> TypeGuard[Number]:
-    """The script's ``whole``: ``v and v == math.floor(v) and v >= least`` (inf is whole)."""
-    if number is None or math.isnan(number):
-        return False
-    return (math.isinf(number) or number == math.floor(number)) and number >= least
-
-
-def _long(number: Number) -> int:
-    """The C cast ``(long)number`` of Lua's ``string.format('%d')``: truncation, and LONG_MIN
-    for what 64 bits cannot hold."""
-    if isinstance(number, int) and -_EXACT <= number <= _EXACT:
-        return number
-    x = float(number)
-    return int(x) if -(2.0**63) <= x < 2.0**63 else _LONG_MIN
-
-
-def _format_d(number: Number) -> bytes:
-    return b"%d" % _long(number)
 
 
 def _compare_error(site: tuple[int, str, str]) -> CommandError:
@@ -117,10 +76,10 @@ def _whole_arg(value: bytes | None, least: int) -> Number | None:
     """``whole(tonumber(value), least)`` of the script: the number, or None when it is not a
     whole number at least ``least``."""
     if value is not None and value.isdigit() and len(value) < 16:
-        whole = int(value)  # the common case: exact in a double, whole
-        return whole if whole >= least else None
-    number = _number(value)
-    return number if _whole(number, least) else None
+        small = int(value)  # the common case: exact in a double, whole
+        return small if small >= least else None
+    number = tonumber(value)
+    return number if whole(number, least) else None
 
 
 #: One lease's arguments: where they start in argv, its offset count k, its queue list.
@@ -222,7 +181,7 @@ def complete_items(store: Store, keys: list[bytes], argv: list[bytes]) -> list[R
     replies: list[Reply] = [[-1, 0] for _ in leases]  # fenced, unless held below
     for i, read in zip(held, reads, strict=True):
         replies[i] = run.lease(leases[i], read)
-    run.apply(_format_d(now + lease_ms))
+    run.apply(format_d(now + lease_ms))
     return replies
 
 
@@ -281,7 +240,7 @@ def _read_lists(store: Store, lists: list[bytes], counts: list[Number]) -> list[
         elif type(count) is int:  # count >= 1: the first count entries
             reads.append(value[:count])
         else:
-            lo, hi = span(len(value), 0, _long(count - 1))
+            lo, hi = span(len(value), 0, to_long(count - 1))
             reads.append(value[lo:hi])
     return reads
 
@@ -467,7 +426,7 @@ def _exact_left(part: Partition, sub: bytes, site: tuple[int, str, str]) -> Numb
     """``tonumber(HGET exact sub or '0')``, compared with a number at ``site``: a corrupt count
     fails that comparison as in Lua."""
     value = call(part.store, b"HGET", part.exact, sub)
-    number = _number(b"0" if value is None else value)  # "" is a value: Lua's `or` keeps it
+    number = tonumber(b"0" if value is None else value)  # "" is a value: Lua's `or` keeps it
     if number is None:
         raise _compare_error(site)
     return number
@@ -482,7 +441,7 @@ def _consume_exact(part: Partition, sub: bytes, count: int) -> None:
     if left <= count:
         call(part.store, b"HDEL", part.exact, sub)
     else:
-        call(part.store, b"HSET", part.exact, sub, _format_d(left - count))
+        call(part.store, b"HSET", part.exact, sub, format_d(left - count))
 
 
 #: partition.lua's parse_owner pattern: "token|flag|batch|max_attempts|exhausted_mode|worker".

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from workshaper.embedded.native.claim import format_d, lua_number, lua_tonumber
+from workshaper.embedded.native.numbers import Number, format_d, tonumber
 from workshaper.embedded.native.partition import (
     RANK_SCAN,
     Partition,
@@ -36,7 +36,6 @@ ACCEPTED, DUPLICATE, ACKED, FULL, BEING_ACKED, LOST_WRITES = range(6)
 #: What redis.call answers for a nil argument (unpack of a range past ARGV's end).
 NIL_ARGUMENT = "ERR Lua redis lib command arguments must be strings or integers"
 
-Number = int | float
 Reply = int | list[int] | None
 
 
@@ -60,13 +59,13 @@ class _Enqueue:
         self.keys = keys
         self.argv = argv
         self.request = _arg(argv, 1)
-        self.max_in_queue = _tonumber(_arg(argv, 2))
-        self.expected_highest = _tonumber(_arg(argv, 3))
-        n = _tonumber(_arg(argv, 4))
+        self.max_in_queue = tonumber(_arg(argv, 2))
+        self.expected_highest = tonumber(_arg(argv, 3))
+        n = tonumber(_arg(argv, 4))
         if n is None:  # `GROUP_OF = 5 + n`, before the first command
             raise script_error(ENQUEUE_SHA1, "attempt to perform arithmetic on local 'n' (nil)")
         self.n: Number = n
-        self.groups = _tonumber(_arg(argv, 5))
+        self.groups = tonumber(_arg(argv, 5))
         # Filled in as the script goes.
         self.lists: list[bytes] = []  # group j's queue list: lists[j - 1]
         self.owners_size = 0  # HLEN owners, as probed
@@ -84,9 +83,9 @@ class _Enqueue:
             if replayed is not _NOT_REPLAYED:
                 return replayed  # type: ignore[return-value]  # an int, None or statuses
         # `tonumber(meta[k] or '-1')`: a missing field reads as -1.
-        acked = _tonumber(meta[0]) if meta[0] is not None else -1
-        floor = _lua_max(acked, _tonumber(meta[1]) if meta[1] is not None else -1)
-        highest = _tonumber(meta[2]) if meta[2] is not None else -1
+        acked = tonumber(meta[0]) if meta[0] is not None else -1
+        floor = _lua_max(acked, tonumber(meta[1]) if meta[1] is not None else -1)
+        highest = tonumber(meta[2]) if meta[2] is not None else -1
         if _lt(highest, self.expected_highest):
             return [LOST_WRITES] * _times(n)
         in_queue = len(store.get(part.accepted, list) or ())  # LLEN
@@ -129,9 +128,9 @@ class _Enqueue:
         for j in range(1, _times(self.groups or 0) + 1):
             if type(a) is int and 1 <= a < end:  # both in ARGV: read them directly
                 sub, count_s = argv[a - 1], argv[a]
-                count = int(count_s) if count_s.isdigit() else _tonumber(count_s)
+                count = int(count_s) if count_s.isdigit() else tonumber(count_s)
             else:
-                sub, count = _arg(argv, a), _tonumber(_arg(argv, a + 1))
+                sub, count = _arg(argv, a), tonumber(_arg(argv, a + 1))
             self.group_sub[j] = sub
             self.group_first[j] = a + 2
             if count is None:
@@ -145,10 +144,8 @@ class _Enqueue:
         n, argv = self.n, self.argv
         if type(n) is int and 5 + n <= len(argv):
             # Digits short of 2**53 are the same number to Lua and Python.
-            return [
-                int(s) if s.isdigit() and len(s) < 16 else _tonumber(s) for s in argv[5 : 5 + n]
-            ]
-        return [_tonumber(_arg(argv, 5 + i)) for i in range(1, _times(n) + 1)]
+            return [int(s) if s.isdigit() and len(s) < 16 else tonumber(s) for s in argv[5 : 5 + n]]
+        return [tonumber(_arg(argv, 5 + i)) for i in range(1, _times(n) + 1)]
 
     # --- the fast path ----------------------------------------------------------------------
 
@@ -353,7 +350,7 @@ class _General:
         statuses: list[int] = []
         for i in range(1, _times(n) + 1):
             offset_s = _arg(argv, 5 + i)
-            group = _tonumber(_arg(argv, 5 + n + i))
+            group = tonumber(_arg(argv, 5 + n + i))
             first = None if group is None else group_first.get(group)
             if group is None or first is None:
                 raise script_error(ENQUEUE_SHA1, "attempt to perform arithmetic on a nil value")
@@ -398,7 +395,7 @@ class _General:
         """Was an offset at or below the highest accepted one accepted already (not acked)?"""
         self._append_fresh()
         at = self._at_rank(offset)
-        return at is not None and _tonumber(at) == offset
+        return at is not None and tonumber(at) == offset
 
     def _insert_late(self, offset: Number, offset_s: bytes) -> None:
         """A gap filled late: in order in `accepted`, and in `late` so the watermark waits."""
@@ -429,7 +426,7 @@ def _accepted_rank(accepted: list[bytes], offset: Number) -> int:
     lo, hi = 0, len(accepted)
     while lo < hi:
         mid = (lo + hi) // 2
-        value = _tonumber(accepted[mid])
+        value = tonumber(accepted[mid])
         if value is None:
             raise script_error(ENQUEUE_SHA1, "attempt to compare nil with number")
         if value < offset:
@@ -483,7 +480,7 @@ def _replayed(request: bytes | None, record: bytes) -> object:
         return _NOT_REPLAYED
     answer = record[len(request) + 1 :]
     if answer[:1] == b"n":
-        return _lua_int(_tonumber(answer[1:]))
+        return _lua_int(tonumber(answer[1:]))
     return [byte - 48 for byte in answer]  # string.byte(answer, i) - 48
 
 
@@ -513,19 +510,6 @@ def _range(argv: list[bytes], first: Number, count: int) -> list[bytes]:
     if None in values:
         raise CommandError(NIL_ARGUMENT)
     return values  # type: ignore[return-value]  # no None left
-
-
-def _tonumber(value: bytes | None) -> Number | None:
-    """Lua's ``tonumber`` (C's strtod: "inf" too) as the double Lua holds: an int past 2**53
-    becomes the float it rounds to, so comparisons round as Lua's do."""
-    if (  # the common case: a whole number within 2**53
-        value is not None
-        and len(value) < 16
-        and (value.isdigit() or (value[:1] == b"-" and value[1:].isdigit()))
-    ):
-        return int(value)
-    number = lua_tonumber(value)
-    return None if number is None else lua_number(number)
 
 
 def _times(limit: Number) -> int:

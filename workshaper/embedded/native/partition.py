@@ -9,51 +9,24 @@ Lua and back.
 
 from __future__ import annotations
 
-import math
-import re
+from functools import cache
+from importlib import resources
 from typing import Any
 
 from workshaper.embedded.commands import COMMANDS
+from workshaper.embedded.native.numbers import Number, format_d, tonumber
 from workshaper.embedded.store import CommandError, Store, ZSet
+from workshaper.lua_scripts import load_script
 
 FIRST_EXTRA_KEY = 12  # 0-based: KEYS[13] of the Lua scripts
 #: How far LPOS scans `accepted` before accepted_rank falls back to a binary search.
 RANK_SCAN = 2000
-
-_LUA_NUMBER = re.compile(rb"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
-_LUA_HEX = re.compile(rb"\s*0[xX][0-9a-fA-F]+\s*")
 
 
 def call(store: Store, name: bytes, *args: bytes) -> Any:
     """``redis.call(name, ...)``: the command's reply in the embedded command table's shape
     (RESP3; a caller that needs a script's RESP2 form converts it), or CommandError."""
     return COMMANDS[name](store, list(args))
-
-
-def tonumber(value: bytes | None) -> int | float | None:
-    """Lua 5.1's ``tonumber`` of a string: None where Lua gives nil. A whole number is an int
-    (Lua's numbers are doubles: a whole one within 2**53 is exact either way)."""
-    if value is None:
-        return None
-    if value.isdigit():
-        return int(value)
-    if _LUA_NUMBER.fullmatch(value):
-        number = float(value)
-        return int(number) if number.is_integer() else number
-    if _LUA_HEX.fullmatch(value):
-        return int(value.strip(), 16)
-    return None
-
-
-def whole(value: bytes | None, least: int) -> bool:
-    """The scripts' ``whole(value, least)``: a whole number at least ``least``."""
-    number = tonumber(value)
-    return number is not None and number == math.floor(number) and number >= least
-
-
-def fmt(number: int | float) -> bytes:
-    """``string.format('%d', number)``."""
-    return b"%d" % int(number)
 
 
 def bad_argument(script: str, what: str, value: Any) -> CommandError:
@@ -89,6 +62,36 @@ def starts_with_field(s: bytes, value: bytes) -> bool:
 def script_error(sha: str, message: str) -> CommandError:
     """What a Lua runtime error in a script answers (the embedded runtime's wording)."""
     return CommandError(f"ERR Error running script {sha}: {message}")
+
+
+def _include_line(text: str) -> int:
+    """The line of partition.lua that holds ``text`` (1-based)."""
+    source = _read_include()
+    return source[: source.index(text)].count("\n") + 1
+
+
+@cache
+def _read_include() -> str:
+    return (resources.files("workshaper") / "lua" / "includes" / "partition.lua").read_text()
+
+
+_RANK_FORMAT_LINE = "local at = redis.call('LPOS', K_ACCEPTED, string.format('%d', value)"
+_RANK_COMPARE_LINE = "if v < value or (inclusive and v == value)"
+
+
+@cache
+def _include_start(script: str) -> int:
+    """How many lines of ``script`` (as the embedded runtime runs it: without its shebang) come
+    before partition.lua's first line."""
+    plain = load_script(script).plain
+    return plain[: plain.index(_read_include())].count("\n")
+
+
+def include_error(script: str, text: str, message: str) -> CommandError:
+    """A Lua runtime error raised by partition.lua's line holding ``text``, inside ``script``:
+    the embedded runtime's message, with the line as it counts it."""
+    line = _include_start(script) + _include_line(text)
+    return script_error(load_script(script).plain_sha, f"user_script:{line}: {message}")
 
 
 class Partition:
@@ -223,12 +226,18 @@ class Partition:
         seconds, micros = call(self.store, b"TIME")
         return int(seconds) * 1000 + int(micros) // 1000
 
-    def accepted_rank(self, value: int, inclusive: bool) -> int:
+    def accepted_rank(self, value: Number | None, inclusive: bool, script: str) -> int:
         """How many accepted offsets are below ``value`` (at most ``value`` with
-        ``inclusive``): LPOS within RANK_SCAN entries, else a binary search."""
+        ``inclusive``): LPOS within RANK_SCAN entries, else a binary search. ``value`` and the
+        entries are Lua numbers: a nil or an entry that is no number fails ``script`` where its
+        Lua fails."""
+        if value is None:
+            raise include_error(
+                script, _RANK_FORMAT_LINE, "bad argument #2 to 'format' (number expected, got nil)"
+            )
         accepted = self.list_at(self.accepted) or []
         try:
-            at = accepted.index(fmt(value), 0, RANK_SCAN)
+            at = accepted.index(format_d(value), 0, RANK_SCAN)
         except ValueError:
             pass
         else:
@@ -236,7 +245,11 @@ class Partition:
         lo, hi = 0, len(accepted)
         while lo < hi:
             mid = (lo + hi) // 2
-            v = int(accepted[mid])
+            v = tonumber(accepted[mid])
+            if v is None:
+                raise include_error(
+                    script, _RANK_COMPARE_LINE, "attempt to compare nil with number"
+                )
             if v < value or (inclusive and v == value):
                 lo = mid + 1
             else:

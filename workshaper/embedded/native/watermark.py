@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from workshaper.embedded.native.partition import Partition, call, script_error, tonumber
+from workshaper.embedded.native.numbers import tonumber
+from workshaper.embedded.native.partition import Partition, call, script_error
 from workshaper.embedded.store import Store
 
 #: The SHA1 of the .lua sources (with their includes) these functions transcribe.
@@ -19,7 +20,7 @@ def offer_watermark(store: Store, keys: list[bytes], argv: list[bytes]) -> list[
     low = part.lowest_unfinished()
     finished = in_queue
     if low is not None:
-        finished = part.accepted_rank(int(low), False)
+        finished = part.accepted_rank(low, False, "offer_watermark")
     if finished == 0:
         return [acked, acked, in_queue]
     accepted = part.list_at(part.accepted)
@@ -43,7 +44,7 @@ def commit_watermark(store: Store, keys: list[bytes], argv: list[bytes]) -> int:
     acked = part.hget(part.meta, b"acked")
     if acked is None or _number(acked, COMMIT_SHA1) < _number(watermark, COMMIT_SHA1):
         call(store, b"HSET", part.meta, b"acked", watermark)
-        acked_count = part.accepted_rank(int(_number(watermark, COMMIT_SHA1)), True)
+        acked_count = part.accepted_rank(tonumber(watermark), True, "commit_watermark")
         if acked_count > 0:
             call(store, b"LTRIM", part.accepted, b"%d" % acked_count, b"-1")
         call(store, b"ZREMRANGEBYSCORE", part.clock, b"-inf", watermark)
