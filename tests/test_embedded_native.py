@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -364,6 +365,42 @@ def _state(client: redis.Redis, pattern: str, leases: bytes) -> dict[bytes, Any]
     return state
 
 
+def _on_three_servers(
+    redis_server: RedisServer,
+    namespace: str,
+    write: Callable[[redis.Redis], None],
+    run: Callable[[redis.Redis], Any],
+) -> tuple[dict[str, tuple[Any, Any]], dict[str, str]]:
+    """``write`` a state, then ``run`` a script on the native embedded server, on the Lua one
+    and on a real server: each side's (reply or normalised error, state after), and the raw
+    error texts."""
+    pattern = f"ws:{{{namespace}*"
+    leases = NamespaceKeys(namespace).partition(0).leases
+    backends = {
+        "native": embedded_backend(EmbeddedServer(native_scripts=True)),
+        "lua": embedded_backend(EmbeddedServer(native_scripts=False)),
+        "redis": connect(redis_server.url),
+    }
+    outcomes: dict[str, tuple[Any, Any]] = {}
+    raw_errors: dict[str, str] = {}
+    try:
+        for name, backend in backends.items():
+            write(backend.client)
+            try:
+                reply: Any = run(backend.client)
+            except redis.ResponseError as exc:
+                raw_errors[name] = str(exc)
+                reply = ("error", _error_text(str(exc)))
+            outcomes[name] = (reply, _state(backend.client, pattern, leases))
+    finally:
+        for backend in backends.values():
+            stale = list(backend.client.scan_iter(match=pattern, count=1000))
+            if stale:
+                backend.client.delete(*stale)
+            backend.close()
+    return outcomes, raw_errors
+
+
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
 def test_complete_items_answers_and_writes_as_its_lua(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, case: Case
@@ -371,34 +408,16 @@ def test_complete_items_answers_and_writes_as_its_lua(
     calls = _count_calls(monkeypatch)
     namespace = "cx" + uuid.uuid4().hex[:10]
     pkeys = NamespaceKeys(namespace).partition(0)
-    pattern = f"ws:{{{namespace}*"
-    backends = {
-        "native": embedded_backend(EmbeddedServer(native_scripts=True)),
-        "lua": embedded_backend(EmbeddedServer(native_scripts=False)),
-        "redis": connect(redis_server.url),
-    }
     keys = [
         *pkeys.fixed,
         *(getattr(pkeys, s) if s == "exact" else pkeys.queue(s.encode()) for s in case.subs),
     ]
-    outcomes: dict[str, tuple[Any, Any]] = {}
-    raw_errors: dict[str, str] = {}
-    try:
-        for name, backend in backends.items():
-            client = backend.client
-            case.state.write(client, pkeys)
-            try:
-                reply: Any = client.eval(COMPLETE.source, len(keys), *keys, *case.args)
-            except redis.ResponseError as exc:
-                raw_errors[name] = str(exc)
-                reply = ("error", _error_text(str(exc)))
-            outcomes[name] = (reply, _state(client, pattern, pkeys.leases))
-    finally:
-        for backend in backends.values():
-            stale = list(backend.client.scan_iter(match=pattern, count=1000))
-            if stale:
-                backend.client.delete(*stale)
-            backend.close()
+    outcomes, raw_errors = _on_three_servers(
+        redis_server,
+        namespace,
+        lambda client: case.state.write(client, pkeys),
+        lambda client: client.eval(COMPLETE.source, len(keys), *keys, *case.args),
+    )
     assert calls["complete_items"] == 1  # the native server ran the transcription
     assert outcomes["native"] == outcomes["lua"]
     assert outcomes["native"] == outcomes["redis"]
@@ -428,30 +447,18 @@ def test_the_watermark_scripts_answer_odd_values_as_their_lua(
     source = load_script(name).source
     namespace = "wx" + uuid.uuid4().hex[:10]
     pkeys = NamespaceKeys(namespace).partition(0)
-    pattern = f"ws:{{{namespace}*"
-    backends = {
-        "native": embedded_backend(EmbeddedServer(native_scripts=True)),
-        "lua": embedded_backend(EmbeddedServer(native_scripts=False)),
-        "redis": connect(redis_server.url),
-    }
-    outcomes: dict[str, tuple[Any, Any]] = {}
-    try:
-        for side, backend in backends.items():
-            client = backend.client
-            client.rpush(pkeys.accepted, *accepted)
-            client.zadd(pkeys.heads, {"s": 9})
-            client.zadd(pkeys.clock, {"1000": 1, "2000": 3})
-            try:
-                reply: Any = client.eval(source, len(pkeys.fixed), *pkeys.fixed, *argv)
-            except redis.ResponseError as exc:
-                reply = ("error", _error_text(str(exc)))
-            outcomes[side] = (reply, _state(client, pattern, pkeys.leases))
-    finally:
-        for backend in backends.values():
-            stale = list(backend.client.scan_iter(match=pattern, count=1000))
-            if stale:
-                backend.client.delete(*stale)
-            backend.close()
+
+    def write(client: redis.Redis) -> None:
+        client.rpush(pkeys.accepted, *accepted)
+        client.zadd(pkeys.heads, {"s": 9})
+        client.zadd(pkeys.clock, {"1000": 1, "2000": 3})
+
+    outcomes, _ = _on_three_servers(
+        redis_server,
+        namespace,
+        write,
+        lambda client: client.eval(source, len(pkeys.fixed), *pkeys.fixed, *argv),
+    )
     assert calls[name] == 1
     assert outcomes["native"] == outcomes["lua"]
     assert outcomes["native"] == outcomes["redis"]

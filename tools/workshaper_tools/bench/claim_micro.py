@@ -18,27 +18,17 @@ mode.
 
 from __future__ import annotations
 
-import argparse
-import gc
-import statistics
-import subprocess
-import sys
 import time
-import types
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from workshaper import scripts
 from workshaper.batch import Batch, Reply, run_one
-from workshaper.connection import Backend, embedded_backend
-from workshaper.embedded import EmbeddedServer
-from workshaper.embedded.client import encode_arg
-from workshaper.embedded.native import NativeScript
+from workshaper.connection import Backend
 from workshaper.keys import NamespaceKeys, PartitionKeys
-from workshaper.lua_scripts import load_script
+from workshaper_tools.bench import micro
+from workshaper_tools.bench.micro import ROUND
 
-ROUND = 50  # calls of one mode before the next mode's turn
-TRANSCRIPTION = "workshaper/embedded/native/claim.py"
+PKEYS = NamespaceKeys("micro").partition(0)
 SUBS = [b"s%d" % i for i in range(24)]
 ITEMS = 40  # per sub key's list: more than a batch
 SHAPES = tuple((leases, batch) for leases in (1, 8, 24) for batch in (1, 20))
@@ -74,102 +64,40 @@ def _call(pkeys: PartitionKeys, leases: int, batch: int, request: str) -> Claim:
     )
 
 
-def _encoded(backend: Backend, claim: Claim) -> list[bytes]:
-    """The EVALSHA command scripts.claim_sub_keys makes, as the server gets it."""
-    batch = Batch(backend)
-    claim(batch)
-    ((args, _),) = batch._commands
-    return [encode_arg(a) for a in args]
-
-
-def _timed_round(
-    backend: Backend, pkeys: PartitionKeys, shape: tuple[int, int], first: int, script: bool
-) -> list[float]:
+def _timed_round(backend: Backend, shape: tuple[int, int], first: int, script: bool) -> list[float]:
     """ROUND claims of the shape (request ids from ``first``); their times in microseconds."""
     leases, batch = shape
     times = []
     for n in range(first, first + ROUND):
-        claim = _call(pkeys, leases, batch, f"r{n}")
-        _ready(backend, pkeys, leases)
+        claim = _call(PKEYS, leases, batch, f"r{n}")
+        _ready(backend, PKEYS, leases)
         if script:
-            server = backend.server
-            assert server is not None
-            args = _encoded(backend, claim)
-            start = time.perf_counter()
-            with server.store.lock:
-                server.scripts.evalsha(args[1], args[2:])
-        else:
-            start = time.perf_counter()
-            run_one(backend, claim)
+            times.append(micro.time_script_alone(backend, micro.encoded(backend, claim)))
+            continue
+        start = time.perf_counter()
+        run_one(backend, claim)
         times.append((time.perf_counter() - start) * 1e6)
     return times
-
-
-def _transcription_at(rev: str) -> NativeScript:
-    """claim_sub_keys as transcribed at git revision ``rev``."""
-    root = Path(__file__).resolve().parents[3]
-    source = subprocess.run(
-        ["git", "show", f"{rev}:{TRANSCRIPTION}"],
-        cwd=root,
-        check=True,
-        capture_output=True,
-    ).stdout
-    module = types.ModuleType(f"claim_at_{rev}")
-    # A dataclass resolves its module by name: the module must be importable while it runs.
-    sys.modules[module.__name__] = module
-    exec(compile(source, f"{rev}:{TRANSCRIPTION}", "exec"), module.__dict__)
-    function: NativeScript = module.claim_sub_keys
-    return function
-
-
-def _servers(before: str | None) -> dict[str, Backend]:
-    source = load_script("claim_sub_keys").source.encode()
-    servers = {
-        "lua": EmbeddedServer(native_scripts=False),
-        "native": EmbeddedServer(native_scripts=True),
-    }
-    if before is not None:
-        servers[f"native@{before}"] = EmbeddedServer(native_scripts=True)
-    for server in servers.values():
-        sha = server.scripts.load(source)  # (EVALSHA with --script does not load it)
-    if before is not None:
-        # The script is loaded: the old transcription stands in for the current one.
-        servers[f"native@{before}"].scripts._natives[sha] = _transcription_at(before)
-    return {name: embedded_backend(server) for name, server in servers.items()}
 
 
 def run(
     calls: int, before: str | None, script: bool = False, say: Callable[[str], None] = print
 ) -> None:
-    modes = _servers(before)
-    pkeys = NamespaceKeys("micro").partition(0)
-    names = list(modes)
-    say(f"{'leases, batch':16} " + " ".join(f"{n:>16}" for n in names) + "   lua/native")
-    for shape in SHAPES:
-        times: dict[str, list[float]] = {name: [] for name in names}
-        for backend in modes.values():  # warm up: lists filled, scripts and caches warm
-            _fill(backend, pkeys)
-            _timed_round(backend, pkeys, shape, 0, script)
-        gc.collect()
-        first = ROUND
-        while len(times[names[0]]) < calls:
-            for name, backend in modes.items():
-                times[name] += _timed_round(backend, pkeys, shape, first, script)
-            first += ROUND
-        medians = {name: statistics.median(t) for name, t in times.items()}
-        ratio = medians["lua"] / medians["native"]
-        cells = " ".join(f"{medians[n]:>13.1f} us" for n in names)
-        say(f"{shape[0]:>6}, {shape[1]:>7} {cells}   {ratio:>9.2f}x")
-    for backend in modes.values():
-        backend.close()
+    backends = micro.modes("claim_sub_keys", before)
+    for backend in backends.values():
+        _fill(backend, PKEYS)
+    micro.compare(
+        backends,
+        SHAPES,
+        lambda shape: f"{shape[0]} leases, batch {shape[1]}",
+        lambda backend, shape, first: _timed_round(backend, shape, first, script),
+        calls=calls,
+        say=say,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--calls", type=int, default=1000)
-    p.add_argument("--before", default=None, help="git revision of an earlier transcription")
-    p.add_argument("--script", action="store_true", help="time the script alone")
-    args = p.parse_args(argv)
+    args = micro.arguments(__doc__, argv, calls=1000, script=True)
     run(args.calls, args.before, args.script)
 
 

@@ -13,28 +13,20 @@ on all of them alike. Prints the median microseconds per call of each mode.
 
 from __future__ import annotations
 
-import argparse
-import gc
-import statistics
-import subprocess
 import time
-import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from workshaper import scripts
 from workshaper.batch import run_one
-from workshaper.connection import Backend, embedded_backend
-from workshaper.embedded import EmbeddedServer
-from workshaper.embedded.native import NativeScript
+from workshaper.connection import Backend
 from workshaper.keys import NamespaceKeys, PartitionKeys
-from workshaper.lua_scripts import load_script
 from workshaper.scripts import Completion
+from workshaper_tools.bench import micro
+from workshaper_tools.bench.micro import ROUND
 
 LEASE_MS = 60_000
-ROUND = 50  # calls of one mode before the next mode's turn
-TRANSCRIPTION = "workshaper/embedded/native/complete.py"
+PKEYS = NamespaceKeys("micro").partition(0)
 
 
 @dataclass(frozen=True)
@@ -104,61 +96,19 @@ def _timed_round(backend: Backend, pkeys: PartitionKeys, scenario: Scenario) -> 
     return times
 
 
-def _transcription_at(rev: str) -> NativeScript:
-    """complete_items as transcribed at git revision ``rev``."""
-    root = Path(__file__).resolve().parents[3]
-    source = subprocess.run(
-        ["git", "show", f"{rev}:{TRANSCRIPTION}"],
-        cwd=root,
-        check=True,
-        capture_output=True,
-    ).stdout
-    module = types.ModuleType(f"complete_at_{rev}")
-    exec(compile(source, f"{rev}:{TRANSCRIPTION}", "exec"), module.__dict__)
-    function: NativeScript = module.complete_items
-    return function
-
-
-def _servers(before: str | None) -> dict[str, Backend]:
-    modes = {
-        "lua": embedded_backend(EmbeddedServer(native_scripts=False)),
-        "native": embedded_backend(EmbeddedServer(native_scripts=True)),
-    }
-    if before is not None:
-        server = EmbeddedServer(native_scripts=True)
-        sha = server.scripts.load(load_script("complete_items").source.encode())
-        # The script is loaded: the old transcription stands in for the current one.
-        server.scripts._natives[sha] = _transcription_at(before)
-        modes[f"native@{before}"] = embedded_backend(server)
-    return modes
-
-
 def run(calls: int, before: str | None, say: Callable[[str], None] = print) -> None:
-    modes = _servers(before)
-    pkeys = NamespaceKeys("micro").partition(0)
-    names = list(modes)
-    say(f"{'scenario':48} " + " ".join(f"{n:>16}" for n in names) + "   lua/native")
-    for scenario in SCENARIOS:
-        times: dict[str, list[float]] = {name: [] for name in names}
-        for backend in modes.values():  # warm up: scripts loaded, caches filled
-            _timed_round(backend, pkeys, scenario)
-        gc.collect()
-        while len(times[names[0]]) < calls:
-            for name, backend in modes.items():
-                times[name] += _timed_round(backend, pkeys, scenario)
-        medians = {name: statistics.median(t) for name, t in times.items()}
-        ratio = medians["lua"] / medians["native"]
-        cells = " ".join(f"{medians[n]:>13.1f} us" for n in names)
-        say(f"{scenario.name:48} {cells}   {ratio:>9.2f}x")
-    for backend in modes.values():
-        backend.close()
+    micro.compare(
+        micro.modes("complete_items", before),
+        SCENARIOS,
+        lambda scenario: scenario.name,
+        lambda backend, scenario, _first: _timed_round(backend, PKEYS, scenario),
+        calls=calls,
+        say=say,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--calls", type=int, default=2000)
-    p.add_argument("--before", default=None, help="git revision of an earlier transcription")
-    args = p.parse_args(argv)
+    args = micro.arguments(__doc__, argv, calls=2000, script=False)
     run(args.calls, args.before)
 
 

@@ -19,28 +19,19 @@ mode.
 
 from __future__ import annotations
 
-import argparse
-import gc
-import statistics
-import subprocess
 import time
-import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from workshaper import codec, scripts
 from workshaper.batch import Batch, Reply, run_one
-from workshaper.connection import Backend, embedded_backend
-from workshaper.embedded import EmbeddedServer
-from workshaper.embedded.client import encode_arg
-from workshaper.embedded.native import NativeScript
+from workshaper.connection import Backend
 from workshaper.keys import NamespaceKeys, PartitionKeys
-from workshaper.lua_scripts import load_script
 from workshaper.scripts import EncodedItem
+from workshaper_tools.bench import micro
+from workshaper_tools.bench.micro import ROUND
 
-ROUND = 50  # calls of one mode before the next mode's turn
-TRANSCRIPTION = "workshaper/embedded/native/enqueue.py"
+PKEYS = NamespaceKeys("micro").partition(0)
 MAX_IN_QUEUE = 10**9
 MESSAGE = codec.encode_message("m", 100)
 
@@ -76,38 +67,19 @@ def _calls(shape: Shape) -> list[list[EncodedItem]]:
     return calls
 
 
-def _timed_round(
-    backend: Backend, pkeys: PartitionKeys, calls: list[list[EncodedItem]], script: bool
-) -> list[float]:
+def _timed_round(calls: list[list[EncodedItem]], backend: Backend, script: bool) -> list[float]:
     """The calls on an empty partition; their times in microseconds."""
     backend.client.flushall()
     times = []
-    if script:
-        server = backend.server
-        assert server is not None
-        for n, items in enumerate(calls):
-            args = _encoded(backend, pkeys, items, f"r{n}")
-            start = time.perf_counter()
-            with server.store.lock:
-                server.scripts.evalsha(args[1], args[2:])
-            times.append((time.perf_counter() - start) * 1e6)
-        return times
     for n, items in enumerate(calls):
-        call = _call(pkeys, items, f"r{n}")
+        call = _call(PKEYS, items, f"r{n}")
+        if script:
+            times.append(micro.time_script_alone(backend, micro.encoded(backend, call)))
+            continue
         start = time.perf_counter()
         run_one(backend, call)
         times.append((time.perf_counter() - start) * 1e6)
     return times
-
-
-def _encoded(
-    backend: Backend, pkeys: PartitionKeys, items: list[EncodedItem], request: str
-) -> list[bytes]:
-    """The EVALSHA command scripts.enqueue_items makes, as the server gets it."""
-    batch = Batch(backend)
-    _call(pkeys, items, request)(batch)
-    ((args, _),) = batch._commands
-    return [encode_arg(a) for a in args]
 
 
 def _call(
@@ -116,67 +88,22 @@ def _call(
     return lambda b: scripts.enqueue_items(b, pkeys, items, MAX_IN_QUEUE, request)
 
 
-def _transcription_at(rev: str) -> NativeScript:
-    """enqueue_items as transcribed at git revision ``rev``."""
-    root = Path(__file__).resolve().parents[3]
-    source = subprocess.run(
-        ["git", "show", f"{rev}:{TRANSCRIPTION}"],
-        cwd=root,
-        check=True,
-        capture_output=True,
-    ).stdout
-    module = types.ModuleType(f"enqueue_at_{rev}")
-    exec(compile(source, f"{rev}:{TRANSCRIPTION}", "exec"), module.__dict__)
-    function: NativeScript = module.enqueue_items
-    return function
-
-
-def _servers(before: str | None) -> dict[str, Backend]:
-    source = load_script("enqueue_items").source.encode()
-    servers = {
-        "lua": EmbeddedServer(native_scripts=False),
-        "native": EmbeddedServer(native_scripts=True),
-    }
-    if before is not None:
-        servers[f"native@{before}"] = EmbeddedServer(native_scripts=True)
-    for server in servers.values():
-        sha = server.scripts.load(source)  # (EVALSHA with --script does not load it)
-    if before is not None:
-        # The script is loaded: the old transcription stands in for the current one.
-        servers[f"native@{before}"].scripts._natives[sha] = _transcription_at(before)
-    return {name: embedded_backend(server) for name, server in servers.items()}
-
-
 def run(
     calls: int, before: str | None, script: bool = False, say: Callable[[str], None] = print
 ) -> None:
-    modes = _servers(before)
-    pkeys = NamespaceKeys("micro").partition(0)
-    names = list(modes)
-    say(f"{'shape':34} " + " ".join(f"{n:>16}" for n in names) + "   lua/native")
-    for shape in SHAPES:
-        work = _calls(shape)
-        times: dict[str, list[float]] = {name: [] for name in names}
-        for backend in modes.values():  # warm up: scripts loaded, caches filled
-            _timed_round(backend, pkeys, work, script)
-        gc.collect()
-        while len(times[names[0]]) < calls:
-            for name, backend in modes.items():
-                times[name] += _timed_round(backend, pkeys, work, script)
-        medians = {name: statistics.median(t) for name, t in times.items()}
-        ratio = medians["lua"] / medians["native"]
-        cells = " ".join(f"{medians[n]:>13.1f} us" for n in names)
-        say(f"{shape.name:34} {cells}   {ratio:>9.2f}x")
-    for backend in modes.values():
-        backend.close()
+    work = {shape: _calls(shape) for shape in SHAPES}
+    micro.compare(
+        micro.modes("enqueue_items", before),
+        SHAPES,
+        lambda shape: shape.name,
+        lambda backend, shape, _first: _timed_round(work[shape], backend, script),
+        calls=calls,
+        say=say,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--calls", type=int, default=1000)
-    p.add_argument("--before", default=None, help="git revision of an earlier transcription")
-    p.add_argument("--script", action="store_true", help="time the script alone")
-    args = p.parse_args(argv)
+    args = micro.arguments(__doc__, argv, calls=1000, script=True)
     run(args.calls, args.before, args.script)
 
 
