@@ -377,6 +377,7 @@ def test_embedded_matches_redis_step_by_step(redis_server: RedisServer, native: 
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 600 sequences: minutes on a busy machine, past the suite's 300 s
 @MODES
 def test_embedded_matches_redis_long_run(redis_server: RedisServer, native: bool) -> None:
     _run(redis_server, examples=600, steps=60, native=native)
