@@ -570,8 +570,8 @@ def test_redis_crash_before_the_watermark_is_recorded_strands_nothing(
 
     def crash_first(batch: Any, keys: Any, watermark: int) -> Any:
         if not crashed.is_set():
-            crashed.set()
             h.redis.kill()  # the round trip that would record the watermark fails
+            crashed.set()  # only now: a restart begun during kill() would be killed instead
         return record_watermark(batch, keys, watermark)
 
     monkeypatch.setattr(scripts, "commit_watermark", crash_first)

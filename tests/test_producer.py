@@ -394,8 +394,10 @@ def test_close_records_an_ack_whose_commit_failed(namespace: str) -> None:
 
         def ack(partition: int, offset: int) -> None:
             if not killed.is_set():
-                killed.set()
                 server.kill()  # Redis crashes right after the ack returned
+                # Only now: a restart begun while kill() runs would have its new process
+                # killed and leave the old one running.
+                killed.set()
 
         try:
             producer = workshaper.Producer(server.url, namespace, ack=ack)

@@ -123,6 +123,7 @@ class RedisServer:
                 return self
             except RuntimeError:
                 if not self._port_was_taken() or time.monotonic() >= deadline:
+                    self.kill()  # not ready in time: leave no server running behind
                     raise
             time.sleep(0.1)
 
