@@ -3,9 +3,12 @@ typed calls, into a private redis-server and into the embedded backend. Every re
 every step, every key of the namespace must be the same on both.
 
 Covers enqueue (dedupe, backpressure, late gap fills), claims, completions (keep, continue,
-yield, release), failures with retry, dead letter and block, stale tokens (fencing), crashes
-(an expired lease reaped by expire_lease), exact mode after a crash, isolation marks, lease
-renewals, unblocking, corrupt queue entries, and the offer/commit of watermarks.
+yield, release; one lease a call, and several leases of the partition in one call as the worker
+sends them, each its own action, some fenced), failures with retry, dead letter and block,
+stale tokens (fencing), crashes (an expired lease reaped by expire_lease), exact mode after a
+crash (a claim of a batch in the crash window hands out one entry, then one at a time),
+isolation marks, lease renewals, unblocking, corrupt queue entries, and the offer/commit of
+watermarks.
 
 What depends on the server's clock is masked before comparing: lease deadlines (the scores of
 the leases set), the clock samples' times and the time stamped into failure records. The JSON
@@ -30,6 +33,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from hypothesis.statistics import collector, describe_statistics
 
 from workshaper import codec, scripts
 from workshaper.batch import Batch, Reply, run_one
@@ -95,6 +99,17 @@ def _mask_failure(record: bytes) -> Any:
     return (json.dumps(json.loads(error_json), sort_keys=True), attempts, entry)
 
 
+def _offsets(entries: list[bytes]) -> list[int]:
+    """The offsets of a lease's entries, up to the first corrupt one."""
+    done: list[int] = []
+    for entry in entries:
+        try:
+            done.append(codec.parse_entry(entry).offset)
+        except codec.CorruptEntry:
+            break
+    return done
+
+
 def _outcome(reply: Any) -> str:
     """A coarse label of a reply, for coverage statistics."""
     if isinstance(reply, list) and reply and isinstance(reply[0], int):
@@ -140,6 +155,9 @@ class Differential(RuleBasedStateMachine):
         self.emb = Side(embedded_backend(EmbeddedServer(native_scripts=native)), namespace)
         self.sides = (self.real, self.emb)
         self.leases: dict[bytes, tuple[int, bool]] = {}  # sub -> (token, exact), as claimed
+        #: sub -> the offsets its lease was handed (by its claim, then by each continue)
+        self.handed: dict[bytes, list[int]] = {}
+        self.fresh = 1000  # offsets no other rule draws: items that are surely new
         self.requests = 0
         self.offer_seen = -1
 
@@ -197,11 +215,23 @@ class Differential(RuleBasedStateMachine):
     def claim(
         self, n: int, worker: str, batch_size: int, max_attempts: int, mode: str, repeat: bool
     ) -> None:
+        self._claim("claim", n, worker, batch_size, max_attempts, mode, repeat)
+
+    def _claim(
+        self,
+        what: str,
+        n: int,
+        worker: str,
+        batch_size: int,
+        max_attempts: int,
+        mode: str,
+        repeat: bool = False,
+    ) -> list[scripts.Claimed]:
         if not repeat:  # repeat: the same request id again (a retried round trip)
             self.requests += 1
         rid = f"{worker}:{self.requests}"
         reply = self.both(
-            "claim",
+            what,
             lambda s: (
                 lambda b: scripts.claim_sub_keys(
                     b,
@@ -216,9 +246,13 @@ class Differential(RuleBasedStateMachine):
                 )
             ),
         )
-        if isinstance(reply, tuple) and len(reply) == 2 and isinstance(reply[1], list):
-            for claimed in reply[1]:
-                self.leases[claimed.sub] = (claimed.token, claimed.exact > 0)
+        if not (isinstance(reply, tuple) and len(reply) == 2 and isinstance(reply[1], list)):
+            return []
+        for claimed in reply[1]:
+            self.leases[claimed.sub] = (claimed.token, claimed.exact > 0)
+            self.handed[claimed.sub] = _offsets(claimed.entries)
+        claims: list[scripts.Claimed] = reply[1]
+        return claims
 
     def _lease(self, pick: int) -> tuple[bytes, int, bool]:
         subs = sorted(self.leases)
@@ -252,8 +286,70 @@ class Differential(RuleBasedStateMachine):
                 )
             ),
         )
-        if isinstance(replies, list) and replies and replies[0].code == 2 and not stale:
-            self.leases.pop(sub, None)
+        self._completed([completion], replies, [stale])
+
+    @precondition(lambda self: self.leases)
+    @rule(
+        picks=st.lists(
+            st.tuples(st.integers(0, 10), st.integers(0, 4), st.sampled_from(["k", "c", "y", "r"])),
+            min_size=1,
+            max_size=4,
+        ),
+        stale=st.lists(stale_tokens, min_size=4, max_size=4),
+        batch_size=st.integers(1, 3),
+    )
+    def complete_many(
+        self, picks: list[tuple[int, int, str]], stale: list[bool], batch_size: int
+    ) -> None:
+        """One call for several leases of the partition, as the worker sends them: each its
+        own action and the offsets it was handed (a prefix, as it finished them), some fenced."""
+        subs = sorted(self.leases)
+        start = picks[0][0]
+        completions: list[Completion] = []
+        stales: list[bool] = []
+        # Distinct sub keys (one entry per lease in a call): consecutive ones from `start`.
+        for i, ((_, count, action), is_stale) in enumerate(
+            zip(picks[: len(subs)], stale, strict=False)
+        ):
+            sub = subs[(start + i) % len(subs)]
+            token, exact = self.leases[sub]
+            done = self.handed.get(sub, [])[:count]
+            completions.append(
+                Completion(sub, token - 1 if is_stale else token, action, done, exact)
+            )
+            stales.append(is_stale)
+        replies = self.both(
+            f"complete {len(completions)} leases",
+            lambda s: (
+                lambda b: scripts.complete_items(
+                    b, s.keys, completions, lease_ms=LEASE_MS, batch_size=batch_size
+                )
+            ),
+        )
+        if len(completions) > 1 and isinstance(replies, list):
+            codes = ",".join(sorted({str(r.code) for r in replies}))
+            written = sum(r.finished > 0 for r in replies)
+            event(f"complete_many: {len(completions)} leases, codes {codes}")
+            event(f"complete_many: {min(written, 2)}+ leases finished items")
+            if len({c.action for c in completions}) > 1:
+                event("complete_many: mixed actions")
+        self._completed(completions, replies, stales)
+
+    def _completed(self, completions: list[Completion], replies: Any, stales: list[bool]) -> None:
+        """Track each lease after a completion call: released, or what it holds now."""
+        if not isinstance(replies, list):
+            return
+        for completion, reply, is_stale in zip(completions, replies, stales, strict=True):
+            if is_stale or reply.code == -1:
+                continue
+            sub = completion.sub
+            if reply.code == 2:
+                self.leases.pop(sub, None)
+                self.handed.pop(sub, None)
+            elif reply.next_entries:
+                self.handed[sub] = _offsets(reply.next_entries)
+            else:
+                self.handed[sub] = self.handed.get(sub, [])[reply.finished :]
 
     @precondition(lambda self: self.leases)
     @rule(
@@ -307,6 +403,70 @@ class Differential(RuleBasedStateMachine):
             "expire_lease", lambda s: lambda b: scripts.expire_lease(b, s.keys, sub, "reaper")
         )
         self.leases.pop(sub, None)
+        self.handed.pop(sub, None)
+
+    @rule(
+        sub=st.sampled_from(["a", "b", "c"]),  # not None: that is a sub key per item
+        items=st.integers(2, 4),
+        first_batch=st.integers(2, 3),
+        batch_size=st.integers(2, 3),
+        finish=st.booleans(),
+    )
+    def crash_window(
+        self, sub: str, items: int, first_batch: int, batch_size: int, finish: bool
+    ) -> None:
+        """Several items on one sub key, its lease expired (a crash), then a claim of a batch of
+        two or more: in the crash window it must hand out one entry. Then, sometimes, the
+        exact-mode completion of that one item, continuing (one more at a time)."""
+        offsets_ = list(range(self.fresh, self.fresh + items))
+        self.fresh += items
+        self.requests += 1
+        rid = f"enqueue:{self.requests}"
+        encoded = [
+            EncodedItem(
+                codec.encode_sub_key(sub, off),
+                off,
+                codec.make_entry(off, codec.encode_message(f"m{off}", 100)),
+            )
+            for off in offsets_
+        ]
+        self.both(
+            "window enqueue",
+            lambda s: lambda b: scripts.enqueue_items(b, s.keys, encoded, 100, rid),
+        )
+        enc = encoded[0].sub
+        if enc not in self.leases:
+            self._claim("window claim", len(SUBS), "w1", first_batch, 3, "d")
+        if enc not in self.leases:  # blocked, or held by a lease this test lost track of
+            event("crash_window: sub key not leased")
+            return
+        self.crash(sorted(self.leases).index(enc))
+        claims = [c for c in self._claim("window claim", len(SUBS), "w2", batch_size, 3, "d")
+                  if c.sub == enc]  # fmt: skip
+        if not claims:
+            event("crash_window: not claimed after the crash")
+            return
+        claimed = claims[0]
+        event(
+            f"crash_window: exact {min(claimed.exact, 3)}, claim of {batch_size} "
+            f"handed {len(claimed.entries)}"
+        )
+        if finish and claimed.exact > 0:
+            completion = Completion(enc, claimed.token, "c", self.handed[enc][:1], True)
+            replies = self.both(
+                "window complete",
+                lambda s: (
+                    lambda b: scripts.complete_items(
+                        b, s.keys, [completion], lease_ms=LEASE_MS, batch_size=batch_size
+                    )
+                ),
+            )
+            if isinstance(replies, list) and replies:
+                event(
+                    f"crash_window: exact continue code {replies[0].code}, "
+                    f"handed {len(replies[0].next_entries)}"
+                )
+            self._completed([completion], replies, [False])
 
     @precondition(lambda self: self.leases)
     @rule(pick=st.integers(0, 10), stale=stale_tokens)
@@ -353,7 +513,20 @@ class Differential(RuleBasedStateMachine):
             side.backend.close()
 
 
-def _run(redis_server: RedisServer, examples: int, steps: int, native: bool) -> None:
+def _run(
+    redis_server: RedisServer, examples: int, steps: int, native: bool, node: pytest.Item
+) -> None:
+    # The state machine runs inside a plain test: hand its events to the pytest item, so that
+    # --hypothesis-show-statistics lists what the sequences covered.
+    def note(stats: Any) -> None:
+        stats["nodeid"] = node.nodeid
+        node.hypothesis_statistics = describe_statistics(stats)  # type: ignore[attr-defined]
+
+    with collector.with_value(note):
+        _run_machine(redis_server, examples, steps, native)
+
+
+def _run_machine(redis_server: RedisServer, examples: int, steps: int, native: bool) -> None:
     run_state_machine_as_test(
         lambda: Differential(redis_server.url, native),
         settings=settings(
@@ -372,12 +545,16 @@ MODES = pytest.mark.parametrize("native", [True, False], ids=["native", "lua"])
 
 
 @MODES
-def test_embedded_matches_redis_step_by_step(redis_server: RedisServer, native: bool) -> None:
-    _run(redis_server, examples=80, steps=40, native=native)
+def test_embedded_matches_redis_step_by_step(
+    redis_server: RedisServer, native: bool, request: pytest.FixtureRequest
+) -> None:
+    _run(redis_server, examples=80, steps=40, native=native, node=request.node)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # 600 sequences: minutes on a busy machine, past the suite's 300 s
 @MODES
-def test_embedded_matches_redis_long_run(redis_server: RedisServer, native: bool) -> None:
-    _run(redis_server, examples=600, steps=60, native=native)
+def test_embedded_matches_redis_long_run(
+    redis_server: RedisServer, native: bool, request: pytest.FixtureRequest
+) -> None:
+    _run(redis_server, examples=600, steps=60, native=native, node=request.node)
