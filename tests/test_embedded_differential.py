@@ -545,6 +545,7 @@ MODES = pytest.mark.parametrize("native", [True, False], ids=["native", "lua"])
 
 
 @MODES
+@pytest.mark.timeout(900)  # passes in ~25 s; a failure's shrinking alone can take ~300 s
 def test_embedded_matches_redis_step_by_step(
     redis_server: RedisServer, native: bool, request: pytest.FixtureRequest
 ) -> None:
