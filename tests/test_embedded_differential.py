@@ -147,6 +147,18 @@ class Side:
         return dump(self.backend.client, self.keys, self.pattern)
 
 
+def encode_items(items: list[tuple[Any, int]]) -> list[EncodedItem]:
+    """(sub key, offset) pairs as the producer sends them, message "m<offset>"."""
+    return [
+        EncodedItem(
+            codec.encode_sub_key(sub, off),
+            off,
+            codec.make_entry(off, codec.encode_message(f"m{off}", 100)),
+        )
+        for sub, off in items
+    ]
+
+
 class Differential(RuleBasedStateMachine):
     def __init__(self, redis_url: str, native: bool) -> None:
         super().__init__()
@@ -179,14 +191,7 @@ class Differential(RuleBasedStateMachine):
         if not repeat:  # repeat: the same request id again (a re-sent round trip)
             self.requests += 1
         rid = f"enqueue:{self.requests}"
-        encoded = [
-            EncodedItem(
-                codec.encode_sub_key(sub, off),
-                off,
-                codec.make_entry(off, codec.encode_message(f"m{off}", 100)),
-            )
-            for sub, off in items
-        ]
+        encoded = encode_items(items)
         self.both(
             "enqueue",
             lambda s: lambda b: scripts.enqueue_items(b, s.keys, encoded, max_in_queue, rid),
@@ -422,14 +427,7 @@ class Differential(RuleBasedStateMachine):
         self.fresh += items
         self.requests += 1
         rid = f"enqueue:{self.requests}"
-        encoded = [
-            EncodedItem(
-                codec.encode_sub_key(sub, off),
-                off,
-                codec.make_entry(off, codec.encode_message(f"m{off}", 100)),
-            )
-            for off in offsets_
-        ]
+        encoded = encode_items([(sub, off) for off in offsets_])
         self.both(
             "window enqueue",
             lambda s: lambda b: scripts.enqueue_items(b, s.keys, encoded, 100, rid),
