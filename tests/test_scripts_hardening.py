@@ -400,3 +400,26 @@ def test_an_entry_without_offset_is_dead_lettered_by_its_exact_bytes(part: Parti
     assert part.queue("a") == [12]
     dead = Admin(part.backend, part.keys.namespace).dead_letters(0)
     assert sorted(d.raw_entry for d in dead) == [b"", b"1"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "lease_ms", "error"),
+    [
+        (None, 10**300, "bad argument lease ms"),  # SET ... PX of it fails: after the LPOP
+        (None, 2**62, "bad argument lease ms"),
+        ("token", 60_000, "not an integer"),  # a corrupt token counter: HINCRBY fails
+    ],
+    ids=["absurd lease", "lease past 64-bit ms", "corrupt token counter"],
+)
+def test_a_claim_that_fails_strands_no_sub_key(
+    part: Partition, setup: str | None, lease_ms: int, error: str
+) -> None:
+    """A claim that fails must fail before it takes sub keys out of `ready` (they would wait
+    there for no one: nothing leases a sub key that is neither ready nor leased)."""
+    part.enqueue(("a", 0), ("b", 1))
+    if setup == "token":
+        part.backend.client.hset(part.keys.meta, "token", "x")
+    with pytest.raises(ScriptError, match=error):
+        part.claim(lease_ms=lease_ms)
+    assert part.backend.client.lrange(part.keys.ready, 0, -1) == [b"sa", b"sb"]
+    assert not part.backend.client.exists(part.keys.owners, part.keys.leases)

@@ -40,7 +40,7 @@ local batch, max_attempts, mode = ARGV[5], ARGV[6], ARGV[7]
 local queue_prefix = ARGV[8]
 local record_key = KEYS[FIRST_EXTRA_KEY]
 
--- Every argument is checked before the first write (the LPOP): nothing may fail after it.
+-- Every argument is checked before the first write (the LPOP): nothing may fail after it (a lease past 2^41 ms, ~70 years, would fail SET ... PX).
 local function whole(value, least)
   local n = tonumber(value)
   return n and n == math.floor(n) and n >= least
@@ -50,7 +50,7 @@ if not request_id or request_id == '' then
   return bad_argument('claim_sub_keys', 'request id', request_id)
 end
 if not whole(max_leases, 1) then return bad_argument('claim_sub_keys', 'max_leases', ARGV[3]) end
-if not whole(lease_ms, 1) then return bad_argument('claim_sub_keys', 'lease ms', ARGV[4]) end
+if not whole(lease_ms, 1) or lease_ms > 2^41 then return bad_argument('claim_sub_keys', 'lease ms', ARGV[4]) end
 if not string.match(batch or '', '^%d+$') then
   return bad_argument('claim_sub_keys', 'batch', batch)
 end
@@ -156,14 +156,16 @@ if #popped > 0 then
   if err then return err end
 end
 
--- The writes.
+-- The writes. The token counter first: a corrupt one fails HINCRBY before anything else.
 local reply = {size[K_READY] - #popped}
-if #popped > 0 then
-  redis.call('LPOP', K_READY, #popped)
-end
 local first_token = 0
 if #subs > 0 then
   first_token = tonumber(redis.call('HINCRBY', K_META, 'token', #subs)) - #subs + 1
+end
+if #popped > 0 then
+  redis.call('LPOP', K_READY, #popped)
+end
+if #subs > 0 then
   -- Formatted once: a number argument would be formatted per element (as a float).
   local deadline = string.format('%d', now_ms() + lease_ms)
   local suffix = '|-|' .. batch .. '|' .. max_attempts .. '|' .. mode .. '|' .. worker

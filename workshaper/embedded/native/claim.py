@@ -45,9 +45,12 @@ from workshaper.embedded.native.partition import (
 from workshaper.embedded.store import CommandError, Store, ZSet
 
 #: The SHA1 of the .lua source (with its includes) this module transcribes.
-CLAIM_SHA1 = "03c04ed667ca9a7814a08894bf2e99a08f24a261"
+CLAIM_SHA1 = "b6b89b5a5768972b17d65277c796df77b497ecbc"
 
 SCRIPT = "claim_sub_keys"
+#: The script's bound on lease ms (2^41, ~70 years): past it SET ... PX would fail after the
+#: writes began (a worker caps its lease at a day).
+MAX_LEASE_MS = 2**41
 _MODES = frozenset({b"d", b"b"})  # on exhausted: dead-letter or block
 
 #: Where the Lua fails at run time: its lines as the embedded runtime names them (the source
@@ -99,7 +102,11 @@ class Arguments:
                 and prefix
             ):
                 max_leases, lease_ms, first_read = int(raw_leases), int(raw_lease_ms), int(batch)
-                if 1 <= max_leases <= EXACT and 1 <= lease_ms <= EXACT and first_read <= EXACT:
+                if (
+                    1 <= max_leases <= EXACT
+                    and 1 <= lease_ms <= MAX_LEASE_MS
+                    and first_read <= EXACT
+                ):
                     return cls(
                         worker,
                         request_id,
@@ -126,7 +133,7 @@ class Arguments:
         max_leases, lease_ms = lua_tonumber(raw_leases), lua_tonumber(raw_lease_ms)
         if not whole(max_leases, 1):
             raise bad_argument(SCRIPT, "max_leases", raw_leases)
-        if not whole(lease_ms, 1):
+        if not whole(lease_ms, 1) or lease_ms > MAX_LEASE_MS:
             raise bad_argument(SCRIPT, "lease ms", raw_lease_ms)
         if batch is None or not batch.isdigit():  # '^%d+$' (isdigit: b"" is not digits)
             raise bad_argument(SCRIPT, "batch", batch)
@@ -177,12 +184,16 @@ def claim_sub_keys(store: Store, keys: list[bytes], argv: list[bytes]) -> list[A
     size = wrong_type(part)
     reads = read_claim(part, args, size)
     reply: list[Any] = [size[0] - len(reads.popped)]
-    # The writes: nothing before this line wrote.
-    if reads.popped:
-        lpop(store, part.ready, len(reads.popped))
+    # The writes: nothing before this line wrote. The token counter first: a corrupt one fails
+    # HINCRBY before anything else.
     first_token: Number = 0
     if reads.subs:
-        first_token = write_leases(part, args, reads, reply)
+        n = len(reads.subs)
+        first_token = lua_number(cmd_hincrby(store, [part.meta, b"token", b"%d" % n])) - n + 1
+    if reads.popped:
+        lpop(store, part.ready, len(reads.popped))
+    if reads.subs:
+        write_leases(part, args, reads, reply, first_token)
     record = args.request_id + b"\n" + encode_record(reply[0], first_token, reads)
     set_px(store, record_key, record, max(args.lease_ms * 2, 60000))
     return reply
@@ -282,12 +293,12 @@ def read_lists(store: Store, lists: list[bytes], counts: list[Number]) -> list[l
     return reads
 
 
-def write_leases(part: Partition, args: Arguments, reads: Reads, reply: list[Any]) -> Number:
-    """Lease each new sub key (tokens from the partition's counter, a deadline, an owner
-    record) and append its part of the reply; returns the first token."""
+def write_leases(
+    part: Partition, args: Arguments, reads: Reads, reply: list[Any], first_token: Number
+) -> None:
+    """Lease each new sub key (consecutive tokens from ``first_token``, a deadline, an owner
+    record) and append its part of the reply."""
     store, subs, n = part.store, reads.subs, len(reads.subs)
-    # HINCRBY as the command does it (once per claim: its error cases are not repeated here).
-    first_token = lua_number(cmd_hincrby(store, [part.meta, b"token", b"%d" % n])) - n + 1
     # now_ms() + lease_ms as a double: the exact sum of two ints, rounded once, is what IEEE
     # addition gives. TIME's seconds * 1000 + micros // 1000 is the clock's micros // 1000.
     now = int(store.clock() * 1_000_000) // 1000
@@ -315,7 +326,6 @@ def write_leases(part: Partition, args: Arguments, reads: Reads, reply: list[Any
             reply += first
     zadd(store, part.leases, float(deadline), subs)
     hset(store, part.owners, zip(subs, [token + suffix for token in tokens], strict=True))
-    return first_token
 
 
 # --- the commands, on the containers -------------------------------------------------------------
