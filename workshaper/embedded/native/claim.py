@@ -37,9 +37,11 @@ from workshaper.embedded.native.numbers import (
 from workshaper.embedded.native.partition import (
     FIRST_EXTRA_KEY,
     Partition,
+    arg,
     bad_argument,
     call,
     key_error,
+    now_ms,
     script_error,
 )
 from workshaper.embedded.store import CommandError, Store, ZSet
@@ -124,7 +126,7 @@ class Arguments:
     def checked(cls, argv: list[bytes]) -> Arguments:
         """Every check of the script, in its order, for any arguments."""
         worker, request_id, raw_leases, raw_lease_ms, batch, max_attempts, mode, queue_prefix = (
-            _arg(argv, i) for i in range(8)
+            arg(argv, i) for i in range(8)
         )
         if not worker:  # nil or '' (the Lua tests both)
             raise bad_argument(SCRIPT, "worker id", worker)
@@ -155,11 +157,6 @@ class Arguments:
             queue_prefix,
             max(lua_number(int(batch)), 1),
         )
-
-
-def _arg(argv: list[bytes], i: int) -> Any:
-    """ARGV[i + 1], nil (None) past the end."""
-    return argv[i] if i < len(argv) else None
 
 
 # --- the script --------------------------------------------------------------------------------
@@ -300,8 +297,8 @@ def write_leases(
     record) and append its part of the reply."""
     store, subs, n = part.store, reads.subs, len(reads.subs)
     # now_ms() + lease_ms as a double: the exact sum of two ints, rounded once, is what IEEE
-    # addition gives. TIME's seconds * 1000 + micros // 1000 is the clock's micros // 1000.
-    now = int(store.clock() * 1_000_000) // 1000
+    # addition gives.
+    now = now_ms(store)
     deadline = format_d(lua_number(now + args.lease_ms))
     suffix = b"|-|" + args.batch + b"|" + args.max_attempts + b"|" + args.mode + b"|" + args.worker
     if type(first_token) is int:  # Lua's first_token + j - 1: exact below 2**53

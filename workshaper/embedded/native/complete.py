@@ -25,10 +25,12 @@ from workshaper.embedded.native.numbers import Number, format_d, to_long, tonumb
 from workshaper.embedded.native.partition import (
     FIRST_EXTRA_KEY,
     Partition,
+    arg,
     bad_argument,
     call,
     entry_offset,
     key_error,
+    now_ms,
     script_error,
     starts_with_field,
 )
@@ -63,11 +65,6 @@ def _compare_error(site: tuple[int, str, str]) -> CommandError:
 # --- arguments -------------------------------------------------------------------------------
 
 
-def _arg(argv: list[bytes], index: int) -> bytes | None:
-    """ARGV[index + 1]: nil past the end."""
-    return argv[index] if index < len(argv) else None
-
-
 def _bad_lease(i: int, what: str, value: bytes | None) -> CommandError:
     return bad_argument(_SCRIPT, f"{what} of lease {i}", value)
 
@@ -91,15 +88,15 @@ def _check_arguments(
 ) -> tuple[Number, Number, list[LeaseArgs]]:
     """(lease ms, batch, each lease's arguments), or the script's error for the first malformed
     argument."""
-    lease_ms = _whole_arg(_arg(argv, 0), 1)
+    lease_ms = _whole_arg(arg(argv, 0), 1)
     if lease_ms is None:
-        raise bad_argument(_SCRIPT, "lease ms", _arg(argv, 0))
-    batch = _whole_arg(_arg(argv, 1), 1)
+        raise bad_argument(_SCRIPT, "lease ms", arg(argv, 0))
+    batch = _whole_arg(arg(argv, 1), 1)
     if batch is None:
-        raise bad_argument(_SCRIPT, "batch", _arg(argv, 1))
-    n = _whole_arg(_arg(argv, 2), 0)
+        raise bad_argument(_SCRIPT, "batch", arg(argv, 1))
+    n = _whole_arg(arg(argv, 2), 0)
     if n is None:
-        raise bad_argument(_SCRIPT, "lease count", _arg(argv, 2))
+        raise bad_argument(_SCRIPT, "lease count", arg(argv, 2))
     leases: list[LeaseArgs] = []
     at = 3
     i = 1
@@ -138,16 +135,16 @@ def _well_formed_lease(keys: list[bytes], argv: list[bytes], at: int) -> LeaseAr
 def _check_lease(keys: list[bytes], argv: list[bytes], at: int, i: int) -> tuple[int, bytes]:
     """Check the arguments of lease ``i`` (starting at argv[at]): its offset count and the list
     its key index names."""
-    key_index, k = _whole_arg(_arg(argv, at), 1), _whole_arg(_arg(argv, at + 5), 0)
+    key_index, k = _whole_arg(arg(argv, at), 1), _whole_arg(arg(argv, at + 5), 0)
     if key_index is None or key_index > len(keys) - FIRST_EXTRA_KEY:
-        raise _bad_lease(i, "key index", _arg(argv, at))
+        raise _bad_lease(i, "key index", arg(argv, at))
     if at + 2 >= len(argv):
         raise _bad_lease(i, "sub key/token", None)
-    action = _arg(argv, at + 3)
+    action = arg(argv, at + 3)
     if action not in _ACTIONS:
         raise _bad_lease(i, "action", action)
     if k is None or at + 6 + k > len(argv):
-        raise _bad_lease(i, "offset count", _arg(argv, at + 5))
+        raise _bad_lease(i, "offset count", arg(argv, at + 5))
     count = int(k)
     for j in range(at + 6, at + 6 + count):
         if not argv[j].isdigit():  # '^%d+$': ASCII digits, at least one
@@ -176,8 +173,7 @@ def complete_items(store: Store, keys: list[bytes], argv: list[bytes]) -> list[R
             held.append(i)
             counts.append(k + (batch if run.continues(argv[at + 3]) else 1))
     reads = _read_lists(store, [leases[i][2] for i in held], counts)
-    # TIME as now_ms reads it: whole seconds * 1000 + microseconds // 1000.
-    now = int(store.clock() * 1_000_000) // 1000
+    now = now_ms(store)
     replies: list[Reply] = [[-1, 0] for _ in leases]  # fenced, unless held below
     for i, read in zip(held, reads, strict=True):
         replies[i] = run.lease(leases[i], read)

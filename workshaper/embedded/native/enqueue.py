@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import math
 
-from workshaper.embedded.native.numbers import Number, format_d, tonumber
+from workshaper.embedded.native.numbers import Number, tonumber
 from workshaper.embedded.native.partition import (
-    RANK_SCAN,
     Partition,
     call,
     entry_offset,
     key_error,
+    now_ms,
     script_error,
 )
 from workshaper.embedded.store import CommandError, Store, ZSet
@@ -410,35 +410,14 @@ class _General:
     def _at_rank(self, offset: Number) -> bytes | None:
         """``LINDEX accepted accepted_rank(offset, false)``: the first accepted offset not below
         it, or nil."""
-        accepted: list[bytes] = self.part.store.get(self.part.accepted, list) or []
-        rank = _accepted_rank(accepted, offset)
+        rank = self.part.accepted_rank(offset, False, SCRIPT)
+        accepted = self.part.list_at(self.part.accepted) or []
         return accepted[rank] if rank < len(accepted) else None
-
-
-def _accepted_rank(accepted: list[bytes], offset: Number) -> int:
-    """partition.lua's accepted_rank(offset, false): how many accepted offsets are below
-    ``offset`` (LPOS within RANK_SCAN entries, else a binary search). Partition.accepted_rank
-    with Lua's numbers: an entry that is no number fails the script, as its comparison does."""
-    try:
-        return accepted.index(format_d(offset), 0, RANK_SCAN)
-    except ValueError:
-        pass
-    lo, hi = 0, len(accepted)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        value = tonumber(accepted[mid])
-        if value is None:
-            raise script_error(ENQUEUE_SHA1, "attempt to compare nil with number")
-        if value < offset:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 def _record_clock(part: Partition, highest_offset: bytes) -> None:
     """partition.lua's record_clock: one sample per call and ms, score = the highest offset."""
-    sample = [highest_offset, b"%d" % _now_ms(part.store)]
+    sample = [highest_offset, b"%d" % now_ms(part.store)]
     if highest_offset.isdigit():
         _zadd_digits(part.store, part.clock, sample)
     else:  # ZADD parses (or refuses) the score
@@ -458,12 +437,6 @@ def _zadd_digits(store: Store, key: bytes, pairs: list[bytes]) -> None:
             added += 1
     if added and key in store.waiters:
         store.changed.notify_all()
-
-
-def _now_ms(store: Store) -> int:
-    """partition.lua's now_ms: the TIME command's seconds and microseconds, as ms."""
-    micros = int(store.clock() * 1_000_000)  # what TIME answers, in one number
-    return (micros // 1_000_000) * 1000 + (micros % 1_000_000) // 1000
 
 
 # --- the idempotency record ---------------------------------------------------------------------

@@ -29,6 +29,17 @@ def call(store: Store, name: bytes, *args: bytes) -> Any:
     return COMMANDS[name](store, list(args))
 
 
+def now_ms(store: Store) -> int:
+    """partition.lua's now_ms, as TIME answers it: seconds * 1000 + microseconds // 1000 of
+    the store's clock, which is its microseconds // 1000."""
+    return int(store.clock() * 1_000_000) // 1000
+
+
+def arg(argv: list[bytes], index: int) -> bytes | None:
+    """ARGV[index + 1]: nil (None) past the end."""
+    return argv[index] if index < len(argv) else None
+
+
 def bad_argument(script: str, what: str, value: Any) -> CommandError:
     """partition.lua's bad_argument: the error reply naming the script and the argument."""
     if value is None:
@@ -204,27 +215,6 @@ class Partition:
 
     def _kinds(self) -> dict[bytes, type]:
         return {getattr(self, name): kind for name, kind in self.KIND.items()}
-
-    def read_lists(self, script: str, lists: list[bytes], counts: list[int]) -> list[list[bytes]]:
-        """The first counts[i] entries of each list (LRANGE 0 counts[i]-1, which is also the
-        list's type check); raises the error naming the first list of the wrong type."""
-        reads: list[list[bytes]] = []
-        get = self.store.get
-        for key, count in zip(lists, counts, strict=True):
-            try:
-                value = get(key, list)
-            except CommandError as exc:
-                raise key_error(script, key, exc) from None
-            if value is None:
-                reads.append([])
-            else:  # count 0 is LRANGE 0 -1: the whole list
-                reads.append(value[:count] if count > 0 else list(value))
-        return reads
-
-    def now_ms(self) -> int:
-        """Server time in ms (TIME, as the scripts read it)."""
-        seconds, micros = call(self.store, b"TIME")
-        return int(seconds) * 1000 + int(micros) // 1000
 
     def accepted_rank(self, value: Number | None, inclusive: bool, script: str) -> int:
         """How many accepted offsets are below ``value`` (at most ``value`` with
