@@ -70,6 +70,10 @@ def test_paused_worker_is_fenced_off_and_cannot_complete(
         ) as producer:
             producer.enqueue_many(items)
             wait_for(lambda: events_for(tmp_path, 0, 1))
+            # Offset 0's completion travels to Redis on the worker's coordinator thread, while
+            # offset 1 already runs: pausing before it lands would make offset 0 a legitimate
+            # rerun. Its ack says it landed.
+            wait_for(lambda: any(a.offset == 0 for a in acks), timeout=30)
             os.kill(paused.pid, signal.SIGSTOP)  # past the lease: its sub key moves on
             f.start(handler=HANDLER, lease=1.0)
             assert producer.flush(timeout=60)
