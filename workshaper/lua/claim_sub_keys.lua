@@ -40,7 +40,7 @@ local batch, max_attempts, mode = ARGV[5], ARGV[6], ARGV[7]
 local queue_prefix = ARGV[8]
 local record_key = KEYS[FIRST_EXTRA_KEY]
 
--- Every argument is checked before the first write (the LPOP): nothing may fail after it (a lease past 2^41 ms, ~70 years, would fail SET ... PX).
+-- Every argument is checked before the first write (the token counter): nothing may fail after it (a lease past 2^41 ms, ~70 years, would fail SET ... PX).
 local function whole(value, least)
   local n = tonumber(value)
   return n and n == math.floor(n) and n >= least
@@ -90,12 +90,18 @@ end
 -- whose head item has attempts or a crash window (rare). Tokens are consecutive from the
 -- first. Cheap to write: formatting a number costs Lua a sprintf, so a claim formats one per
 -- lease (its key's length), not one per field.
-local function encode_record(ready_left, first_token, subs, attempts, exact)
+local function encode_record(ready_left, first_token, subs, nsubs, attempts, exact)
   local parts = {string.format('%d %d\n', ready_left, first_token)}
-  for j, sub in ipairs(subs) do parts[j + 1] = string.format('%d', #sub) .. ':' .. sub end
-  for j = 1, #subs do
-    if attempts[j] or exact[j] then
-      parts[#parts + 1] = string.format('\n%d %s %s', j, attempts[j] or '', exact[j] or '0')
+  for j = 1, nsubs do
+    local sub = subs[j]
+    parts[j + 1] = string.format('%d', #sub) .. ':' .. sub
+  end
+  -- A hash that was read has an entry (false if none) for every lease; else no lease has a line.
+  if attempts[1] ~= nil or exact[1] ~= nil then
+    for j = 1, nsubs do
+      if attempts[j] or exact[j] then
+        parts[#parts + 1] = string.format('\n%d %s %s', j, attempts[j] or '', exact[j] or '0')
+      end
     end
   end
   return table.concat(parts)
@@ -129,60 +135,71 @@ if previous then
   end
 end
 
--- Nothing may fail after the LPOP. Before it: the type of each key written below (see
+-- Nothing may fail after the first write (a failure after the LTRIM of `ready` would strand
+-- the sub keys it took). Before it: the type of each key written below (see
 -- wrong_type), and every read, the first batch of each list included: read with pcall, it is
 -- the type check of the list too, at no extra command.
 local err, size = wrong_type('claim_sub_keys',
   {K_READY, K_OWNERS, K_META, K_LEASES, K_ATTEMPTS, K_EXACT})
 if err then return err end
 local popped = redis.call('LRANGE', K_READY, 0, max_leases - 1)
+-- The tables of this call are filled through counters: `#t` is a search per append.
+local npopped, nsubs = #popped, 0
 local subs, attempts, exact, entries = {}, {}, {}, {}
-if #popped > 0 then
+if npopped > 0 then
   -- A sub key is in `ready` only when unleased; the check makes a double lease impossible.
   local owned = call_chunked('HMGET', K_OWNERS, popped)
-  for j, sub in ipairs(popped) do
-    if not owned[j] then subs[#subs + 1] = sub end
+  for j = 1, npopped do
+    if not owned[j] then
+      nsubs = nsubs + 1
+      subs[nsubs] = popped[j]
+    end
   end
   -- Most partitions have no retried head item and no crash window: an empty hash is not read.
-  if #subs > 0 and size[K_ATTEMPTS] > 0 then attempts = call_chunked('HMGET', K_ATTEMPTS, subs) end
-  if #subs > 0 and size[K_EXACT] > 0 then exact = call_chunked('HMGET', K_EXACT, subs) end
+  if nsubs > 0 and size[K_ATTEMPTS] > 0 then attempts = call_chunked('HMGET', K_ATTEMPTS, subs) end
+  if nsubs > 0 and size[K_EXACT] > 0 then exact = call_chunked('HMGET', K_EXACT, subs) end
   local lists, counts = {}, {}
-  for j, sub in ipairs(subs) do
-    lists[j] = queue_prefix .. sub
+  for j = 1, nsubs do
+    lists[j] = queue_prefix .. subs[j]
     counts[j] = first_read
-    if tonumber(exact[j] or '0') > 0 then counts[j] = 1 end
+    -- No window (exact not read, or nil in it) costs no tonumber.
+    if exact[j] and tonumber(exact[j]) > 0 then counts[j] = 1 end
   end
-  err, entries = read_lists('claim_sub_keys', lists, counts, #subs)
+  err, entries = read_lists('claim_sub_keys', lists, counts, nsubs)
   if err then return err end
 end
 
 -- The writes. The token counter first: a corrupt one fails HINCRBY before anything else.
-local reply = {size[K_READY] - #popped}
+local reply = {size[K_READY] - npopped}
 local first_token = 0
-if #subs > 0 then
-  first_token = tonumber(redis.call('HINCRBY', K_META, 'token', #subs)) - #subs + 1
+if nsubs > 0 then
+  first_token = tonumber(redis.call('HINCRBY', K_META, 'token', nsubs)) - nsubs + 1
 end
-if #popped > 0 then
-  redis.call('LPOP', K_READY, #popped)
+if npopped > 0 then
+  -- The LRANGE's entries leave `ready`: LTRIM, not LPOP, whose reply (the same entries again)
+  -- would be converted to a Lua table for nothing.
+  redis.call('LTRIM', K_READY, string.format('%d', npopped), '-1')
 end
-if #subs > 0 then
+if nsubs > 0 then
   -- Formatted once: a number argument would be formatted per element (as a float).
   local deadline = string.format('%d', now_ms() + lease_ms)
   local suffix = '|-|' .. batch .. '|' .. max_attempts .. '|' .. mode .. '|' .. worker
-  local deadlines, owners = {}, {}
-  for j, sub in ipairs(subs) do
+  local deadlines, owners, at = {}, {}, 1
+  for j = 1, nsubs do
+    local sub = subs[j]
     local token = string.format('%d', first_token + j - 1)
     deadlines[2 * j - 1], deadlines[2 * j] = deadline, sub
     owners[2 * j - 1], owners[2 * j] = sub, token .. suffix
     local first = entries[j]
-    local at = #reply
+    local count = #first
     reply[at + 1], reply[at + 2], reply[at + 3] = sub, token, attempts[j] or ''
-    reply[at + 4], reply[at + 5] = exact[j] or '0', #first
-    for i = 1, #first do reply[at + 5 + i] = first[i] end
+    reply[at + 4], reply[at + 5] = exact[j] or '0', count
+    for i = 1, count do reply[at + 5 + i] = first[i] end
+    at = at + 5 + count
   end
   call_chunked('ZADD', K_LEASES, deadlines, 2)
   call_chunked('HSET', K_OWNERS, owners, 2)
 end
 redis.call('SET', record_key, request_id .. '\n' .. encode_record(reply[1], first_token, subs,
-  attempts, exact), 'PX', math.max(lease_ms * 2, 60000))
+  nsubs, attempts, exact), 'PX', math.max(lease_ms * 2, 60000))
 return reply

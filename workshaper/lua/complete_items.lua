@@ -41,26 +41,28 @@ if not whole(lease_ms, 1) then return bad_argument('complete_items', 'lease ms',
 if not whole(batch, 1) then return bad_argument('complete_items', 'batch', ARGV[2]) end
 if not whole(n, 0) then return bad_argument('complete_items', 'lease count', ARGV[3]) end
 -- Where each lease's arguments start in ARGV; its fields are read from there when used (a
--- table per lease costs more than the reads). Names an argument of lease i in an error.
-local starts = {}
+-- table per lease costs more than the reads). Its list and offset count, checked here, are
+-- kept (converting them again costs a tonumber each). Names an argument of lease i in an error.
+local starts, list_of, count_of = {}, {}, {}
 local function bad_lease(i, what, value)
   return bad_argument('complete_items', what .. ' of lease ' .. string.format('%d', i), value)
 end
+local argc = #ARGV
 local a = 4
 for i = 1, n do
   local key_index, k, action = tonumber(ARGV[a]), tonumber(ARGV[a + 5]), ARGV[a + 3]
-  if not whole(key_index, 1) or not KEYS[FIRST_EXTRA_KEY + key_index - 1] then
-    return bad_lease(i, 'key index', ARGV[a])
-  end
+  local list_key = whole(key_index, 1) and KEYS[FIRST_EXTRA_KEY + key_index - 1]
+  if not list_key then return bad_lease(i, 'key index', ARGV[a]) end
   if not ARGV[a + 1] or not ARGV[a + 2] then return bad_lease(i, 'sub key/token', nil) end
   if action ~= 'k' and action ~= 'c' and action ~= 'y' and action ~= 'r' then
     return bad_lease(i, 'action', action)
   end
-  if not whole(k, 0) or a + 5 + k > #ARGV then return bad_lease(i, 'offset count', ARGV[a + 5]) end
+  if not whole(k, 0) or a + 5 + k > argc then return bad_lease(i, 'offset count', ARGV[a + 5]) end
   for j = a + 6, a + 5 + k do
-    if not string.match(ARGV[j], '^%d+$') then return bad_lease(i, 'offset', ARGV[j]) end
+    -- find, not match: the same test without making the matched string.
+    if not string.find(ARGV[j], '^%d+$') then return bad_lease(i, 'offset', ARGV[j]) end
   end
-  starts[i] = a
+  starts[i], list_of[i], count_of[i] = a, list_key, k
   a = a + 6 + k
 end
 
@@ -70,6 +72,7 @@ end
 local err, size = wrong_type('complete_items',
   {K_OWNERS, K_LEASES, K_READY, K_HEADS, K_LATE, K_ATTEMPTS, K_EXACT})
 if err then return err end
+local late_size, attempts_size = size[K_LATE], size[K_ATTEMPTS]
 
 -- The fencing check of every lease in one HMGET. Sound only if no sub key comes twice: a
 -- second completion of a sub key would be checked against what the first one changed.
@@ -89,47 +92,42 @@ local ready_len = size[K_READY]
 -- One read per held lease (the owner record starts with "<token>|", see parse_owner; the prefix
 -- is all the fencing check needs): the k entries the worker finished (checked against their
 -- offsets), then what follows them (the new head, or the next batch when it may continue).
-local held, lists, counts = {}, {}, {}
+-- The tables of this call are filled through counters: `#t` is a search per append.
+local held, lists, counts, nheld = {}, {}, {}, 0
 for i = 1, n do
-  local at = starts[i]
-  if owners[i] and starts_with_field(owners[i], ARGV[at + 2]) then
-    local action, take = ARGV[at + 3], 1
+  local owner = owners[i]
+  if owner and starts_with_field(owner, ARGV[starts[i] + 2]) then
+    local action, take = ARGV[starts[i] + 3], 1
     if action == 'c' or (action == 'y' and ready_len == 0) then take = batch end
-    held[#held + 1] = i
-    lists[#held] = KEYS[FIRST_EXTRA_KEY + tonumber(ARGV[at]) - 1]
-    counts[#held] = tonumber(ARGV[at + 5]) + take
+    nheld = nheld + 1
+    held[nheld], lists[nheld], counts[nheld] = i, list_of[i], count_of[i] + take
   end
 end
 local reads
-err, reads = read_lists('complete_items', lists, counts, #held)
+err, reads = read_lists('complete_items', lists, counts, nheld)
 if err then return err end
 
 local now = now_ms()
-local replies = {}
-for i = 1, n do replies[i] = {-1, 0} end  -- fenced, unless held below
+local replies = {}  -- per lease; a lease not held below is fenced: {-1, 0}, filled in at the end
 
 -- Writes to the partition's shared keys that only concern each lease's own member are
 -- collected and sent once per call after the loop (chunked, as every variadic call): a lease
 -- then costs its own list's commands only. Nothing in the loop reads these members again.
-local extends = {}   -- ZADD leases XX: deadline, sub
-local moved = {}     -- ZADD heads: new head offset, sub
-local emptied = {}   -- ZREM heads, HDEL exact: queue now empty
-local drained = {}   -- DEL: the lists of `emptied`
-local released = {}  -- HDEL owners, ZREM leases
-local cleared = {}   -- HDEL attempts: the head moved
-local late = {}      -- ZREM late: finished offsets, when any were accepted late
-local requeued = {}  -- RPUSH ready: released with items left
+local extends, nextends = {}, 0    -- ZADD leases XX: deadline, sub
+local moved, nmoved = {}, 0        -- ZADD heads: new head offset, sub
+local emptied, nemptied = {}, 0    -- ZREM heads, HDEL exact: queue now empty
+local drained = {}                 -- DEL: the lists of `emptied`
+local released, nreleased = {}, 0  -- HDEL owners, ZREM leases
+local cleared, ncleared = {}, 0    -- HDEL attempts: the head moved
+local late = {}                    -- ZREM late: finished offsets, when any were accepted late
+local requeued = {}                -- RPUSH ready: released with items left
 local deadline = string.format('%d', now + lease_ms)  -- formatted once, not per element
-local function extend(sub)
-  extends[#extends + 1] = deadline
-  extends[#extends + 1] = sub
-end
 
-for h = 1, #held do
+for h = 1, nheld do
   local i, list_key, read = held[h], lists[h], reads[h]
   local at = starts[i]
   local sub, action, exact_mode = ARGV[at + 1], ARGV[at + 3], ARGV[at + 4] == '1'
-  local k, first = tonumber(ARGV[at + 5]), at + 6
+  local k, first = count_of[i], at + 6
   local continues = false
   local take = 1  -- entries wanted past the finished ones: the new head at least
   if action ~= 'k' then
@@ -142,10 +140,11 @@ for h = 1, #held do
     finished = j
   end
   if finished > 0 then
-    if size[K_LATE] > 0 then
+    if late_size > 0 then
       for j = 1, finished do late[#late + 1] = ARGV[first + j - 1] end
     end
-    cleared[#cleared + 1] = sub
+    ncleared = ncleared + 1
+    cleared[ncleared] = sub
     if exact_mode then
       consume_exact(sub, finished)
       end_isolation(sub)  -- flagged again by its worker before the next item starts
@@ -155,39 +154,44 @@ for h = 1, #held do
     local head = read[finished + 1]
     if not head then
       -- The read holds the whole list (it asked for more than `finished`): it is empty now.
-      drained[#drained + 1] = list_key
-      emptied[#emptied + 1] = sub  -- a crash window ends with the items it was for
+      nemptied = nemptied + 1
+      drained[nemptied] = list_key
+      emptied[nemptied] = sub  -- a crash window ends with the items it was for
     else
       redis.call('LTRIM', list_key, finished, '-1')
       local head_offset = entry_offset(head)
       if head_offset then
-        moved[#moved + 1] = head_offset
-        moved[#moved + 1] = sub
+        moved[nmoved + 1], moved[nmoved + 2] = head_offset, sub
+        nmoved = nmoved + 2
       end
     end
   end
 
   if action == 'k' then
-    extend(sub)
+    extends[nextends + 1], extends[nextends + 2] = deadline, sub
+    nextends = nextends + 2
     replies[i] = {1, finished}
   else
     if exact_mode and continues and tonumber(redis.call('HGET', K_EXACT, sub) or '0') > 0 then
       take = 1
     end
-    local nexts = {}
-    for j = finished + 1, math.min(finished + take, #read) do nexts[#nexts + 1] = read[j] end
-    if continues and nexts[1] then
-      extend(sub)
+    -- What follows the finished entries: read[finished + 1 .. finished + take] (take >= 1).
+    if continues and read[finished + 1] then
+      extends[nextends + 1], extends[nextends + 2] = deadline, sub
+      nextends = nextends + 2
       local attempts = ''
-      if finished == 0 and size[K_ATTEMPTS] > 0 then
+      if finished == 0 and attempts_size > 0 then
         attempts = redis.call('HGET', K_ATTEMPTS, sub) or ''
       end
       local reply = {1, finished, attempts}
-      for j = 1, #nexts do reply[j + 3] = nexts[j] end
+      for j = finished + 1, math.min(finished + take, #read) do
+        reply[j - finished + 3] = read[j]
+      end
       replies[i] = reply
     else
-      released[#released + 1] = sub
-      if nexts[1] then
+      nreleased = nreleased + 1
+      released[nreleased] = sub
+      if read[finished + 1] then
         requeued[#requeued + 1] = sub
         ready_len = ready_len + 1
         replies[i] = {2, finished, 1}
@@ -197,12 +201,15 @@ for h = 1, #held do
     end
   end
 end
+for i = 1, n do
+  if not replies[i] then replies[i] = {-1, 0} end  -- fenced: nothing written
+end
 
 -- Empty hashes are not written: HDEL of fields that cannot be there is a command per call.
-for s = 1, #drained, VARIADIC_CHUNK do
-  redis.call('DEL', unpack(drained, s, math.min(s + VARIADIC_CHUNK - 1, #drained)))
+for s = 1, nemptied, VARIADIC_CHUNK do
+  redis.call('DEL', unpack(drained, s, math.min(s + VARIADIC_CHUNK - 1, nemptied)))
 end
-if size[K_ATTEMPTS] > 0 then call_chunked('HDEL', K_ATTEMPTS, cleared) end
+if attempts_size > 0 then call_chunked('HDEL', K_ATTEMPTS, cleared) end
 call_chunked('ZREM', K_LATE, late)
 call_chunked('ZREM', K_HEADS, emptied)
 if size[K_EXACT] > 0 then call_chunked('HDEL', K_EXACT, emptied) end
@@ -210,11 +217,11 @@ call_chunked('ZADD', K_HEADS, moved, 2)
 call_chunked('HDEL', K_OWNERS, released)
 call_chunked('ZREM', K_LEASES, released)
 call_chunked('RPUSH', K_READY, requeued)
-if #extends > 0 then
+if nextends > 0 then
   -- XX: never re-create a lease; `released` and `extends` name different sub keys.
-  for s = 1, #extends, 2 * VARIADIC_CHUNK do
+  for s = 1, nextends, 2 * VARIADIC_CHUNK do
     redis.call('ZADD', K_LEASES, 'XX',
-      unpack(extends, s, math.min(s + 2 * VARIADIC_CHUNK - 1, #extends)))
+      unpack(extends, s, math.min(s + 2 * VARIADIC_CHUNK - 1, nextends)))
   end
 end
 return replies

@@ -47,7 +47,7 @@ from workshaper.embedded.native.partition import (
 from workshaper.embedded.store import CommandError, Store, ZSet
 
 #: The SHA1 of the .lua source (with its includes) this module transcribes.
-CLAIM_SHA1 = "b6b89b5a5768972b17d65277c796df77b497ecbc"
+CLAIM_SHA1 = "8db0c600f204a3922dc78fba1d7dac7ce94c3f7c"
 
 SCRIPT = "claim_sub_keys"
 #: The script's bound on lease ms (2^41, ~70 years): past it SET ... PX would fail after the
@@ -57,7 +57,7 @@ _MODES = frozenset({b"d", b"b"})  # on exhausted: dead-letter or block
 
 #: Where the Lua fails at run time: its lines as the embedded runtime names them (the source
 #: without its shebang line).
-_LINE_TOKEN, _LINE_SUB, _LINE_NEWLINE, _LINE_WINDOW = 420, 424, 433, 459
+_LINE_TOKEN, _LINE_SUB, _LINE_NEWLINE, _LINE_WINDOW = 439, 443, 452, 485
 
 #: redis.call with a nil argument (KEYS[13] missing): the embedded runtime's error.
 NIL_ARGUMENT = "ERR Lua redis lib command arguments must be strings or integers"
@@ -188,7 +188,7 @@ def claim_sub_keys(store: Store, keys: list[bytes], argv: list[bytes]) -> list[A
         n = len(reads.subs)
         first_token = lua_number(cmd_hincrby(store, [part.meta, b"token", b"%d" % n])) - n + 1
     if reads.popped:
-        lpop(store, part.ready, len(reads.popped))
+        ltrim_head(store, part.ready, len(reads.popped))
     if reads.subs:
         write_leases(part, args, reads, reply, first_token)
     record = args.request_id + b"\n" + encode_record(reply[0], first_token, reads)
@@ -225,7 +225,7 @@ def wrong_type(part: Partition) -> tuple[int, int, int]:
 class Reads:
     """What a claim reads before its first write (the Lua's locals of the same names)."""
 
-    popped: list[bytes]  # the head of `ready`: what the LPOP takes
+    popped: list[bytes]  # the head of `ready`: what the LTRIM takes off
     subs: list[bytes]  # those not leased already: the new leases
     attempts: list[bytes | None]  # per lease: HMGET of `attempts` (all nil when it is empty)
     exact: list[bytes | None]  # per lease: HMGET of `exact` (all nil when it is empty)
@@ -344,8 +344,8 @@ def hmget(store: Store, key: bytes) -> Any:
     return (value or {}).get
 
 
-def lpop(store: Store, key: bytes, count: int) -> None:
-    """``LPOP key count``: a list left empty is deleted."""
+def ltrim_head(store: Store, key: bytes, count: int) -> None:
+    """``LTRIM key <count> -1``: the first ``count`` entries go; a list left empty is deleted."""
     value: list[bytes] | None = store.get(key, list)
     if value is None:
         return

@@ -7,8 +7,8 @@ from workshaper.embedded.native.partition import Partition, call, script_error
 from workshaper.embedded.store import Store
 
 #: The SHA1 of the .lua sources (with their includes) these functions transcribe.
-OFFER_SHA1 = "dd5279351f16902deb171aa19fd05e1c53917a61"
-COMMIT_SHA1 = "36a23aedb7617bb550f1232f13cf3e827689c236"
+OFFER_SHA1 = "6942c2565afce19ea6f4da444cd3e648e5ab876d"
+COMMIT_SHA1 = "b8e084393993ca986ee0c408986a673ee064c902"
 
 
 def offer_watermark(store: Store, keys: list[bytes], argv: list[bytes]) -> list[bytes | int]:

@@ -1,5 +1,12 @@
 -- Shared by every per-partition script. KEYS[1..12] are the partition's fixed keys, in the
 -- order of keys.PARTITION_KEY_NAMES; script-specific keys start at KEYS[13].
+
+-- The globals the scripts use, read once per call: a global is a table lookup at each use, and
+-- the hot scripts use them per lease and item. (Call sites keep the form redis.call('CMD', ...):
+-- access.py reads the commands from it.)
+local redis, string, math, table = redis, string, math, table
+local tonumber, tostring, type, unpack, ipairs = tonumber, tostring, type, unpack, ipairs
+local KEYS, ARGV = KEYS, ARGV
 local K_META, K_ACCEPTED, K_HEADS, K_LATE = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_READY, K_LEASES, K_OWNERS, K_ATTEMPTS = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local K_EXACT, K_BLOCKED, K_DEAD, K_CLOCK = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
@@ -16,6 +23,12 @@ local VARIADIC_CHUNK = 1000
 local function call_chunked(command, key, values, width, first, last)
   first, last = first or 1, last or #values
   local step = VARIADIC_CHUNK * (width or 1)
+  if first <= last and last - first < step then
+    -- One chunk, as nearly every call: its reply is returned as it is, not copied.
+    local reply = redis.call(command, key, unpack(values, first, last))
+    if type(reply) == 'table' then return reply end
+    return {}
+  end
   local replies = {}
   for s = first, last, step do
     local reply = redis.call(command, key, unpack(values, s, math.min(s + step - 1, last)))
