@@ -83,9 +83,14 @@ _CALL = re.compile(r"""(?:redis\.p?call|call_chunked)\(\s*['"]([A-Za-z]+)['"]"""
 DYNAMIC_CALL = re.compile(r"""redis\.p?call\(\s*[^'"\s]""")
 
 
+#: A Lua comment, to the end of its line (no script has "--" inside a string literal).
+_COMMENT = re.compile(r"--[^\n]*")
+
+
 def script_commands(name: str) -> set[str]:
-    """The commands the script ``name`` (with its includes) may call, lower case."""
-    return {c.lower() for c in _CALL.findall(load_script(name).source)}
+    """The commands the script ``name`` (with its includes) may call, lower case; a call
+    written in a comment (an example) is none."""
+    return {c.lower() for c in _CALL.findall(_COMMENT.sub("", load_script(name).source))}
 
 
 def role_commands(role: str) -> list[str]:
