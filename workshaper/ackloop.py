@@ -8,10 +8,19 @@ offered again later (with a growing pause, so a broken ack does not spin or floo
 After each commit the optional ``recorded`` callback gets the watermark now recorded in Redis.
 A partition whose offers keep finding nothing new (slow work, a blocked sub key) is checked
 less often, down to every 100 ms, until its watermark moves again.
+
+Polling alone puts up to ``interval`` (and a quiet partition's back-off) between an item's end
+and its ack. So the loop also hears of finished items: on the embedded backend the server rings
+it in process; on a Redis server or Sentinel, workers publish the partitions each round trip
+finished on the namespace's channel (keys.py, ``finished``) and a listener thread of this loop
+subscribes. A partition heard of is offered at once, without the back-off (ticks made that
+way start at least 5 ms apart: each offer is a script Redis runs). A message missed (a
+reconnect, an ACL without the channel) only means the poll finds it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -38,6 +47,13 @@ QUIET_CHECKS, MAX_QUIET_INTERVAL = 4, 0.1
 REDIS_RETRY_DELAY = 0.5
 #: How long stop() keeps retrying to record watermarks ``ack`` accepted (Redis unreachable).
 STOP_COMMIT_TIMEOUT = 5.0
+#: The finished-items listener: longest block in one read (bounds how fast it notices a stop
+#: when the wake-up publish of stop() fails), and its pauses while Redis is unreachable.
+LISTEN_BLOCK_SECONDS = 1.0
+LISTEN_RETRY_MIN, LISTEN_RETRY_MAX = 0.05, 2.0
+#: Least time between the starts of two ticks when the second is made by partitions heard of
+#: from Redis (at most 200 such ticks a second, as the default ``ack_interval`` polls).
+RING_TICK_GAP = 0.005
 
 
 def _backoff(interval: float, doublings: int, longest: float) -> float:
@@ -84,6 +100,14 @@ class AckLoop:
         #: (a completion may move the watermark; the server rings in-process, see batch.py).
         self._first_keys: dict[bytes, int] = {}
         self._rung: set[int] = set()
+        #: In process, a ring costs no round trip: the loop ticks again at once. Rings heard
+        #: from Redis wait for the rest of ``interval`` since the last tick started.
+        self._rings_in_process = backend.server is not None
+        self._listener: threading.Thread | None = None
+        if backend.server is None and not backend.cluster:
+            self._listener = threading.Thread(
+                target=self._listen, name="workshaper-ack-listener", daemon=True
+            )
         if backend.server is not None:
             backend.server.listen(self._on_finished)
         self._stopping = False
@@ -95,6 +119,8 @@ class AckLoop:
 
     def start(self) -> None:
         self._thread.start()
+        if self._listener is not None:
+            self._listener.start()
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop the loop. A watermark ``ack`` accepted but not yet recorded in Redis (Redis
@@ -109,6 +135,7 @@ class AckLoop:
             self._changed.notify_all()
         if self._thread.is_alive():
             self._thread.join(wait + REDIS_RETRY_DELAY)
+        self._stop_listener()
         unrecorded = self.unrecorded()
         if unrecorded:
             log.warning(
@@ -135,7 +162,7 @@ class AckLoop:
         with self._changed:
             old = self._targets.get(partition, -1)
             if offset > old:
-                if partition not in self._targets and self._backend.server is not None:
+                if partition not in self._targets:
                     self._first_keys[self._keys.partition(partition).fixed[0]] = partition
                 self._targets[partition] = offset
                 # Wake the loop only if the partition was caught up (the loop may be idle);
@@ -145,7 +172,8 @@ class AckLoop:
                     self._changed.notify_all()
 
     def _on_finished(self, first_keys: list[bytes]) -> None:
-        """Embedded backend, any thread: items of these partitions (by first key) finished."""
+        """Any thread: items of these partitions (by first key) finished (the embedded
+        server's ring, or a worker's message heard by the listener)."""
         with self._changed:
             rung = {self._first_keys[k] for k in first_keys if k in self._first_keys}
             if rung:
@@ -221,6 +249,7 @@ class AckLoop:
                 self._record_delivered()
                 self._link.close()
                 return
+            started = time.monotonic()
             try:
                 self._tick(due)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -232,7 +261,7 @@ class AckLoop:
                 log.exception("ack loop: unexpected error; retrying")
                 self._sleep(REDIS_RETRY_DELAY)
                 continue
-            self._sleep(self._interval)
+            self._pause_after_tick(started)
 
     def _quiet_check(self, partition: int) -> None:
         """An offer found nothing new: after a few such checks, look less often (an idle or
@@ -247,6 +276,66 @@ class AckLoop:
         with self._changed:
             if not self._stopping and not self._rung:
                 self._changed.wait(seconds)
+
+    def _pause_after_tick(self, started: float) -> None:
+        """Wait until ``interval`` after the tick's start, or for a ring, but let ticks made
+        by rings heard from Redis start at least RING_TICK_GAP apart: workers announce every
+        round trip, and a tick per announcement would be an offer script per partition per
+        round trip. In process a ring ends the pause at once (an offer costs no round trip)."""
+        until = started + self._interval
+        rings_from = started if self._rings_in_process else started + RING_TICK_GAP
+        with self._changed:
+            while not self._stopping:
+                now = time.monotonic()
+                if now >= until or (self._rung and now >= rings_from):
+                    return
+                self._changed.wait((max(rings_from, now) if self._rung else until) - now)
+
+    # --- hearing of finished items (Redis server or Sentinel) ---------------------------------
+
+    def _listen(self) -> None:
+        """The listener thread: subscribe to the namespace's finished channel and ring the
+        loop for each partition heard of, until stopped; resubscribe after a lost connection
+        (then ring every partition: messages may have been missed meanwhile)."""
+        pause = LISTEN_RETRY_MIN
+        channel = self._keys.finished_channel
+        while not self._stopping:
+            pubsub = self._backend.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(channel)
+                if pause > LISTEN_RETRY_MIN:  # back after a lost connection
+                    with self._changed:
+                        self._on_finished(list(self._first_keys))
+                pause = LISTEN_RETRY_MIN
+                while not self._stopping:
+                    message = pubsub.get_message(timeout=LISTEN_BLOCK_SECONDS)
+                    if message is not None and message["type"] == "message" and message["data"]:
+                        self._on_finished(message["data"].split(b"\n"))
+            except redis.exceptions.NoPermissionError as exc:
+                log.warning(
+                    "ack loop: cannot subscribe to %r (%s); watermarks are offered every"
+                    " ack_interval instead (docs/security.md lists the channel)",
+                    channel.decode(),
+                    exc,
+                )
+                return
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                log.debug("ack loop listener: Redis unreachable (%s); retrying", exc)
+                with self._changed:
+                    if not self._stopping:
+                        self._changed.wait(pause)
+                pause = min(pause * 2, LISTEN_RETRY_MAX)
+            finally:
+                pubsub.close()
+
+    def _stop_listener(self) -> None:
+        """End the listener (stop() set ``_stopping``): a message on its channel wakes it at
+        once; if that publish fails it ends after its read's timeout."""
+        if self._listener is None or not self._listener.is_alive():
+            return
+        with contextlib.suppress(redis.RedisError, OSError):
+            self._backend.client.publish(self._keys.finished_channel, b"")
+        self._listener.join(LISTEN_BLOCK_SECONDS + 1.0)
 
     def _tick(self, partitions: list[int]) -> None:
         batch = self._link.batch()

@@ -108,8 +108,10 @@ class Batch:
         self._backend = backend
         self._link = link
         self._commands: list[tuple[tuple[Any, ...], Reply[Any]]] = []
-        #: Embedded backend: the first key of each script here that may move a watermark.
+        #: The first key of each script here that may move a watermark (embedded backend, or
+        #: a batch that announces them: see ``announce_finished``).
         self._finishing: list[bytes] = []
+        self._announce_to: bytes | None = None
 
     def __len__(self) -> int:
         return len(self._commands)
@@ -131,10 +133,26 @@ class Batch:
         """``read_only``: EVALSHA_RO, which a read-only ACL user (``%R~`` keys) may run; the
         script must not write. (Embedded backends get EVALSHA: fakeredis has none; no ACLs.)"""
         command = "EVALSHA_RO" if read_only and not self._backend.embedded else "EVALSHA"
-        if name in FINISHING_SCRIPTS and self._backend.server is not None:
+        if name in FINISHING_SCRIPTS and (
+            self._backend.server is not None or self._announce_to is not None
+        ):
             self._finishing.append(keys[0])
         sha = load_script(name).for_backend(self._backend)[1]
         return self.command(command, sha, len(keys), *keys, *args, parse=parse)
+
+    def announce_finished(self, channel: bytes) -> None:
+        """Publish on ``channel``, in this batch's round trip, the first keys of the
+        partitions whose items its scripts may have finished (call before adding them), so
+        ack loops that subscribe offer those watermarks at once instead of polling. A
+        publish that fails (an ACL without the channel) is ignored: they poll then."""
+        self._announce_to = channel
+
+    def _announcement(self) -> tuple[Any, ...] | None:
+        if self._announce_to is None or not self._finishing:
+            return None
+        first_keys = list(dict.fromkeys(self._finishing))  # each partition once, in order
+        self._finishing = []
+        return ("PUBLISH", self._announce_to, b"\n".join(first_keys))
 
     def execute(self) -> None:
         """Send everything; every Reply gets its raw answer (or its own error).
@@ -145,8 +163,14 @@ class Batch:
         """
         if not self._commands:
             return
-        results = self._send([args for args, _ in self._commands])
+        commands = [args for args, _ in self._commands]
+        announcement = self._announcement()
+        if announcement is not None:
+            commands.append(announcement)
+        results = self._send(commands)
         _raise_if_transient(results)
+        if announcement is not None:
+            results.pop()  # the publish's own reply: subscribers count, or an ACL refusal
         missing = [
             i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)
         ]

@@ -40,6 +40,10 @@ Per namespace ``ws:{ns}:``
     reaper_term STRING counter of reaper terms (fencing: a term is never reused)
     kafka       HASH  group: the Kafka consumer group whose bridges feed the namespace (one
                       namespace per group: its dedupe state is that group's)
+    finished    pub/sub CHANNEL (not a key): a worker publishes the first keys of the
+                      partitions whose items its round trip finished; producers' ack loops
+                      subscribe, to offer those watermarks at once instead of at their next
+                      poll. Single server and Sentinel only (a cluster's ack loops poll).
 """
 
 from __future__ import annotations
@@ -195,6 +199,11 @@ class NamespaceKeys:
         return self._key("partitions")
 
     @property
+    def finished_channel(self) -> bytes:
+        """The pub/sub channel of finished items (see the module's doc)."""
+        return self._key("finished")
+
+    @property
     def workers(self) -> bytes:
         return self._key("workers")
 
@@ -242,3 +251,8 @@ def namespace_key_patterns(namespace: str) -> tuple[str, str]:
     key of a namespace "a:b" or "ab"."""
     ns = _glob_escape(namespace)
     return (f"{PREFIX}:{{{ns}}}:*", f"{PREFIX}:{{{ns}:*")
+
+
+def finished_channel_pattern(namespace: str) -> str:
+    """The ACL pattern of ``namespace``'s finished channel (that channel only)."""
+    return f"{PREFIX}:{{{_glob_escape(namespace)}}}:finished"
