@@ -175,9 +175,10 @@ class AckLoop:
         """Any thread: items of these partitions (by first key) finished (the embedded
         server's ring, or a worker's message heard by the listener)."""
         with self._changed:
-            rung = {self._first_keys[k] for k in first_keys if k in self._first_keys}
-            if rung:
-                self._rung |= rung
+            new = {self._first_keys[k] for k in first_keys if k in self._first_keys}
+            new -= self._rung  # already rung: the loop was woken for it and has not looked yet
+            if new:
+                self._rung |= new
                 self._changed.notify_all()
 
     def caught_up(self) -> bool:
