@@ -95,16 +95,35 @@ end
 -- Queues that were empty get their first entry as head; they become runnable unless leased (a
 -- leased sub key is picked up by its holder; a blocked one keeps its head item, so its queue is
 -- never empty). One ZADD, HMGET and RPUSH for all of them, each through call_chunked (no HMGET
--- while nothing is leased).
-local function register_new_heads(new_heads, new_subs)
-  call_chunked('ZADD', K_HEADS, new_heads, 2)
-  local owners = {}
-  if size[K_OWNERS] > 0 then owners = call_chunked('HMGET', K_OWNERS, new_subs) end
-  local runnable = {}
-  for j = 1, #new_subs do
-    if not owners[j] then runnable[#runnable + 1] = new_subs[j] end
+-- while nothing is leased). The tables grow through counters (`#t` is a search per append,
+-- per sub key here); an entry without an offset adds no score, as `t[#t + 1] = nil` adds none.
+local new_heads, new_subs, nheads, nsubs = {}, {}, 0, 0
+local function new_head(entry, sub)
+  local offset = entry_offset(entry)
+  if offset then
+    nheads = nheads + 1
+    new_heads[nheads] = offset
   end
-  call_chunked('RPUSH', K_READY, runnable)
+  if sub then
+    nheads = nheads + 1
+    new_heads[nheads] = sub
+    nsubs = nsubs + 1
+    new_subs[nsubs] = sub
+  end
+end
+
+local function register_new_heads()
+  call_chunked('ZADD', K_HEADS, new_heads, 2, 1, nheads)
+  local owners = {}
+  if size[K_OWNERS] > 0 then owners = call_chunked('HMGET', K_OWNERS, new_subs, 1, 1, nsubs) end
+  local runnable, nrunnable = {}, 0
+  for j = 1, nsubs do
+    if not owners[j] then
+      nrunnable = nrunnable + 1
+      runnable[nrunnable] = new_subs[j]
+    end
+  end
+  call_chunked('RPUSH', K_READY, runnable, 1, 1, nrunnable)
 end
 
 local function fast_path_applies()
@@ -120,17 +139,19 @@ end
 
 if n > 0 and fast_path_applies() then
   rpush_range(K_ACCEPTED, OFFSETS + 1, OFFSETS + n)
-  local new_heads, new_subs = {}, {}
   for j = 1, groups do
-    local count = tonumber(ARGV[group_first[j] - 1])
-    local len = rpush_range(KEYS[FIRST_EXTRA_KEY + j - 1], group_first[j], group_first[j] + count - 1)
-    if len == count then
-      new_heads[#new_heads + 1] = entry_offset(ARGV[group_first[j]])
-      new_heads[#new_heads + 1] = group_sub[j]
-      new_subs[#new_subs + 1] = group_sub[j]
+    local first = group_first[j]
+    local count = tonumber(ARGV[first - 1])
+    local len
+    if count == 1 then
+      -- One entry (one sub key per item): its RPUSH without rpush_range's loop and unpack.
+      len = redis.call('RPUSH', KEYS[FIRST_EXTRA_KEY + j - 1], ARGV[first])
+    else
+      len = rpush_range(KEYS[FIRST_EXTRA_KEY + j - 1], first, first + count - 1)
     end
+    if len == count then new_head(ARGV[first], group_sub[j]) end
   end
-  register_new_heads(new_heads, new_subs)
+  register_new_heads()
   redis.call('HSET', K_META, 'max', ARGV[OFFSETS + n], 'request', request .. '|n' .. n)
   record_clock(ARGV[OFFSETS + n])
   return n
@@ -208,7 +229,6 @@ for i = 1, n do
 end
 append_fresh()
 
-local new_heads, new_subs = {}, {}
 for j = 1, groups do
   local entries = taken[j]
   if entries then
@@ -217,17 +237,13 @@ for j = 1, groups do
       len = redis.call('RPUSH', KEYS[FIRST_EXTRA_KEY + j - 1],
         unpack(entries, s, math.min(s + CHUNK - 1, #entries)))
     end
-    if len == #entries then
-      new_heads[#new_heads + 1] = entry_offset(entries[1])
-      new_heads[#new_heads + 1] = group_sub[j]
-      new_subs[#new_subs + 1] = group_sub[j]
-    end
+    if len == #entries then new_head(entries[1], group_sub[j]) end
   end
 end
-register_new_heads(new_heads, new_subs)
+register_new_heads()
 if highest_s and highest_s ~= meta[3] then
   redis.call('HSET', K_META, 'max', highest_s)
 end
 redis.call('HSET', K_META, 'request', request .. '|' .. table.concat(statuses))
-if highest_s and (#new_subs > 0 or highest_s ~= meta[3]) then record_clock(highest_s) end
+if highest_s and (nsubs > 0 or highest_s ~= meta[3]) then record_clock(highest_s) end
 return statuses

@@ -29,7 +29,7 @@ from workshaper.embedded.native.partition import (
 from workshaper.embedded.store import CommandError, Store, ZSet
 
 #: The SHA1 of enqueue_items.lua (with its include) this module transcribes.
-ENQUEUE_SHA1 = "e0d55b7528ff62d9f7031a8fb67b194c043c8cc1"
+ENQUEUE_SHA1 = "92d6c1e242772d9ba50d7c289367201f89fab5f3"
 
 SCRIPT = "enqueue_items"
 ACCEPTED, DUPLICATE, ACKED, FULL, BEING_ACKED, LOST_WRITES = range(6)
