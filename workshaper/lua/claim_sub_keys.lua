@@ -158,15 +158,22 @@ if npopped > 0 then
   -- Most partitions have no retried head item and no crash window: an empty hash is not read.
   if nsubs > 0 and size[K_ATTEMPTS] > 0 then attempts = call_chunked('HMGET', K_ATTEMPTS, subs) end
   if nsubs > 0 and size[K_EXACT] > 0 then exact = call_chunked('HMGET', K_EXACT, subs) end
-  local lists, counts = {}, {}
-  for j = 1, nsubs do
-    lists[j] = queue_prefix .. subs[j]
-    counts[j] = first_read
-    -- No window (exact not read, or nil in it) costs no tonumber.
-    if exact[j] and tonumber(exact[j]) > 0 then counts[j] = 1 end
+  -- The first batch of each list: its first entry while its crash window is open, else
+  -- `batch` entries. Every window is looked at before the first read (a corrupt one fails the
+  -- call first), and only when `exact` was read.
+  local batch_stop, stops = string.format('%d', first_read - 1), {}
+  if exact[1] ~= nil then
+    for j = 1, nsubs do
+      if exact[j] and tonumber(exact[j]) > 0 then stops[j] = '0' end
+    end
   end
-  err, entries = read_lists('claim_sub_keys', lists, counts, nsubs)
-  if err then return err end
+  -- As read_lists, without its tables: with pcall, each read is its list's type check too.
+  for j = 1, nsubs do
+    local list = queue_prefix .. subs[j]
+    local read = redis.pcall('LRANGE', list, '0', stops[j] or batch_stop)
+    if read.err then return key_error('claim_sub_keys', list, read) end
+    entries[j] = read
+  end
 end
 
 -- The writes. The token counter first: a corrupt one fails HINCRBY before anything else.

@@ -47,7 +47,7 @@ from workshaper.embedded.native.partition import (
 from workshaper.embedded.store import CommandError, Store, ZSet
 
 #: The SHA1 of the .lua source (with its includes) this module transcribes.
-CLAIM_SHA1 = "8db0c600f204a3922dc78fba1d7dac7ce94c3f7c"
+CLAIM_SHA1 = "554f0ff9ad9acb8785f55958f6e06c3ff00facba"
 
 SCRIPT = "claim_sub_keys"
 #: The script's bound on lease ms (2^41, ~70 years): past it SET ... PX would fail after the
@@ -57,7 +57,7 @@ _MODES = frozenset({b"d", b"b"})  # on exhausted: dead-letter or block
 
 #: Where the Lua fails at run time: its lines as the embedded runtime names them (the source
 #: without its shebang line).
-_LINE_TOKEN, _LINE_SUB, _LINE_NEWLINE, _LINE_WINDOW = 439, 443, 452, 485
+_LINE_TOKEN, _LINE_SUB, _LINE_NEWLINE, _LINE_WINDOW = 439, 443, 452, 486
 
 #: redis.call with a nil argument (KEYS[13] missing): the embedded runtime's error.
 NIL_ARGUMENT = "ERR Lua redis lib command arguments must be strings or integers"
@@ -274,8 +274,9 @@ def _read_count(first_read: Number, window: bytes | None) -> Number:
 
 
 def read_lists(store: Store, lists: list[bytes], counts: list[Number]) -> list[list[bytes]]:
-    """partition.lua's read_lists: ``LRANGE list 0 <'%d' of count - 1>`` of each list with
-    pcall, so a list of the wrong type fails the call naming it, before any write."""
+    """The claim's reads of the first batches (as partition.lua's read_lists):
+    ``LRANGE list 0 <'%d' of count - 1>`` of each list with pcall, so a list of the wrong type
+    fails the call naming it, before any write."""
     reads: list[list[bytes]] = []
     get = store.get
     for key, count in zip(lists, counts, strict=True):

@@ -38,14 +38,14 @@ from workshaper.embedded.protocol import span
 from workshaper.embedded.store import CommandError, Store, ZSet
 
 #: The SHA1 of the .lua source (with its includes) this module transcribes.
-COMPLETE_SHA1 = "e49ec260d281205e0e2da1dbcf9295a6174fd751"
+COMPLETE_SHA1 = "41232f0efe6b4bbe212cc0bf48c817781cedd851"
 _SCRIPT = "complete_items"
 
 #: Where a corrupt single-step count fails a comparison in the script: (line, as the runtime
 #: names it (the source without its shebang), the operand types Lua names). consume_exact's
 #: ``left <= 0``, and the take-one check's ``... > 0`` (which Lua runs as ``0 < ...``).
 _CONSUME = (281, "nil", "number")
-_TAKE_ONE = (494, "number", "nil")
+_TAKE_ONE = (498, "number", "nil")
 
 _ACTIONS = frozenset({b"k", b"c", b"y", b"r"})
 
