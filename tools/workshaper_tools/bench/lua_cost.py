@@ -1,0 +1,155 @@
+"""Redis's time in the hot scripts per item at one sub key per item, script by script, for the
+scripts of several git revisions in one run (``python -m workshaper_tools.bench.lua_cost``).
+
+    REV ...        git revisions whose workshaper/lua to run ("WT": the working tree's files)
+    --rounds N     rounds (default 15); each round runs every revision in turn, so the
+                   machine's noise falls on all of them alike
+
+A round, per revision, on a private redis-server: a new partition, 2,000 one-item sub keys
+enqueued in two calls of 1,000 (as enqueue_many), then claims of 36 leases (batch 100), each
+followed by the completion of those leases (action "c", one offset each), until none is left.
+The scripts are called directly (EVALSHA), nothing else runs on the server. Prints per script
+the microseconds per call and per item from SLOWLOG (threshold 0: each call's own duration on
+the server), and how much of it the commands inside the script took (INFO commandstats); the
+rest is Lua and the crossings between Lua and Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from workshaper.keys import PartitionKeys
+from workshaper_tools.bench.common import private_redis
+
+ROOT = Path(__file__).resolve().parents[3]
+SCRIPTS = ("enqueue_items", "claim_sub_keys", "complete_items")
+ITEMS, ENQUEUE_BATCH, LEASES, BATCH, LEASE_MS = 2000, 1000, 36, 100, 30000
+_INCLUDE = re.compile(r"^--@include (\S+)$", re.MULTILINE)
+
+
+def script_source(rev: str, name: str) -> str:
+    """The script ``name`` of revision ``rev`` with its includes, as lua_scripts loads it."""
+
+    def read(path: str) -> str:
+        if rev == "WT":
+            return (ROOT / "workshaper" / "lua" / path).read_text(encoding="utf-8")
+        return subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{rev}:workshaper/lua/{path}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+
+    return _INCLUDE.sub(lambda m: read(f"includes/{m.group(1)}"), read(f"{name}.lua"))
+
+
+class Totals:
+    def __init__(self) -> None:
+        self.calls: dict[tuple[str, str], int] = defaultdict(int)
+        self.usec: dict[tuple[str, str], int] = defaultdict(int)
+        self.inner: dict[tuple[str, str], int] = defaultdict(int)  # commands inside the scripts
+        self.items = 0
+
+
+def _inner_usec(r: redis.Redis) -> int:
+    stats: dict[str, Any] = r.info("commandstats")
+    skip = ("cmdstat_evalsha", "cmdstat_info", "cmdstat_config", "cmdstat_slowlog")
+    return sum(int(v["usec"]) for k, v in stats.items() if k not in skip)
+
+
+def one_round(r: redis.Redis, rev: str, shas: dict[tuple[str, str], str], totals: Totals) -> None:
+    pkeys = PartitionKeys(f"lc{uuid.uuid4().hex[:8]}", 0)
+    fixed = list(pkeys.fixed)
+
+    def run(name: str, keys: list[Any], args: list[Any]) -> Any:
+        before = _inner_usec(r)
+        reply = r.evalsha(shas[rev, name], len(keys), *keys, *args)
+        totals.inner[rev, name] += _inner_usec(r) - before
+        return reply
+
+    r.slowlog_reset()
+    for first in range(0, ITEMS, ENQUEUE_BATCH):
+        offsets = range(first, first + ENQUEUE_BATCH)
+        subs = [b"n%d" % offset for offset in offsets]
+        args: list[Any] = [uuid.uuid4().hex, 200_000, -1, ENQUEUE_BATCH, ENQUEUE_BATCH]
+        args += [*offsets, *range(1, ENQUEUE_BATCH + 1)]
+        for offset, sub in zip(offsets, subs, strict=True):
+            args += (sub, 1, b"%d|payload-%d" % (offset, offset))
+        run("enqueue_items", [*fixed, *(pkeys.queue(sub) for sub in subs)], args)
+    claimed = 0
+    while True:
+        raw = run(
+            "claim_sub_keys",
+            [*fixed, pkeys.claim_record("w1")],
+            ["w1", uuid.uuid4().hex, LEASES, LEASE_MS, BATCH, 5, "d", pkeys.queue_prefix],
+        )
+        extra: list[bytes] = []
+        args = [LEASE_MS, BATCH, 0]
+        i = 1
+        while i < len(raw):
+            count = int(raw[i + 4])
+            offsets_read = [int(e.split(b"|")[0]) for e in raw[i + 5 : i + 5 + count]]
+            extra.append(pkeys.queue(raw[i]))
+            args += (len(extra), raw[i], raw[i + 1], "c", 0, len(offsets_read), *offsets_read)
+            i += 5 + count
+        if not extra:
+            break
+        args[2] = len(extra)
+        claimed += len(extra)
+        replies = run("complete_items", [*fixed, *extra], args)
+        if any(int(reply[0]) != 2 or int(reply[1]) != 1 for reply in replies):
+            raise RuntimeError(f"{rev}: a completion did not finish its item: {replies[:3]}")
+    if claimed != ITEMS:
+        raise RuntimeError(f"{rev}: claimed {claimed} of {ITEMS}")
+    by_sha = {sha: name for (r_rev, name), sha in shas.items() if r_rev == rev}
+    for entry in r.slowlog_get(1_000_000):
+        command = entry["command"].split()
+        if command[0].lower() == b"evalsha" and command[1].decode() in by_sha:
+            name = by_sha[command[1].decode()]
+            totals.calls[rev, name] += 1
+            totals.usec[rev, name] += int(entry["duration"])
+    r.delete(*fixed)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m workshaper_tools.bench.lua_cost")
+    parser.add_argument("revs", nargs="+", help='git revisions, or "WT" for the working tree')
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args(argv)
+    with private_redis() as server:
+        r = redis.Redis.from_url(server.url)
+        shas = {
+            (rev, name): str(r.script_load(script_source(rev, name)))
+            for rev in args.revs
+            for name in SCRIPTS
+        }
+        r.config_set("slowlog-log-slower-than", 0)
+        r.config_set("slowlog-max-len", 100_000)
+        totals = Totals()
+        for _ in range(args.rounds):
+            for rev in args.revs:
+                one_round(r, rev, shas, totals)
+        items = args.rounds * ITEMS
+    print(f"{args.rounds} rounds of {ITEMS:,} one-item sub keys per revision")
+    for rev in args.revs:
+        for name in SCRIPTS:
+            calls, usec = totals.calls[rev, name], totals.usec[rev, name]
+            inner = totals.inner[rev, name]
+            print(
+                f"{rev[:12]:12s} {name:15s} calls {calls:6d}  us/call {usec / max(calls, 1):8.1f}"
+                f"  us/item {usec / items:6.2f}  (commands {inner / items:5.2f},"
+                f" the rest {(usec - inner) / items:5.2f})"
+            )
+
+
+if __name__ == "__main__":
+    main()
