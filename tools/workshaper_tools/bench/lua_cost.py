@@ -2,8 +2,8 @@
 scripts of several git revisions in one run (``python -m workshaper_tools.bench.lua_cost``).
 
     REV ...        git revisions whose workshaper/lua to run ("WT": the working tree's files)
-    --rounds N     rounds (default 15); each round runs every revision in turn, so the
-                   machine's noise falls on all of them alike
+    --rounds N     rounds (default 16); each round runs every revision in turn (every other
+                   round in reverse order), so the machine's noise falls on all of them alike
 
 A round, per revision, on a private redis-server: a new partition, 2,000 one-item sub keys
 enqueued in two calls of 1,000 (as enqueue_many), then claims of 36 leases (batch 100), each
@@ -123,7 +123,7 @@ def one_round(r: redis.Redis, rev: str, shas: dict[tuple[str, str], str], totals
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workshaper_tools.bench.lua_cost")
     parser.add_argument("revs", nargs="+", help='git revisions, or "WT" for the working tree')
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=16)
     args = parser.parse_args(argv)
     with private_redis() as server:
         r = redis.Redis.from_url(server.url)
@@ -135,8 +135,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         r.config_set("slowlog-log-slower-than", 0)
         r.config_set("slowlog-max-len", 100_000)
         totals = Totals()
-        for _ in range(args.rounds):
-            for rev in args.revs:
+        for round_number in range(args.rounds):
+            # Every other round in reverse order: a revision's place in the round moves its
+            # time by several percent (the Lua garbage left by the one before it, ...).
+            order = args.revs if round_number % 2 == 0 else args.revs[::-1]
+            for rev in order:
                 one_round(r, rev, shas, totals)
         items = args.rounds * ITEMS
     print(f"{args.rounds} rounds of {ITEMS:,} one-item sub keys per revision")
