@@ -11,9 +11,9 @@ Three roles:
 Commands that run inside the Lua scripts are checked by Redis against the caller's ACL too
 (Redis 7), so each role lists them. Keys are limited to the namespace's patterns
 (``keys.namespace_key_patterns``); the admin's are read-only (``%R~``). The one pub/sub channel
-is the namespace's ``finished`` channel (keys.py): workers publish on it, producers subscribe
-(and publish once, to wake their own listener at close). No role gets another channel, KEYS,
-SCAN, FLUSH*, CONFIG, or EVAL of a script text.
+are the ``finished`` channels of the namespace's partitions (keys.py): workers publish on
+them, producers subscribe. No role gets another channel, KEYS, SCAN, FLUSH*, CONFIG, or EVAL of
+a script text.
 
 ``acl_setuser(role, namespace, user)`` gives the ``ACL SETUSER`` line; it sets permissions only
 and leaves the user's passwords and on/off state alone (see docs/security.md).
@@ -84,7 +84,7 @@ DIRECT_COMMANDS: dict[str, tuple[str, ...]] = {
     ),
     # the partition index, the wake-up bell, the acked watermark, the finished channel; the
     # Kafka bridge's consumer group and dead letters of records it cannot enqueue
-    "producer": ("sadd", "zadd", "hget", "hsetnx", "hset", "subscribe", "publish"),
+    "producer": ("sadd", "zadd", "hget", "hsetnx", "hset", "subscribe"),
     # status, dead letters, blocked sub keys, workers (heartbeat ages in server time)
     "admin": ("smembers", "hget", "hgetall", "hscan", "hlen", "llen", "zcard", "zrange", "time"),
 }

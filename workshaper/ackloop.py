@@ -20,7 +20,6 @@ reconnect, an ACL without the channel) only means the poll finds it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -47,9 +46,12 @@ QUIET_CHECKS, MAX_QUIET_INTERVAL = 4, 0.1
 REDIS_RETRY_DELAY = 0.5
 #: How long stop() keeps retrying to record watermarks ``ack`` accepted (Redis unreachable).
 STOP_COMMIT_TIMEOUT = 5.0
-#: The finished-items listener: longest block in one read (bounds how fast it notices a stop
-#: when the wake-up publish of stop() fails), and its pauses while Redis is unreachable.
-LISTEN_BLOCK_SECONDS = 1.0
+#: The finished-items listener: longest block in one read (how soon it subscribes a partition
+#: tracked meanwhile, and notices a stop), how often it starts a fresh subscription (a
+#: connection that died silently, a half-open TCP one, would otherwise leave it deaf for good:
+#: the loop would only poll), and its pauses while Redis is unreachable.
+LISTEN_READ_SECONDS = 0.1
+RESUBSCRIBE_SECONDS = 30.0
 LISTEN_RETRY_MIN, LISTEN_RETRY_MAX = 0.05, 2.0
 #: Least time between the starts of two ticks when the second is made by partitions heard of
 #: from Redis (at most 200 such ticks a second, as the default ``ack_interval`` polls).
@@ -99,6 +101,8 @@ class AckLoop:
         #: finished in this process since the last tick: offered at once, not after ack_interval
         #: (a completion may move the watermark; the server rings in-process, see batch.py).
         self._first_keys: dict[bytes, int] = {}
+        #: finished channel -> partition, of every partition tracked (what the listener hears)
+        self._channels: dict[bytes, int] = {}
         self._rung: set[int] = set()
         #: In process, a ring costs no round trip: the loop ticks again at once. Rings heard
         #: from Redis wait for the rest of ``interval`` since the last tick started.
@@ -163,7 +167,9 @@ class AckLoop:
             old = self._targets.get(partition, -1)
             if offset > old:
                 if partition not in self._targets:
-                    self._first_keys[self._keys.partition(partition).fixed[0]] = partition
+                    pkeys = self._keys.partition(partition)
+                    self._first_keys[pkeys.meta] = partition
+                    self._channels[pkeys.finished_channel] = partition
                 self._targets[partition] = offset
                 # Wake the loop only if the partition was caught up (the loop may be idle);
                 # one already behind is offered at its next check anyway. Waking on every
@@ -175,11 +181,14 @@ class AckLoop:
         """Any thread: items of these partitions (by first key) finished (the embedded
         server's ring, or a worker's message heard by the listener)."""
         with self._changed:
-            new = {self._first_keys[k] for k in first_keys if k in self._first_keys}
-            new -= self._rung  # already rung: the loop was woken for it and has not looked yet
-            if new:
-                self._rung |= new
-                self._changed.notify_all()
+            self._ring({self._first_keys[k] for k in first_keys if k in self._first_keys})
+
+    def _ring(self, partitions: set[int]) -> None:
+        """Wake the loop for these partitions (the caller holds ``_changed``)."""
+        new = partitions - self._rung  # already rung: the loop was woken, has not looked yet
+        if new:
+            self._rung |= new
+            self._changed.notify_all()
 
     def caught_up(self) -> bool:
         with self._changed:
@@ -295,28 +304,23 @@ class AckLoop:
     # --- hearing of finished items (Redis server or Sentinel) ---------------------------------
 
     def _listen(self) -> None:
-        """The listener thread: subscribe to the namespace's finished channel and ring the
-        loop for each partition heard of, until stopped; resubscribe after a lost connection
-        (then ring every partition: messages may have been missed meanwhile)."""
+        """The listener thread: subscribe to the finished channel of every partition tracked
+        and ring the loop for each message, until stopped. Subscribing again (after a lost
+        connection, every RESUBSCRIBE_SECONDS) rings the partitions: messages may have been
+        missed meanwhile. (A partition's first subscription does not: what finished before it
+        is what the loop's own polls find; a ring there would reset a stuck partition's
+        back-off.)"""
         pause = LISTEN_RETRY_MIN
-        channel = self._keys.finished_channel
+        heard: set[bytes] = set()  # channels subscribed to before
         while not self._stopping:
-            pubsub = self._backend.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
-                pubsub.subscribe(channel)
-                if pause > LISTEN_RETRY_MIN:  # back after a lost connection
-                    with self._changed:
-                        self._on_finished(list(self._first_keys))
+                self._listen_once(heard)
                 pause = LISTEN_RETRY_MIN
-                while not self._stopping:
-                    message = pubsub.get_message(timeout=LISTEN_BLOCK_SECONDS)
-                    if message is not None and message["type"] == "message" and message["data"]:
-                        self._on_finished(message["data"].split(b"\n"))
             except redis.exceptions.NoPermissionError as exc:
                 log.warning(
-                    "ack loop: cannot subscribe to %r (%s); watermarks are offered every"
-                    " ack_interval instead (docs/security.md lists the channel)",
-                    channel.decode(),
+                    "ack loop: cannot subscribe to the finished channels of namespace %r (%s);"
+                    " watermarks are offered every ack_interval instead (docs/security.md)",
+                    self._keys.namespace,
                     exc,
                 )
                 return
@@ -326,17 +330,36 @@ class AckLoop:
                     if not self._stopping:
                         self._changed.wait(pause)
                 pause = min(pause * 2, LISTEN_RETRY_MAX)
-            finally:
-                pubsub.close()
+
+    def _listen_once(self, heard: set[bytes]) -> None:
+        """One subscription, until stopped or RESUBSCRIBE_SECONDS passed. Channels of
+        partitions tracked meanwhile are added between reads (a PubSub is one thread's)."""
+        pubsub = self._backend.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        subscribed: set[bytes] = set()
+        ends = time.monotonic() + RESUBSCRIBE_SECONDS
+        try:
+            while not self._stopping and time.monotonic() < ends:
+                if len(subscribed) < len(self._channels):  # channels are only ever added
+                    with self._changed:
+                        new = {c: p for c, p in self._channels.items() if c not in subscribed}
+                    pubsub.subscribe(*new)
+                    subscribed.update(new)
+                    with self._changed:
+                        self._ring({p for c, p in new.items() if c in heard})
+                    heard.update(new)
+                message = pubsub.get_message(timeout=LISTEN_READ_SECONDS)
+                if message is not None and message["type"] == "message":
+                    partition = self._channels.get(message["channel"])
+                    if partition is not None:
+                        with self._changed:
+                            self._ring({partition})
+        finally:
+            pubsub.close()
 
     def _stop_listener(self) -> None:
-        """End the listener (stop() set ``_stopping``): a message on its channel wakes it at
-        once; if that publish fails it ends after its read's timeout."""
-        if self._listener is None or not self._listener.is_alive():
-            return
-        with contextlib.suppress(redis.RedisError, OSError):
-            self._backend.client.publish(self._keys.finished_channel, b"")
-        self._listener.join(LISTEN_BLOCK_SECONDS + 1.0)
+        """stop() set ``_stopping``: the listener ends after its current read."""
+        if self._listener is not None and self._listener.is_alive():
+            self._listener.join(LISTEN_READ_SECONDS + 2.0)
 
     def _tick(self, partitions: list[int]) -> None:
         batch = self._link.batch()

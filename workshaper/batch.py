@@ -27,6 +27,7 @@ import redis
 
 from workshaper.connection import Backend, is_transient
 from workshaper.errors import ScriptError
+from workshaper.keys import finished_channel_of
 from workshaper.lua_scripts import load_script, register_scripts
 
 T = TypeVar("T")
@@ -111,7 +112,7 @@ class Batch:
         #: The first key of each script here that may move a watermark (embedded backend, or
         #: a batch that announces them: see ``announce_finished``).
         self._finishing: list[bytes] = []
-        self._announce_to: bytes | None = None
+        self._announcing = False
 
     def __len__(self) -> int:
         return len(self._commands)
@@ -133,26 +134,24 @@ class Batch:
         """``read_only``: EVALSHA_RO, which a read-only ACL user (``%R~`` keys) may run; the
         script must not write. (Embedded backends get EVALSHA: fakeredis has none; no ACLs.)"""
         command = "EVALSHA_RO" if read_only and not self._backend.embedded else "EVALSHA"
-        if name in FINISHING_SCRIPTS and (
-            self._backend.server is not None or self._announce_to is not None
-        ):
+        if name in FINISHING_SCRIPTS and (self._backend.server is not None or self._announcing):
             self._finishing.append(keys[0])
         sha = load_script(name).for_backend(self._backend)[1]
         return self.command(command, sha, len(keys), *keys, *args, parse=parse)
 
-    def announce_finished(self, channel: bytes) -> None:
-        """Publish on ``channel``, in this batch's round trip, the first keys of the
-        partitions whose items its scripts may have finished (call before adding them), so
-        ack loops that subscribe offer those watermarks at once instead of polling. A
-        publish that fails (an ACL without the channel) is ignored: they poll then."""
-        self._announce_to = channel
+    def announce_finished(self) -> None:
+        """In this batch's round trip, publish on the finished channel of each partition whose
+        items its scripts may have finished (call before adding them), so ack loops that
+        subscribe offer those watermarks at once instead of polling. A publish that fails
+        (an ACL without the channel) is ignored: they poll then."""
+        self._announcing = True
 
-    def _announcement(self) -> tuple[Any, ...] | None:
-        if self._announce_to is None or not self._finishing:
-            return None
-        first_keys = list(dict.fromkeys(self._finishing))  # each partition once, in order
+    def _announcements(self) -> list[tuple[Any, ...]]:
+        if not self._announcing or not self._finishing:
+            return []
+        metas = dict.fromkeys(self._finishing)  # each partition once, in order
         self._finishing = []
-        return ("PUBLISH", self._announce_to, b"\n".join(first_keys))
+        return [("PUBLISH", finished_channel_of(meta), b"1") for meta in metas]
 
     def execute(self) -> None:
         """Send everything; every Reply gets its raw answer (or its own error).
@@ -163,14 +162,11 @@ class Batch:
         """
         if not self._commands:
             return
-        commands = [args for args, _ in self._commands]
-        announcement = self._announcement()
-        if announcement is not None:
-            commands.append(announcement)
-        results = self._send(commands)
+        announcements = self._announcements()
+        results = self._send([args for args, _ in self._commands] + announcements)
         _raise_if_transient(results)
-        if announcement is not None:
-            results.pop()  # the publish's own reply: subscribers count, or an ACL refusal
+        if announcements:  # their own replies: subscriber counts, or an ACL's refusal
+            del results[-len(announcements) :]
         missing = [
             i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)
         ]

@@ -67,14 +67,10 @@ class Coordinator:
         self.registry = Registry(state)
         self.stop_deadline: float | None = None
         self._oom_delay = 0.0  # the current backoff while Redis is out of memory, else 0
-        #: Where round trips announce finished items to producers' ack loops (keys.py); an
-        #: embedded backend rings them in process, a cluster's ack loops poll.
+        #: Round trips announce finished items to producers' ack loops (keys.py's finished
+        #: channels); an embedded backend rings them in process, a cluster's ack loops poll.
         backend = link.backend
-        self._finished_channel = (
-            None
-            if backend.cluster or backend.server is not None
-            else settings.keys.finished_channel
-        )
+        self._announces = not backend.cluster and backend.server is None
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -203,8 +199,8 @@ class Coordinator:
         another error reply)."""
         now = time.monotonic()
         batch = self._link.batch()
-        if self._finished_channel is not None:
-            batch.announce_finished(self._finished_channel)
+        if self._announces:
+            batch.announce_finished()
         handlers: list[Handler] = []
         handlers += self.completions.add(batch)
         handlers += self.failures.add(batch)
