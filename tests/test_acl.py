@@ -20,7 +20,7 @@ from workshaper.keys import NamespaceKeys
 from workshaper.lua_scripts import load_script
 from workshaper_tools.testing import RedisServer
 
-from .conftest import _need_redis_server, wait_for
+from .conftest import _need_redis_server
 
 NS, OTHER = "acl-ns", "acl-other"
 PASSWORD = "acl-pw-1"
@@ -49,9 +49,8 @@ def url(server: RedisServer, role: str, namespace: str = NS) -> str:
 def test_the_setuser_line() -> None:
     line = acl_setuser("worker", "orders")
     assert line.startswith("ACL SETUSER ws-worker-orders resetkeys resetchannels -@all +")
-    assert line.endswith(" ~ws:{orders}:* ~ws:{orders:* &ws:{orders:*}:finished")
+    assert line.endswith(" ~ws:{orders}:* ~ws:{orders:*")
     assert "%R~ws:{orders}:*" in acl_rules("admin", "orders")
-    assert not any(rule.startswith("&") for rule in acl_rules("admin", "orders"))
     assert "~ws:{a\\*b}:*" in acl_rules("producer", "a*b")  # a glob character is literal
     with pytest.raises(InvalidInput, match="role must be one of worker, producer, admin"):
         acl_setuser("root", "orders")
@@ -116,8 +115,6 @@ def test_another_namespace_can_neither_read_nor_change_this_one(server: RedisSer
                     c.evalsha(sha, 1, meta)
                 with pytest.raises(redis.exceptions.NoPermissionError):
                     c.execute_command("KEYS", "*")
-                with pytest.raises(redis.exceptions.NoPermissionError):
-                    c.publish(mine.partition(5).finished_channel, b"1")  # a false alarm
     with redis.Redis(port=server.port, password="admin-pw") as c:
         assert c.hget(meta, "acked") is None  # untouched
 
@@ -200,29 +197,3 @@ def test_acl_command_and_denials_in_the_operator_commands(server: RedisServer) -
         assert result.returncode == 2, result.stderr
         assert result.stderr.count("\n") == 1 and "denied access" in result.stderr
         assert PASSWORD not in result.stderr
-
-
-def test_a_producer_without_the_channel_acks_by_polling(
-    server: RedisServer, caplog: pytest.LogCaptureFixture
-) -> None:
-    """An ACL written before the finished channel existed (no ``&`` rule): the listener says
-    so once and the ack loop polls, as it did."""
-    user = "ws-producer-old-acl"
-    rules = [r for r in acl_rules("producer", NS) if not r.startswith("&")]
-    with redis.Redis(port=server.port, password="admin-pw") as c:
-        c.execute_command("ACL", "SETUSER", user, *rules, "on", f">{PASSWORD}")
-    old_acl = f"redis://{user}:{PASSWORD}@127.0.0.1:{server.port}/0"
-    acks: list[int] = []
-    with (
-        caplog.at_level("WARNING", logger="workshaper.ackloop"),
-        workshaper.Producer(old_acl, NS, ack=lambda p, o: acks.append(o)) as producer,
-    ):
-        worker = workshaper.Worker(url(server, "worker"), NS, work=lambda m, p, o: None)
-        worker.start()
-        try:
-            producer.enqueue("old", "m", 7, 0)
-            assert producer.flush(timeout=60)
-            wait_for(lambda: any("cannot subscribe" in r.getMessage() for r in caplog.records))
-        finally:
-            assert worker.stop(timeout=30)
-    assert acks == [0]

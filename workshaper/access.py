@@ -10,10 +10,8 @@ Three roles:
 
 Commands that run inside the Lua scripts are checked by Redis against the caller's ACL too
 (Redis 7), so each role lists them. Keys are limited to the namespace's patterns
-(``keys.namespace_key_patterns``); the admin's are read-only (``%R~``). The one pub/sub channel
-are the ``finished`` channels of the namespace's partitions (keys.py): workers publish on
-them, producers subscribe. No role gets another channel, KEYS, SCAN, FLUSH*, CONFIG, or EVAL of
-a script text.
+(``keys.namespace_key_patterns``); the admin's are read-only (``%R~``). No role gets a pub/sub
+channel, KEYS, SCAN, FLUSH*, CONFIG, or EVAL of a script text.
 
 ``acl_setuser(role, namespace, user)`` gives the ``ACL SETUSER`` line; it sets permissions only
 and leaves the user's passwords and on/off state alone (see docs/security.md).
@@ -28,7 +26,7 @@ import redis
 from workshaper import codec
 from workshaper.connection import Backend, access_denied
 from workshaper.errors import BackendUnavailable, InvalidInput
-from workshaper.keys import NamespaceKeys, finished_channel_pattern, namespace_key_patterns
+from workshaper.keys import NamespaceKeys, namespace_key_patterns
 from workshaper.lua_scripts import load_script, register_scripts
 
 ROLES = ("worker", "producer", "admin")
@@ -69,22 +67,11 @@ ACTION_SCRIPTS = ("unblock_sub_key", "replay_dead_letter")
 
 #: Commands each role sends itself, outside the scripts.
 DIRECT_COMMANDS: dict[str, tuple[str, ...]] = {
-    # the wake-up bell, the partition index, the reaper's lease scan and lock, and the
-    # finished channel
-    "worker": (
-        "bzpopmin",
-        "zadd",
-        "smembers",
-        "lrange",
-        "llen",
-        "zrangebyscore",
-        "pttl",
-        "hdel",
-        "publish",
-    ),
-    # the partition index, the wake-up bell, the acked watermark, the finished channel; the
-    # Kafka bridge's consumer group and dead letters of records it cannot enqueue
-    "producer": ("sadd", "zadd", "hget", "hsetnx", "hset", "subscribe"),
+    # the wake-up bell, the partition index, the reaper's lease scan and lock
+    "worker": ("bzpopmin", "zadd", "smembers", "lrange", "llen", "zrangebyscore", "pttl", "hdel"),
+    # the partition index, the wake-up bell, the acked watermark; the Kafka bridge's consumer
+    # group and dead letters of records it cannot enqueue
+    "producer": ("sadd", "zadd", "hget", "hsetnx", "hset"),
     # status, dead letters, blocked sub keys, workers (heartbeat ages in server time)
     "admin": ("smembers", "hget", "hgetall", "hscan", "hlen", "llen", "zcard", "zrange", "time"),
 }
@@ -132,14 +119,12 @@ def acl_rules(role: str, namespace: str) -> list[str]:
     codec.check_namespace(namespace)
     check_role(role)
     key_prefix = "%R~" if role == "admin" else "~"
-    channels = [] if role == "admin" else ["&" + finished_channel_pattern(namespace)]
     return [
         "resetkeys",
         "resetchannels",
         "-@all",
         *(f"+{c}" for c in role_commands(role)),
         *(key_prefix + p for p in namespace_key_patterns(namespace)),
-        *channels,
     ]
 
 

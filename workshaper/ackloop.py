@@ -8,14 +8,6 @@ offered again later (with a growing pause, so a broken ack does not spin or floo
 After each commit the optional ``recorded`` callback gets the watermark now recorded in Redis.
 A partition whose offers keep finding nothing new (slow work, a blocked sub key) is checked
 less often, down to every 100 ms, until its watermark moves again.
-
-Polling alone puts up to ``interval`` (and a quiet partition's back-off) between an item's end
-and its ack. So the loop also hears of finished items: on the embedded backend the server rings
-it in process; on a Redis server or Sentinel, workers publish the partitions each round trip
-finished on the namespace's channel (keys.py, ``finished``) and a listener thread of this loop
-subscribes. A partition heard of is offered at once, without the back-off (ticks made that
-way start at least 5 ms apart: each offer is a script Redis runs). A message missed (a
-reconnect, an ACL without the channel) only means the poll finds it.
 """
 
 from __future__ import annotations
@@ -46,16 +38,6 @@ QUIET_CHECKS, MAX_QUIET_INTERVAL = 4, 0.1
 REDIS_RETRY_DELAY = 0.5
 #: How long stop() keeps retrying to record watermarks ``ack`` accepted (Redis unreachable).
 STOP_COMMIT_TIMEOUT = 5.0
-#: The finished-items listener: longest block in one read (how soon it subscribes a partition
-#: tracked meanwhile, and notices a stop), how often it starts a fresh subscription (a
-#: connection that died silently, a half-open TCP one, would otherwise leave it deaf for good:
-#: the loop would only poll), and its pauses while Redis is unreachable.
-LISTEN_READ_SECONDS = 0.1
-RESUBSCRIBE_SECONDS = 30.0
-LISTEN_RETRY_MIN, LISTEN_RETRY_MAX = 0.05, 2.0
-#: Least time between the starts of two ticks when the second is made by partitions heard of
-#: from Redis (at most 200 such ticks a second, as the default ``ack_interval`` polls).
-RING_TICK_GAP = 0.005
 
 
 def _backoff(interval: float, doublings: int, longest: float) -> float:
@@ -101,17 +83,7 @@ class AckLoop:
         #: finished in this process since the last tick: offered at once, not after ack_interval
         #: (a completion may move the watermark; the server rings in-process, see batch.py).
         self._first_keys: dict[bytes, int] = {}
-        #: finished channel -> partition, of every partition tracked (what the listener hears)
-        self._channels: dict[bytes, int] = {}
         self._rung: set[int] = set()
-        #: In process, a ring costs no round trip: the loop ticks again at once. Rings heard
-        #: from Redis wait for the rest of ``interval`` since the last tick started.
-        self._rings_in_process = backend.server is not None
-        self._listener: threading.Thread | None = None
-        if backend.server is None and not backend.cluster:
-            self._listener = threading.Thread(
-                target=self._listen, name="workshaper-ack-listener", daemon=True
-            )
         if backend.server is not None:
             backend.server.listen(self._on_finished)
         self._stopping = False
@@ -123,8 +95,6 @@ class AckLoop:
 
     def start(self) -> None:
         self._thread.start()
-        if self._listener is not None:
-            self._listener.start()
 
     def stop(self, timeout: float | None = None) -> bool:
         """Stop the loop. A watermark ``ack`` accepted but not yet recorded in Redis (Redis
@@ -139,7 +109,6 @@ class AckLoop:
             self._changed.notify_all()
         if self._thread.is_alive():
             self._thread.join(wait + REDIS_RETRY_DELAY)
-        self._stop_listener()
         unrecorded = self.unrecorded()
         if unrecorded:
             log.warning(
@@ -166,10 +135,8 @@ class AckLoop:
         with self._changed:
             old = self._targets.get(partition, -1)
             if offset > old:
-                if partition not in self._targets:
-                    pkeys = self._keys.partition(partition)
-                    self._first_keys[pkeys.meta] = partition
-                    self._channels[pkeys.finished_channel] = partition
+                if partition not in self._targets and self._backend.server is not None:
+                    self._first_keys[self._keys.partition(partition).fixed[0]] = partition
                 self._targets[partition] = offset
                 # Wake the loop only if the partition was caught up (the loop may be idle);
                 # one already behind is offered at its next check anyway. Waking on every
@@ -178,17 +145,12 @@ class AckLoop:
                     self._changed.notify_all()
 
     def _on_finished(self, first_keys: list[bytes]) -> None:
-        """Any thread: items of these partitions (by first key) finished (the embedded
-        server's ring, or a worker's message heard by the listener)."""
+        """Embedded backend, any thread: items of these partitions (by first key) finished."""
         with self._changed:
-            self._ring({self._first_keys[k] for k in first_keys if k in self._first_keys})
-
-    def _ring(self, partitions: set[int]) -> None:
-        """Wake the loop for these partitions (the caller holds ``_changed``)."""
-        new = partitions - self._rung  # already rung: the loop was woken, has not looked yet
-        if new:
-            self._rung |= new
-            self._changed.notify_all()
+            rung = {self._first_keys[k] for k in first_keys if k in self._first_keys}
+            if rung:
+                self._rung |= rung
+                self._changed.notify_all()
 
     def caught_up(self) -> bool:
         with self._changed:
@@ -259,7 +221,6 @@ class AckLoop:
                 self._record_delivered()
                 self._link.close()
                 return
-            started = time.monotonic()
             try:
                 self._tick(due)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -271,7 +232,7 @@ class AckLoop:
                 log.exception("ack loop: unexpected error; retrying")
                 self._sleep(REDIS_RETRY_DELAY)
                 continue
-            self._pause_after_tick(started)
+            self._sleep(self._interval)
 
     def _quiet_check(self, partition: int) -> None:
         """An offer found nothing new: after a few such checks, look less often (an idle or
@@ -286,80 +247,6 @@ class AckLoop:
         with self._changed:
             if not self._stopping and not self._rung:
                 self._changed.wait(seconds)
-
-    def _pause_after_tick(self, started: float) -> None:
-        """Wait until ``interval`` after the tick's start, or for a ring, but let ticks made
-        by rings heard from Redis start at least RING_TICK_GAP apart: workers announce every
-        round trip, and a tick per announcement would be an offer script per partition per
-        round trip. In process a ring ends the pause at once (an offer costs no round trip)."""
-        until = started + self._interval
-        rings_from = started if self._rings_in_process else started + RING_TICK_GAP
-        with self._changed:
-            while not self._stopping:
-                now = time.monotonic()
-                if now >= until or (self._rung and now >= rings_from):
-                    return
-                self._changed.wait((max(rings_from, now) if self._rung else until) - now)
-
-    # --- hearing of finished items (Redis server or Sentinel) ---------------------------------
-
-    def _listen(self) -> None:
-        """The listener thread: subscribe to the finished channel of every partition tracked
-        and ring the loop for each message, until stopped. Subscribing again (after a lost
-        connection, every RESUBSCRIBE_SECONDS) rings the partitions: messages may have been
-        missed meanwhile. (A partition's first subscription does not: what finished before it
-        is what the loop's own polls find; a ring there would reset a stuck partition's
-        back-off.)"""
-        pause = LISTEN_RETRY_MIN
-        heard: set[bytes] = set()  # channels subscribed to before
-        while not self._stopping:
-            try:
-                self._listen_once(heard)
-                pause = LISTEN_RETRY_MIN
-            except redis.exceptions.NoPermissionError as exc:
-                log.warning(
-                    "ack loop: cannot subscribe to the finished channels of namespace %r (%s);"
-                    " watermarks are offered every ack_interval instead (docs/security.md)",
-                    self._keys.namespace,
-                    exc,
-                )
-                return
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                log.debug("ack loop listener: Redis unreachable (%s); retrying", exc)
-                with self._changed:
-                    if not self._stopping:
-                        self._changed.wait(pause)
-                pause = min(pause * 2, LISTEN_RETRY_MAX)
-
-    def _listen_once(self, heard: set[bytes]) -> None:
-        """One subscription, until stopped or RESUBSCRIBE_SECONDS passed. Channels of
-        partitions tracked meanwhile are added between reads (a PubSub is one thread's)."""
-        pubsub = self._backend.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        subscribed: set[bytes] = set()
-        ends = time.monotonic() + RESUBSCRIBE_SECONDS
-        try:
-            while not self._stopping and time.monotonic() < ends:
-                if len(subscribed) < len(self._channels):  # channels are only ever added
-                    with self._changed:
-                        new = {c: p for c, p in self._channels.items() if c not in subscribed}
-                    pubsub.subscribe(*new)
-                    subscribed.update(new)
-                    with self._changed:
-                        self._ring({p for c, p in new.items() if c in heard})
-                    heard.update(new)
-                message = pubsub.get_message(timeout=LISTEN_READ_SECONDS)
-                if message is not None and message["type"] == "message":
-                    partition = self._channels.get(message["channel"])
-                    if partition is not None:
-                        with self._changed:
-                            self._ring({partition})
-        finally:
-            pubsub.close()
-
-    def _stop_listener(self) -> None:
-        """stop() set ``_stopping``: the listener ends after its current read."""
-        if self._listener is not None and self._listener.is_alive():
-            self._listener.join(LISTEN_READ_SECONDS + 2.0)
 
     def _tick(self, partitions: list[int]) -> None:
         batch = self._link.batch()

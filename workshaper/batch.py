@@ -27,7 +27,6 @@ import redis
 
 from workshaper.connection import Backend, is_transient
 from workshaper.errors import ScriptError
-from workshaper.keys import finished_channel_of
 from workshaper.lua_scripts import load_script, register_scripts
 
 T = TypeVar("T")
@@ -109,10 +108,8 @@ class Batch:
         self._backend = backend
         self._link = link
         self._commands: list[tuple[tuple[Any, ...], Reply[Any]]] = []
-        #: The first key of each script here that may move a watermark (embedded backend, or
-        #: a batch that announces them: see ``announce_finished``).
+        #: Embedded backend: the first key of each script here that may move a watermark.
         self._finishing: list[bytes] = []
-        self._announcing = False
 
     def __len__(self) -> int:
         return len(self._commands)
@@ -134,24 +131,10 @@ class Batch:
         """``read_only``: EVALSHA_RO, which a read-only ACL user (``%R~`` keys) may run; the
         script must not write. (Embedded backends get EVALSHA: fakeredis has none; no ACLs.)"""
         command = "EVALSHA_RO" if read_only and not self._backend.embedded else "EVALSHA"
-        if name in FINISHING_SCRIPTS and (self._backend.server is not None or self._announcing):
+        if name in FINISHING_SCRIPTS and self._backend.server is not None:
             self._finishing.append(keys[0])
         sha = load_script(name).for_backend(self._backend)[1]
         return self.command(command, sha, len(keys), *keys, *args, parse=parse)
-
-    def announce_finished(self) -> None:
-        """In this batch's round trip, publish on the finished channel of each partition whose
-        items its scripts may have finished (call before adding them), so ack loops that
-        subscribe offer those watermarks at once instead of polling. A publish that fails
-        (an ACL without the channel) is ignored: they poll then."""
-        self._announcing = True
-
-    def _announcements(self) -> list[tuple[Any, ...]]:
-        if not self._announcing or not self._finishing:
-            return []
-        metas = dict.fromkeys(self._finishing)  # each partition once, in order
-        self._finishing = []
-        return [("PUBLISH", finished_channel_of(meta), b"1") for meta in metas]
 
     def execute(self) -> None:
         """Send everything; every Reply gets its raw answer (or its own error).
@@ -162,11 +145,8 @@ class Batch:
         """
         if not self._commands:
             return
-        announcements = self._announcements()
-        results = self._send([args for args, _ in self._commands] + announcements)
+        results = self._send([args for args, _ in self._commands])
         _raise_if_transient(results)
-        if announcements:  # their own replies: subscriber counts, or an ACL's refusal
-            del results[-len(announcements) :]
         missing = [
             i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)
         ]

@@ -40,11 +40,6 @@ Per namespace ``ws:{ns}:``
     reaper_term STRING counter of reaper terms (fencing: a term is never reused)
     kafka       HASH  group: the Kafka consumer group whose bridges feed the namespace (one
                       namespace per group: its dedupe state is that group's)
-Pub/sub channels (not keys), one per partition ``ws:{ns:p}:``
-    finished  a worker's round trip that may have finished items of the partition publishes
-              here; the ack loop of a producer that has items there subscribes, to offer the
-              watermark at once instead of at its next poll. Single server and Sentinel only
-              (a cluster's ack loops poll).
 """
 
 from __future__ import annotations
@@ -94,11 +89,6 @@ class PartitionKeys:
     @property
     def meta(self) -> bytes:
         return self.fixed[0]
-
-    @property
-    def finished_channel(self) -> bytes:
-        """The partition's pub/sub channel of finished items (see the module's doc)."""
-        return self.base + b"finished"
 
     @property
     def accepted(self) -> bytes:
@@ -252,17 +242,3 @@ def namespace_key_patterns(namespace: str) -> tuple[str, str]:
     key of a namespace "a:b" or "ab"."""
     ns = _glob_escape(namespace)
     return (f"{PREFIX}:{{{ns}}}:*", f"{PREFIX}:{{{ns}:*")
-
-
-def finished_channel_of(meta: bytes) -> bytes:
-    """The finished channel of the partition whose ``meta`` key this is (a batch knows a
-    script's keys, not its partition)."""
-    if not meta.endswith(b"}:meta"):
-        raise ValueError(f"not a partition's meta key: {meta!r}")
-    return meta[: -len(b"meta")] + b"finished"
-
-
-def finished_channel_pattern(namespace: str) -> str:
-    """The ACL pattern of the finished channels of ``namespace``'s partitions (those only:
-    a namespace has no ':' or '}', so no other namespace's channel matches)."""
-    return f"{PREFIX}:{{{_glob_escape(namespace)}:*}}:finished"

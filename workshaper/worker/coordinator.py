@@ -67,10 +67,6 @@ class Coordinator:
         self.registry = Registry(state)
         self.stop_deadline: float | None = None
         self._oom_delay = 0.0  # the current backoff while Redis is out of memory, else 0
-        #: Round trips announce finished items to producers' ack loops (keys.py's finished
-        #: channels); an embedded backend rings them in process, a cluster's ack loops poll.
-        backend = link.backend
-        self._announces = not backend.cluster and backend.server is None
 
     # --- the loop ----------------------------------------------------------------------------
 
@@ -199,8 +195,6 @@ class Coordinator:
         another error reply)."""
         now = time.monotonic()
         batch = self._link.batch()
-        if self._announces:
-            batch.announce_finished()
         handlers: list[Handler] = []
         handlers += self.completions.add(batch)
         handlers += self.failures.add(batch)
