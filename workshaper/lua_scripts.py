@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -52,10 +53,16 @@ def _read(path: str) -> str:
     return (resources.files("workshaper") / "lua" / path).read_text(encoding="utf-8")
 
 
+def with_includes(name: str, read: Callable[[str], str]) -> str:
+    """The source of ``name``.lua with its includes inlined; ``read(path)`` reads a file of
+    ``workshaper/lua`` (the installed one, or another revision's for a benchmark)."""
+    return _INCLUDE.sub(lambda m: read(f"includes/{m.group(1)}"), read(f"{name}.lua"))
+
+
 @cache
 def load_script(name: str) -> LuaScript:
     """The script ``name``.lua with its includes inlined."""
-    source = _INCLUDE.sub(lambda m: _read(f"includes/{m.group(1)}"), _read(f"{name}.lua"))
+    source = with_includes(name, _read)
     plain = source.partition("\n")[2] if source.startswith("#!") else source
     return LuaScript(name, source, _sha1(source), plain, _sha1(plain))
 

@@ -13,15 +13,7 @@ from workshaper import scripts
 from workshaper.batch import Batch, Reply
 from workshaper.scripts import Completion
 from workshaper.worker.dispatch import Dispatcher
-from workshaper.worker.lease import (
-    CONTINUE,
-    KEEP,
-    LEASE_QUANTUM,
-    RELEASE,
-    REPORTING,
-    YIELD,
-    Lease,
-)
+from workshaper.worker.lease import CONTINUE, KEEP, RELEASE, REPORTING, Lease
 from workshaper.worker.prefetch import PrefetchPolicy
 from workshaper.worker.state import CoordinatorState, by_partition
 
@@ -58,13 +50,7 @@ class Completions:
             now = time.monotonic()
             self._prefetch.batch_took(now - lease.started)
             lease.entries = []
-            # Lease.next_action, inlined with the clock read above (this runs per lease).
-            if self._state.stopping:
-                lease.end_action = RELEASE
-            elif now - lease.acquired > LEASE_QUANTUM:
-                lease.end_action = YIELD
-            else:
-                lease.end_action = CONTINUE
+            lease.end_action = lease.next_action(self._state.stopping, now)
         elif kind == "stopped":
             lease.entries = lease.entries[outcome[1] :]
             lease.end_action = RELEASE

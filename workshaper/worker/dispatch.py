@@ -87,10 +87,7 @@ class Dispatcher:
 
     def drop(self, lease: Lease) -> None:
         """Forget a lease that ended or was lost (its batch may still be running)."""
-        # CoordinatorState.forget, inlined (this runs per lease).
-        leases, key = self._state.leases, (lease.partition, lease.sub)
-        if leases.get(key) is lease:  # this very lease, not a later one of the sub key
-            del leases[key]
+        self._state.forget(lease)
         if lease.state == READY and lease in self.standby:
             self.standby.remove(lease)
         if lease.state == READY:

@@ -142,7 +142,7 @@ class BatchRunner:
         """
         # Everything looked up per item is bound here once: at a lease per item or a no-op
         # handler, the lookups and Python calls around the handler are most of the cost.
-        on_done, post, observe = self._on_done, self._post, self.observe_handler
+        on_done, observe = self._on_done, self.observe_handler
         partition, sub_key, token = lease.partition, lease.sub_key, lease.token
         done = lease.finished.append
         decode = codec.decode_message
@@ -154,7 +154,10 @@ class BatchRunner:
             for index, raw in enumerate(entries):
                 if lease.stop:
                     return ("stopped", index)
-                if now() >= lease.valid_until:  # Lease.may_have_expired, inlined
+                if now() >= lease.valid_until:
+                    # The zombie rule: no item starts until Redis confirms the lease again. A
+                    # process paused past its lease (SIGSTOP, a long GC, a frozen VM) would
+                    # otherwise wake up and start items the new leaseholder already ran.
                     return ("expired", index)
                 try:
                     head, _, payload = raw.partition(b"|")
@@ -179,12 +182,11 @@ class BatchRunner:
                 if on_done is not None:
                     self._notify(lease)
                     self._done_callback(message, partition, offset)
-                elif index != last and not lease.notified:
+                elif index != last:
                     # The last item needs no wake-up of its own: the batch's "ended" follows
                     # at once and collects it (with a lease per item, that halves the
                     # coordinator's inbox).
-                    lease.notified = True
-                    post(("done", lease))
+                    self._notify(lease)
             return ("finished",)
         finally:
             set_current_job(None)

@@ -28,7 +28,7 @@ REPORTING, WAITING = "reporting", "waiting"
 #: How long a lease may keep a sub key while others of its partition wait (fairness).
 LEASE_QUANTUM = 1.0
 
-#: Part of the lease kept as a safety margin by the zombie rule (see ``Lease.may_have_expired``):
+#: Part of the lease kept as a safety margin by the zombie rule (``BatchRunner.steps``):
 #: no item starts later than ``lease * (1 - LEASE_MARGIN)`` after the last confirmed extension
 #: was sent. Covers the drift between this host's and Redis's clocks over one lease.
 LEASE_MARGIN = 0.1
@@ -104,21 +104,16 @@ class Lease:
         at ``sent``: its deadline there is at least ``sent + lease_seconds``."""
         self.valid_until = max(self.valid_until, valid_until(sent, lease_seconds))
 
-    def may_have_expired(self) -> bool:
-        """The zombie rule: once True, no item of the lease may start until Redis confirms the
-        lease again. A process paused past its lease (SIGSTOP, a long GC, a frozen VM) would
-        otherwise wake up and start items that the new leaseholder has already run."""
-        return clock() >= self.valid_until
-
     def hand_back(self) -> None:
         """Give the sub key back without running its batch: released in the next round trip."""
         self.state = REPORTING
         self.end_action = RELEASE
 
-    def next_action(self, stopping: bool) -> str:
-        """After a batch ended well: release when stopping, yield after a quantum, else go on."""
+    def next_action(self, stopping: bool, now: float | None = None) -> str:
+        """After a batch ended well: release when stopping, yield after a quantum, else go on.
+        ``now``: ``time.monotonic()``, when the caller read it already."""
         if stopping:
             return RELEASE
-        if time.monotonic() - self.acquired > LEASE_QUANTUM:
+        if (time.monotonic() if now is None else now) - self.acquired > LEASE_QUANTUM:
             return YIELD
         return CONTINUE

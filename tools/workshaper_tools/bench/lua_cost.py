@@ -17,7 +17,6 @@ rest is Lua and the crossings between Lua and Redis.
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import uuid
 from collections import defaultdict
@@ -28,12 +27,12 @@ from typing import Any
 import redis
 
 from workshaper.keys import PartitionKeys
+from workshaper.lua_scripts import with_includes
 from workshaper_tools.bench.common import private_redis
 
 ROOT = Path(__file__).resolve().parents[3]
 SCRIPTS = ("enqueue_items", "claim_sub_keys", "complete_items")
 ITEMS, ENQUEUE_BATCH, LEASES, BATCH, LEASE_MS = 2000, 1000, 36, 100, 30000
-_INCLUDE = re.compile(r"^--@include (\S+)$", re.MULTILINE)
 
 
 def script_source(rev: str, name: str) -> str:
@@ -49,7 +48,7 @@ def script_source(rev: str, name: str) -> str:
             text=True,
         ).stdout
 
-    return _INCLUDE.sub(lambda m: read(f"includes/{m.group(1)}"), read(f"{name}.lua"))
+    return with_includes(name, read)
 
 
 class Totals:
