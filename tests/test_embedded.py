@@ -192,6 +192,27 @@ def test_bzpopmin_wakes_on_zadd_from_another_thread() -> None:
     assert popped == [(b"bell", b"3", 0.0)]
 
 
+def test_direct_bzpopmin_answers_as_the_client_does() -> None:
+    """The waker's direct pop: the same member as through redis-py, None after the timeout,
+    and a wrong-type key raises the same redis-py error."""
+    backend = embedded_backend()
+    server, client = backend.server, backend.client
+    assert server is not None
+    popped: list[Any] = []
+    waiter = threading.Thread(target=lambda: popped.append(server.bzpopmin(b"bell", 30)))
+    waiter.start()
+    client.zadd("bell", {"3": 0})
+    waiter.join(30)
+    assert popped[0][:2] == [b"bell", b"3"]
+    assert int(popped[0][1]) == 3
+    assert server.bzpopmin(b"bell", 0.01) is None
+    client.set("text", "v")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        server.bzpopmin(b"text", 0.01)
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        client.bzpopmin("text", timeout=0.01)
+
+
 def test_expired_keys_vanish_by_the_store_clock() -> None:
     from workshaper.embedded import EmbeddedServer
 

@@ -90,6 +90,14 @@ class EmbeddedServer:
         with self._lock:
             return self._dispatch(name, encoded[1:])
 
+    def bzpopmin(self, key: bytes, timeout: float) -> list[Any] | None:
+        """BZPOPMIN of one key, called directly (no redis-py client around it): what a waker on
+        this server blocks in. An error reply raises its redis-py exception, as from a client."""
+        try:
+            return self._bzpopmin([key, encode_arg(timeout)])
+        except CommandError as exc:
+            raise error_reply(exc) from None
+
     def execute_many(self, commands: Iterable[Sequence[Any]]) -> list[Any]:
         """Many commands, as a pipeline: each reply, or for an error reply its redis-py
         exception (not raised). The lock is taken per command, so a long batch never holds

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -70,7 +71,7 @@ class Waker:
             self._free.notify_all()
 
     def _run(self, bell: bytes) -> None:
-        client = self._backend.client
+        pop = _blocking_pop(self._backend)
         stop = self._stop_requested
         pause = REDIS_RETRY_MIN  # after a failed BZPOPMIN; doubles while Redis stays away
         while not stop.is_set():
@@ -80,7 +81,7 @@ class Waker:
             if stop.is_set():
                 return
             try:
-                popped = client.bzpopmin(bell, timeout=WAKE_BLOCK_SECONDS)
+                popped = pop(bell)
             except (
                 redis.ConnectionError,
                 redis.TimeoutError,
@@ -102,3 +103,14 @@ class Waker:
             with self._free:
                 self._free_slots -= 1  # until the coordinator publishes the real number
             self._inbox.put(("wake", int(popped[1])))
+
+
+def _blocking_pop(backend: Backend) -> Callable[[bytes], Any]:
+    """BZPOPMIN of one bell for WAKE_BLOCK_SECONDS: (key, member, score), or None."""
+    server = backend.server
+    if server is None:
+        client = backend.client
+        return lambda bell: client.bzpopmin(bell, timeout=WAKE_BLOCK_SECONDS)
+    # In-process server: its own blocking pop. Through redis-py's client, connection pool and
+    # response callbacks, each wake-up cost about as much Python as the pop itself.
+    return lambda bell: server.bzpopmin(bell, WAKE_BLOCK_SECONDS)
