@@ -132,3 +132,22 @@ def test_an_error_of_a_queued_send_is_raised_by_the_next_enqueue_and_flush(
             manager.flush(timeout=30)
     finally:
         manager.shutdown(timeout=5, wait=False)
+
+
+def test_sent_items_reach_the_managers_worker_without_the_bell(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On its private backend the Manager tells its own worker which partitions got items, in
+    process: with the waker never started (so no bell is ever popped) every item still runs."""
+    from workshaper.worker.waker import Waker
+
+    monkeypatch.setattr(Waker, "start", lambda self: None)
+    ran: list[int] = []
+    manager = workshaper.Manager(work=lambda m, p, o: ran.append(o), max_in_queue=100)
+    try:
+        for offset in range(40):
+            manager.enqueue(f"k{offset % 7}", "m", offset % 2, offset)
+        assert manager.flush(timeout=20)
+    finally:
+        manager.shutdown(timeout=5, wait=False)
+    assert sorted(ran) == list(range(40))

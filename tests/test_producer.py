@@ -69,11 +69,29 @@ def test_bad_input_raises_naming_the_value_and_writes_nothing(
         ({"max_in_queue": True}, "max_in_queue"),
         ({"ack_interval": 0}, "ack_interval"),
         ({"ack": "not callable"}, "ack"),
+        ({"runnable": "not callable"}, "runnable"),
     ],
 )
 def test_bad_producer_settings(backend: Backend, kwargs: dict[str, Any], fragment: str) -> None:
     with pytest.raises((InvalidInput, InvalidType), match=fragment):
         workshaper.Producer(backend, **kwargs)
+
+
+def test_runnable_is_told_instead_of_ringing_the_bell(backend: Backend, namespace: str) -> None:
+    """With ``runnable`` (the Manager on its private backend) the partitions that got items to
+    run are named to it, and no bell is rung; without it, the bell rings."""
+    told: list[list[int]] = []
+    bell = NamespaceKeys(namespace).wake
+    with workshaper.Producer(backend, namespace) as producer:
+        producer.enqueue("d", "m", 1, 0)
+        assert backend.client.zrange(bell, 0, -1) == [b"1"]
+    backend.client.delete(bell)
+    with workshaper.Producer(backend, namespace, runnable=told.append) as producer:
+        producer.enqueue_many([("a", "m", 0, 0), ("b", "m", 2, 0), ("c", "m", 2, 1)])
+        assert told == [[0, 2]]
+        assert backend.client.exists(bell) == 0
+        producer.enqueue("a", "m", 0, 0)  # a duplicate: nothing new to run
+        assert told == [[0, 2]]
 
 
 def test_bad_items_shape(backend: Backend, namespace: str) -> None:

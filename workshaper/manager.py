@@ -89,6 +89,8 @@ class Manager:
                 ack_interval=ack_interval,
                 recorded=self._recorded,
                 ack_each=ack_each,
+                # Its private backend has no worker but ours: tell it in-process (no bell).
+                runnable=self._runnable if redis is None else None,
             )
         except BaseException:
             self._backend.close()
@@ -135,6 +137,9 @@ class Manager:
             self._total_acked += bisect.bisect_right(pending, offset) - bisect.bisect_right(
                 pending, before
             )
+
+    def _runnable(self, partitions: list[int]) -> None:
+        self._worker.runnable(partitions)
 
     def _recorded(self, partition: int, watermark: int) -> None:
         """The acked watermark is committed: its items leave the partition's count here only

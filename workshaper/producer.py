@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -90,13 +90,18 @@ class Producer:
         ack_each: bool = False,
         max_message_bytes: int = codec.DEFAULT_MAX_MESSAGE_BYTES,
         recorded: AckCallback | None = None,
+        runnable: Callable[[list[int]], object] | None = None,
     ) -> None:
+        """``runnable``: called after each round trip with the partitions it wrote accepted
+        items to, *instead of* ringing the namespace's wake-up bell. Only for a caller that
+        runs the only worker of a private backend (the Manager): it tells that worker
+        in-process, without a hop through the waker thread."""
         codec.check_namespace(namespace)
         check_positive("max_in_queue", max_in_queue, maximum=MAX_IN_QUEUE)
         check_positive("ack_interval", ack_interval, allow_float=True, maximum=MAX_ACK_INTERVAL)
         check_positive("max_message_bytes", max_message_bytes, maximum=MAX_MESSAGE_BYTES)
         check_bool("ack_each", ack_each)
-        for label, fn in (("ack", ack), ("recorded", recorded)):
+        for label, fn in (("ack", ack), ("recorded", recorded), ("runnable", runnable)):
             if fn is not None and not callable(fn):
                 raise InvalidType(f"{label} must be callable, got {type(fn).__name__}")
         self.namespace = namespace
@@ -115,6 +120,7 @@ class Producer:
         #: a duplicate); Redis holding less later means it lost writes.
         self._highest: dict[int, int] = {}
         self._unrung: set[int] = set()  # partitions whose wake-up bell Redis refused to ring
+        self._runnable = runnable
         self._lock = threading.Lock()  # one enqueue at a time keeps per-partition order
         self._link = Link(self._backend)  # used under the lock only
         self._closed = False
@@ -266,12 +272,14 @@ class Producer:
             sent[partition] = (chunk, reply)
         # Ring the wake-up bell for every partition written to (a cheap no-op when it rings),
         # and again for any whose bell a refused write (maxmemory) left silent.
-        now = time.time()
-        rung = sorted(self._unrung.union(todo))
-        bells: list[tuple[list[int], Reply[Any]]] = [
-            (group, batch.command("ZADD", key, "NX", *[x for p in group for x in (now, p)]))
-            for key, group in self._keys.by_wake_key(rung).items()
-        ]
+        bells: list[tuple[list[int], Reply[Any]]] = []
+        if self._runnable is None:
+            now = time.time()
+            rung = sorted(self._unrung.union(todo))
+            bells = [
+                (group, batch.command("ZADD", key, "NX", *[x for p in group for x in (now, p)]))
+                for key, group in self._keys.by_wake_key(rung).items()
+            ]
         try:
             batch.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -283,6 +291,7 @@ class Producer:
             self._registered.update(new)
         self._unrung = {p for group, bell in bells if bell.error is not None for p in group}
         full: list[int] = []
+        accepted: list[int] = []  # partitions with items to run now (told to ``runnable``)
         out_of_memory: list[int] = []
         lost: list[int] = []
         failed: ScriptError | None = None
@@ -299,6 +308,7 @@ class Producer:
                 lost.append(partition)
                 continue
             to_ack = -1  # the highest offset this producer must see acked
+            wrote = False
             for (index, item), code in zip(chunk, codes, strict=True):
                 if code in (0, 1) and item.offset > self._highest.get(partition, -1):
                     self._highest[partition] = item.offset
@@ -310,8 +320,13 @@ class Producer:
                 cursor[partition] += 1
                 if code != 2 and item.offset > to_ack:
                     to_ack = item.offset
+                wrote = wrote or code == 0
             if to_ack >= 0:
                 self._ack_loop.track(partition, to_ack)
+            if wrote:
+                accepted.append(partition)
+        if accepted and self._runnable is not None:
+            self._runnable(accepted)
         if out_of_memory:
             raise RedisOutOfMemory(
                 f"Redis at {self._backend.where} is out of memory (it reached maxmemory and evicts"

@@ -187,6 +187,14 @@ class Worker:
             self._done.set()
             log.info("worker %s stopped", self.id)
 
+    def runnable(self, partitions: list[int]) -> None:
+        """These partitions may have runnable sub keys: claim there at the next turn. For an
+        in-process producer that is the only one to tell (the Manager on its private
+        backend): it saves the bell's round trip through the waker thread. Any thread."""
+        put = self._inbox.put
+        for partition in partitions:
+            put(("wake", partition))
+
     def stop(self, timeout: float | None = None) -> bool:
         """Stop claiming, let running items finish (up to ``timeout`` s), record them, release
         every lease so other workers continue at once. True when everything was drained."""
