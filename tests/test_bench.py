@@ -203,3 +203,8 @@ def test_embedded_bench_repeats_rows_and_compares_two_trees(
     assert embedded._without_options(
         ["--rounds", "3", "--compare=/x", "--items", "5"], {"--compare": 1, "--rounds": 1}
     ) == ["--items", "5"]
+    # --threads: each row is preceded by the CPU of the Manager's threads, by part.
+    assert embedded.main([*small, "--threads"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0].strip() for line in lines[::2]] == ["CPU by thread"] * 2
+    assert all("coordinator" in line and "executors" in line for line in lines[::2])

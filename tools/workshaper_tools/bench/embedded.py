@@ -3,7 +3,7 @@
 and on a private redis-server.
 
 ``python -m workshaper_tools.bench.embedded [--backend embedded|fakeredis|redis|all] [--items N]
-[--rounds N] [--compare OLD_TREE]``
+[--rounds N] [--compare OLD_TREE] [--threads]``
 
 S1 here is the issue's shape for the Manager: no-op work over 1,000 sub keys, one partition,
 concurrency 16, items enqueued one call each (as a seed-style program does). S2 is the same
@@ -54,15 +54,56 @@ def _target(backend: str) -> Iterator[Any]:
         yield server.url
 
 
+#: Thread names -> the part of the Manager they are (for --threads).
+_ROLES = (
+    ("workshaper-worker", "coordinator"),
+    ("workshaper-work-", "executors"),
+    ("workshaper-loop", "executors"),
+    ("workshaper-ack", "ack loop"),
+    ("workshaper-waker", "waker"),
+    ("workshaper-enqueue", "writer"),
+    ("MainThread", "enqueueing thread"),
+)
+
+
+def _thread_cpu() -> dict[int, float]:
+    """CPU seconds (user + system) of each live thread of this process, by native id."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for thread in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile, or no /proc
+            continue
+        if thread.native_id is not None:
+            out[thread.native_id] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def _cpu_by_role(before: dict[int, float]) -> str:
+    """CPU seconds per part of the Manager since ``before`` (threads still running)."""
+    now = _thread_cpu()
+    by_role: dict[str, float] = {}
+    for thread in threading.enumerate():
+        if thread.native_id not in now:
+            continue
+        role = next((r for prefix, r in _ROLES if thread.name.startswith(prefix)), "other")
+        used = now[thread.native_id] - before.get(thread.native_id, 0.0)
+        by_role[role] = by_role.get(role, 0.0) + used
+    return ", ".join(f"{role} {cpu:.2f} s" for role, cpu in sorted(by_role.items()))
+
+
 def _run(
     redis: Any,
     items: list[tuple[Any, Any, int, int]],
     work: Any,
     max_in_queue: int,
+    threads: bool = False,
 ) -> tuple[float, float]:
     """Seconds from the first enqueue to the last ack, and this process's CPU seconds over
     that time (a busy shared machine stretches the first more than the second); checks every
-    item was acked."""
+    item was acked. ``threads``: also print the CPU each part of the Manager used."""
     acked: dict[int, int] = {}
     lock = threading.Lock()
 
@@ -78,12 +119,15 @@ def _run(
         namespace=f"bench-emb-{random.Random().randrange(10**9)}",
         concurrency=SLOTS,
     ) as m:
+        per_thread = _thread_cpu() if threads else {}
         start, cpu = time.perf_counter(), time.process_time()
         for item in items:
             m.enqueue(*item)
         if not m.flush(timeout=600):
             raise RuntimeError("flush timed out")
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+        if threads:
+            say(f"  CPU by thread: {_cpu_by_role(per_thread)}")
         if m.total_acked != len(items):
             raise RuntimeError(f"acked {m.total_acked} of {len(items)}")
     return elapsed, cpu
@@ -127,7 +171,7 @@ def _measure(args: argparse.Namespace) -> Iterator[Row]:
             if "s1" in only:
                 for max_in_queue in (25, 1000):
                     items = s1_items(args.fakeredis_items if backend == "fakeredis" else args.items)
-                    seconds, cpu = _run(redis, items, _noop, max_in_queue)
+                    seconds, cpu = _run(redis, items, _noop, max_in_queue, args.threads)
                     name = (
                         f"{backend:9s} S1 no-op {len(items):,} items, {S1_KEYS} keys, "
                         f"max_in_queue {max_in_queue}"
@@ -138,7 +182,7 @@ def _measure(args: argparse.Namespace) -> Iterator[Row]:
                 ideal, _, _ = ideal_seconds(plan, sleeps, SLOTS)
                 items = [(sub, str(us), p, o) for sub, us, p, o in plan.tuples]
                 for max_in_queue in map(int, args.s2_max_in_queue.split(",")):
-                    seconds, cpu = _run(redis, items, _sleep_us, max_in_queue)
+                    seconds, cpu = _run(redis, items, _sleep_us, max_in_queue, args.threads)
                     name = f"{backend:9s} S2 1,000 keys, 10,000 items, max_in_queue {max_in_queue}"
                     yield name, seconds, cpu, len(items), ideal
 
@@ -197,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         metavar="OLD_TREE",
         help="alternate rounds between OLD_TREE's workshaper and this tree's",
+    )
+    parser.add_argument(
+        "--threads", action="store_true", help="print the CPU of each part's threads per row"
     )
     parser.add_argument("--rows-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
