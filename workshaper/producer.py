@@ -308,7 +308,6 @@ class Producer:
                 lost.append(partition)
                 continue
             to_ack = -1  # the highest offset this producer must see acked
-            wrote = False
             for (index, item), code in zip(chunk, codes, strict=True):
                 if code in (0, 1) and item.offset > self._highest.get(partition, -1):
                     self._highest[partition] = item.offset
@@ -320,10 +319,9 @@ class Producer:
                 cursor[partition] += 1
                 if code != 2 and item.offset > to_ack:
                     to_ack = item.offset
-                wrote = wrote or code == 0
             if to_ack >= 0:
                 self._ack_loop.track(partition, to_ack)
-            if wrote:
+            if self._runnable is not None and 0 in codes:  # an item accepted: new work
                 accepted.append(partition)
         if accepted and self._runnable is not None:
             self._runnable(accepted)
