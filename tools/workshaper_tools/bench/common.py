@@ -230,8 +230,18 @@ def peak_rss_kib(pid: int) -> int:
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a live process (0.0 when gone)."""
+    return _stat_cpu(f"/proc/{pid}/stat")
+
+
+def thread_cpu_seconds(native_id: int) -> float:
+    """utime + stime of a live thread of this process (0.0 when gone). /proc/<tid>/stat
+    would count the whole process: a thread's own is under task/."""
+    return _stat_cpu(f"/proc/self/task/{native_id}/stat")
+
+
+def _stat_cpu(path: str) -> float:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -35,7 +35,7 @@ from typing import Any
 
 from workshaper.connection import fakeredis_backend
 from workshaper.manager import Manager
-from workshaper_tools.bench.common import SEED, private_redis, say
+from workshaper_tools.bench.common import SEED, private_redis, say, thread_cpu_seconds
 from workshaper_tools.bench.ordering import SEED_PUBLISHED, ideal_seconds, plan_sleeps
 
 SLOTS = 16
@@ -67,18 +67,10 @@ _ROLES = (
 
 
 def _thread_cpu() -> dict[int, float]:
-    """CPU seconds (user + system) of each live thread of this process, by native id."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    out: dict[int, float] = {}
-    for thread in threading.enumerate():
-        try:
-            with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:  # ended meanwhile, or no /proc
-            continue
-        if thread.native_id is not None:
-            out[thread.native_id] = (int(fields[11]) + int(fields[12])) / ticks
-    return out
+    """CPU seconds of each live thread of this process, by native id."""
+    return {
+        t.native_id: thread_cpu_seconds(t.native_id) for t in threading.enumerate() if t.native_id
+    }
 
 
 def _cpu_by_role(before: dict[int, float]) -> str:
