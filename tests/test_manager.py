@@ -151,3 +151,59 @@ def test_sent_items_reach_the_managers_worker_without_the_bell(
     finally:
         manager.shutdown(timeout=5, wait=False)
     assert sorted(ran) == list(range(40))
+
+
+def test_an_item_that_fills_its_partition_is_sent_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The item that fills its partition goes out on the enqueueing thread: its partition's
+    next item waits for room anyway, so the writer is not woken to gather it. With the
+    writer's gathering made a minute long, it must still run within seconds."""
+    from workshaper import manager as manager_module
+
+    monkeypatch.setattr(manager_module, "GATHER_SECONDS", 60.0)
+    ran: list[int] = []
+    manager = workshaper.Manager(work=lambda m, p, o: ran.append(o), max_in_queue=2)
+    try:
+        manager.enqueue("a", "m", 0, 0)  # room left: waits for the writer's gathering
+        manager.enqueue("b", "m", 0, 1)  # fills partition 0: sent at once, with the first
+        _wait_for(lambda: sorted(ran) == [0, 1], timeout=20)
+        assert manager.flush(timeout=20)
+    finally:
+        manager.shutdown(timeout=5, wait=False)
+
+
+def test_the_managers_lone_worker_claims_what_is_left_without_ringing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No other worker can reach the Manager's private backend: sub keys left runnable while
+    its worker has no room are claimed by it once it has room, and no bell is rung (with
+    the waker never started, nothing but the worker itself could take them)."""
+    from workshaper.worker.coordinator import Coordinator
+    from workshaper.worker.waker import Waker
+
+    monkeypatch.setattr(Waker, "start", lambda self: None)
+    rung: list[int] = []
+    add_wakes = Coordinator._add_wakes
+
+    def spy(self: Coordinator, batch: object) -> object:
+        rung.extend(self.state.wakes)
+        return add_wakes(self, batch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Coordinator, "_add_wakes", spy)
+    ran: dict[str, list[int]] = {}
+    lock = threading.Lock()
+
+    def work(message: object, partition: int, offset: int) -> None:
+        with lock:
+            ran.setdefault(str(message), []).append(offset)
+
+    manager = workshaper.Manager(work=work, max_in_queue=300, concurrency=2, prefetch=0)
+    try:
+        for offset in range(300):
+            key = f"k{offset % 40}"
+            manager.enqueue(key, key, 0, offset)
+        assert manager.flush(timeout=30)
+    finally:
+        manager.shutdown(timeout=5, wait=False)
+    assert rung == []
+    assert sum(len(offsets) for offsets in ran.values()) == 300
+    assert all(offsets == sorted(offsets) for offsets in ran.values())

@@ -61,7 +61,8 @@ class Claims:
         """The partition may have runnable sub keys: claim there if there is room."""
         wanted = self.wanted()
         if wanted <= 0 or self._state.stopping:
-            self._state.wakes.add(partition)  # give the bell back for another worker
+            if not self._state.alone:
+                self._state.wakes.add(partition)  # give the bell back for another worker
             if not self._state.stopping:
                 self._deferred.add(partition)
             return
@@ -140,7 +141,8 @@ class Claims:
             state.observer.claimed(len(claimed))
         if ready_left:
             # Others may take the rest (ring the bell) and so may we, at once: no waker hop.
-            state.wakes.add(claim.partition)
+            if not state.alone:
+                state.wakes.add(claim.partition)
             self.woken(claim.partition)
 
     def _start(self, lease: Lease, entries: list[bytes], batch_size: int) -> None:

@@ -195,6 +195,13 @@ class Worker:
         for partition in partitions:
             put(("wake", partition))
 
+    def mark_alone(self) -> None:
+        """No other worker shares this backend (the Manager's private one). Sub keys left
+        runnable while this worker has no room are then claimed by it once it has room,
+        without ringing their partition's bell: only its own waker would pop that bell, a
+        thread wake-up and a coordinator turn per ring for nothing. Call before ``start``."""
+        self._state.alone = True
+
     def stop(self, timeout: float | None = None) -> bool:
         """Stop claiming, let running items finish (up to ``timeout`` s), record them, release
         every lease so other workers continue at once. True when everything was drained."""

@@ -45,6 +45,9 @@ class CoordinatorState:
     leases: dict[tuple[int, bytes], Lease] = field(default_factory=dict)
     #: Partitions whose wake-up bell to ring in the next round trip (others may claim there).
     wakes: set[int] = field(default_factory=set)
+    #: No other worker shares the backend (Worker.mark_alone): a bell rung for others would
+    #: only come back through this worker's own waker.
+    alone: bool = False
     stats: dict[str, int] = field(default_factory=new_stats)
     observer: Observer | None = None
     #: lease.clock() when the current round trip was sent: a lease that Redis extends in it is
