@@ -208,3 +208,9 @@ def test_embedded_bench_repeats_rows_and_compares_two_trees(
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0].strip() for line in lines[::2]] == ["CPU by thread"] * 2
     assert all("coordinator" in line and "executors" in line for line in lines[::2])
+    # --machine: one line first, with the hand-off costs and the loop's speed.
+    assert embedded.main([*small, "--machine"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("machine: a thread hand-off round trip costs ")
+    assert "on one CPU" in first and "additions in a Python loop take" in first
+    assert embedded.handoff_round_trip_us((0, 0)) > 0

@@ -134,7 +134,7 @@ OTHER_PROGRAMS = {
     "--cluster", "--cluster-enabled", "--tls-port", "--askpass",  # redis-server, redis-cli
     "--gil", "--rate",  # py-spy record
     "--backend", "--records", "--rounds", "--window",  # bench.embedded, kafka, cpu_ab, idle
-    "--s2-max-in-queue", "--threads",  # bench.embedded
+    "--s2-max-in-queue", "--threads", "--machine",  # bench.embedded
 }  # fmt: skip
 
 

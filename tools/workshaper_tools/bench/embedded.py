@@ -3,7 +3,7 @@
 and on a private redis-server.
 
 ``python -m workshaper_tools.bench.embedded [--backend embedded|fakeredis|redis|all] [--items N]
-[--rounds N] [--compare OLD_TREE] [--threads]``
+[--rounds N] [--compare OLD_TREE] [--threads] [--machine]``
 
 S1 here is the issue's shape for the Manager: no-op work over 1,000 sub keys, one partition,
 concurrency 16, items enqueued one call each (as a seed-style program does). S2 is the same
@@ -15,6 +15,11 @@ every row N times and ends with each row's medians; ``--compare OLD_TREE`` runs 
 twice, first with the ``workshaper`` package of OLD_TREE (a ``git worktree`` of the commit
 before), then with this tree's, each in a fresh process with this tree's bench, so before and
 after share the machine's load, and ends with both sides' medians.
+
+``--machine`` first prints what a thread hand-off costs on this machine (on one CPU, across two,
+and where the scheduler puts the threads) and how fast a plain Python loop runs: the rows are
+bound by hand-offs and the interpreter, and machines differ by 2x in both, so rows from
+different machines compare only next to these numbers.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import random
 import statistics
 import subprocess
@@ -64,6 +70,67 @@ _ROLES = (
     ("workshaper-enqueue", "writer"),
     ("MainThread", "enqueueing thread"),
 )
+
+
+#: Round trips per hand-off probe (--machine), and additions in the loop probe.
+HANDOFF_ROUNDS, LOOP_ADDITIONS = 5000, 1_000_000
+
+
+def handoff_round_trip_us(cpus: tuple[int, int] | None) -> float:
+    """Microseconds per round trip of an item between two fresh threads through
+    ``queue.SimpleQueue``: two wake-ups, as between the Manager's threads. ``cpus``: the CPU
+    each thread is kept on (the same one twice, or two), set by each thread for itself only;
+    None: wherever the scheduler puts them."""
+    there: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+    back: queue.SimpleQueue[int] = queue.SimpleQueue()
+    took: list[float] = []
+
+    def keep_on(cpu: int) -> None:
+        if cpus is not None:
+            os.sched_setaffinity(0, {cpu})  # 0: the calling thread (Linux)
+
+    def answer() -> None:
+        keep_on(cpus[1] if cpus else 0)
+        while (item := there.get()) is not None:
+            back.put(item)
+
+    def ask() -> None:
+        keep_on(cpus[0] if cpus else 0)
+        start = time.perf_counter()
+        for i in range(HANDOFF_ROUNDS):
+            there.put(i)
+            back.get()
+        took.append(time.perf_counter() - start)
+        there.put(None)
+
+    threads = [threading.Thread(target=answer), threading.Thread(target=ask)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return took[0] / HANDOFF_ROUNDS * 1e6
+
+
+def loop_ms() -> float:
+    """Milliseconds for LOOP_ADDITIONS additions in a plain Python loop."""
+    start, total = time.perf_counter(), 0
+    for i in range(LOOP_ADDITIONS):
+        total += i
+    return (time.perf_counter() - start) * 1e3
+
+
+def describe_machine() -> str:
+    cpus = sorted(os.sched_getaffinity(0))
+    across = (
+        f", across two CPUs {handoff_round_trip_us((cpus[0], cpus[1])):.1f} us"
+        if len(cpus) > 1
+        else ""
+    )
+    return (
+        f"machine: a thread hand-off round trip costs {handoff_round_trip_us(None):.1f} us"
+        f" (on one CPU {handoff_round_trip_us((cpus[0], cpus[0])):.1f} us{across});"
+        f" {LOOP_ADDITIONS:,} additions in a Python loop take {loop_ms():.0f} ms"
+    )
 
 
 def _thread_cpu() -> dict[int, float]:
@@ -237,12 +304,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", action="store_true", help="print the CPU of each part's threads per row"
     )
+    parser.add_argument(
+        "--machine",
+        action="store_true",
+        help="first print this machine's thread hand-off cost and Python loop speed",
+    )
     parser.add_argument("--rows-json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.machine and not args.rows_json:
+        say(describe_machine())
     if args.compare is not None:
         here = Path(__file__).resolve().parents[3]
         passed = list(argv if argv is not None else sys.argv[1:])
-        child = _without_options(passed, {"--compare": 1, "--rounds": 1})
+        child = _without_options(passed, {"--compare": 1, "--rounds": 1, "--machine": 0})
         sides: dict[str, list[Row]] = {"before": [], "after": []}
         for number in range(1, args.rounds + 1):
             for side, tree in (("before", args.compare.resolve()), ("after", here)):
