@@ -153,24 +153,6 @@ def test_sent_items_reach_the_managers_worker_without_the_bell(
     assert sorted(ran) == list(range(40))
 
 
-def test_an_item_that_fills_its_partition_is_sent_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The item that fills its partition goes out on the enqueueing thread: its partition's
-    next item waits for room anyway, so the writer is not woken to gather it. With the
-    writer's gathering made a minute long, it must still run within seconds."""
-    from workshaper import manager as manager_module
-
-    monkeypatch.setattr(manager_module, "GATHER_SECONDS", 60.0)
-    ran: list[int] = []
-    manager = workshaper.Manager(work=lambda m, p, o: ran.append(o), max_in_queue=2)
-    try:
-        manager.enqueue("a", "m", 0, 0)  # room left: waits for the writer's gathering
-        manager.enqueue("b", "m", 0, 1)  # fills partition 0: sent at once, with the first
-        _wait_for(lambda: sorted(ran) == [0, 1], timeout=20)
-        assert manager.flush(timeout=20)
-    finally:
-        manager.shutdown(timeout=5, wait=False)
-
-
 def test_the_managers_lone_worker_claims_what_is_left_without_ringing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -9,9 +9,8 @@ room (its own count of accepted-but-unacked items, freed once the acked watermar
 as the script's count is). Such an item is checked and encoded at once, counted, and queued;
 everything queued goes in one script call (group commit), so the seed-style one-call-per-item
 loop costs one script call per batch, not per item. The enqueueing thread sends the queue itself
-when it is about to wait (for room, or in flush) and when an item fills its partition; otherwise
-a writer thread sends it, a moment after its first item (GATHER_SECONDS), so items never wait
-for the next enqueue. One send runs
+when it is about to wait (for room, or in flush); otherwise a writer thread sends it, a moment
+after its first item (GATHER_SECONDS), so items never wait for the next enqueue. One send runs
 at a time, which keeps each partition's order. Anything else (an offset at or below one already
 sent: a re-delivery) waits until everything queued was sent and asks the script, so every
 status is the script's. Each send checks that the script accepted every item.
@@ -214,12 +213,7 @@ class Manager:
             unacked.append(item.offset)  # above every offset sent: the list stays ascending
             self._total_enqueued += 1
             self._waiting.append(encoded)
-            if len(unacked) >= self._max_in_queue:
-                # The partition is full now: its next item waits for room whatever else comes,
-                # so gathering gains it nothing, and waking the writer to send costs a thread
-                # switch (in a loop kept full, one per freed slot): send on this thread.
-                self._send_here()
-            elif len(self._waiting) == 1 or len(self._waiting) >= GATHER_ITEMS:
+            if len(self._waiting) == 1 or len(self._waiting) >= GATHER_ITEMS:
                 self._work.notify()  # starts the writer's gathering, or ends it
         return True
 
