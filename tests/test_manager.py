@@ -189,3 +189,12 @@ def test_the_managers_lone_worker_claims_what_is_left_without_ringing(
     assert rung == []
     assert sum(len(offsets) for offsets in ran.values()) == 300
     assert all(offsets == sorted(offsets) for offsets in ran.values())
+
+
+def test_mark_alone_refuses_a_running_worker() -> None:
+    """The coordinator reads the flag without a lock: it is set before the worker runs."""
+    with (
+        workshaper.Manager(work=lambda m, p, o: None) as manager,
+        pytest.raises(RuntimeError, match="before the Worker runs"),
+    ):
+        manager.worker.mark_alone()

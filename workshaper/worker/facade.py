@@ -197,9 +197,12 @@ class Worker:
 
     def mark_alone(self) -> None:
         """No other worker shares this backend (the Manager's private one). Sub keys left
-        runnable while this worker has no room are then claimed by it once it has room,
-        without ringing their partition's bell: only its own waker would pop that bell, a
-        thread wake-up and a coordinator turn per ring for nothing. Call before ``start``."""
+        runnable (a claim could not take them all, or a bell came while this worker had no
+        room) are then claimed by it once it has room, without ringing their partition's
+        bell: only its own waker would pop that bell, a thread wake-up and a coordinator turn
+        per ring for nothing. Before ``start``/``run``: the coordinator reads it unlocked."""
+        if self._running or self._thread is not None:
+            raise RuntimeError("mark_alone() must be called before the Worker runs")
         self._state.alone = True
 
     def stop(self, timeout: float | None = None) -> bool:
