@@ -85,29 +85,33 @@ def handoff_round_trip_us(cpus: tuple[int, int] | None) -> float:
     back: queue.SimpleQueue[int] = queue.SimpleQueue()
     took: list[float] = []
 
-    def keep_on(cpu: int) -> None:
+    def keep_on(side: int) -> None:
         if cpus is not None:
-            os.sched_setaffinity(0, {cpu})  # 0: the calling thread (Linux)
+            os.sched_setaffinity(0, {cpus[side]})  # 0: the calling thread (Linux)
 
     def answer() -> None:
-        keep_on(cpus[1] if cpus else 0)
+        keep_on(1)
         while (item := there.get()) is not None:
             back.put(item)
 
     def ask() -> None:
-        keep_on(cpus[0] if cpus else 0)
-        start = time.perf_counter()
-        for i in range(HANDOFF_ROUNDS):
-            there.put(i)
-            back.get()
-        took.append(time.perf_counter() - start)
-        there.put(None)
+        try:
+            keep_on(0)
+            start = time.perf_counter()
+            for i in range(HANDOFF_ROUNDS):
+                there.put(i)
+                back.get()
+            took.append(time.perf_counter() - start)
+        finally:
+            there.put(None)  # the answering thread ends even if this one failed
 
     threads = [threading.Thread(target=answer), threading.Thread(target=ask)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    if not took:
+        raise RuntimeError(f"the hand-off probe failed (CPUs {cpus})")
     return took[0] / HANDOFF_ROUNDS * 1e6
 
 
