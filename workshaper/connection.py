@@ -583,8 +583,11 @@ def _sentinel_backend(
         **options,
         **tls,
     }
-    sentinel = redis.sentinel.Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
-    client = sentinel.master_for(service, **master_kwargs)  # type: ignore[no-untyped-call]
+    # Called through Any: redis-py types Sentinel's methods only from 8.x on, so an ignore
+    # comment for the untyped releases is an error under the typed ones (and the reverse).
+    sentinel_type: Any = redis.sentinel.Sentinel
+    sentinel = sentinel_type(sentinels, sentinel_kwargs=sentinel_kwargs)
+    client = sentinel.master_for(service, **master_kwargs)
     where = _sentinel_where(service, sentinel)
     if scheme == "rediss+sentinel":
         where += " (TLS)"
