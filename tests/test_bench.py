@@ -156,6 +156,52 @@ def test_schedule_bound_packs_whole_chains() -> None:
     assert ordering.ideal_seconds(items, sleeps, 2)[0] == 1.75
 
 
+def test_backpressure_run_holds_room_until_the_watermark_passes() -> None:
+    """Two slots, max_in_queue 2, three items of distinct keys taking 10, 1 and 1 s: the third
+    waits for the first (the watermark), not for the second, so the run takes 11 s where
+    the ideal is 6 s. Costs per item and per ack add where they fall (the run ends with the
+    last ack, as the bench's clock does)."""
+    items = Items(Plan(["a", "b", "c"], [0] * 3, [0, 1, 2]), [])
+    sleeps = [10_000_000, 1_000_000, 1_000_000]
+    assert ordering.backpressure_run(items, sleeps, 2, 2) == 11.0
+    assert ordering.backpressure_run(items, sleeps, 2, 3) == 10.0
+    assert ordering.backpressure_run(items, sleeps, 2, 2, ack_us=500_000) == 12.0
+    assert ordering.backpressure_run(items, sleeps, 2, 2, start_us=1_000_000) == 13.0
+    # One at a time: every item waits for the one before it to be acked.
+    assert ordering.backpressure_run(items, sleeps, 3, 1) == 12.0
+    with pytest.raises(ValueError, match="max_in_queue 0 admits nothing"):
+        ordering.backpressure_run(items, sleeps, 2, 0)
+
+
+def test_backpressure_run_keeps_key_order_and_partitions_apart() -> None:
+    """A key's items run one after another; each partition has its own room; unordered
+    items (None) run wherever a slot is free."""
+    items = Items(Plan(["a", "a", None, None], [0, 0, 1, 1], [0, 1, 0, 1]), [])
+    sleeps = [1_000_000] * 4
+    assert ordering.backpressure_run(items, sleeps, 4, 10) == 2.0  # a's chain
+    # max_in_queue 1: one producer waits at the first full partition (item 1 until item 0 is
+    # acked at 1 s); then partition 1's items go one at a time: 1-2 s and 2-3 s.
+    assert ordering.backpressure_run(items, sleeps, 4, 1) == 3.0
+    assert ordering.backpressure_run(items, sleeps, 4, 2) == 2.0  # each partition its own room
+    assert ordering.backpressure_run(items, sleeps, 1, 10) == 4.0  # one slot: one at a time
+    plan, s2 = ordering.plan_sleeps(2000, "1000")
+    ideal = ordering.ideal_seconds(plan, s2, 16)[0]
+    tight, loose = (ordering.backpressure_run(plan, s2, 16, m) for m in (25, 2000))
+    assert ideal <= loose <= tight
+
+
+def test_embedded_bench_names_what_backpressure_alone_costs_s2() -> None:
+    """The line printed before the embedded S2 rows: the seeded S2 plan with no overhead at
+    all is 1.13x its ideal at the seed's max_in_queue of 25, and at the ideal at 1,000."""
+    from workshaper_tools.bench import embedded
+
+    line = embedded.describe_floors([25, 1000])
+    assert line == (
+        "S2 with no overhead at all (ideal 1.56 s): max_in_queue 25: 1.76 s = 1.13x;"
+        " max_in_queue 1000: 1.57 s = 1.00x"
+    )
+
+
 def test_s3_trace_splits_both_latencies_by_hand_off(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:

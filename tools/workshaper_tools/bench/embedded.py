@@ -16,6 +16,10 @@ twice, first with the ``workshaper`` package of OLD_TREE (a ``git worktree`` of 
 before), then with this tree's, each in a fresh process with this tree's bench, so before and
 after share the machine's load, and ends with both sides' medians.
 
+Before the S2 rows it prints what S2 takes with no overhead at all at each max_in_queue
+(``ordering.backpressure_run``): at the seed's 25, backpressure alone keeps it ~13% above the
+ideal, since room comes back only as the watermark passes items.
+
 ``--machine`` first prints what a thread hand-off costs on this machine (on one CPU, across two,
 and where the scheduler puts the threads) and how fast a plain Python loop runs: the rows are
 bound by hand-offs and the interpreter, and machines differ by 2x in both, so rows from
@@ -42,7 +46,12 @@ from typing import Any
 from workshaper.connection import fakeredis_backend
 from workshaper.manager import Manager
 from workshaper_tools.bench.common import SEED, private_redis, say, thread_cpu_seconds
-from workshaper_tools.bench.ordering import SEED_PUBLISHED, ideal_seconds, plan_sleeps
+from workshaper_tools.bench.ordering import (
+    SEED_PUBLISHED,
+    backpressure_run,
+    ideal_seconds,
+    plan_sleeps,
+)
 
 SLOTS = 16
 S1_KEYS = 1000
@@ -135,6 +144,17 @@ def describe_machine() -> str:
         f" (on one CPU {handoff_round_trip_us((cpus[0], cpus[0])):.1f} us{across});"
         f" {LOOP_ADDITIONS:,} additions in a Python loop take {loop_ms():.0f} ms"
     )
+
+
+def describe_floors(max_in_queues: list[int]) -> str:
+    """What S2 takes with no overhead at all, per max_in_queue: backpressure alone keeps a
+    small max_in_queue above the ideal (ordering.backpressure_run), so a row's distance from
+    that run, not from the ideal, is what the Manager costs."""
+    plan, sleeps = plan_sleeps(10000, "1000")
+    ideal = ideal_seconds(plan, sleeps, SLOTS)[0]
+    runs = [(m, backpressure_run(plan, sleeps, SLOTS, m)) for m in max_in_queues]
+    shown = "; ".join(f"max_in_queue {m}: {run:.2f} s = {run / ideal:.2f}x" for m, run in runs)
+    return f"S2 with no overhead at all (ideal {ideal:.2f} s): {shown}"
 
 
 def _thread_cpu() -> dict[int, float]:
@@ -317,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.machine and not args.rows_json:
         say(describe_machine())
+    if "s2" in args.only.split(",") and not args.rows_json:
+        say(describe_floors([int(m) for m in args.s2_max_in_queue.split(",")]))
     if args.compare is not None:
         here = Path(__file__).resolve().parents[3]
         passed = list(argv if argv is not None else sys.argv[1:])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,90 @@ def schedule_bound(items: Items, sleeps: list[int], slots: int) -> float:
     for chain in sorted([*chains.values(), *singles], reverse=True):
         heapq.heapreplace(loads, loads[0] + chain)
     return max(loads) / 1e6
+
+
+def backpressure_run(
+    items: Items,
+    sleeps: list[int],
+    slots: int,
+    max_in_queue: int,
+    *,
+    start_us: int = 0,
+    ack_us: int = 0,
+) -> float:
+    """Seconds of a run that costs nothing but the work, under backpressure (README: at most
+    ``max_in_queue`` accepted-but-unacked items per partition).
+
+    The ideal of ``ideal_seconds`` ignores backpressure; a small ``max_in_queue`` does not:
+    room comes back only when the contiguous watermark passes an item, so one long item holds
+    back every item enqueued after it (the seed's max_in_queue of 25 costs S2 ~13% before any
+    overhead). This is that run, event by event in whole microseconds: one producer enqueues in
+    plan order and waits while the item's partition is full; a free slot takes the runnable
+    item (the head of its sub key's queue; ``None``: always runnable) that became runnable
+    first; a finished item's watermark frees room ``ack_us`` later; each item occupies its slot
+    ``start_us`` longer than its work (what a real run pays per item and per ack, to see how
+    fast overheads eat the margin).
+    """
+    plan = items.plan
+    n = len(plan)
+    unacked: dict[int, deque[int]] = defaultdict(deque)  # partition -> items above its watermark
+    held: dict[int, int] = defaultdict(int)  # partition -> items counted against max_in_queue
+    done = [False] * n
+    waiting: dict[Any, deque[int]] = defaultdict(deque)  # sub key -> its queued items
+    runnable: deque[int] = deque()
+    events: list[tuple[int, int, int, int]] = []  # (us, 0 finish / 1 room, item or partition, n)
+    free, now, enqueued = slots, 0, 0
+
+    def admit() -> None:
+        nonlocal enqueued
+        while enqueued < n and held[plan.partitions[enqueued]] < max_in_queue:
+            i, sub = enqueued, plan.sub_keys[enqueued]
+            held[plan.partitions[i]] += 1
+            unacked[plan.partitions[i]].append(i)
+            if sub is None:
+                runnable.append(i)
+            else:
+                waiting[sub].append(i)
+                if len(waiting[sub]) == 1:
+                    runnable.append(i)
+            enqueued += 1
+
+    def finish(i: int) -> None:
+        """Item i ended: its slot is free, its sub key's next item runnable, and the items the
+        watermark passes now free their room ``ack_us`` later."""
+        nonlocal free
+        free += 1
+        done[i] = True
+        sub = plan.sub_keys[i]
+        if sub is not None:
+            waiting[sub].popleft()
+            if waiting[sub]:
+                runnable.append(waiting[sub][0])
+        partition, passed = plan.partitions[i], 0
+        pending = unacked[partition]
+        while pending and done[pending[0]]:
+            pending.popleft()
+            passed += 1
+        if passed:
+            heapq.heappush(events, (now + ack_us, 1, partition, passed))
+
+    admit()
+    while True:
+        while free and runnable:
+            i = runnable.popleft()
+            free -= 1
+            heapq.heappush(events, (now + sleeps[i] + start_us, 0, i, 0))
+        if not events:
+            break
+        now, kind, what, count = heapq.heappop(events)
+        if kind == 0:
+            finish(what)
+        else:
+            held[what] -= count
+            admit()
+    if enqueued < n:
+        raise ValueError(f"max_in_queue {max_in_queue} admits nothing")
+    return now / 1e6
 
 
 def in_target(row: str) -> bool:
