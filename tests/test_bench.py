@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +191,65 @@ def test_backpressure_run_keeps_key_order_and_partitions_apart() -> None:
     ideal = ordering.ideal_seconds(plan, s2, 16)[0]
     tight, loose = (ordering.backpressure_run(plan, s2, 16, m) for m in (25, 2000))
     assert ideal <= loose <= tight
+
+
+def test_the_reference_scheduler_keeps_order_acks_and_backpressure() -> None:
+    """The yardstick of the embedded rows gives the Manager's guarantees of order, acks and
+    backpressure: each sub key's items in order, each partition acked at contiguous
+    watermarks up to its last offset, and no item started while max_in_queue items above the
+    watermark were ahead of it."""
+    from workshaper_tools.bench.reference import MinimalScheduler, run_minimal
+
+    rng = random.Random(7)
+    offsets = {0: 0, 1: 0}
+    items = []
+    for _ in range(400):
+        partition = rng.randrange(2)
+        sub = None if rng.random() < 0.1 else f"k{rng.randrange(20)}"
+        items.append((sub, rng.randrange(300), partition, offsets[partition]))
+        offsets[partition] += 1
+    last = {p: n - 1 for p, n in offsets.items()}
+    lock = threading.Lock()
+    started: list[tuple[int, int]] = []
+    acks: list[tuple[int, int]] = []
+    watermark = {0: -1, 1: -1}
+    max_in_queue = 5
+
+    overruns: list[tuple[int, int]] = []
+
+    def work(message: int, partition: int, offset: int) -> None:
+        with lock:
+            started.append((partition, offset))
+            if offset - watermark[partition] > max_in_queue:
+                overruns.append((partition, offset))
+        time.sleep(message / 1e6)
+
+    def ack(partition: int, offset: int) -> None:
+        with lock:
+            acks.append((partition, offset))
+            watermark[partition] = offset
+
+    scheduler = MinimalScheduler(work, ack, max_in_queue, slots=4)
+    try:
+        for item in items:
+            scheduler.enqueue(*item)
+        assert scheduler.flush(timeout=60)
+    finally:
+        scheduler.close()
+    assert not overruns
+    assert sorted(started) == sorted((p, o) for _, _, p, o in items)
+    position = {run: i for i, run in enumerate(started)}
+    by_key: dict[Any, list[int]] = {}
+    for sub, _, partition, offset in items:
+        if sub is not None:
+            by_key.setdefault(sub, []).append(position[(partition, offset)])
+    assert all(runs == sorted(runs) for runs in by_key.values())
+    for partition, end in last.items():
+        marks = [o for p, o in acks if p == partition]
+        assert marks == sorted(set(marks)) and marks[-1] == end
+    # run_minimal: the same, timed, with the last watermark of each partition.
+    seconds, cpu, acked = run_minimal(items, lambda *_: None, max_in_queue, 4)
+    assert acked == last and seconds > 0 and cpu >= 0
 
 
 def test_embedded_bench_names_what_backpressure_alone_costs_s2() -> None:

@@ -2,8 +2,8 @@
 1,000 keys) on the embedded default (``redis=None``), on the former embedded backend (fakeredis)
 and on a private redis-server.
 
-``python -m workshaper_tools.bench.embedded [--backend embedded|fakeredis|redis|all] [--items N]
-[--rounds N] [--compare OLD_TREE] [--threads] [--machine]``
+``python -m workshaper_tools.bench.embedded [--backend embedded|fakeredis|redis|reference|all]
+[--items N] [--rounds N] [--compare OLD_TREE] [--threads] [--machine]``
 
 S1 here is the issue's shape for the Manager: no-op work over 1,000 sub keys, one partition,
 concurrency 16, items enqueued one call each (as a seed-style program does). S2 is the same
@@ -15,6 +15,11 @@ every row N times and ends with each row's medians; ``--compare OLD_TREE`` runs 
 twice, first with the ``workshaper`` package of OLD_TREE (a ``git worktree`` of the commit
 before), then with this tree's, each in a fresh process with this tree's bench, so before and
 after share the machine's load, and ends with both sides' medians.
+
+``--backend reference`` runs the same rows on ``reference.MinimalScheduler``: the least a Python
+program does for the same order, acks and backpressure (no leases, retries, dead letters or
+recovery). Its rows are this machine's floor for the Manager's: the Manager's distance from them
+is its own cost, comparable across machines where absolute rows are not.
 
 Before the S2 rows it prints what S2 takes with no overhead at all at each max_in_queue
 (``ordering.backpressure_run``): at the seed's 25, backpressure alone keeps it ~13% above the
@@ -52,6 +57,7 @@ from workshaper_tools.bench.ordering import (
     ideal_seconds,
     plan_sleeps,
 )
+from workshaper_tools.bench.reference import run_minimal
 
 SLOTS = 16
 S1_KEYS = 1000
@@ -59,7 +65,7 @@ S1_KEYS = 1000
 
 @contextmanager
 def _target(backend: str) -> Iterator[Any]:
-    if backend == "embedded":
+    if backend in ("embedded", "reference"):
         yield None
         return
     if backend == "fakeredis":  # the embedded default before workshaper.embedded
@@ -216,6 +222,28 @@ def _run(
     return elapsed, cpu
 
 
+def _run_row(
+    backend: str,
+    redis: Any,
+    items: list[tuple[Any, Any, int, int]],
+    work: Any,
+    max_in_queue: int,
+    *,
+    threads: bool,
+) -> tuple[float, float]:
+    """``_run`` on a Manager, or for ``reference`` the minimal scheduler (reference.py), checked
+    to have acked every partition to its last offset."""
+    if backend != "reference":
+        return _run(redis, items, work, max_in_queue, threads)
+    seconds, cpu, acked = run_minimal(items, work, max_in_queue, SLOTS)
+    last: dict[int, int] = {}
+    for _, _, partition, offset in items:
+        last[partition] = max(offset, last.get(partition, -1))
+    if acked != last:
+        raise RuntimeError(f"the reference acked {acked}, not {last}")
+    return seconds, cpu
+
+
 def s1_items(count: int) -> list[tuple[Any, Any, int, int]]:
     rng = random.Random(SEED)
     return [(f"k{rng.randrange(S1_KEYS)}", b"x" * 100, 0, o) for o in range(count)]
@@ -247,14 +275,18 @@ def _describe(row: Row) -> str:
 
 
 def _measure(args: argparse.Namespace) -> Iterator[Row]:
-    backends = ["fakeredis", "embedded", "redis"] if args.backend == "all" else [args.backend]
+    backends = (
+        ["reference", "fakeredis", "embedded", "redis"] if args.backend == "all" else [args.backend]
+    )
     only = set(args.only.split(","))
     for backend in backends:
         with _target(backend) as redis:
             if "s1" in only:
                 for max_in_queue in (25, 1000):
                     items = s1_items(args.fakeredis_items if backend == "fakeredis" else args.items)
-                    seconds, cpu = _run(redis, items, _noop, max_in_queue, args.threads)
+                    seconds, cpu = _run_row(
+                        backend, redis, items, _noop, max_in_queue, threads=args.threads
+                    )
                     name = (
                         f"{backend:9s} S1 no-op {len(items):,} items, {S1_KEYS} keys, "
                         f"max_in_queue {max_in_queue}"
@@ -265,7 +297,9 @@ def _measure(args: argparse.Namespace) -> Iterator[Row]:
                 ideal, _, _ = ideal_seconds(plan, sleeps, SLOTS)
                 items = [(sub, str(us), p, o) for sub, us, p, o in plan.tuples]
                 for max_in_queue in map(int, args.s2_max_in_queue.split(",")):
-                    seconds, cpu = _run(redis, items, _sleep_us, max_in_queue, args.threads)
+                    seconds, cpu = _run_row(
+                        backend, redis, items, _sleep_us, max_in_queue, threads=args.threads
+                    )
                     name = f"{backend:9s} S2 1,000 keys, 10,000 items, max_in_queue {max_in_queue}"
                     yield name, seconds, cpu, len(items), ideal
 
@@ -308,7 +342,9 @@ def _medians(label: str, rows: list[Row]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workshaper_tools.bench.embedded")
     parser.add_argument(
-        "--backend", choices=["embedded", "fakeredis", "redis", "all"], default="all"
+        "--backend",
+        choices=["embedded", "fakeredis", "redis", "reference", "all"],
+        default="all",
     )
     parser.add_argument("--items", type=int, default=20000, help="S1 items")
     parser.add_argument(
