@@ -52,6 +52,10 @@ def test_quick_mode_runs_every_scenario_and_checks_invariants(
     verdicts += [r["verdict"] for r in results["s5"]["by_sub_keys"]]
     verdicts += [r["verdict"] for r in results["s1keys"]["rows"]]
     assert [r["row"] for r in results["s1keys"]["rows"]] == ["10", "1,000", "one per item"]
+    # Every process's share of the cost per item: Redis, the producer, the workers.
+    for row in results["s1keys"]["rows"]:
+        costs = row["workshaper"]
+        assert min(costs["redis_cpu_us"], costs["producer_cpu_us"], costs["workers_cpu_us"]) > 0
     for verdict in verdicts:
         assert " 0 lost, 0 order violations, 0 watermark violations" in verdict, verdict
     assert (tmp_path / "results.md").read_text().startswith("Run ")

@@ -11,7 +11,8 @@ item). Each row on a fresh private redis-server:
   and a no-op call per message.
 
 Reported per row: items/s, x the raw queue, and from the server's own counters (S4) Redis CPU
-and commands per item (the commands Lua scripts run included) for both.
+and commands per item (the commands Lua scripts run included) for both; for WorkShaper also the
+CPU per item of the producer and of the two workers together, so the whole cost is visible.
 
 The consumer runs as ``python -m workshaper_tools.bench.manykeys URL OUT_JSON``.
 """
@@ -148,6 +149,13 @@ def _row(args: Any, log_dir: Path, label: str, sub_keys: int) -> dict[str, Any]:
         redis.Redis.from_url(server.url).flushall()
         run = run_workshaper(server.url, items, config, log_dir)
     ws = _costs(run.cost, run.items)
+    # Where the rest of the CPU goes: the producer (this process) and the workers together.
+    ws["producer_cpu_us"] = run.cpu["producer (bench process)"] * 1e6 / run.items
+    ws["workers_cpu_us"] = (
+        sum(seconds for label, seconds in run.cpu.items() if label.startswith("worker "))
+        * 1e6
+        / run.items
+    )
     row: dict[str, Any] = {
         "row": label,
         "sub_keys": sub_keys,
@@ -163,7 +171,8 @@ def _row(args: Any, log_dir: Path, label: str, sub_keys: int) -> dict[str, Any]:
     say(
         f"  {label:>12} sub keys ({pairs:,} pairs): {run.rate:9,.0f} items/s, raw queue"
         f" {raw.rate:9,.0f} -> x{row['ratio']:.2f}; Redis CPU {ws['redis_cpu_us']:.2f} us/item,"
-        f" {ws['commands']:.2f} commands/item - {run.verdict.summary()}"
+        f" {ws['commands']:.2f} commands/item; producer {ws['producer_cpu_us']:.1f}, workers"
+        f" {ws['workers_cpu_us']:.1f} us CPU/item - {run.verdict.summary()}"
     )
     return row
 
@@ -187,14 +196,16 @@ def markdown(s: dict[str, Any]) -> list[str]:
         " defaults; raw queue: RPUSH x500 per round trip, LPOP 500)",
         "",
         "| sub keys | (partition, sub key) pairs | items/s | raw queue items/s | x raw queue"
-        " | Redis CPU us/item | commands/item | raw queue: CPU us/item, commands/item |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        " | Redis CPU us/item | commands/item | producer, workers CPU us/item"
+        " | raw queue: CPU us/item, commands/item |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in s["rows"]:
         ws, raw = r["workshaper"], r["raw_queue"]
         out.append(
             f"| {r['row']} | {r['pairs']:,} | {r['rate']:,.0f} | {r['raw_rate']:,.0f} |"
             f" **{r['ratio']:.2f}** | {ws['redis_cpu_us']:.2f} | {ws['commands']:.2f} |"
+            f" {ws['producer_cpu_us']:.1f}, {ws['workers_cpu_us']:.1f} |"
             f" {raw['redis_cpu_us']:.2f}, {raw['commands']:.2f} |"
         )
     return out
@@ -208,6 +219,8 @@ def metrics(s: dict[str, Any]) -> list[tuple[str, float]]:
             (f"S1 {r['row']} keys x raw queue", r["ratio"]),
             (f"S1 {r['row']} keys Redis CPU us/item", r["workshaper"]["redis_cpu_us"]),
             (f"S1 {r['row']} keys commands/item", r["workshaper"]["commands"]),
+            (f"S1 {r['row']} keys producer CPU us/item", r["workshaper"]["producer_cpu_us"]),
+            (f"S1 {r['row']} keys workers CPU us/item", r["workshaper"]["workers_cpu_us"]),
         ]
     return rows
 
