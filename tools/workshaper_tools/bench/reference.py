@@ -57,6 +57,9 @@ class MinimalScheduler:
         self._tasks: queue.SimpleQueue[_Task] = queue.SimpleQueue()
         self._keys: dict[Any, deque[Item]] = defaultdict(deque)  # each sub key's queued items
         self._partitions: dict[int, _Partition] = defaultdict(_Partition)
+        #: What ended a thread (work raised, or a bug here): enqueue and flush raise it rather
+        #: than wait for room that a dead thread will never free.
+        self._error: BaseException | None = None
         self._threads = [threading.Thread(target=self._serve, daemon=True) for _ in range(slots)]
         for thread in self._threads:
             thread.start()
@@ -66,6 +69,7 @@ class MinimalScheduler:
         with self._lock:
             part = self._partitions[partition]
             while len(part.pending) >= self._max_in_queue:
+                self._raise_error()
                 self._room.wait()
             part.pending.append(offset)
             if sub_key is None:
@@ -81,6 +85,7 @@ class MinimalScheduler:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while any(p.pending for p in self._partitions.values()):
+                self._raise_error()
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -93,7 +98,19 @@ class MinimalScheduler:
         for thread in self._threads:
             thread.join()
 
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise RuntimeError("a thread of the reference scheduler died") from self._error
+
     def _serve(self) -> None:
+        try:
+            self._serve_tasks()
+        except BaseException as exc:
+            with self._lock:
+                self._error = exc
+                self._room.notify_all()
+
+    def _serve_tasks(self) -> None:
         while (task := self._tasks.get()) is not None:
             sub_key, message, partition, offset = task
             self._work(message, partition, offset)
