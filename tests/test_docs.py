@@ -135,6 +135,7 @@ OTHER_PROGRAMS = {
     "--gil", "--rate",  # py-spy record
     "--backend", "--records", "--rounds", "--window",  # bench.embedded, kafka, cpu_ab, idle
     "--s2-max-in-queue", "--threads", "--machine",  # bench.embedded
+    "--calls",  # bench.enqueue_micro, claim_micro, complete_micro
 }  # fmt: skip
 
 
