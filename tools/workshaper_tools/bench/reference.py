@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import Any
 
 Item = tuple[Any, Any, int, int]  # (sub_key, message, partition, offset)
-_Task = tuple[Any, Any, int, int] | None
 
 
 class _Partition:
@@ -54,7 +53,7 @@ class MinimalScheduler:
         self._work, self._ack, self._max_in_queue = work, ack, max_in_queue
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)  # a watermark moved
-        self._tasks: queue.SimpleQueue[_Task] = queue.SimpleQueue()
+        self._tasks: queue.SimpleQueue[Item | None] = queue.SimpleQueue()  # None: stop
         self._keys: dict[Any, deque[Item]] = defaultdict(deque)  # each sub key's queued items
         self._partitions: dict[int, _Partition] = defaultdict(_Partition)
         #: What ended a thread (work raised, or a bug here): enqueue and flush raise it rather
