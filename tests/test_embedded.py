@@ -213,6 +213,54 @@ def test_direct_bzpopmin_answers_as_the_client_does() -> None:
         client.bzpopmin("text", timeout=0.01)
 
 
+def test_a_batchs_script_call_answers_as_the_flat_evalsha_does() -> None:
+    """Batch.script's ("EVALSHA", sha, numkeys as an int, ...) runs with its keys and arguments
+    kept apart (EmbeddedServer._run_script): every reply and error is the one the same call
+    gives as flat EVALSHA arguments (numkeys as bytes, the general path), for a transcribed
+    script, for one that runs in Lua, and for a script not loaded."""
+    from workshaper.batch import register_scripts
+    from workshaper.embedded import EmbeddedServer
+    from workshaper.keys import NamespaceKeys
+    from workshaper.lua_scripts import load_script
+
+    def run(server_commands: list[tuple[Any, ...]]) -> tuple[list[Any], int]:
+        """Each reply (an error as its type and text), and how many calls ran apart."""
+        backend = embedded_backend(EmbeddedServer(clock=lambda: 1000.0))
+        register_scripts(backend)
+        assert backend.server is not None
+        scripts, apart = backend.server.scripts, [0]
+        run_apart = scripts.evalsha_apart
+
+        def counted(*args: Any) -> Any:
+            apart[0] += 1
+            return run_apart(*args)
+
+        scripts.evalsha_apart = counted  # type: ignore[method-assign]
+        replies = backend.server.execute_many(server_commands)
+        return [r if not isinstance(r, Exception) else (type(r), str(r)) for r in replies], apart[0]
+
+    pkeys = NamespaceKeys("apart").partition(3)
+    queue = pkeys.queue(b"sa")
+    entry = b"0|b" + b"x" * 10
+    enqueue = ("enqueue_items", [*pkeys.fixed, queue], ["r1", 100, -1, 1, 1, 0, 1, b"sa", 1, entry])
+    claim = ("claim_sub_keys", [*pkeys.fixed, b"ws:{apart:3}:claim:w"],
+             ["w", "c1", 1, 30000, 100, 3, "d", pkeys.queue_prefix])  # fmt: skip
+    offer = ("offer_watermark", pkeys.fixed, [0])
+    broken = ("complete_items", [*pkeys.fixed, queue], [30000, 100, 1, 1, b"sa", 1, "x", 0, 0])
+    inspect = ("inspect_partition", pkeys.fixed, [])  # read-only: runs in Lua
+    calls = [enqueue, claim, offer, broken, enqueue, inspect]
+    apart = [("EVALSHA", load_script(n).sha, len(k), *k, *a) for n, k, a in calls]
+    flat = [("EVALSHA", load_script(n).sha, str(len(k)), *k, *a) for n, k, a in calls]
+    replies, ran_apart = run([*apart, ("EVALSHA", "0" * 40, 1, b"k", b"a")])
+    assert (replies, 0) == run([*flat, ("EVALSHA", "0" * 40, "1", b"k", b"a")])
+    assert ran_apart == 7
+    assert replies[0] == 1 and replies[1][0] == 0 and replies[1][1] == b"sa"
+    assert "action of lease 1" in replies[3][1]  # the transcription's argument check
+    assert replies[4] == 1  # the re-sent enqueue: its first answer
+    assert replies[5][0] == 1000000  # inspect_partition's now_ms, by the server's clock
+    assert replies[6][0] is redis.exceptions.NoScriptError
+
+
 def test_expired_keys_vanish_by_the_store_clock() -> None:
     from workshaper.embedded import EmbeddedServer
 

@@ -232,6 +232,16 @@ class LuaScripts:
             raise CommandError("NOSCRIPT No matching script. Please use EVAL.")
         return self._invoke(sha, function, args, ro)
 
+    def evalsha_apart(self, sha: bytes, keys: list[bytes], argv: list[bytes]) -> Any:
+        """EVALSHA of ``sha`` with its keys and arguments given apart (the server's own
+        batches, which hold them apart already): a transcription runs on them as they are,
+        with no flat argument list built to be split again; anything else runs as EVALSHA."""
+        sha = sha.lower()
+        native = self._natives.get(sha)
+        if native is not None and sha not in self._read_only_scripts:
+            return native(self._store, keys, argv)  # what _invoke runs for it
+        return self.evalsha(sha, [b"%d" % len(keys), *keys, *argv])
+
     def eval(self, source: bytes, args: Sequence[bytes], *, ro: bool = False) -> Any:
         """EVAL, or EVAL_RO with ``ro``."""
         sha = self.load(source)
