@@ -256,6 +256,23 @@ def test_the_reference_scheduler_keeps_order_acks_and_backpressure() -> None:
     assert acked == last and seconds > 0 and cpu >= 0
 
 
+def test_cycle_micro_times_one_items_calls_and_compares_two_trees(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The single-thread cost of an item's enqueue, claim, completion and offer: each run's best
+    timing, and with --compare alternating runs of two trees in fresh processes."""
+    from workshaper_tools.bench import cycle_micro
+
+    assert cycle_micro.run(20, chunks=2) > 0
+    assert cycle_micro.main(["--cycles", "20", "--runs", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("best of 2: ")
+    assert cycle_micro.main(["--cycles", "20", "--runs", "1", "--compare", str(ROOT)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[2] for line in lines[:2]] == ["before", "after"]
+    assert lines[2].startswith("before best of 1: ") and lines[3].startswith("after  best of 1: ")
+
+
 def test_embedded_bench_names_what_backpressure_alone_costs_s2() -> None:
     """The line printed before the embedded S2 rows: the seeded S2 plan with no overhead at
     all is 1.13x its ideal at the seed's max_in_queue of 25, and at the ideal at 1,000."""

@@ -136,6 +136,7 @@ OTHER_PROGRAMS = {
     "--backend", "--records", "--rounds", "--window",  # bench.embedded, kafka, cpu_ab, idle
     "--s2-max-in-queue", "--threads", "--machine",  # bench.embedded
     "--calls",  # bench.enqueue_micro, claim_micro, complete_micro
+    "--cycles", "--runs",  # bench.cycle_micro
 }  # fmt: skip
 
 
