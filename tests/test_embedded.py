@@ -251,9 +251,11 @@ def test_a_batchs_script_call_answers_as_the_flat_evalsha_does() -> None:
     calls = [enqueue, claim, offer, broken, enqueue, inspect]
     apart = [("EVALSHA", load_script(n).sha, len(k), *k, *a) for n, k, a in calls]
     flat = [("EVALSHA", load_script(n).sha, str(len(k)), *k, *a) for n, k, a in calls]
-    replies, ran_apart = run([*apart, ("EVALSHA", "0" * 40, 1, b"k", b"a")])
-    assert (replies, 0) == run([*flat, ("EVALSHA", "0" * 40, "1", b"k", b"a")])
+    short = ("EVALSHA", load_script("offer_watermark").sha)  # no numkeys: an error reply
+    replies, ran_apart = run([*apart, ("EVALSHA", "0" * 40, 1, b"k", b"a"), short])
+    assert (replies, 0) == run([*flat, ("EVALSHA", "0" * 40, "1", b"k", b"a"), short])
     assert ran_apart == 7
+    assert replies[7][0] is redis.ResponseError and "wrong number" in replies[7][1]
     assert replies[0] == 1 and replies[1][0] == 0 and replies[1][1] == b"sa"
     assert "action of lease 1" in replies[3][1]  # the transcription's argument check
     assert replies[4] == 1  # the re-sent enqueue: its first answer

@@ -41,6 +41,18 @@ def encode_arg(value: Any) -> bytes:
     raise redis.DataError(f"Invalid input of type: '{type(value).__name__}'")
 
 
+def _batch_script_call(args: Sequence[Any]) -> bool:
+    """Is this ``("EVALSHA", sha, numkeys, *keys, *args)`` as Batch.script makes it (numkeys an
+    int that fits)? Anything else, a malformed call included, takes the general path and gets
+    its error reply there."""
+    return (
+        len(args) >= 3
+        and args[0] == "EVALSHA"
+        and type(args[2]) is int
+        and 0 <= args[2] <= len(args) - 3
+    )
+
+
 def error_reply(exc: CommandError) -> ResponseError:
     """The exception redis-py raises for this error reply."""
     message = str(exc)
@@ -107,8 +119,8 @@ class EmbeddedServer:
         lock = self._lock
         for args in commands:
             try:
-                if args[0] == "EVALSHA" and type(args[2]) is int and 0 <= args[2] <= len(args) - 3:
-                    results.append(self._run_script(args))  # as Batch.script makes them
+                if _batch_script_call(args):
+                    results.append(self._run_script(args))
                     continue
                 encoded = [
                     a if type(a) is bytes else a.encode() if type(a) is str else encode_arg(a)
