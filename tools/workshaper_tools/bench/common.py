@@ -42,6 +42,23 @@ WORKER_MAIN = (
 )
 
 
+def output_in_tree(tree: Path, module: str, argv: list[str]) -> str:
+    """Stdout of ``python -m module *argv`` with ``tree``'s workshaper and this clone's bench,
+    in a fresh process: one side of a before / after run. Its cwd is ``tree``, as ``-m`` puts
+    the cwd ahead of PYTHONPATH (run from another clone, it would import that one's)."""
+    tools = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree), str(tools)]))
+    done = subprocess.run(
+        [sys.executable, "-m", module, *argv],
+        env=env,
+        cwd=tree,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout
+
+
 def worker_command() -> list[str]:
     """argv that starts ``workshaper-worker`` with this interpreter (no PATH lookup)."""
     return [sys.executable, "-c", WORKER_MAIN]

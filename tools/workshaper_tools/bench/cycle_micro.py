@@ -16,9 +16,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,6 +25,7 @@ from workshaper.codec import encode_item
 from workshaper.connection import Backend, embedded_backend
 from workshaper.keys import NamespaceKeys, PartitionKeys
 from workshaper.scripts import Completion, EncodedItem
+from workshaper_tools.bench.common import output_in_tree
 
 WARM_UP = 300
 #: Timings per run; the best counts.
@@ -94,14 +92,9 @@ def run(cycles: int, chunks: int = CHUNKS) -> float:
 
 def _run_in(tree: Path, cycles: int) -> float:
     """One run with ``tree``'s workshaper and this tree's bench, in a fresh process."""
-    tools = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree), str(tools)]))
-    done = subprocess.run(
-        [sys.executable, "-m", "workshaper_tools.bench.cycle_micro", "--cycles", str(cycles),
-         "--runs", "1", "--json"],
-        env=env, cwd=tree, check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    return float(json.loads(done.stdout.splitlines()[-1]))
+    argv = ["--cycles", str(cycles), "--runs", "1", "--json"]
+    stdout = output_in_tree(tree, "workshaper_tools.bench.cycle_micro", argv)
+    return float(json.loads(stdout.splitlines()[-1]))
 
 
 def main(argv: list[str] | None = None) -> int:

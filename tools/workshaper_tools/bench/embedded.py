@@ -39,7 +39,6 @@ import os
 import queue
 import random
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -50,7 +49,13 @@ from typing import Any
 
 from workshaper.connection import fakeredis_backend
 from workshaper.manager import Manager
-from workshaper_tools.bench.common import SEED, private_redis, say, thread_cpu_seconds
+from workshaper_tools.bench.common import (
+    SEED,
+    output_in_tree,
+    private_redis,
+    say,
+    thread_cpu_seconds,
+)
 from workshaper_tools.bench.ordering import (
     SEED_PUBLISHED,
     backpressure_run,
@@ -306,18 +311,9 @@ def _measure(args: argparse.Namespace) -> Iterator[Row]:
 
 def _round_in(tree: Path, argv: list[str]) -> list[Row]:
     """One round with ``tree``'s workshaper and this tree's bench, in a fresh process."""
-    tools = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree), str(tools)]))
-    done = subprocess.run(
-        [sys.executable, "-m", "workshaper_tools.bench.embedded", *argv, "--rows-json"],
-        env=env,
-        cwd=tree,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    stdout = output_in_tree(tree, "workshaper_tools.bench.embedded", [*argv, "--rows-json"])
     rows: list[Row] = []
-    for line in done.stdout.splitlines():
+    for line in stdout.splitlines():
         if line.startswith("["):
             name, seconds, cpu, count, ideal = json.loads(line)
             rows.append((name, seconds, cpu, count, ideal))
