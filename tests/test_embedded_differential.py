@@ -55,7 +55,13 @@ offsets = st.integers(min_value=0, max_value=40)
 
 def dump(client: redis.Redis, pkeys: PartitionKeys, pattern: str) -> dict[bytes, Any]:
     """Every key matching ``pattern``: its type and value, clock-dependent parts masked."""
-    state: dict[bytes, Any] = {}
+    return masked(pkeys, read_keys(client, pattern))
+
+
+def read_keys(client: redis.Redis, pattern: str) -> dict[bytes, tuple[bytes, Any]]:
+    """Every key matching ``pattern``: its type and value as redis-py reads it (a set's
+    members sorted, a sorted set's (member, score) pairs in ZRANGE order)."""
+    state: dict[bytes, tuple[bytes, Any]] = {}
     for key in sorted(client.scan_iter(match=pattern, count=1000)):
         kind = client.type(key)
         value: Any
@@ -65,22 +71,31 @@ def dump(client: redis.Redis, pkeys: PartitionKeys, pattern: str) -> dict[bytes,
             value = client.lrange(key, 0, -1)
         elif kind == b"hash":
             value = client.hgetall(key)
-            if key in (pkeys.dead, pkeys.blocked):
-                value = _mask_failures(value)
         elif kind == b"set":
             value = sorted(client.smembers(key))
         elif kind == b"zset":
-            pairs = client.zrange(key, 0, -1, withscores=True)
-            if key == pkeys.leases:  # deadlines are server time + lease: members only
-                value = sorted(m for m, _ in pairs)
-            elif key == pkeys.clock:  # server ms -> offset: the offsets only
-                value = sorted(score for _, score in pairs)
-            else:
-                value = pairs
+            value = client.zrange(key, 0, -1, withscores=True)
         else:
             value = kind
         state[key] = (kind, value)
     return state
+
+
+def masked(pkeys: PartitionKeys, state: dict[bytes, tuple[bytes, Any]]) -> dict[bytes, Any]:
+    """``state`` (as read_keys reads it) with the clock-dependent parts of each value masked."""
+    return {key: (kind, _mask(pkeys, key, kind, value)) for key, (kind, value) in state.items()}
+
+
+def _mask(pkeys: PartitionKeys, key: bytes, kind: bytes, value: Any) -> Any:
+    """What of a key's value (as redis-py reads it) is compared: its clock-dependent parts
+    masked (tests/test_engine_differential.py masks PartitionEngine.render() with it too)."""
+    if kind == b"hash" and key in (pkeys.dead, pkeys.blocked):
+        return _mask_failures(value)
+    if kind == b"zset" and key == pkeys.leases:  # deadlines are server time + lease: members only
+        return sorted(m for m, _ in value)
+    if kind == b"zset" and key == pkeys.clock:  # server ms -> offset: the offsets only
+        return sorted(score for _, score in value)
+    return value
 
 
 def _mask_failures(records: dict[bytes, bytes]) -> Any:
