@@ -1,15 +1,17 @@
-"""The Manager on its private embedded backend (redis=None) queues new items and sends them in
-batches (group commit): its statuses, backpressure and errors must stay the script's."""
+"""The Manager: on the embedded runner (redis=None, the default) and on a Redis. Its statuses,
+backpressure, retries, dead letters, blocks, acks and errors must be the fleet's."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
 import pytest
 
 import workshaper
-from workshaper import Enqueued, InvalidInput, QueueFull
+from workshaper import Enqueued, InvalidInput, QueueFull, current_job
+from workshaper_tools.testing import RedisServer
 
 
 def _wait_for(condition: object, timeout: float = 30.0) -> None:
@@ -19,17 +21,34 @@ def _wait_for(condition: object, timeout: float = 30.0) -> None:
         time.sleep(0.01)
 
 
+class Acks:
+    """What ``ack`` was called with, per partition, in order."""
+
+    def __init__(self) -> None:
+        self.calls: dict[int, list[int]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, partition: int, offset: int) -> None:
+        with self._lock:
+            self.calls.setdefault(partition, []).append(offset)
+
+    def last(self, partition: int) -> int:
+        with self._lock:
+            return self.calls.get(partition, [-1])[-1]
+
+
 def test_re_enqueued_offsets_get_the_scripts_status() -> None:
     gate = threading.Event()
+    acks = Acks()
 
     def work(message: object, partition: int, offset: int) -> None:
         if offset == 2:
             gate.wait(30)
 
-    with workshaper.Manager(work=work, max_in_queue=10) as manager:
+    with workshaper.Manager(work=work, ack=acks, max_in_queue=10) as manager:
         assert manager.enqueue("a", "m", 0, 1) is Enqueued.ACCEPTED
         assert manager.enqueue("b", "m", 0, 2) is Enqueued.ACCEPTED
-        _wait_for(lambda: manager.producer.acked_watermarks().get(0) == 1)
+        _wait_for(lambda: acks.last(0) == 1)
         assert manager.enqueue("a", "m", 0, 1) is Enqueued.ALREADY_ACKED
         assert manager.enqueue("b", "m", 0, 2) is Enqueued.DUPLICATE  # still running
         assert manager.enqueue("c", "m", 0, 0) is Enqueued.ALREADY_ACKED  # below the watermark
@@ -37,35 +56,30 @@ def test_re_enqueued_offsets_get_the_scripts_status() -> None:
         gate.set()
         assert manager.flush(timeout=30)
         assert manager.total_enqueued == manager.total_acked == 3
-        assert manager.producer.stats["accepted"] == 3
+    assert acks.calls == {0: [1, 2], 1: [0]}
 
 
 def test_a_full_partition_blocks_then_times_out_with_queue_full() -> None:
     gate = threading.Event()
-    most_unacked = [0]
-    acked = [-1]
-    enqueued = [-1]
+    most_unacked = 0
+    acks = Acks()
 
-    def ack(partition: int, offset: int) -> None:
-        acked[0] = offset
-
-    with workshaper.Manager(work=lambda m, p, o: gate.wait(30), ack=ack, max_in_queue=3) as manager:
+    with workshaper.Manager(work=lambda m, p, o: gate.wait(30), ack=acks, max_in_queue=3) as m:
         for offset in range(3):
-            assert manager.enqueue("k", "m", 0, offset) is Enqueued.ACCEPTED
-            enqueued[0] = offset
+            assert m.enqueue("k", "m", 0, offset) is Enqueued.ACCEPTED
         with pytest.raises(QueueFull, match="partition 0 stayed full"):
-            manager.enqueue("k", "m", 0, 3, timeout=0.2)
+            m.enqueue("k", "m", 0, 3, timeout=0.2)
         gate.set()
         for offset in range(3, 20):
-            assert manager.enqueue("k", "m", 0, offset, timeout=30) is Enqueued.ACCEPTED
-            enqueued[0] = offset
-            most_unacked[0] = max(most_unacked[0], offset - acked[0])
-        assert manager.flush(timeout=30)
-    assert most_unacked[0] <= 3  # never more than max_in_queue accepted and not acked
-    assert acked[0] == 19
+            assert m.enqueue("k", "m", 0, offset, timeout=30) is Enqueued.ACCEPTED
+            most_unacked = max(most_unacked, offset - acks.last(0))
+        assert m.flush(timeout=30)
+    assert most_unacked <= 3  # never more than max_in_queue accepted and not acked
+    assert acks.last(0) == 19
+    assert acks.calls[0] == sorted(set(acks.calls[0]))  # strictly increasing
 
 
-def test_a_bad_item_raises_at_once_and_nothing_is_queued() -> None:
+def test_a_bad_item_raises_at_once_and_nothing_is_counted() -> None:
     with workshaper.Manager(work=lambda m, p, o: None) as manager:
         with pytest.raises(InvalidInput, match="partition"):
             manager.enqueue("k", "m", -1, 0)
@@ -83,118 +97,144 @@ def test_shutdown_without_wait_leaves_no_thread_behind() -> None:
         manager.enqueue("k", "m", 0, offset)
     gate.set()
     assert manager.shutdown(timeout=10, wait=False) is False
-    assert not any(t.name == "workshaper-enqueue" for t in threading.enumerate())
+    assert not any(t.name.startswith("workshaper-") for t in threading.enumerate())
     with pytest.raises(RuntimeError, match="shut down"):
         manager.enqueue("k", "m", 0, 9)
 
 
-def test_room_frees_only_once_the_watermark_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The script counts a partition's items until the acked watermark is committed, not when
-    # ack returns: room the Manager freed at ack made its queued sends find the partition full
-    # (a wasted script call and a wait for the commit).
-    import workshaper.ackloop
-
-    real_commit = workshaper.ackloop.scripts.commit_watermark
-
-    def slow_commit(*args: object, **kwargs: object) -> object:
-        time.sleep(0.05)  # a window between ack and commit in which a send would be refused
-        return real_commit(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(workshaper.ackloop.scripts, "commit_watermark", slow_commit)
-    with workshaper.Manager(work=lambda m, p, o: None, max_in_queue=2) as manager:
-        for offset in range(12):
-            assert manager.enqueue("k", "m", 0, offset, timeout=30) is Enqueued.ACCEPTED
-        assert manager.flush(timeout=30)
-        assert manager.total_acked == 12
-        assert manager.producer.stats["full_waits"] == 0
-
-
-@pytest.mark.parametrize("max_in_queue", [1, 100])
-def test_an_error_of_a_queued_send_is_raised_by_the_next_enqueue_and_flush(
-    max_in_queue: int,
-) -> None:
-    # max_in_queue 1: the enqueueing thread sends the queue itself before it waits for room;
-    # 100: the writer thread sends it.
-    manager = workshaper.Manager(work=lambda m, p, o: None, max_in_queue=max_in_queue)
-    try:
-
-        def refuse(*args: object, **kwargs: object) -> list[Enqueued]:
-            raise ConnectionError("the send failed")
-
-        manager.producer.enqueue_encoded = refuse  # type: ignore[method-assign]
-        assert manager.enqueue("k", "m", 0, 0) is Enqueued.ACCEPTED  # queued, not sent yet
-        with pytest.raises(RuntimeError, match="enqueue of this Manager failed") as raised:
-            for offset in range(1, 50):
-                manager.enqueue("k", "m", 0, offset, timeout=30)
-                time.sleep(0.01)
-        assert isinstance(raised.value.__cause__, ConnectionError)
-        with pytest.raises(RuntimeError, match="enqueue of this Manager failed"):
-            manager.flush(timeout=30)
-    finally:
-        manager.shutdown(timeout=5, wait=False)
-
-
-def test_sent_items_reach_the_managers_worker_without_the_bell(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """On its private backend the Manager tells its own worker which partitions got items, in
-    process: with the waker never started (so no bell is ever popped) every item still runs."""
-    from workshaper.worker.waker import Waker
-
-    monkeypatch.setattr(Waker, "start", lambda self: None)
-    ran: list[int] = []
-    manager = workshaper.Manager(work=lambda m, p, o: ran.append(o), max_in_queue=100)
-    try:
-        for offset in range(40):
-            manager.enqueue(f"k{offset % 7}", "m", offset % 2, offset)
-        assert manager.flush(timeout=20)
-    finally:
-        manager.shutdown(timeout=5, wait=False)
-    assert sorted(ran) == list(range(40))
-
-
-def test_the_managers_lone_worker_claims_what_is_left_without_ringing(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """No other worker can reach the Manager's private backend: sub keys left runnable while
-    its worker has no room are claimed by it once it has room, and no bell is rung (with
-    the waker never started, nothing but the worker itself could take them)."""
-    from workshaper.worker.coordinator import Coordinator
-    from workshaper.worker.waker import Waker
-
-    monkeypatch.setattr(Waker, "start", lambda self: None)
-    rung: list[int] = []
-    add_wakes = Coordinator._add_wakes
-
-    def spy(self: Coordinator, batch: object) -> object:
-        rung.extend(self.state.wakes)
-        return add_wakes(self, batch)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Coordinator, "_add_wakes", spy)
-    ran: dict[str, list[int]] = {}
-    lock = threading.Lock()
+def test_a_failed_item_is_retried_before_its_successors() -> None:
+    runs: list[tuple[int, int]] = []  # (offset, attempt)
+    errors: list[int] = []
 
     def work(message: object, partition: int, offset: int) -> None:
-        with lock:
-            ran.setdefault(str(message), []).append(offset)
+        attempt = current_job().attempt
+        runs.append((offset, attempt))
+        if offset == 1 and attempt < 3:
+            raise ValueError("not yet")
 
-    manager = workshaper.Manager(work=work, max_in_queue=300, concurrency=2, prefetch=0)
-    try:
-        for offset in range(300):
-            key = f"k{offset % 40}"
-            manager.enqueue(key, key, 0, offset)
+    with workshaper.Manager(
+        work=work,
+        on_error=lambda exc, m, p, o: errors.append(o),
+        retry_backoff=0.01,
+        max_attempts=3,
+    ) as manager:
+        for offset in range(4):
+            manager.enqueue("k", "m", 0, offset)
         assert manager.flush(timeout=30)
-    finally:
+    assert runs == [(0, 1), (1, 1), (1, 2), (1, 3), (2, 1), (3, 1)]
+    assert errors == [1, 1]
+
+
+def test_an_item_out_of_attempts_is_dead_lettered_and_its_sub_key_goes_on() -> None:
+    ran: list[int] = []
+    acks = Acks()
+
+    def work(message: object, partition: int, offset: int) -> None:
+        if offset == 1:
+            raise ValueError("poison")
+        ran.append(offset)
+
+    with workshaper.Manager(
+        work=work, ack=acks, retry_backoff=0, max_attempts=2, max_in_queue=10
+    ) as manager:
+        for offset in range(4):
+            manager.enqueue("k", "m", 0, offset)
+        assert manager.flush(timeout=30)
+        assert manager.total_acked == 4
+    assert ran == [0, 2, 3]
+    assert acks.last(0) == 3  # a dead-lettered item is finished
+
+
+def test_a_blocked_sub_key_holds_its_items_and_the_watermark() -> None:
+    ran: list[int] = []
+    acks = Acks()
+
+    def work(message: object, partition: int, offset: int) -> None:
+        if message == "poison":
+            raise ValueError("poison")
+        ran.append(offset)
+
+    with workshaper.Manager(
+        work=work, ack=acks, retry_backoff=0, max_attempts=1, on_exhausted="block"
+    ) as manager:
+        manager.enqueue("a", "ok", 0, 0)
+        manager.enqueue("b", "poison", 0, 1)
+        manager.enqueue("b", "ok", 0, 2)  # behind the blocked item: never runs
+        manager.enqueue("c", "ok", 0, 3)  # another sub key: runs
+        _wait_for(lambda: sorted(ran) == [0, 3])
+        assert manager.flush(timeout=0.3) is False  # offset 1 is not finished
+        assert acks.last(0) == 0
         manager.shutdown(timeout=5, wait=False)
-    assert rung == []
-    assert sum(len(offsets) for offsets in ran.values()) == 300
-    assert all(offsets == sorted(offsets) for offsets in ran.values())
+    assert sorted(ran) == [0, 3]
 
 
-def test_mark_alone_refuses_a_running_worker() -> None:
-    """The coordinator reads the flag without a lock: it is set before the worker runs."""
-    with (
-        workshaper.Manager(work=lambda m, p, o: None) as manager,
-        pytest.raises(RuntimeError, match="before the Worker runs"),
-    ):
-        manager.worker.mark_alone()
+def test_an_ack_that_raises_is_offered_again_and_acks_only_grow() -> None:
+    calls: list[int] = []
+    failed = [False]
+
+    def ack(partition: int, offset: int) -> None:
+        calls.append(offset)
+        if not failed[0]:
+            failed[0] = True
+            raise ConnectionError("the commit failed")
+
+    with workshaper.Manager(work=lambda m, p, o: None, ack=ack, ack_interval=0.001) as manager:
+        for offset in range(20):
+            manager.enqueue(f"k{offset % 3}", "m", 0, offset)
+        assert manager.flush(timeout=30)
+    assert calls[-1] == 19
+    assert calls[1:] == sorted(set(calls[1:]))  # after the failure, strictly increasing
+    assert calls[1] >= calls[0]  # the failed value is offered again (or a later one)
+
+
+def test_ack_each_acks_every_offset_in_order() -> None:
+    acks = Acks()
+    with workshaper.Manager(work=lambda m, p, o: None, ack=acks, ack_each=True) as manager:
+        for offset in range(0, 30, 3):  # gaps, like a compacted topic
+            manager.enqueue(f"k{offset % 4}", "m", 0, offset)
+        assert manager.flush(timeout=30)
+    assert acks.calls == {0: list(range(0, 30, 3))}
+
+
+def test_an_async_handler_runs_in_order() -> None:
+    ran: list[int] = []
+
+    async def work(message: object, partition: int, offset: int) -> None:
+        await asyncio.sleep(0)
+        ran.append(offset)
+
+    with workshaper.Manager(work=work) as manager:
+        for offset in range(10):
+            manager.enqueue("k", "m", 0, offset)
+        assert manager.flush(timeout=30)
+    assert ran == list(range(10))
+
+
+def test_options_are_checked_as_the_worker_and_the_producer_check_them() -> None:
+    with pytest.raises(InvalidInput, match="lease"):
+        workshaper.Manager(lambda m, p, o: None, lease=-1)
+    with pytest.raises(InvalidInput, match="max_in_queue"):
+        workshaper.Manager(lambda m, p, o: None, max_in_queue=0)
+    with pytest.raises(TypeError, match="no_such_option"):
+        workshaper.Manager(lambda m, p, o: None, no_such_option=1)
+    with workshaper.Manager(lambda m, p, o: None) as manager:
+        with pytest.raises(RuntimeError, match="no Worker"):
+            _ = manager.worker
+        with pytest.raises(RuntimeError, match="no Producer"):
+            _ = manager.producer
+
+
+def test_a_manager_on_redis_counts_what_it_enqueued_and_acked(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    acks = Acks()
+    with workshaper.Manager(
+        work=lambda m, p, o: None, ack=acks, redis=redis_server.url, namespace=namespace
+    ) as manager:
+        for offset in range(30):
+            assert manager.enqueue(f"k{offset % 5}", "m", offset % 2, offset) is Enqueued.ACCEPTED
+        assert manager.enqueue("k0", "m", 0, 0) is not Enqueued.ACCEPTED
+        assert manager.flush(timeout=30)
+        assert manager.total_enqueued == manager.total_acked == 30
+        assert manager.producer.stats["accepted"] == 30
+    assert acks.last(0) == 28 and acks.last(1) == 29

@@ -1,0 +1,479 @@
+"""The embedded Manager's driver: a Manager's items run in this process on one
+``PartitionEngine`` per partition, with no server, no coordinator, ack-loop, writer or waker
+thread, and no bells.
+
+The threads that run items also do what the fleet's other threads do, under one lock (as
+Redis runs one script at a time): a thread that ends a batch records it (complete_items,
+fail_item), claims the next runnable sub keys for the free slots (claim_sub_keys), then offers
+the partition's watermark and calls ``ack`` outside the lock, one ack at a time per partition,
+and commits it. ``enqueue`` calls enqueue_items itself and waits while the partition is full.
+Every step is one of the partition operations the Lua scripts define (engine.py follows them
+and is tested against them), so the Manager keeps the fleet's guarantees: order per sub key,
+retries before successors, dead letters or a blocked sub key after the last attempt, dedupe,
+backpressure and acks of the contiguous watermark only, strictly increasing.
+
+What the fleet needs for other processes is not here: leases never expire (the process that
+holds them owns the state), so there is no renewal, reaping, crash window or isolation, and
+``lease`` and ``prefetch`` are checked but change nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from workshaper import codec
+from workshaper.ackloop import MAX_ACK_RETRY_DELAY
+from workshaper.embedded.engine import (
+    ACCEPTED,
+    BLOCKED,
+    DEAD_LETTERED,
+    FULL,
+    RETRY,
+    PartitionEngine,
+)
+from workshaper.errors import QueueFull
+from workshaper.jobs import new_job, set_current_job
+from workshaper.keys import NamespaceKeys
+from workshaper.producer import Enqueued
+from workshaper.scripts import Completion, EncodedItem
+from workshaper.worker.executor import error_json, is_async_handler
+from workshaper.worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+_STATUS = {0: Enqueued.ACCEPTED, 1: Enqueued.DUPLICATE, 2: Enqueued.ALREADY_ACKED}
+
+Callback = Callable[..., Any]
+
+
+@dataclass(slots=True)
+class _Lease:
+    """A claimed sub key and the entries it runs next (the head first)."""
+
+    partition: int
+    sub: bytes
+    sub_key: codec.SubKey
+    token: int
+    entries: list[bytes]
+    attempt: int  # the head entry's attempt, 1-based; the later entries are on their first
+
+
+@dataclass(slots=True)
+class _Ended:
+    """How a batch ended: the offsets that succeeded, in order, and the failure that stopped
+    it (``index`` of the failed entry, ``error`` as JSON, ``force``: a corrupt entry no
+    attempt can fix), if any."""
+
+    offsets: list[int]
+    index: int = -1
+    error: str = ""
+    force: bool = False
+    stopped: bool = False
+
+
+def _attempt_of_head(record: bytes, entries: list[bytes]) -> int:
+    """1 + the attempts the head entry used already (the record names its offset)."""
+    offset, _, count = record.partition(b"|")
+    if record and entries and entries[0].startswith(offset + b"|") and count.isdigit():
+        return int(count) + 1
+    return 1
+
+
+class Runner:
+    """Enqueue, run in sub-key order, record and ack, all in this process."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        work: Callback,
+        on_done: Callback | None,
+        on_error: Callback | None,
+        ack: Callable[[int, int], Any] | None,
+        ack_each: bool,
+        ack_interval: float,
+        max_in_queue: int,
+        max_message_bytes: int,
+    ) -> None:
+        self._settings = settings
+        self._work, self._on_done, self._on_error, self._ack = work, on_done, on_error, ack
+        self._async = is_async_handler(work)
+        self._ack_each, self._ack_interval = ack_each, ack_interval
+        self._max_in_queue, self._max_message_bytes = max_in_queue, max_message_bytes
+        self._keys = NamespaceKeys(settings.namespace)
+        self._lock = threading.Lock()
+        #: Notified when there is something for a thread to do (leases, runnable sub keys,
+        #: due retries, stop) and when room or acks changed (enqueue and flush wait on it).
+        self._changed = threading.Condition(self._lock)
+        self._engines: dict[int, PartitionEngine] = {}
+        self._leases: deque[_Lease] = deque()  # claimed, waiting for a thread
+        self._runnable: set[int] = set()  # partitions that may have runnable sub keys
+        self._busy = 0  # threads running a batch
+        #: (due, seq, lease to run again or partition to offer again), on CLOCK_MONOTONIC
+        self._timers: list[tuple[float, int, _Lease | int]] = []
+        self._seq = itertools.count()
+        self._requests = itertools.count()
+        self._acking: set[int] = set()  # partitions whose ``ack`` a thread is calling
+        self._ack_failures: dict[int, int] = {}
+        self._stopping = False
+        self._error: BaseException | None = None  # what killed a thread (a bug here)
+        self.total_enqueued = 0
+        self.total_acked = 0
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"workshaper-work-{i}", daemon=True)
+            for i in range(settings.concurrency)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    # --- enqueue, flush, stop ----------------------------------------------------------------
+
+    def enqueue(
+        self,
+        sub_key: codec.SubKey,
+        message: codec.Message,
+        partition: int,
+        offset: int,
+        timeout: float | None,
+    ) -> Enqueued:
+        p, sub, o, entry = codec.encode_item(
+            sub_key, message, partition, offset, self._max_message_bytes
+        )
+        item = [EncodedItem(sub, o, entry)]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            engine = self._engine(p)
+            while True:
+                self._raise_error()
+                (status,) = engine.enqueue_items(item, self._max_in_queue, self._request_id())
+                if status != FULL:
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if self._stopping or (remaining is not None and remaining <= 0):
+                    raise QueueFull(
+                        f"partition {p} stayed full (max_in_queue={self._max_in_queue})"
+                        " past the timeout",
+                        p,
+                        [None],
+                    )
+                self._changed.wait(remaining)  # a commit frees room
+            if status == ACCEPTED:
+                self.total_enqueued += 1
+                self._runnable.add(p)
+                if self._busy + len(self._leases) < self._settings.concurrency:
+                    self._changed.notify()  # a free thread claims it
+        return _STATUS.get(status, Enqueued.ALREADY_ACKED)  # 4, being acked: as the producer
+
+    def flush(self, timeout: float | None) -> bool:
+        """Wait until every accepted item is acked (False if ``timeout`` passed first)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while any(engine.in_queue for engine in self._engines.values()) or self._acking:
+                self._raise_error()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+        return True
+
+    def stop(self, timeout: float | None) -> None:
+        """Threads end their current item and stop; what was not run is dropped with this
+        private state (as the seed's was)."""
+        with self._lock:
+            self._stopping = True
+            self._changed.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(remaining)
+
+    def _engine(self, partition: int) -> PartitionEngine:
+        engine = self._engines.get(partition)
+        if engine is None:
+            engine = self._engines[partition] = PartitionEngine(self._keys.partition(partition))
+        return engine
+
+    def _request_id(self) -> str:
+        return str(next(self._requests))
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise RuntimeError("a thread of the embedded Manager died") from self._error
+
+    # --- the threads -------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop() if self._async else None
+        try:
+            while (task := self._next_task()) is not None:
+                if isinstance(task, int):
+                    self._offer(task)
+                    continue
+                ended = self._run(task, loop)
+                with self._lock:
+                    self._busy -= 1
+                    self._record(task, ended)
+                self._offer(task.partition)
+        except BaseException as exc:  # a bug here: enqueue and flush raise it, not wait
+            log.exception("a thread of the embedded Manager died")
+            with self._lock:
+                self._error = exc
+                self._changed.notify_all()
+        finally:
+            if loop is not None:
+                loop.close()
+
+    def _next_task(self) -> _Lease | int | None:
+        """The next batch to run, or a partition whose failed ack is due again; None once
+        stopping."""
+        with self._lock:
+            while not self._stopping:
+                timers = self._timers
+                if timers and timers[0][0] <= time.monotonic():
+                    task = heapq.heappop(timers)[2]
+                    if isinstance(task, int):
+                        return task
+                    self._busy += 1
+                    return task
+                if not self._leases:
+                    self._claim()
+                if self._leases:
+                    self._busy += 1
+                    return self._leases.popleft()
+                wait = None if not timers else max(0.0, timers[0][0] - time.monotonic())
+                self._changed.wait(wait)
+            return None
+
+    def _claim(self) -> None:
+        """Claim runnable sub keys for the free threads (the caller holds the lock)."""
+        s = self._settings
+        free = s.concurrency - self._busy - len(self._leases)
+        for partition in list(self._runnable):
+            if free <= 0:
+                return
+            left, claimed = self._engines[partition].claim_sub_keys(
+                worker_id=s.id,
+                request_id=self._request_id(),
+                max_leases=free,
+                lease_ms=s.lease_ms,
+                batch_size=s.batch_size,
+                max_attempts=s.max_attempts,
+                exhausted_mode=s.exhausted_mode,
+            )
+            for c in claimed:
+                sub_key = codec.decode_sub_key(c.sub)
+                attempt = _attempt_of_head(c.attempts_record, c.entries)
+                self._leases.append(_Lease(partition, c.sub, sub_key, c.token, c.entries, attempt))
+            free -= len(claimed)
+            if not left:
+                self._runnable.discard(partition)
+        if len(self._leases) > 1:
+            self._changed.notify(len(self._leases) - 1)  # this thread runs one of them
+
+    def _run(self, lease: _Lease, loop: asyncio.AbstractEventLoop | None) -> _Ended:
+        """Run the lease's entries in order until one fails (or stopping)."""
+        ended = _Ended([])
+        partition, sub_key, token = lease.partition, lease.sub_key, lease.token
+        attempt = lease.attempt
+        try:
+            for index, raw in enumerate(lease.entries):
+                if self._stopping:
+                    ended.stopped = True
+                    return ended
+                try:
+                    entry = codec.parse_entry(raw)
+                    message = codec.decode_message(entry.payload)
+                except codec.CorruptEntry as exc:
+                    return self._corrupt(ended, index, lease, str(exc))
+                offset = entry.offset
+                job = new_job((sub_key, partition, offset, attempt, token))
+                attempt = 1
+                set_current_job(job)
+                try:
+                    if loop is None:
+                        self._work(message, partition, offset)
+                    else:
+                        coroutine: Coroutine[Any, Any, Any] = self._work(message, partition, offset)
+                        loop.run_until_complete(coroutine)
+                except BaseException as exc:  # the item's failure, whatever it is
+                    self._failed(job.offset, job.partition, job.attempt, message, exc)
+                    ended.index, ended.error = index, error_json(exc, self._settings.id)
+                    return ended
+                ended.offsets.append(offset)
+                if self._on_done is not None:
+                    self._call_on_done(message, partition, offset)
+            return ended
+        finally:
+            set_current_job(None)
+
+    def _corrupt(self, ended: _Ended, index: int, lease: _Lease, reason: str) -> _Ended:
+        log.error(
+            "corrupt item in partition %d (sub key %r): %s; dead-lettering it",
+            lease.partition,
+            lease.sub[:40],
+            reason,
+        )
+        ended.index, ended.force = index, True
+        ended.error = json.dumps(
+            {"type": "CorruptItem", "message": reason, "traceback": "", "worker": self._settings.id}
+        )
+        return ended
+
+    def _failed(
+        self, offset: int, partition: int, attempt: int, message: codec.Message, exc: BaseException
+    ) -> None:
+        log.warning(
+            "work failed: partition %d offset %d attempt %d: %s",
+            partition,
+            offset,
+            attempt,
+            type(exc).__qualname__,
+        )
+        if self._on_error is not None:
+            try:
+                self._on_error(exc, message, partition, offset)
+            except BaseException:  # even SystemExit: a callback's error is never fatal
+                log.exception(
+                    "on_error raised for partition %d offset %d (ignored)", partition, offset
+                )
+
+    def _call_on_done(self, message: codec.Message, partition: int, offset: int) -> None:
+        assert self._on_done is not None
+        try:
+            self._on_done(message, partition, offset)
+        except BaseException:  # even SystemExit: a callback's error is never fatal
+            log.exception("on_done raised for partition %d offset %d (ignored)", partition, offset)
+
+    # --- recording a batch (the caller holds the lock) ------------------------------------------
+
+    def _record(self, lease: _Lease, ended: _Ended) -> None:
+        if ended.index < 0:
+            self._complete(lease, ended.offsets, "r" if ended.stopped or self._stopping else "c")
+            return
+        if ended.offsets:  # the items before the failed one finished: record them, keep going
+            self._complete(lease, ended.offsets, "k")
+            lease.entries = lease.entries[ended.index :]
+            lease.attempt = 1
+        self._fail(lease, ended)
+
+    def _complete(self, lease: _Lease, offsets: list[int], action: str) -> None:
+        s = self._settings
+        (reply,) = self._engines[lease.partition].complete_items(
+            [Completion(lease.sub, lease.token, action, offsets)],
+            lease_ms=s.lease_ms,
+            batch_size=s.batch_size,
+        )
+        if reply.code == 1 and reply.next_entries:  # the sub key's next batch: run it next
+            lease.entries = reply.next_entries
+            lease.attempt = _attempt_of_head(reply.attempts_record, reply.next_entries)
+            self._leases.appendleft(lease)
+            self._changed.notify()
+        elif reply.code == 2 and reply.requeued:  # released with items left: claim it again
+            self._runnable.add(lease.partition)
+            self._changed.notify()
+        elif reply.code < 0:
+            log.error("partition %d: a lease was fenced in this process", lease.partition)
+
+    def _fail(self, lease: _Lease, ended: _Ended) -> None:
+        s = self._settings
+        head = lease.entries[0]
+        offset = codec.parse_entry(head).offset if not ended.force else None
+        code, attempts = self._engines[lease.partition].fail_item(
+            sub=lease.sub,
+            token=lease.token,
+            head_prefix=codec.head_prefix(head),
+            offset=offset,
+            attempt=lease.attempt,
+            max_attempts=s.max_attempts,
+            exhausted_mode=s.exhausted_mode,
+            force=ended.force,
+            error_json=ended.error,
+            lease_ms=s.lease_ms,
+        )
+        if code == RETRY:  # the same item after a backoff, the lease kept meanwhile
+            delay = s.retry_backoff * 2 ** (lease.attempt - 1)
+            lease.attempt += 1
+            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), lease))
+            self._changed.notify()  # a waiting thread sets its timeout by it
+        elif code == BLOCKED:  # the script released the lease
+            log.error(
+                "partition %d: a sub key is blocked after %d attempts", lease.partition, attempts
+            )
+        elif code == DEAD_LETTERED:
+            log.error(
+                "partition %d: item dead-lettered after %d attempt(s)", lease.partition, attempts
+            )
+            lease.entries, lease.attempt = lease.entries[1:], 1
+            if lease.entries and not self._stopping:
+                self._leases.appendleft(lease)
+                self._changed.notify()
+            else:
+                self._complete(lease, [], "r" if self._stopping else "c")
+
+    # --- acks --------------------------------------------------------------------------------
+
+    def _offer(self, partition: int) -> None:
+        """Offer the partition's watermark and ack it, unless a thread is acking it already
+        (that thread offers again after its commit, so no finished item waits)."""
+        engine = self._engines[partition]
+        while True:
+            with self._lock:
+                if partition in self._acking:
+                    return
+                offer = engine.offer_watermark(self._ack_each)
+                if not offer.advances:
+                    return
+                self._acking.add(partition)
+            accepted = self._deliver(partition, offer.acked, offer.watermark, offer.offsets)
+            with self._lock:
+                self._acking.discard(partition)
+                if accepted is not None:
+                    before = engine.in_queue
+                    engine.commit_watermark(accepted)
+                    self.total_acked += before - engine.in_queue
+                self._changed.notify_all()  # room for enqueue; flush looks again
+                if accepted is None or accepted < offer.watermark:  # ack raised: later
+                    failures = self._ack_failures.get(partition, 0) + 1
+                    self._ack_failures[partition] = failures
+                    delay = min(self._ack_interval * 2 ** min(failures, 64), MAX_ACK_RETRY_DELAY)
+                    heapq.heappush(
+                        self._timers, (time.monotonic() + delay, next(self._seq), partition)
+                    )
+                    return
+                self._ack_failures.pop(partition, None)
+
+    def _deliver(
+        self, partition: int, acked: int, watermark: int, offsets: list[int]
+    ) -> int | None:
+        """Call ``ack``; the watermark it accepted (None: none)."""
+        if self._ack is None:
+            return watermark
+        if not self._ack_each:
+            return watermark if self._call_ack(partition, watermark) else None
+        accepted: int | None = None
+        for offset in offsets:
+            if offset <= acked:
+                continue
+            if not self._call_ack(partition, offset):
+                break
+            accepted = offset
+        return accepted
+
+    def _call_ack(self, partition: int, offset: int) -> bool:
+        assert self._ack is not None
+        try:
+            self._ack(partition, offset)
+        except Exception:
+            log.exception("ack(%d, %d) raised; offering it again later", partition, offset)
+            return False
+        return True
