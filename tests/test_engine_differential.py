@@ -532,9 +532,9 @@ def test_fail_retry_dead_letter_and_block_by_hand(partition: Partition) -> None:
     assert fail(p, 1, 0, attempt=2) == (2, 2)  # attempts spent: dead-lettered, lease held
     assert fail(p, 1, 0, attempt=2) == (0, 0)  # re-sent: 0 is no longer the head
     # The holder continues with the next item (no attempts on it yet).
-    assert p.complete_items(
-        [Completion(b"sa", 1, "c", [])], lease_ms=LEASE_MS, batch_size=1
-    ) == [CompletionReply(1, 0, b"", [entry(1)])]
+    assert p.complete_items([Completion(b"sa", 1, "c", [])], lease_ms=LEASE_MS, batch_size=1) == [
+        CompletionReply(1, 0, b"", [entry(1)])
+    ]
     # Its one attempt allowed spent, on_exhausted "b": blocked, the lease released.
     assert fail(p, 1, 1, attempt=1, max_attempts=1, exhausted_mode="b") == (3, 1)
     # The dead letter counts as finished: the watermark can pass 0, not the blocked 1.
