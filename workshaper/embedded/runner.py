@@ -45,7 +45,7 @@ from workshaper.errors import QueueFull
 from workshaper.jobs import new_job, set_current_job
 from workshaper.keys import NamespaceKeys
 from workshaper.producer import Enqueued
-from workshaper.scripts import Completion, EncodedItem
+from workshaper.scripts import Completion, EncodedItem, Offer
 from workshaper.worker.executor import error_json, is_async_handler
 from workshaper.worker.settings import WorkerSettings
 
@@ -112,9 +112,15 @@ class Runner:
         self._max_in_queue, self._max_message_bytes = max_in_queue, max_message_bytes
         self._keys = NamespaceKeys(settings.namespace)
         self._lock = threading.Lock()
-        #: Notified when there is something for a thread to do (leases, runnable sub keys,
-        #: due retries, stop) and when room or acks changed (enqueue and flush wait on it).
-        self._changed = threading.Condition(self._lock)
+        #: Item threads wait here for something to do (leases, runnable sub keys, due timers).
+        #: One waiting thread is woken at a time (``_wake``); a thread that takes a task wakes
+        #: the next one if more is left, so a burst of work spreads over the threads without
+        #: waking them all for every item.
+        self._tasks = threading.Condition(self._lock)
+        self._idle = 0  # item threads waiting on _tasks
+        self._waking = False  # one of them was woken and has not looked for a task yet
+        #: enqueue (for room) and flush (for acks) wait here; notified at each commit.
+        self._room = threading.Condition(self._lock)
         self._engines: dict[int, PartitionEngine] = {}
         self._leases: deque[_Lease] = deque()  # claimed, waiting for a thread
         self._runnable: set[int] = set()  # partitions that may have runnable sub keys
@@ -166,12 +172,11 @@ class Runner:
                         p,
                         [None],
                     )
-                self._changed.wait(remaining)  # a commit frees room
+                self._room.wait(remaining)  # a commit frees room
             if status == ACCEPTED:
                 self.total_enqueued += 1
                 self._runnable.add(p)
-                if self._busy + len(self._leases) < self._settings.concurrency:
-                    self._changed.notify()  # a free thread claims it
+                self._wake()  # an idle thread claims it
         return _STATUS.get(status, Enqueued.ALREADY_ACKED)  # 4, being acked: as the producer
 
     def flush(self, timeout: float | None) -> bool:
@@ -183,7 +188,7 @@ class Runner:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self._changed.wait(remaining)
+                self._room.wait(remaining)
         return True
 
     def stop(self, timeout: float | None) -> None:
@@ -191,7 +196,8 @@ class Runner:
         private state (as the seed's was)."""
         with self._lock:
             self._stopping = True
-            self._changed.notify_all()
+            self._tasks.notify_all()
+            self._room.notify_all()
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -213,46 +219,91 @@ class Runner:
     # --- the threads -------------------------------------------------------------------------
 
     def _serve(self) -> None:
+        """Run tasks until stopping. Each step that needs the lock takes it once: recording a
+        batch and offering its watermark together; committing an ack, offering again and
+        taking the next task together (at one item per batch, each hold costs a hand-off of
+        the lock, and the item threads, the enqueueing thread and ``flush`` contend for it)."""
         loop = asyncio.new_event_loop() if self._async else None
         try:
-            while (task := self._next_task()) is not None:
-                if isinstance(task, int):
-                    self._offer(task)
-                    continue
-                ended = self._run(task, loop)
-                with self._lock:
-                    self._busy -= 1
-                    self._record(task, ended)
-                self._offer(task.partition)
+            with self._lock:
+                task = self._next_task()
+            while task is not None:
+                if isinstance(task, int):  # a failed ack, due again
+                    partition = task
+                    with self._lock:
+                        offer = self._take_offer(partition)
+                else:
+                    ended = self._run(task, loop)
+                    partition = task.partition
+                    with self._lock:
+                        self._busy -= 1
+                        self._record(task, ended)
+                        offer = self._take_offer(partition)
+                        if offer is None:
+                            task = self._next_task()
+                            continue
+                task = self._ack_and_next(partition, offer)
         except BaseException as exc:  # a bug here: enqueue and flush raise it, not wait
             log.exception("a thread of the embedded Manager died")
             with self._lock:
                 self._error = exc
-                self._changed.notify_all()
+                self._room.notify_all()
         finally:
             if loop is not None:
                 loop.close()
 
+    def _ack_and_next(self, partition: int, offer: Offer | None) -> _Lease | int | None:
+        """Ack what was offered, commit it, offer again until nothing is left to ack, then
+        take the next task."""
+        while offer is not None:
+            accepted = self._deliver(partition, offer.acked, offer.watermark, offer.offsets)
+            with self._lock:
+                offer = self._committed(partition, offer, accepted)
+                if offer is None:
+                    return self._next_task()
+        with self._lock:
+            return self._next_task()
+
     def _next_task(self) -> _Lease | int | None:
         """The next batch to run, or a partition whose failed ack is due again; None once
-        stopping."""
-        with self._lock:
-            while not self._stopping:
-                timers = self._timers
-                if timers and timers[0][0] <= time.monotonic():
-                    task = heapq.heappop(timers)[2]
-                    if isinstance(task, int):
-                        return task
+        stopping (the caller holds the lock; it is let go while waiting)."""
+        while not self._stopping:
+            timers = self._timers
+            if timers and timers[0][0] <= time.monotonic():
+                task = heapq.heappop(timers)[2]
+                if not isinstance(task, int):
                     self._busy += 1
-                    return task
-                if not self._leases:
-                    self._claim()
-                if self._leases:
-                    self._busy += 1
-                    return self._leases.popleft()
-                wait = None if not timers else max(0.0, timers[0][0] - time.monotonic())
-                self._changed.wait(wait)
-            return None
+                self._wake_next()
+                return task
+            if not self._leases:
+                self._claim()
+            if self._leases:
+                self._busy += 1
+                lease = self._leases.popleft()
+                self._wake_next()
+                return lease
+            wait = None if not timers else max(0.0, timers[0][0] - time.monotonic())
+            self._idle += 1
+            self._tasks.wait(wait)
+            self._idle -= 1
+            self._waking = False
+        return None
+
+    def _wake(self) -> None:
+        """Wake one idle item thread, unless one is on its way already (the caller holds the
+        lock)."""
+        if self._idle and not self._waking:
+            self._waking = True
+            self._tasks.notify()
+
+    def _wake_next(self) -> None:
+        """This thread took a task: wake the next idle one if more work is waiting."""
+        if (
+            self._leases
+            or self._runnable
+            or (self._timers and self._timers[0][0] <= time.monotonic())
+        ):
+            self._wake()
 
     def _claim(self) -> None:
         """Claim runnable sub keys for the free threads (the caller holds the lock)."""
@@ -277,8 +328,6 @@ class Runner:
             free -= len(claimed)
             if not left:
                 self._runnable.discard(partition)
-        if len(self._leases) > 1:
-            self._changed.notify(len(self._leases) - 1)  # this thread runs one of them
 
     def _run(self, lease: _Lease, loop: asyncio.AbstractEventLoop | None) -> _Ended:
         """Run the lease's entries in order until one fails (or stopping)."""
@@ -376,11 +425,9 @@ class Runner:
         if reply.code == 1 and reply.next_entries:  # the sub key's next batch: run it next
             lease.entries = reply.next_entries
             lease.attempt = _attempt_of_head(reply.attempts_record, reply.next_entries)
-            self._leases.appendleft(lease)
-            self._changed.notify()
+            self._leases.appendleft(lease)  # this thread takes it next
         elif reply.code == 2 and reply.requeued:  # released with items left: claim it again
             self._runnable.add(lease.partition)
-            self._changed.notify()
         elif reply.code < 0:
             log.error("partition %d: a lease was fenced in this process", lease.partition)
 
@@ -404,7 +451,7 @@ class Runner:
             delay = s.retry_backoff * 2 ** (lease.attempt - 1)
             lease.attempt += 1
             heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), lease))
-            self._changed.notify()  # a waiting thread sets its timeout by it
+            self._tasks.notify_all()  # waiting threads set their timeout by it (rare)
         elif code == BLOCKED:  # the script released the lease
             log.error(
                 "partition %d: a sub key is blocked after %d attempts", lease.partition, attempts
@@ -415,42 +462,43 @@ class Runner:
             )
             lease.entries, lease.attempt = lease.entries[1:], 1
             if lease.entries and not self._stopping:
-                self._leases.appendleft(lease)
-                self._changed.notify()
+                self._leases.appendleft(lease)  # this thread takes it next
             else:
                 self._complete(lease, [], "r" if self._stopping else "c")
 
     # --- acks --------------------------------------------------------------------------------
 
-    def _offer(self, partition: int) -> None:
-        """Offer the partition's watermark and ack it, unless a thread is acking it already
-        (that thread offers again after its commit, so no finished item waits)."""
+    def _take_offer(self, partition: int) -> Offer | None:
+        """The partition's watermark to ack, unless it did not move or a thread is acking it
+        already (that thread offers again after its commit, so no finished item waits). The
+        caller holds the lock and calls ``ack`` with it let go."""
+        if partition in self._acking:
+            return None
+        offer = self._engines[partition].offer_watermark(self._ack_each)
+        if not offer.advances:
+            return None
+        self._acking.add(partition)
+        return offer
+
+    def _committed(self, partition: int, offer: Offer, accepted: int | None) -> Offer | None:
+        """Record what ``ack`` accepted, then the next offer (None: nothing more to ack now).
+        A raising ``ack`` is offered again after a backoff. The caller holds the lock."""
         engine = self._engines[partition]
-        while True:
-            with self._lock:
-                if partition in self._acking:
-                    return
-                offer = engine.offer_watermark(self._ack_each)
-                if not offer.advances:
-                    return
-                self._acking.add(partition)
-            accepted = self._deliver(partition, offer.acked, offer.watermark, offer.offsets)
-            with self._lock:
-                self._acking.discard(partition)
-                if accepted is not None:
-                    before = engine.in_queue
-                    engine.commit_watermark(accepted)
-                    self.total_acked += before - engine.in_queue
-                self._changed.notify_all()  # room for enqueue; flush looks again
-                if accepted is None or accepted < offer.watermark:  # ack raised: later
-                    failures = self._ack_failures.get(partition, 0) + 1
-                    self._ack_failures[partition] = failures
-                    delay = min(self._ack_interval * 2 ** min(failures, 64), MAX_ACK_RETRY_DELAY)
-                    heapq.heappush(
-                        self._timers, (time.monotonic() + delay, next(self._seq), partition)
-                    )
-                    return
-                self._ack_failures.pop(partition, None)
+        self._acking.discard(partition)
+        if accepted is not None:
+            before = engine.in_queue
+            engine.commit_watermark(accepted)
+            self.total_acked += before - engine.in_queue
+        self._room.notify_all()  # room for enqueue; flush looks again
+        if accepted is None or accepted < offer.watermark:  # ack raised: later
+            failures = self._ack_failures.get(partition, 0) + 1
+            self._ack_failures[partition] = failures
+            delay = min(self._ack_interval * 2 ** min(failures, 64), MAX_ACK_RETRY_DELAY)
+            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), partition))
+            self._tasks.notify_all()  # waiting threads set their timeout by it (rare)
+            return None
+        self._ack_failures.pop(partition, None)
+        return self._take_offer(partition)
 
     def _deliver(
         self, partition: int, acked: int, watermark: int, offsets: list[int]
