@@ -187,6 +187,27 @@ def test_an_ack_that_raises_is_offered_again_and_acks_only_grow() -> None:
     assert calls[1] >= calls[0]  # the failed value is offered again (or a later one)
 
 
+def test_an_ack_that_keeps_raising_waits_its_backoff_not_every_item() -> None:
+    calls: list[int] = []
+
+    def ack(partition: int, offset: int) -> None:
+        calls.append(offset)
+        raise ConnectionError("down")
+
+    manager = workshaper.Manager(
+        work=lambda m, p, o: None, ack=ack, ack_interval=1.0, max_in_queue=100, concurrency=1
+    )
+    try:
+        for offset in range(50):  # a sub key each: 50 batches, each ending with an offer
+            manager.enqueue(f"k{offset}", "m", 0, offset)
+        assert manager.flush(timeout=0.5) is False
+        # Each of the 50 items moved the watermark; after the first failure the next offer
+        # waits for its backoff (1 s, then doubling), however many items finish meanwhile.
+        assert 1 <= len(calls) <= 2
+    finally:
+        manager.shutdown(timeout=5, wait=False)
+
+
 def test_ack_each_acks_every_offset_in_order() -> None:
     acks = Acks()
     with workshaper.Manager(work=lambda m, p, o: None, ack=acks, ack_each=True) as manager:

@@ -231,7 +231,7 @@ class Runner:
                 if isinstance(task, int):  # a failed ack, due again
                     partition = task
                     with self._lock:
-                        offer = self._take_offer(partition)
+                        offer = self._take_offer(partition, retry=True)
                 else:
                     ended = self._run(task, loop)
                     partition = task.partition
@@ -468,11 +468,12 @@ class Runner:
 
     # --- acks --------------------------------------------------------------------------------
 
-    def _take_offer(self, partition: int) -> Offer | None:
-        """The partition's watermark to ack, unless it did not move or a thread is acking it
-        already (that thread offers again after its commit, so no finished item waits). The
-        caller holds the lock and calls ``ack`` with it let go."""
-        if partition in self._acking:
+    def _take_offer(self, partition: int, *, retry: bool = False) -> Offer | None:
+        """The partition's watermark to ack, unless it did not move, a thread is acking it
+        already (that thread offers again after its commit, so no finished item waits), or
+        its ``ack`` raised and the backoff has not passed (``retry``: it has). The caller
+        holds the lock and calls ``ack`` with it let go."""
+        if partition in self._acking or (partition in self._ack_failures and not retry):
             return None
         offer = self._engines[partition].offer_watermark(self._ack_each)
         if not offer.advances:
