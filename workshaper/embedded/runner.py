@@ -4,9 +4,12 @@ thread, and no bells.
 
 The threads that run items also do what the fleet's other threads do, under one lock (as
 Redis runs one script at a time): a thread that ends a batch records it (complete_items,
-fail_item), claims the next runnable sub keys for the free slots (claim_sub_keys), then offers
-the partition's watermark and calls ``ack`` outside the lock, one ack at a time per partition,
-and commits it. ``enqueue`` calls enqueue_items itself and waits while the partition is full.
+fail_item) and goes on with the sub key's next batch, or claims runnable sub keys for the free
+slots (claim_sub_keys); then it offers the partition's watermark and calls ``ack`` outside the
+lock, one ack at a time per partition, and commits it. ``enqueue`` calls enqueue_items itself,
+waits while the partition is full, and claims what it made runnable while slots are free.
+Claimed leases wait in a ``queue.SimpleQueue``, whose ``get`` blocks in C: an idle thread
+costs nothing, and handing it a lease costs one put.
 Every step is one of the partition operations the Lua scripts define (engine.py follows them
 and is tested against them), so the Manager keeps the fleet's guarantees: order per sub key,
 retries before successors, dead letters or a blocked sub key after the last attempt, dedupe,
@@ -20,13 +23,12 @@ holds them owns the state), so there is no renewal, reaping, crash window or iso
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import json
 import logging
+import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +49,7 @@ from workshaper.keys import NamespaceKeys
 from workshaper.producer import Enqueued
 from workshaper.scripts import Completion, EncodedItem, Offer
 from workshaper.worker.executor import error_json, is_async_handler
+from workshaper.worker.lease import LEASE_QUANTUM
 from workshaper.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,9 @@ class _Lease:
     token: int
     entries: list[bytes]
     attempt: int  # the head entry's attempt, 1-based; the later entries are on their first
+    #: When it was claimed (CLOCK_MONOTONIC): held past LEASE_QUANTUM, it yields its thread
+    #: to waiting sub keys between batches, as a Worker's lease does.
+    acquired: float = 0.0
 
 
 @dataclass(slots=True)
@@ -106,28 +112,24 @@ class Runner:
         max_message_bytes: int,
     ) -> None:
         self._settings = settings
+        self._lease_ms = settings.lease_ms
         self._work, self._on_done, self._on_error, self._ack = work, on_done, on_error, ack
         self._async = is_async_handler(work)
         self._ack_each, self._ack_interval = ack_each, ack_interval
         self._max_in_queue, self._max_message_bytes = max_in_queue, max_message_bytes
         self._keys = NamespaceKeys(settings.namespace)
         self._lock = threading.Lock()
-        #: Item threads wait here for something to do (leases, runnable sub keys, due timers).
-        #: One waiting thread is woken at a time (``_wake``); a thread that takes a task wakes
-        #: the next one if more is left, so a burst of work spreads over the threads without
-        #: waking them all for every item.
-        self._tasks = threading.Condition(self._lock)
-        self._idle = 0  # item threads waiting on _tasks
-        self._waking = False  # one of them was woken and has not looked for a task yet
         #: enqueue (for room) and flush (for acks) wait here; notified at each commit.
         self._room = threading.Condition(self._lock)
         self._engines: dict[int, PartitionEngine] = {}
-        self._leases: deque[_Lease] = deque()  # claimed, waiting for a thread
+        #: What the item threads take: a lease to run, a partition whose failed ack is due
+        #: again, or None (stop).
+        self._tasks: queue.SimpleQueue[_Lease | int | None] = queue.SimpleQueue()
         self._runnable: set[int] = set()  # partitions that may have runnable sub keys
-        self._busy = 0  # threads running a batch
-        #: (due, seq, lease to run again or partition to offer again), on CLOCK_MONOTONIC
-        self._timers: list[tuple[float, int, _Lease | int]] = []
-        self._seq = itertools.count()
+        #: Leases queued or running (not those waiting out a retry's backoff): claims keep it
+        #: at most ``concurrency``.
+        self._outstanding = 0
+        self._timers: set[threading.Timer] = set()  # retries and acks waiting out a backoff
         self._requests = itertools.count()
         self._acking: set[int] = set()  # partitions whose ``ack`` a thread is calling
         self._ack_failures: dict[int, int] = {}
@@ -176,7 +178,7 @@ class Runner:
             if status == ACCEPTED:
                 self.total_enqueued += 1
                 self._runnable.add(p)
-                self._wake()  # an idle thread claims it
+                self._claim()  # an idle thread gets it at once
         return _STATUS.get(status, Enqueued.ALREADY_ACKED)  # 4, being acked: as the producer
 
     def flush(self, timeout: float | None) -> bool:
@@ -196,8 +198,11 @@ class Runner:
         private state (as the seed's was)."""
         with self._lock:
             self._stopping = True
-            self._tasks.notify_all()
+            for timer in self._timers:
+                timer.cancel()
             self._room.notify_all()
+        for _ in self._threads:
+            self._tasks.put(None)
         deadline = None if timeout is None else time.monotonic() + timeout
         for thread in self._threads:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -219,30 +224,25 @@ class Runner:
     # --- the threads -------------------------------------------------------------------------
 
     def _serve(self) -> None:
-        """Run tasks until stopping. Each step that needs the lock takes it once: recording a
-        batch and offering its watermark together; committing an ack, offering again and
-        taking the next task together (at one item per batch, each hold costs a hand-off of
-        the lock, and the item threads, the enqueueing thread and ``flush`` contend for it)."""
+        """Run tasks until stopped. Each step that needs the lock takes it once: recording a
+        batch, claiming for a freed slot and offering the watermark together; then, when the
+        watermark moved, committing the ack and offering again together."""
         loop = asyncio.new_event_loop() if self._async else None
         try:
-            with self._lock:
-                task = self._next_task()
-            while task is not None:
+            while (task := self._tasks.get()) is not None:
                 if isinstance(task, int):  # a failed ack, due again
-                    partition = task
                     with self._lock:
-                        offer = self._take_offer(partition, retry=True)
-                else:
-                    ended = self._run(task, loop)
-                    partition = task.partition
+                        offer = self._take_offer(task, retry=True)
+                    self._ack_all(task, offer)
+                    continue
+                lease: _Lease | None = task
+                while lease is not None:  # the sub key's batches, one after another
+                    ended = self._run(lease, loop)
+                    partition = lease.partition
                     with self._lock:
-                        self._busy -= 1
-                        self._record(task, ended)
+                        lease = self._record(lease, ended)
                         offer = self._take_offer(partition)
-                        if offer is None:
-                            task = self._next_task()
-                            continue
-                task = self._ack_and_next(partition, offer)
+                    self._ack_all(partition, offer)
         except BaseException as exc:  # a bug here: enqueue and flush raise it, not wait
             log.exception("a thread of the embedded Manager died")
             with self._lock:
@@ -252,71 +252,27 @@ class Runner:
             if loop is not None:
                 loop.close()
 
-    def _ack_and_next(self, partition: int, offer: Offer | None) -> _Lease | int | None:
-        """Ack what was offered, commit it, offer again until nothing is left to ack, then
-        take the next task."""
+    def _ack_all(self, partition: int, offer: Offer | None) -> None:
+        """Ack what was offered and commit it, offering again until nothing is left."""
         while offer is not None:
             accepted = self._deliver(partition, offer.acked, offer.watermark, offer.offsets)
             with self._lock:
                 offer = self._committed(partition, offer, accepted)
-                if offer is None:
-                    return self._next_task()
-        with self._lock:
-            return self._next_task()
-
-    def _next_task(self) -> _Lease | int | None:
-        """The next batch to run, or a partition whose failed ack is due again; None once
-        stopping (the caller holds the lock; it is let go while waiting)."""
-        while not self._stopping:
-            timers = self._timers
-            if timers and timers[0][0] <= time.monotonic():
-                task = heapq.heappop(timers)[2]
-                if not isinstance(task, int):
-                    self._busy += 1
-                self._wake_next()
-                return task
-            if not self._leases:
-                self._claim()
-            if self._leases:
-                self._busy += 1
-                lease = self._leases.popleft()
-                self._wake_next()
-                return lease
-            wait = None if not timers else max(0.0, timers[0][0] - time.monotonic())
-            self._idle += 1
-            self._tasks.wait(wait)
-            self._idle -= 1
-            self._waking = False
-        return None
-
-    def _wake(self) -> None:
-        """Wake one idle item thread, unless one is on its way already (the caller holds the
-        lock)."""
-        if self._idle and not self._waking:
-            self._waking = True
-            self._tasks.notify()
-
-    def _wake_next(self) -> None:
-        """This thread took a task: wake the next idle one if more work is waiting."""
-        if (
-            self._leases
-            or self._runnable
-            or (self._timers and self._timers[0][0] <= time.monotonic())
-        ):
-            self._wake()
 
     def _claim(self) -> None:
-        """Claim runnable sub keys for the free threads (the caller holds the lock)."""
+        """Claim runnable sub keys for the free slots and queue them for the item threads
+        (the caller holds the lock)."""
         s = self._settings
-        free = s.concurrency - self._busy - len(self._leases)
+        free = s.concurrency - self._outstanding
+        now = time.monotonic()
         for partition in list(self._runnable):
-            if free <= 0:
+            if free <= 0 or self._stopping:
                 return
             left, claimed = self._engines[partition].claim_sub_keys(
                 worker_id=s.id,
                 request_id=self._request_id(),
                 max_leases=free,
-                lease_ms=s.lease_ms,
+                lease_ms=self._lease_ms,
                 batch_size=s.batch_size,
                 max_attempts=s.max_attempts,
                 exhausted_mode=s.exhausted_mode,
@@ -324,10 +280,30 @@ class Runner:
             for c in claimed:
                 sub_key = codec.decode_sub_key(c.sub)
                 attempt = _attempt_of_head(c.attempts_record, c.entries)
-                self._leases.append(_Lease(partition, c.sub, sub_key, c.token, c.entries, attempt))
+                lease = _Lease(partition, c.sub, sub_key, c.token, c.entries, attempt, now)
+                self._tasks.put(lease)
+            self._outstanding += len(claimed)
             free -= len(claimed)
             if not left:
                 self._runnable.discard(partition)
+
+    def _later(self, delay: float, task: _Lease | int) -> None:
+        """Queue ``task`` again after ``delay`` seconds (a retry's or a failed ack's backoff;
+        the caller holds the lock)."""
+
+        def due() -> None:
+            with self._lock:
+                self._timers.discard(timer)
+                if self._stopping:
+                    return
+                if isinstance(task, _Lease):
+                    self._outstanding += 1
+            self._tasks.put(task)
+
+        timer = threading.Timer(delay, due)
+        timer.daemon = True
+        self._timers.add(timer)
+        timer.start()
 
     def _run(self, lease: _Lease, loop: asyncio.AbstractEventLoop | None) -> _Ended:
         """Run the lease's entries in order until one fails (or stopping)."""
@@ -405,33 +381,48 @@ class Runner:
 
     # --- recording a batch (the caller holds the lock) ------------------------------------------
 
-    def _record(self, lease: _Lease, ended: _Ended) -> None:
-        if ended.index < 0:
-            self._complete(lease, ended.offsets, "r" if ended.stopped or self._stopping else "c")
-            return
-        if ended.offsets:  # the items before the failed one finished: record them, keep going
-            self._complete(lease, ended.offsets, "k")
-            lease.entries = lease.entries[ended.index :]
-            lease.attempt = 1
-        self._fail(lease, ended)
+    def _record(self, lease: _Lease, ended: _Ended) -> _Lease | None:
+        """Record how the batch ended; the lease, when this thread runs its next batch now.
+        A lease that ends frees its slot for the next runnable sub key (the caller holds the
+        lock)."""
+        if ended.index >= 0:
+            if ended.offsets:  # the items before the failed one finished: record them
+                self._complete(lease, ended.offsets, "k")
+                lease.entries, lease.attempt = lease.entries[ended.index :], 1
+            going_on = self._fail(lease, ended)
+        elif ended.stopped:
+            going_on = self._complete(lease, ended.offsets, "r")
+        else:
+            held = time.monotonic() - lease.acquired
+            going_on = self._complete(lease, ended.offsets, "y" if held > LEASE_QUANTUM else "c")
+        if going_on:
+            return lease
+        self._outstanding -= 1
+        self._claim()
+        return None
 
-    def _complete(self, lease: _Lease, offsets: list[int], action: str) -> None:
+    def _complete(self, lease: _Lease, offsets: list[int], action: str) -> bool:
+        """Record finished items; True when the lease goes on with its next batch."""
         s = self._settings
+        if self._stopping:
+            action = "r"
         (reply,) = self._engines[lease.partition].complete_items(
             [Completion(lease.sub, lease.token, action, offsets)],
-            lease_ms=s.lease_ms,
+            lease_ms=self._lease_ms,
             batch_size=s.batch_size,
         )
-        if reply.code == 1 and reply.next_entries:  # the sub key's next batch: run it next
+        if reply.code == 1 and reply.next_entries:  # the sub key's next batch
             lease.entries = reply.next_entries
             lease.attempt = _attempt_of_head(reply.attempts_record, reply.next_entries)
-            self._leases.appendleft(lease)  # this thread takes it next
-        elif reply.code == 2 and reply.requeued:  # released with items left: claim it again
+            return True
+        if reply.code == 2 and reply.requeued:  # released with items left: claim it again
             self._runnable.add(lease.partition)
         elif reply.code < 0:
             log.error("partition %d: a lease was fenced in this process", lease.partition)
+        return action == "k"
 
-    def _fail(self, lease: _Lease, ended: _Ended) -> None:
+    def _fail(self, lease: _Lease, ended: _Ended) -> bool:
+        """Record the failed attempt; True when the lease goes on at once (its next item)."""
         s = self._settings
         head = lease.entries[0]
         offset = codec.parse_entry(head).offset if not ended.force else None
@@ -445,26 +436,28 @@ class Runner:
             exhausted_mode=s.exhausted_mode,
             force=ended.force,
             error_json=ended.error,
-            lease_ms=s.lease_ms,
+            lease_ms=self._lease_ms,
         )
         if code == RETRY:  # the same item after a backoff, the lease kept meanwhile
             delay = s.retry_backoff * 2 ** (lease.attempt - 1)
             lease.attempt += 1
-            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), lease))
-            self._tasks.notify_all()  # waiting threads set their timeout by it (rare)
-        elif code == BLOCKED:  # the script released the lease
+            if not self._stopping:
+                self._later(delay, lease)
+            return False
+        if code == BLOCKED:  # the script released the lease
             log.error(
                 "partition %d: a sub key is blocked after %d attempts", lease.partition, attempts
             )
-        elif code == DEAD_LETTERED:
+            return False
+        if code == DEAD_LETTERED:
             log.error(
                 "partition %d: item dead-lettered after %d attempt(s)", lease.partition, attempts
             )
             lease.entries, lease.attempt = lease.entries[1:], 1
             if lease.entries and not self._stopping:
-                self._leases.appendleft(lease)  # this thread takes it next
-            else:
-                self._complete(lease, [], "r" if self._stopping else "c")
+                return True
+            return self._complete(lease, [], "c")
+        return False
 
     # --- acks --------------------------------------------------------------------------------
 
@@ -495,8 +488,8 @@ class Runner:
             failures = self._ack_failures.get(partition, 0) + 1
             self._ack_failures[partition] = failures
             delay = min(self._ack_interval * 2 ** min(failures, 64), MAX_ACK_RETRY_DELAY)
-            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), partition))
-            self._tasks.notify_all()  # waiting threads set their timeout by it (rare)
+            if not self._stopping:
+                self._later(delay, partition)
             return None
         self._ack_failures.pop(partition, None)
         return self._take_offer(partition)
