@@ -168,6 +168,28 @@ def test_a_blocked_sub_key_holds_its_items_and_the_watermark() -> None:
     assert sorted(ran) == [0, 3]
 
 
+def test_a_lease_held_past_the_quantum_yields_to_waiting_sub_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import workshaper.embedded.runner
+
+    monkeypatch.setattr(workshaper.embedded.runner, "LEASE_QUANTUM", 0.0)
+    gate = threading.Event()
+    ran: list[str] = []
+
+    def work(message: object, partition: int, offset: int) -> None:
+        gate.wait(30)
+        ran.append(f"{message}{offset}")
+
+    with workshaper.Manager(work=work, concurrency=1, batch_size=1, max_in_queue=10) as manager:
+        for offset, key in enumerate("aaabbb"):
+            manager.enqueue(key, key, 0, offset)
+        gate.set()
+        assert manager.flush(timeout=30)
+    # One thread: "a" held it first; past its quantum it gives way to "b" between batches.
+    assert ran == ["a0", "b3", "a1", "b4", "a2", "b5"]
+
+
 def test_an_ack_that_raises_is_offered_again_and_acks_only_grow() -> None:
     calls: list[int] = []
     failed = [False]
