@@ -230,6 +230,27 @@ def test_an_ack_that_keeps_raising_waits_its_backoff_not_every_item() -> None:
         manager.shutdown(timeout=5, wait=False)
 
 
+def test_a_batch_that_ends_while_its_partition_is_acked_is_acked_after() -> None:
+    """The thread acking a partition offers again after its commit when a batch of that
+    partition ended meanwhile (the batch's own thread left the ack to it)."""
+    acks = Acks()
+    holder: list[workshaper.Manager] = []
+
+    def ack(partition: int, offset: int) -> None:
+        if offset == 0:  # hold this ack until offset 1's batch ended and left it to us
+            runner = holder[0]._runner
+            assert runner is not None
+            _wait_for(lambda: runner._acking.get(0) is True)
+        acks(partition, offset)
+
+    with workshaper.Manager(work=lambda m, p, o: None, ack=ack, concurrency=2) as manager:
+        holder.append(manager)
+        manager.enqueue("a", "m", 0, 0)
+        manager.enqueue("b", "m", 0, 1)
+        assert manager.flush(timeout=30)
+    assert acks.calls == {0: [0, 1]}
+
+
 def test_ack_each_acks_every_offset_in_order() -> None:
     acks = Acks()
     with workshaper.Manager(work=lambda m, p, o: None, ack=acks, ack_each=True) as manager:

@@ -131,7 +131,9 @@ class Runner:
         self._outstanding = 0
         self._timers: set[threading.Timer] = set()  # retries and acks waiting out a backoff
         self._requests = itertools.count()
-        self._acking: set[int] = set()  # partitions whose ``ack`` a thread is calling
+        #: partition -> did a batch of it end while a thread calls its ``ack`` (that thread
+        #: offers again after its commit only then)
+        self._acking: dict[int, bool] = {}
         self._ack_failures: dict[int, int] = {}
         self._stopping = False
         self._error: BaseException | None = None  # what killed a thread (a bug here)
@@ -466,19 +468,22 @@ class Runner:
         already (that thread offers again after its commit, so no finished item waits), or
         its ``ack`` raised and the backoff has not passed (``retry``: it has). The caller
         holds the lock and calls ``ack`` with it let go."""
-        if partition in self._acking or (partition in self._ack_failures and not retry):
+        if partition in self._acking:
+            self._acking[partition] = True
+            return None
+        if partition in self._ack_failures and not retry:
             return None
         offer = self._engines[partition].offer_watermark(self._ack_each)
         if not offer.advances:
             return None
-        self._acking.add(partition)
+        self._acking[partition] = False
         return offer
 
     def _committed(self, partition: int, offer: Offer, accepted: int | None) -> Offer | None:
         """Record what ``ack`` accepted, then the next offer (None: nothing more to ack now).
         A raising ``ack`` is offered again after a backoff. The caller holds the lock."""
         engine = self._engines[partition]
-        self._acking.discard(partition)
+        again = self._acking.pop(partition)
         if accepted is not None:
             before = engine.in_queue
             engine.commit_watermark(accepted)
@@ -492,7 +497,7 @@ class Runner:
                 self._later(delay, partition)
             return None
         self._ack_failures.pop(partition, None)
-        return self._take_offer(partition)
+        return self._take_offer(partition) if again else None
 
     def _deliver(
         self, partition: int, acked: int, watermark: int, offsets: list[int]
