@@ -235,15 +235,21 @@ def test_a_batch_that_ends_while_its_partition_is_acked_is_acked_after() -> None
     partition ended meanwhile (the batch's own thread left the ack to it)."""
     acks = Acks()
     holder: list[workshaper.Manager] = []
+    acking = threading.Event()
+
+    def work(message: object, partition: int, offset: int) -> None:
+        if offset == 1:  # ends only once offset 0's ack is under way
+            acking.wait(30)
 
     def ack(partition: int, offset: int) -> None:
         if offset == 0:  # hold this ack until offset 1's batch ended and left it to us
+            acking.set()
             runner = holder[0]._runner
             assert runner is not None
             _wait_for(lambda: runner._acking.get(0) is True)
         acks(partition, offset)
 
-    with workshaper.Manager(work=lambda m, p, o: None, ack=ack, concurrency=2) as manager:
+    with workshaper.Manager(work=work, ack=ack, concurrency=2) as manager:
         holder.append(manager)
         manager.enqueue("a", "m", 0, 0)
         manager.enqueue("b", "m", 0, 1)
