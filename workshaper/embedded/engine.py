@@ -57,7 +57,10 @@ class PartitionEngine:
         self._late: set[int] = set()  # offsets accepted below the highest one (K_LATE)
         self._ready: deque[bytes] = deque()  # runnable sub keys (K_READY)
         self._leases: dict[bytes, int] = {}  # sub key -> lease deadline, server ms (K_LEASES)
-        self._owners: dict[bytes, bytes] = {}  # sub key -> owner record (K_OWNERS)
+        #: sub key -> (token, the rest of its owner record) (K_OWNERS holds b"<token><rest>"):
+        #: the fencing check compares ints, and a claim formats no record
+        self._owners: dict[bytes, tuple[int, bytes]] = {}
+        self._owner_suffixes: dict[tuple[int, int, str, str], bytes] = {}
         self._attempts: dict[bytes, bytes] = {}  # sub key -> b"<offset>|<n>" (K_ATTEMPTS)
         self._blocked: dict[bytes, bytes] = {}  # sub key -> failure record (K_BLOCKED)
         self._dead: dict[bytes, bytes] = {}  # offset (or corrupt:...) -> record (K_DEAD)
@@ -106,13 +109,10 @@ class PartitionEngine:
         if offset is not None:  # a corrupt head keeps the old score
             self._set_head(sub, offset)
 
-    def _owner_token(self, sub: bytes) -> bytes | None:
-        """The token of the owner record (parse_owner's first field), or None."""
-        record = self._owners.get(sub)
-        if record is None:
-            return None
-        token, bar, _ = record.partition(b"|")
-        return token if bar and token.isdigit() else None
+    def _holds(self, sub: bytes, token: int) -> bool:
+        """Does ``token`` own the lease on ``sub`` (the scripts' fencing check)?"""
+        owner = self._owners.get(sub)
+        return owner is not None and owner[0] == token
 
     def _extend(self, sub: bytes, deadline: int) -> None:
         if sub in self._leases:  # ZADD XX: never re-creates a lease
@@ -168,7 +168,12 @@ class PartitionEngine:
         highest = -1 if self._max is None else self._max
         if highest < expected_highest:
             return [LOST_WRITES] * n
-        if n and self._fast_path_applies(items, max_in_queue, max(highest, floor)):
+        if n == 1:  # the embedded Manager's call: the fast path's steps for one item
+            item = items[0]
+            if len(self._accepted) < max_in_queue and item.offset > max(highest, floor):
+                self._enqueue_one(item, rid)
+                return [ACCEPTED]
+        elif n and self._fast_path_applies(items, max_in_queue, max(highest, floor)):
             self._accepted += [item.offset for item in items]
             new = [
                 (sub, entries[0])
@@ -183,6 +188,24 @@ class PartitionEngine:
         return self._enqueue_one_by_one(
             items, max_in_queue, rid, acked=acked, floor=floor, highest=highest
         )
+
+    def _enqueue_one(self, item: EncodedItem, rid: bytes) -> None:
+        """The script's fast path for one item above every accepted offset, with room."""
+        offset, sub = item.offset, item.sub
+        self._accepted.append(offset)
+        queue = self._queues.get(sub)
+        if queue is None:  # a new head: runnable unless leased
+            self._queues[sub] = deque((item.entry,))
+            head = entry_offset(item.entry)
+            if head is not None:
+                self._set_head(sub, head)
+            if sub not in self._owners:
+                self._ready.append(sub)
+        else:
+            queue.append(item.entry)
+        self._max = offset
+        self._request = rid + b"|n1"
+        self._samples[int(self._clock() * 1000)] = offset
 
     def _answered(self, rid: bytes, n: int) -> list[int] | None:
         """The first run's answer to a re-sent call (same request id), else None."""
@@ -294,16 +317,11 @@ class PartitionEngine:
         claims: list[Claimed] = []
         if subs:
             deadline = self._now_ms() + lease_ms
-            suffix = b"|-|%d|%d|%s|%s" % (
-                batch_size,
-                max_attempts,
-                exhausted_mode.encode(),
-                worker_id.encode(),
-            )
+            suffix = self._owner_suffix(batch_size, max_attempts, exhausted_mode, worker_id)
             for j, sub in enumerate(subs):
                 token = first_token + j
                 self._leases[sub] = deadline
-                owners[sub] = b"%d" % token + suffix
+                owners[sub] = (token, suffix)
                 queue = self._queues.get(sub)
                 entries = [] if queue is None else _first(queue, first_read)
                 record = attempts[j] if attempts_read else None
@@ -312,6 +330,21 @@ class PartitionEngine:
             rid, ready_left, first_token, subs, attempts, attempts_read
         )
         return ready_left, claims
+
+    def _owner_suffix(
+        self, batch_size: int, max_attempts: int, exhausted_mode: str, worker_id: str
+    ) -> bytes:
+        """The owner record after its token: "|-|<batch>|<max_attempts>|<mode>|<worker>"."""
+        key = (batch_size, max_attempts, exhausted_mode, worker_id)
+        suffix = self._owner_suffixes.get(key)
+        if suffix is None:
+            suffix = self._owner_suffixes[key] = b"|-|%d|%d|%s|%s" % (
+                batch_size,
+                max_attempts,
+                exhausted_mode.encode(),
+                worker_id.encode(),
+            )
+        return suffix
 
     def _claimed_again(self, record: ClaimRecord, first_read: int) -> tuple[int, list[Claimed]]:
         """A re-sent claim: the first call's leases, their first batches read again now."""
@@ -329,7 +362,7 @@ class PartitionEngine:
         self, completions: Sequence[Completion], *, lease_ms: int, batch_size: int
     ) -> list[CompletionReply]:
         """One reply per lease (see scripts.CompletionReply)."""
-        if len({c.sub for c in completions}) != len(completions):
+        if len(completions) > 1 and len({c.sub for c in completions}) != len(completions):
             repeated = next(c.sub for i, c in enumerate(completions) if c.sub in
                             {d.sub for d in completions[:i]})  # fmt: skip
             raise ScriptError(
@@ -341,7 +374,7 @@ class PartitionEngine:
         replies: list[CompletionReply] = []
         requeued: list[bytes] = []
         for c in completions:
-            if self._owner_token(c.sub) != b"%d" % c.token:
+            if not self._holds(c.sub, c.token):
                 replies.append(CompletionReply(-1, 0, b"", []))  # fenced: nothing written
                 continue
             continues = c.action == "c" or (c.action == "y" and ready_len == 0)
@@ -410,7 +443,7 @@ class PartitionEngine:
     ) -> tuple[int, int]:
         """(code, attempts): -1 fenced, 0 no longer at head, 1 retry, 2 dead-lettered,
         3 blocked."""
-        if self._owner_token(sub) != b"%d" % token:
+        if not self._holds(sub, token):
             return FENCED, 0
         queue = self._queues.get(sub)
         head = queue[0] if queue else None
@@ -467,7 +500,7 @@ class PartitionEngine:
         deadline = self._now_ms() + lease_ms
         lost = []
         for i, (sub, token) in enumerate(leases):
-            if self._owner_token(sub) == b"%d" % token:
+            if self._holds(sub, token):
                 self._extend(sub, deadline)
             else:
                 lost.append(i)
@@ -523,7 +556,7 @@ class PartitionEngine:
             k.late: (b"zset", _zset((b"%d" % o, float(o)) for o in self._late)),
             k.ready: (b"list", list(self._ready)),
             k.leases: (b"zset", _zset((sub, float(d)) for sub, d in self._leases.items())),
-            k.owners: (b"hash", dict(self._owners)),
+            k.owners: (b"hash", {sub: b"%d%s" % owner for sub, owner in self._owners.items()}),
             k.attempts: (b"hash", dict(self._attempts)),
             k.blocked: (b"hash", dict(self._blocked)),
             k.dead: (b"hash", dict(self._dead)),
