@@ -11,7 +11,7 @@ of that Redis, like any member of a fleet.
 from __future__ import annotations
 
 import bisect
-import logging
+import inspect
 import threading
 from collections.abc import Callable
 from types import TracebackType
@@ -26,18 +26,13 @@ from workshaper.producer import MAX_ACK_INTERVAL, MAX_IN_QUEUE, Enqueued, Produc
 from workshaper.worker import Worker
 from workshaper.worker.settings import check_handlers, worker_settings
 
-log = logging.getLogger(__name__)
-
-#: The Worker's options a Manager takes as keywords, with the Worker's defaults (the embedded
-#: runner checks them exactly as a Worker does).
+#: The Worker's options a Manager passes on as keywords, with their defaults, read off the
+#: Worker's own signature (the embedded runner checks them exactly as a Worker does).
 WORKER_OPTIONS: dict[str, Any] = {
-    "lease": 30.0,
-    "max_attempts": 3,
-    "retry_backoff": 0.2,
-    "on_exhausted": "dead_letter",
-    "batch_size": 100,
-    "prefetch": None,
-    "name": None,
+    name: parameter.default
+    for name, parameter in inspect.signature(Worker.__init__).parameters.items()
+    if parameter.kind is parameter.KEYWORD_ONLY
+    and name not in {"work", "on_done", "on_error", "concurrency"}  # the Manager's own
 }
 
 
