@@ -125,6 +125,31 @@ def test_a_failed_item_is_retried_before_its_successors() -> None:
     assert errors == [1, 1]
 
 
+def test_retries_waiting_out_their_backoff_take_no_thread_each() -> None:
+    """A downstream outage fails every item: hundreds of retries wait at once, on one timer
+    thread (a thread per retry was hundreds of threads)."""
+    failed: set[int] = set()
+
+    def work(message: object, partition: int, offset: int) -> None:
+        if offset not in failed:
+            failed.add(offset)
+            raise ConnectionError("downstream is down")
+
+    before = threading.active_count()
+    peak = before
+    with workshaper.Manager(
+        work=work, retry_backoff=0.5, max_in_queue=1000, concurrency=4
+    ) as manager:
+        for offset in range(300):  # a sub key each: every one waits for its retry
+            manager.enqueue(f"k{offset}", "m", 0, offset)
+            peak = max(peak, threading.active_count())
+        while not manager.flush(timeout=0.01):
+            peak = max(peak, threading.active_count())
+        assert manager.total_acked == 300
+    assert len(failed) == 300
+    assert peak <= before + 4 + 1  # the item threads and the timer thread
+
+
 def test_an_item_out_of_attempts_is_dead_lettered_and_its_sub_key_goes_on() -> None:
     ran: list[int] = []
     acks = Acks()

@@ -23,6 +23,7 @@ holds them owns the state), so there is no renewal, reaping, crash window or iso
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import json
 import logging
@@ -129,7 +130,12 @@ class Runner:
         #: Leases queued or running (not those waiting out a retry's backoff): claims keep it
         #: at most ``concurrency``.
         self._outstanding = 0
-        self._timers: set[threading.Timer] = set()  # retries and acks waiting out a backoff
+        #: Retries and failed acks waiting out their backoff: (due on CLOCK_MONOTONIC, seq,
+        #: task), a heap that one timer thread serves (a thread per retry would be thousands
+        #: when a downstream outage fails every item).
+        self._later_tasks: list[tuple[float, int, _Lease | int]] = []
+        self._later_seq = itertools.count()
+        self._later_changed = threading.Condition(self._lock)
         self._requests = itertools.count()
         #: partition -> did a batch of it end while a thread calls its ``ack`` (that thread
         #: offers again after its commit only then)
@@ -143,6 +149,9 @@ class Runner:
             threading.Thread(target=self._serve, name=f"workshaper-work-{i}", daemon=True)
             for i in range(settings.concurrency)
         ]
+        self._threads.append(
+            threading.Thread(target=self._serve_later, name="workshaper-timer", daemon=True)
+        )
         for thread in self._threads:
             thread.start()
 
@@ -200,8 +209,7 @@ class Runner:
         private state (as the seed's was)."""
         with self._lock:
             self._stopping = True
-            for timer in self._timers:
-                timer.cancel()
+            self._later_changed.notify()
             self._room.notify_all()
         for _ in self._threads:
             self._tasks.put(None)
@@ -292,20 +300,24 @@ class Runner:
     def _later(self, delay: float, task: _Lease | int) -> None:
         """Queue ``task`` again after ``delay`` seconds (a retry's or a failed ack's backoff;
         the caller holds the lock)."""
+        due = time.monotonic() + delay
+        heapq.heappush(self._later_tasks, (due, next(self._later_seq), task))
+        if self._later_tasks[0][0] == due:  # the earliest now: the timer thread waits less
+            self._later_changed.notify()
 
-        def due() -> None:
-            with self._lock:
-                self._timers.discard(timer)
-                if self._stopping:
-                    return
-                if isinstance(task, _Lease):
-                    self._outstanding += 1
-            self._tasks.put(task)
-
-        timer = threading.Timer(delay, due)
-        timer.daemon = True
-        self._timers.add(timer)
-        timer.start()
+    def _serve_later(self) -> None:
+        """The timer thread: queue each task of ``_later`` when it is due."""
+        tasks = self._later_tasks
+        with self._lock:
+            while not self._stopping:
+                now = time.monotonic()
+                if tasks and tasks[0][0] <= now:
+                    task = heapq.heappop(tasks)[2]
+                    if isinstance(task, _Lease):
+                        self._outstanding += 1
+                    self._tasks.put(task)
+                    continue
+                self._later_changed.wait(tasks[0][0] - now if tasks else None)
 
     def _run(self, lease: _Lease, loop: asyncio.AbstractEventLoop | None) -> _Ended:
         """Run the lease's entries in order until one fails (or stopping)."""
