@@ -63,7 +63,7 @@ def read_keys(client: redis.Redis, pattern: str) -> dict[bytes, tuple[bytes, Any
     members sorted, a sorted set's (member, score) pairs in ZRANGE order)."""
     state: dict[bytes, tuple[bytes, Any]] = {}
     for key in sorted(client.scan_iter(match=pattern, count=1000)):
-        kind = client.type(key)
+        kind: Any = client.type(key)  # bytes: the client does not decode responses
         value: Any
         if kind == b"string":
             value = client.get(key)
