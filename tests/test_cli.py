@@ -14,6 +14,7 @@ import pytest
 
 import workshaper
 from workshaper.admin import Admin
+from workshaper.demo import ideal_seconds
 from workshaper_tools.testing import RedisServer, free_port
 
 from .conftest import wait_for
@@ -217,6 +218,21 @@ def test_demo_on_embedded_backend_verifies_order() -> None:
     assert result.returncode == 0, result.stderr
     assert "order verified" in result.stdout
     assert "final watermark" in result.stdout
+    assert "x ideal" in result.stdout
+
+
+def test_demo_ideal_is_the_spread_work_or_the_longest_chain() -> None:
+    items = [("a", {"i": i}, 0, i) for i in range(4)]
+    chain = ideal_seconds(items, 1)
+    assert 0 < chain < 4 * 0.002
+    # One sub key: its items cannot run side by side, so more threads do not help.
+    assert ideal_seconds(items, 8) == pytest.approx(chain)
+    # Four sub keys on four threads: the longest single item.
+    spread = [(f"k{i}", {"i": i}, 0, i) for i in range(4)]
+    assert ideal_seconds(spread, 4) == pytest.approx(
+        max(ideal_seconds([item], 1) for item in spread)
+    )
+    assert ideal_seconds(spread, 1) == pytest.approx(chain)
 
 
 def test_demo_against_redis_with_worker_processes(redis_server: RedisServer) -> None:

@@ -25,6 +25,8 @@ import redis
 from workshaper.jobs import current_job
 
 JOURNAL_ENV = "WORKSHAPER_DEMO_JOURNAL"
+#: The embedded demo's Manager threads (the Manager's default concurrency).
+EMBEDDED_THREADS = 8
 _journal_client: redis.Redis | None = None
 
 
@@ -40,9 +42,23 @@ def demo_work(message: dict[str, Any], partition: int, offset: int) -> None:
     )
 
 
+def _planned_work(i: int) -> float:
+    """Item ``i``'s seconds of "work": deterministic, 0-2 ms, so sub keys visibly run in
+    parallel and the summary can say what the work alone takes."""
+    return random.Random(i).uniform(0, 0.002)
+
+
 def _simulate(message: dict[str, Any]) -> None:
-    # Deterministic per item: 0-2 ms of "work", so sub keys visibly run in parallel.
-    time.sleep(random.Random(message["i"]).uniform(0, 0.002))
+    time.sleep(_planned_work(message["i"]))
+
+
+def ideal_seconds(items: list[tuple[Any, ...]], slots: int) -> float:
+    """The least time the items' work can take on ``slots`` threads with sub-key order kept:
+    all the work spread evenly, or the longest chain of one sub key, whichever is longer."""
+    chains: dict[tuple[int, Any], float] = defaultdict(float)
+    for sub_key, message, partition, _ in items:
+        chains[(partition, sub_key)] += _planned_work(message["i"])
+    return max(sum(chains.values()) / slots, max(chains.values(), default=0.0))
 
 
 class Progress:
@@ -99,10 +115,20 @@ def _verify(journal: dict[int, list[tuple[int, int]]], items: list[tuple[Any, ..
 
 
 def _summary(
-    items: list[tuple[Any, ...]], elapsed: float, watermarks: dict[int, Any], problem: str | None
+    items: list[tuple[Any, ...]],
+    elapsed: float,
+    watermarks: dict[int, Any],
+    problem: str | None,
+    slots: int | None = None,
 ) -> int:
     print(f"items:      {len(items):,}")
     print(f"elapsed:    {elapsed:.2f} s")
+    if slots is not None:
+        ideal = ideal_seconds(items, slots)
+        print(
+            f"ideal:      {ideal:.2f} s (the work alone on {slots} threads, order kept):"
+            f" elapsed is {elapsed / ideal:.2f}x ideal"
+        )
     print(f"throughput: {len(items) / elapsed:,.0f} items/s (enqueue to last ack)")
     for p in sorted(watermarks):
         print(f"partition {p}: final watermark {watermarks[p]}")
@@ -139,11 +165,18 @@ def _run_embedded(args: argparse.Namespace) -> int:
 
     print(
         f"embedded backend: {count:,} items, {args.partitions} partitions, "
-        f"{args.sub_keys} sub keys per partition, max_in_queue {args.max_in_queue or 25}"
+        f"{args.sub_keys} sub keys per partition, max_in_queue {args.max_in_queue or 25},"
+        f" {EMBEDDED_THREADS} threads"
     )
     progress = Progress(count)
     start = time.monotonic()
-    with Manager(work=work, ack=ack, max_in_queue=args.max_in_queue or 25, namespace=ns) as m:
+    with Manager(
+        work=work,
+        ack=ack,
+        max_in_queue=args.max_in_queue or 25,
+        namespace=ns,
+        concurrency=EMBEDDED_THREADS,
+    ) as m:
         for item in items:
             m.enqueue(*item)
             progress.show(m.total_acked)
@@ -151,7 +184,7 @@ def _run_embedded(args: argparse.Namespace) -> int:
             progress.show(m.total_acked)
         progress.finish(m.total_acked)
     elapsed = time.monotonic() - start
-    return _summary(items, elapsed, watermarks, _verify(journal, items))
+    return _summary(items, elapsed, watermarks, _verify(journal, items), EMBEDDED_THREADS)
 
 
 def _run_fleet(args: argparse.Namespace) -> int:
