@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 
 import redis
 
@@ -45,6 +46,21 @@ def _backoff(interval: float, doublings: int, longest: float) -> float:
     keep growing while a partition stays stalled (minutes of quiet checks, an ack failing for
     long), and past ~1,000 doublings the product overflows a float, which failed the tick."""
     return min(interval * float(2 ** min(doublings, 64)), longest)
+
+
+def ack_each_offset(call_ack: Callable[[int], bool], offer: Offer, delivered: int) -> int | None:
+    """``ack_each``: call ``call_ack`` for each finished offset of ``offer`` above ``delivered``
+    (what ``ack`` already returned for), in order, stopping at the first that fails (returns
+    False). The highest offset ``ack`` accepted, counting ``delivered`` when it is above the
+    acked watermark; None when nothing new was accepted."""
+    accepted: int | None = delivered if delivered > offer.acked else None
+    for offset in offer.offsets:
+        if offset <= delivered:
+            continue
+        if not call_ack(offset):
+            break
+        accepted = offset
+    return accepted
 
 
 class AckLoop:
@@ -335,14 +351,7 @@ class AckLoop:
             return offer.watermark
         if not self._ack_each:
             return offer.watermark if self._call_ack(partition, offer.watermark) else None
-        accepted: int | None = delivered if delivered > offer.acked else None
-        for offset in offer.offsets:
-            if offset <= delivered:
-                continue
-            if not self._call_ack(partition, offset):
-                break
-            accepted = offset
-        return accepted
+        return ack_each_offset(partial(self._call_ack, partition), offer, delivered)
 
     def _call_ack(self, partition: int, offset: int) -> bool:
         assert self._ack is not None

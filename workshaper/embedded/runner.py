@@ -32,10 +32,11 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from workshaper import codec
-from workshaper.ackloop import MAX_ACK_RETRY_DELAY
+from workshaper.ackloop import MAX_ACK_RETRY_DELAY, ack_each_offset
 from workshaper.embedded.engine import (
     ACCEPTED,
     BLOCKED,
@@ -49,7 +50,12 @@ from workshaper.jobs import new_job, set_current_job
 from workshaper.keys import NamespaceKeys
 from workshaper.producer import Enqueued
 from workshaper.scripts import Completion, EncodedItem, Offer
-from workshaper.worker.executor import error_json, is_async_handler
+from workshaper.worker.executor import (
+    call_on_done,
+    error_json,
+    is_async_handler,
+    report_failure,
+)
 from workshaper.worker.lease import LEASE_QUANTUM
 from workshaper.worker.settings import WorkerSettings
 
@@ -265,7 +271,7 @@ class Runner:
     def _ack_all(self, partition: int, offer: Offer | None) -> None:
         """Ack what was offered and commit it, offering again until nothing is left."""
         while offer is not None:
-            accepted = self._deliver(partition, offer.acked, offer.watermark, offer.offsets)
+            accepted = self._deliver(partition, offer)
             with self._lock:
                 offer = self._committed(partition, offer, accepted)
 
@@ -345,12 +351,12 @@ class Runner:
                         coroutine: Coroutine[Any, Any, Any] = self._work(message, partition, offset)
                         loop.run_until_complete(coroutine)
                 except BaseException as exc:  # the item's failure, whatever it is
-                    self._failed(job.offset, job.partition, job.attempt, message, exc)
+                    report_failure(self._on_error, exc, message, job)
                     ended.index, ended.error = index, error_json(exc, self._settings.id)
                     return ended
                 ended.offsets.append(offset)
                 if self._on_done is not None:
-                    self._call_on_done(message, partition, offset)
+                    call_on_done(self._on_done, message, partition, offset)
             return ended
         finally:
             set_current_job(None)
@@ -367,31 +373,6 @@ class Runner:
             {"type": "CorruptItem", "message": reason, "traceback": "", "worker": self._settings.id}
         )
         return ended
-
-    def _failed(
-        self, offset: int, partition: int, attempt: int, message: codec.Message, exc: BaseException
-    ) -> None:
-        log.warning(
-            "work failed: partition %d offset %d attempt %d: %s",
-            partition,
-            offset,
-            attempt,
-            type(exc).__qualname__,
-        )
-        if self._on_error is not None:
-            try:
-                self._on_error(exc, message, partition, offset)
-            except BaseException:  # even SystemExit: a callback's error is never fatal
-                log.exception(
-                    "on_error raised for partition %d offset %d (ignored)", partition, offset
-                )
-
-    def _call_on_done(self, message: codec.Message, partition: int, offset: int) -> None:
-        assert self._on_done is not None
-        try:
-            self._on_done(message, partition, offset)
-        except BaseException:  # even SystemExit: a callback's error is never fatal
-            log.exception("on_done raised for partition %d offset %d (ignored)", partition, offset)
 
     # --- recording a batch (the caller holds the lock) ------------------------------------------
 
@@ -511,22 +492,15 @@ class Runner:
         self._ack_failures.pop(partition, None)
         return self._take_offer(partition) if again else None
 
-    def _deliver(
-        self, partition: int, acked: int, watermark: int, offsets: list[int]
-    ) -> int | None:
+    def _deliver(self, partition: int, offer: Offer) -> int | None:
         """Call ``ack``; the watermark it accepted (None: none)."""
         if self._ack is None:
-            return watermark
+            return offer.watermark
         if not self._ack_each:
-            return watermark if self._call_ack(partition, watermark) else None
-        accepted: int | None = None
-        for offset in offsets:
-            if offset <= acked:
-                continue
-            if not self._call_ack(partition, offset):
-                break
-            accepted = offset
-        return accepted
+            return offer.watermark if self._call_ack(partition, offer.watermark) else None
+        # Nothing here was delivered past the acked watermark: a commit in this process
+        # cannot fail after its ack returned.
+        return ack_each_offset(partial(self._call_ack, partition), offer, offer.acked)
 
     def _call_ack(self, partition: int, offset: int) -> bool:
         assert self._ack is not None

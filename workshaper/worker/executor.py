@@ -66,6 +66,36 @@ def error_json(exc: BaseException, worker_id: str) -> str:
     )
 
 
+def report_failure(
+    on_error: Callable[..., Any] | None, exc: BaseException, message: codec.Message, job: Job
+) -> None:
+    """Log the failed attempt ``job`` (its exception's type, never the payload) and call
+    ``on_error``; what ``on_error`` raises is logged and ignored."""
+    partition, offset = job.partition, job.offset
+    log.warning(
+        "work failed: partition %d offset %d attempt %d: %s",
+        partition,
+        offset,
+        job.attempt,
+        type(exc).__qualname__,
+    )
+    if on_error is not None:
+        try:
+            on_error(exc, message, partition, offset)
+        except BaseException:  # even SystemExit: a callback's error is never fatal
+            log.exception("on_error raised for partition %d offset %d (ignored)", partition, offset)
+
+
+def call_on_done(
+    on_done: Callable[..., Any], message: codec.Message, partition: int, offset: int
+) -> None:
+    """Call ``on_done`` for an item that succeeded; what it raises is logged and ignored."""
+    try:
+        on_done(message, partition, offset)
+    except BaseException:  # even SystemExit: a callback's error is never fatal
+        log.exception("on_done raised for partition %d offset %d (ignored)", partition, offset)
+
+
 class BatchRunner:
     """What running one item means, shared by the thread and the event-loop executors.
 
@@ -94,30 +124,8 @@ class BatchRunner:
     def failed(
         self, lease: Lease, index: int, job: Job, message: codec.Message, exc: BaseException
     ) -> Outcome:
-        log.warning(
-            "work failed: partition %d offset %d attempt %d: %s",
-            job.partition,
-            job.offset,
-            job.attempt,
-            type(exc).__qualname__,
-        )
-        if self._on_error is not None:
-            try:
-                self._on_error(exc, message, job.partition, job.offset)
-            except BaseException:  # even SystemExit: a callback's error is never fatal
-                log.exception(
-                    "on_error raised for partition %d offset %d (ignored)",
-                    job.partition,
-                    job.offset,
-                )
+        report_failure(self._on_error, exc, message, job)
         return ("failed", index, job.attempt, error_json(exc, self._worker_id))
-
-    def _done_callback(self, message: codec.Message, partition: int, offset: int) -> None:
-        assert self._on_done is not None
-        try:
-            self._on_done(message, partition, offset)
-        except BaseException:  # even SystemExit: a callback's error is never fatal
-            log.exception("on_done raised for partition %d offset %d (ignored)", partition, offset)
 
     def ended(self, lease: Lease, outcome: Outcome) -> None:
         self._post(("ended", lease, outcome))
@@ -181,7 +189,7 @@ class BatchRunner:
                 done(offset)
                 if on_done is not None:
                     self._notify(lease)
-                    self._done_callback(message, partition, offset)
+                    call_on_done(on_done, message, partition, offset)
                 elif index != last:
                     # The last item needs no wake-up of its own: the batch's "ended" follows
                     # at once and collects it (with a lease per item, that halves the
