@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -12,9 +13,11 @@ import redis
 
 import workshaper
 from workshaper import Enqueued, InvalidInput, InvalidType, QueueFull
+from workshaper.ackloop import ack_each_offset
 from workshaper.batch import run_one
 from workshaper.connection import Backend, connect, mask_url
 from workshaper.keys import NamespaceKeys
+from workshaper.scripts import Offer
 from workshaper_tools.testing import RedisServer, free_port
 
 from .conftest import partition_counts, wait_for
@@ -430,3 +433,33 @@ def test_close_records_an_ack_whose_commit_failed(namespace: str) -> None:
                 assert client.hget(meta, "acked") == b"0"
         finally:
             worker.stop(10)
+
+
+def test_ack_each_delivery_stops_at_a_raising_ack_and_skips_what_was_delivered() -> None:
+    """The ``ack_each`` delivery the ack loop and the embedded Manager share: in order, from
+    above what ``ack`` already returned for, stopping at the first call that fails."""
+    offer = Offer(acked=3, watermark=9, in_queue=6, offsets=[4, 5, 7, 9])
+    calls: list[int] = []
+
+    def ack_until(last_good: int) -> Callable[[int], bool]:
+        def call(offset: int) -> bool:
+            calls.append(offset)
+            return offset <= last_good
+
+        return call
+
+    assert ack_each_offset(ack_until(99), offer, delivered=3) == 9
+    assert calls == [4, 5, 7, 9]
+    calls.clear()
+    # 7 fails: 5 is what was accepted; 9 is not tried past the failure.
+    assert ack_each_offset(ack_until(5), offer, delivered=3) == 5
+    assert calls == [4, 5, 7]
+    calls.clear()
+    # Offsets up to 5 were delivered before (their commit failed): not called again, and 5
+    # still counts as accepted when the rest fails.
+    assert ack_each_offset(ack_until(5), offer, delivered=5) == 5
+    assert calls == [7]
+    calls.clear()
+    # Nothing new accepted: None, not the acked watermark.
+    assert ack_each_offset(ack_until(0), offer, delivered=3) is None
+    assert calls == [4]
