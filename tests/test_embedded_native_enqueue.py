@@ -23,7 +23,7 @@ from workshaper.lua_scripts import load_script
 from workshaper.scripts import EncodedItem
 from workshaper_tools.testing import RedisServer
 
-from .test_embedded_differential import dump
+from .differential import dump
 
 SOURCE = load_script("enqueue_items").source
 

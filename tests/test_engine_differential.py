@@ -49,7 +49,7 @@ from hypothesis.stateful import (
 )
 from hypothesis.statistics import collector, describe_statistics
 
-from tests.test_embedded_differential import _offsets, _outcome, encode_items, masked, read_keys
+from tests.differential import encode_items, entry_offsets, masked, outcome, read_keys
 from workshaper import codec, scripts
 from workshaper.batch import run_one
 from workshaper.connection import Backend, connect
@@ -184,7 +184,7 @@ class EngineDifferential(RuleBasedStateMachine):
             self.now_ms = max(self.now_ms, self.real.latest_clock_sample() or 0)
         reply = getattr(self.engine, name)(*args, **kwargs)
         assert reply == real, name
-        event(f"{what}: {_outcome(real)}")  # --hypothesis-show-statistics: what was covered
+        event(f"{what}: {outcome(real)}")  # --hypothesis-show-statistics: what was covered
         return real
 
     def _engine_raises(self, name: str, *args: Any, **kwargs: Any) -> None:
@@ -303,7 +303,7 @@ class EngineDifferential(RuleBasedStateMachine):
         claims: list[Claimed] = reply[1]
         for claimed in claims:
             self.leases[claimed.sub] = claimed.token
-            self.handed[claimed.sub] = _offsets(claimed.entries)
+            self.handed[claimed.sub] = entry_offsets(claimed.entries)
             if claimed.attempts_record:
                 event("claim: a head item with attempts")
         return claims
@@ -357,7 +357,7 @@ class EngineDifferential(RuleBasedStateMachine):
     ) -> None:
         """One lease: the offsets at the head of its queue now (what its holder finished)."""
         sub, token = self._lease(pick)
-        done = _offsets(self.real.entries(sub, count))
+        done = entry_offsets(self.real.entries(sub, count))
         completion = Completion(sub, token - 1 if stale else token, action, done)
         replies = self.both(
             "complete",
@@ -425,7 +425,7 @@ class EngineDifferential(RuleBasedStateMachine):
                 self.leases.pop(sub, None)
                 self.handed.pop(sub, None)
             elif reply.next_entries:
-                self.handed[sub] = _offsets(reply.next_entries)
+                self.handed[sub] = entry_offsets(reply.next_entries)
                 if reply.attempts_record:
                     event("continue: a head item with attempts")
             else:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.test_embedded_differential import dump
+from tests.differential import dump
 from workshaper.embedded import EmbeddedServer
 from workshaper.embedded.native import TRANSCRIPTIONS
 from workshaper.keys import NamespaceKeys, PartitionKeys
