@@ -400,8 +400,13 @@ class Differential(RuleBasedStateMachine):
         blocked = self.blocked()
         enc = blocked[pick % len(blocked)]
         note = '{"type":"Unblocked"}'
+        self.requests += 1  # one operator action: a request id of its own
+        rid = f"unblock:{self.requests}"
         self.both(
-            "unblock", lambda s: lambda b: scripts.unblock_sub_key(b, s.keys, enc, action, note)
+            "unblock",
+            lambda s: (
+                lambda b: scripts.unblock_sub_key(b, s.keys, enc, action, note, request_id=rid)
+            ),
         )
 
     @rule(sub=st.sampled_from(["a", "b"]))
