@@ -4,9 +4,8 @@ The same random sequence of one partition's operations goes, through scripts.py'
 into a private redis-server and, as method calls with the same arguments, into a
 PartitionEngine of the same namespace and partition. Every reply must be equal, and after every
 step the engine's render() must equal the namespace's keys on the server, both masked as
-tests/test_embedded_differential.py masks them: lease deadlines compared as the leased members
-only, clock samples as their offsets only, failure records without their time and with their
-JSON decoded.
+tests/differential.py masks them: lease deadlines compared as the leased members only, clock
+samples as their offsets only, failure records without their time and with their JSON decoded.
 
 Covers what the engine supports: enqueue (random offsets, the next ones in order, re-deliveries:
 dedupe, acked and being-acked offsets, backpressure, re-sent request ids, late gap fills, None
@@ -18,7 +17,9 @@ and commit of watermarks (also re-sent); besides the single operations, whole wo
 (claim, complete every new lease in one call, ack), so that every sequence has some. Not here,
 as a single process never needs them: lease expiry and the crash window after it, isolation
 marks, unblock and replay, corrupt entries; and malformed calls (a repeated sub key...): should
-a call get an error reply anyway, the engine must raise too.
+a call get an error reply anyway, the engine must raise too. The rules it shares with
+tests/test_embedded_differential.py (enqueue, offer and commit, claim, complete, complete_many,
+fail) are tests/differential.py's; here are the ones only this test draws.
 
 Coverage (what the sequences did): pytest --hypothesis-show-statistics. When it was written,
 nineteen bugs planted in the engine by hand (a yield that never gives way, a re-sent claim not
@@ -33,37 +34,39 @@ engine must see the same millisecond for its samples to be as many as the server
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any, cast
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
-from hypothesis import HealthCheck, event, settings
+from hypothesis import event
 from hypothesis import strategies as st
-from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    invariant,
-    precondition,
-    rule,
-    run_state_machine_as_test,
-)
-from hypothesis.statistics import collector, describe_statistics
+from hypothesis.stateful import precondition, rule
 
-from tests.differential import encode_items, entry_offsets, masked, outcome, read_keys
-from workshaper import codec, scripts
-from workshaper.batch import run_one
-from workshaper.connection import Backend, connect
+from tests.differential import (
+    LEASE_MS,
+    PartitionDifferential,
+    ScriptsPartition,
+    acks,
+    actions,
+    encode_items,
+    item_lists,
+    masked,
+    modes,
+    outcome,
+    run_machine,
+    stale_tokens,
+    sub_keys,
+)
+from workshaper import codec
+from workshaper.connection import connect
 from workshaper.embedded.engine import PartitionEngine
 from workshaper.keys import NamespaceKeys
 from workshaper.scripts import Claimed, Completion, CompletionReply, Offer
 from workshaper_tools.testing import RedisServer
 
-LEASE_MS = 60_000
-#: One sub key more than tests/test_embedded_differential.py: nothing unblocks a blocked one
-#: here, so a sequence needs more of them to keep items flowing.
-SUBS = ["a", "b", "c", "d", None]
 #: The error reply of a script, as the machine records it (the engine must raise then).
-ERROR = ("error",)
+ERROR = ("error", "ResponseError")
 #: What PartitionEngine shares with scripts.py: the same name, the same arguments (without the
 #: batch and the partition's keys) and the same reply.
 OPERATIONS = frozenset(
@@ -78,96 +81,24 @@ OPERATIONS = frozenset(
     }
 )
 
-sub_keys = st.sampled_from(SUBS)
-offsets = st.integers(min_value=0, max_value=40)
-item_lists = st.lists(st.tuples(sub_keys, offsets), min_size=1, max_size=8)
-#: A stale token (a leaseholder that lost its lease) one call in five.
-stale_tokens = st.integers(0, 4).map(lambda x: x == 0)
-modes = st.sampled_from(["d", "b"])
-actions = st.sampled_from(["k", "c", "y", "r"])
-acks = st.sampled_from(["none", "offer", "commit"])
-
-
-class ScriptsPartition:
-    """Partition 0 of a namespace on a redis-server, behind PartitionEngine's methods: each
-    operation is the typed call of scripts.py of the same name, in a batch of its own."""
-
-    def __init__(self, backend: Backend, namespace: str) -> None:
-        self.backend = backend
-        self.pkeys = NamespaceKeys(namespace).partition(0)
-        # The whole namespace, not the partition alone: a write outside it shows up too.
-        self.pattern = f"ws:{{{namespace}*"
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name not in OPERATIONS:
-            raise AttributeError(name)
-        typed = getattr(scripts, name)
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return run_one(self.backend, lambda batch: typed(batch, self.pkeys, *args, **kwargs))
-
-        return call
-
-    def render(self) -> dict[bytes, tuple[bytes, Any]]:
-        """The keys as PartitionEngine.render() gives them (unmasked)."""
-        return read_keys(self.backend.client, self.pattern)
-
-    # The client does not decode responses: its replies are bytes (the casts say so to mypy).
-
-    def head(self, sub: bytes) -> bytes | None:
-        return cast("bytes | None", self.backend.client.lindex(self.pkeys.queue(sub), 0))
-
-    def entries(self, sub: bytes, count: int) -> list[bytes]:
-        """The first ``count`` entries of the sub key's queue."""
-        return cast("list[bytes]", self.backend.client.lrange(self.pkeys.queue(sub), 0, count - 1))
-
-    def highest(self) -> int:
-        """The highest accepted offset (-1: none), as the producer last saw it accepted."""
-        value = cast("bytes | None", self.backend.client.hget(self.pkeys.meta, "max"))
-        return -1 if value is None else int(value)
-
-    def latest_clock_sample(self) -> int | None:
-        """The server millisecond of the newest clock sample left, if any."""
-        members = cast("list[bytes]", self.backend.client.zrange(self.pkeys.clock, 0, -1))
-        return max((int(m) for m in members), default=None)
-
-    def server_ms(self) -> int:
-        seconds, micros = self.backend.client.time()
-        return int(seconds) * 1000 + int(micros) // 1000
-
-    def close(self) -> None:
-        keys = list(self.backend.client.scan_iter(match=self.pattern, count=1000))
-        if keys:
-            self.backend.client.delete(*keys)
-        self.backend.close()
-
-
 Partition = PartitionEngine | ScriptsPartition
 
 
-class EngineDifferential(RuleBasedStateMachine):
+class EngineDifferential(PartitionDifferential):
+    #: One sub key more than tests/test_embedded_differential.py: nothing unblocks a blocked one
+    #: here, so a sequence needs more of them to keep items flowing.
+    subs = ("a", "b", "c", "d", None)
+    tested: PartitionEngine
+
     def __init__(self, redis_url: str) -> None:
-        super().__init__()
-        self.real = ScriptsPartition(connect(redis_url), "e" + uuid.uuid4().hex[:10])
-        self.pkeys = self.real.pkeys
+        namespace = "e" + uuid.uuid4().hex[:10]
+        super().__init__(ScriptsPartition(connect(redis_url), namespace, OPERATIONS))
         self.now_ms = self.real.server_ms()
-        self.engine = PartitionEngine(self.pkeys, clock=self._clock)
-        self.leases: dict[bytes, int] = {}  # sub -> token, as claimed
-        #: sub -> the offsets its lease was handed (by its claim, then by each continue)
-        self.handed: dict[bytes, list[int]] = {}
-        self.requests: dict[str, int] = {}  # per stream of request ids: the last one's number
+        self.tested = PartitionEngine(self.pkeys, clock=self._clock)
 
     def _clock(self) -> float:
         # +0.25 ms: int(t * 1000) and round(t * 1000) both give now_ms back, float error or not.
         return (self.now_ms + 0.25) / 1000
-
-    def _request(self, stream: str, repeat: bool) -> str:
-        """A new request id of ``stream`` (the partition's producer, a worker), or with
-        ``repeat`` its last one again (a re-sent round trip)."""
-        number = self.requests.get(stream, 0)
-        if not repeat or number == 0:
-            number = self.requests[stream] = number + 1
-        return f"{stream}:{number}"
 
     def both(self, what: str, name: str, *args: Any, **kwargs: Any) -> Any:
         """``name`` with the same arguments on both sides: the same reply, or an error on both."""
@@ -182,7 +113,7 @@ class EngineDifferential(RuleBasedStateMachine):
             # the server (if it recorded one); lease deadlines and failure times are masked, so
             # the other calls need no particular time, only one that never goes back.
             self.now_ms = max(self.now_ms, self.real.latest_clock_sample() or 0)
-        reply = getattr(self.engine, name)(*args, **kwargs)
+        reply = getattr(self.tested, name)(*args, **kwargs)
         assert reply == real, name
         event(f"{what}: {outcome(real)}")  # --hypothesis-show-statistics: what was covered
         return real
@@ -191,19 +122,14 @@ class EngineDifferential(RuleBasedStateMachine):
         """The script answered an error: the engine must raise (NotImplementedError aside: that
         is an operation the engine does not have, not an answer)."""
         try:
-            reply = getattr(self.engine, name)(*args, **kwargs)
+            reply = getattr(self.tested, name)(*args, **kwargs)
         except NotImplementedError:
             raise
         except Exception:
             return
         raise AssertionError(f"{name}: the script answered an error, the engine {reply!r}")
 
-    # --- producer ---------------------------------------------------------------------------
-
-    @rule(items=item_lists, max_in_queue=st.sampled_from([3, 8, 100]), repeat=st.booleans())
-    def enqueue(self, items: list[tuple[Any, int]], max_in_queue: int, repeat: bool) -> None:
-        rid = self._request("enqueue", repeat)
-        self.both("enqueue", "enqueue_items", encode_items(items), max_in_queue, rid)
+    # --- what only a worker process's partition does -------------------------------------
 
     @rule(
         subs=st.lists(sub_keys, min_size=1, max_size=6),
@@ -243,71 +169,6 @@ class EngineDifferential(RuleBasedStateMachine):
             expected_highest=expected,
         )
 
-    @rule(with_offsets=st.booleans(), commit=st.booleans(), resend=st.booleans())
-    def offer_and_commit(self, with_offsets: bool, commit: bool, resend: bool) -> None:
-        """A watermark offered and, if it advances, committed (or not yet: its ack still runs,
-        and enqueue answers "being acked", 4, for the offsets it covers)."""
-        offer = self.both("offer", "offer_watermark", with_offsets)
-        if commit and isinstance(offer, Offer) and offer.advances:
-            self.both("commit", "commit_watermark", offer.watermark)
-            if resend:  # the commit's round trip again: the watermark is already there
-                self.both("commit again", "commit_watermark", offer.watermark)
-
-    def _ack(self, ack: str) -> None:
-        """The ack loop's turn after a completion ("none", "offer" or "commit"; offsets asked
-        for when committing): without it watermarks would seldom move in a sequence
-        (offer_and_commit is one rule of many)."""
-        if ack != "none":
-            commit = ack == "commit"
-            self.offer_and_commit(with_offsets=commit, commit=commit, resend=False)
-
-    # --- worker -----------------------------------------------------------------------------
-
-    @rule(
-        n=st.integers(1, 3),
-        worker=st.sampled_from(["w1", "w2"]),
-        batch_size=st.integers(1, 3),
-        max_attempts=st.integers(1, 3),
-        mode=modes,
-        repeat=st.booleans(),
-    )
-    def claim(
-        self, n: int, worker: str, batch_size: int, max_attempts: int, mode: str, repeat: bool
-    ) -> None:
-        self._claim("claim", n, worker, batch_size, max_attempts, mode, repeat)
-
-    def _claim(
-        self,
-        what: str,
-        n: int,
-        worker: str,
-        batch_size: int,
-        max_attempts: int,
-        mode: str,
-        repeat: bool = False,
-    ) -> list[Claimed]:
-        """Claim and track the leases: the claim's leases."""
-        reply = self.both(
-            what,
-            "claim_sub_keys",
-            worker_id=worker,
-            request_id=self._request(worker, repeat),
-            max_leases=n,
-            lease_ms=LEASE_MS,
-            batch_size=batch_size,
-            max_attempts=max_attempts,
-            exhausted_mode=mode,
-        )
-        if reply == ERROR:
-            return []
-        claims: list[Claimed] = reply[1]
-        for claimed in claims:
-            self.leases[claimed.sub] = claimed.token
-            self.handed[claimed.sub] = entry_offsets(claimed.entries)
-            if claimed.attempts_record:
-                event("claim: a head item with attempts")
-        return claims
-
     @rule(
         worker=st.sampled_from(["w1", "w2"]),
         n=st.integers(1, 3),
@@ -338,145 +199,12 @@ class EngineDifferential(RuleBasedStateMachine):
         self._completed(completions, replies, [False] * len(completions))
         self._ack(ack)
 
-    def _lease(self, pick: int) -> tuple[bytes, int]:
-        subs = sorted(self.leases)
-        sub = subs[pick % len(subs)]
-        return sub, self.leases[sub]
-
-    @precondition(lambda self: self.leases)
-    @rule(
-        pick=st.integers(0, 10),
-        count=st.integers(0, 3),
-        action=actions,
-        stale=stale_tokens,
-        batch_size=st.integers(1, 3),
-        ack=acks,
-    )
-    def complete(
-        self, pick: int, count: int, action: str, stale: bool, batch_size: int, ack: str
-    ) -> None:
-        """One lease: the offsets at the head of its queue now (what its holder finished)."""
-        sub, token = self._lease(pick)
-        done = entry_offsets(self.real.entries(sub, count))
-        completion = Completion(sub, token - 1 if stale else token, action, done)
-        replies = self.both(
-            "complete",
-            "complete_items",
-            [completion],
-            lease_ms=LEASE_MS,
-            batch_size=batch_size,
-        )
-        self._completed([completion], replies, [stale])
-        self._ack(ack)
-
-    @precondition(lambda self: self.leases)
-    @rule(
-        picks=st.lists(
-            st.tuples(st.integers(0, 10), st.integers(0, 4), actions), min_size=1, max_size=4
-        ),
-        stale=st.lists(stale_tokens, min_size=4, max_size=4),
-        batch_size=st.integers(1, 3),
-        ack=acks,
-    )
-    def complete_many(
-        self, picks: list[tuple[int, int, str]], stale: list[bool], batch_size: int, ack: str
-    ) -> None:
-        """One call for several leases of the partition, as the worker sends them: each its
-        own action and the offsets it was handed (a prefix, as it finished them), some fenced."""
-        subs = sorted(self.leases)
-        start = picks[0][0]
-        completions: list[Completion] = []
-        stales: list[bool] = []
-        # Distinct sub keys (one entry per lease in a call): consecutive ones from `start`.
-        for i, ((_, count, action), is_stale) in enumerate(
-            zip(picks[: len(subs)], stale, strict=False)
-        ):
-            sub = subs[(start + i) % len(subs)]
-            token = self.leases[sub]
-            done = self.handed.get(sub, [])[:count]
-            completions.append(Completion(sub, token - 1 if is_stale else token, action, done))
-            stales.append(is_stale)
-        replies = self.both(
-            f"complete {len(completions)} leases",
-            "complete_items",
-            completions,
-            lease_ms=LEASE_MS,
-            batch_size=batch_size,
-        )
-        if len(completions) > 1 and replies != ERROR:
-            codes = ",".join(sorted({str(r.code) for r in replies}))
-            event(f"complete_many: {len(completions)} leases, codes {codes}")
-            if len({c.action for c in completions}) > 1:
-                event("complete_many: mixed actions")
-        self._completed(completions, replies, stales)
-        self._ack(ack)
-
-    def _completed(self, completions: list[Completion], replies: Any, stales: list[bool]) -> None:
-        """Track each lease after a completion call: released, or what it holds now."""
-        if replies == ERROR:
-            return
-        for completion, reply, is_stale in zip(completions, replies, stales, strict=True):
-            if is_stale or reply.code == -1:
-                continue
-            if completion.action == "y":  # gave way (others waiting) or went on
-                event(f"yield: {'gave way' if reply.requeued else f'code {reply.code}'}")
-            sub = completion.sub
-            if reply.code == 2:
-                self.leases.pop(sub, None)
-                self.handed.pop(sub, None)
-            elif reply.next_entries:
-                self.handed[sub] = entry_offsets(reply.next_entries)
-                if reply.attempts_record:
-                    event("continue: a head item with attempts")
-            else:
-                self.handed[sub] = self.handed.get(sub, [])[reply.finished :]
-
-    @precondition(lambda self: self.leases)
-    @rule(
-        pick=st.integers(0, 10),
-        attempt=st.integers(1, 3),
-        max_attempts=st.integers(1, 3),
-        mode=modes,
-        force=st.booleans(),
-        stale=stale_tokens,
-    )
-    def fail(
-        self, pick: int, attempt: int, max_attempts: int, mode: str, force: bool, stale: bool
-    ) -> None:
-        """The head item of a lease failed (a blocked sub key's lease is kept here on purpose:
-        its holder does not know yet, and its next calls must be fenced)."""
-        sub, token = self._lease(pick)
-        self._fail(sub, token - 1 if stale else token, attempt, max_attempts, mode, force)
-
-    def _fail(
-        self, sub: bytes, token: int, attempt: int, max_attempts: int, mode: str, force: bool
-    ) -> Any:
-        """The head item of ``sub`` (as the server has it) failed: the reply, or None when
-        there is no item to fail."""
-        head = self.real.head(sub)
-        if head is None:
-            return None
-        return self.both(
-            "fail",
-            "fail_item",
-            sub=sub,
-            token=token,
-            head_prefix=codec.head_prefix(head),
-            offset=codec.parse_entry(head).offset,
-            attempt=attempt,
-            max_attempts=max_attempts,
-            exhausted_mode=mode,
-            force=force,
-            error_json='{"type":"Boom","message":"x/y"}',
-            lease_ms=LEASE_MS,
-        )
-
     @precondition(lambda self: self.leases)
     @rule(pick=st.integers(0, 10), max_attempts=st.integers(1, 3), mode=modes)
     def last_attempt_fails(self, pick: int, max_attempts: int, mode: str) -> None:
         """Out of attempts: dead-lettered ("d", the lease goes on) or blocked ("b", the lease
         released, the sub key held for an operator): rare among the fail rule's random draws."""
-        sub, token = self._lease(pick)
+        sub, token, _ = self._lease(pick)
         self._fail(sub, token, max_attempts, max_attempts, mode, False)
 
     @precondition(lambda self: self.leases)
@@ -485,7 +213,7 @@ class EngineDifferential(RuleBasedStateMachine):
         """A failed attempt, to be retried after a backoff, then the lease completed with
         nothing finished: released ("r", its worker stopping: the next claim of the sub key
         hands out the attempts so far), or continued ("c": the head again, with its attempts)."""
-        sub, token = self._lease(pick)
+        sub, token, _ = self._lease(pick)
         if self._fail(sub, token, attempt, 3, "d", False) != (1, attempt):
             return  # not a retry
         completion = Completion(sub, token, then, [])
@@ -500,47 +228,18 @@ class EngineDifferential(RuleBasedStateMachine):
         """A worker's renewal of the leases it holds (a lease may come twice: harmless)."""
         leases = []
         for pick, stale in picks:
-            sub, token = self._lease(pick)
+            sub, token, _ = self._lease(pick)
             leases.append((sub, token - 1 if stale else token))
         self.both("extend", "extend_leases", leases, LEASE_MS)
-
-    # --- the whole state ------------------------------------------------------------------------
-
-    @invariant()
-    def same_state(self) -> None:
-        assert masked(self.pkeys, self.engine.render()) == masked(self.pkeys, self.real.render())
-
-    def teardown(self) -> None:
-        self.real.close()
-
-
-def _run(redis_server: RedisServer, examples: int, steps: int, node: pytest.Item) -> None:
-    # The state machine runs inside a plain test: hand its events to the pytest item, so that
-    # --hypothesis-show-statistics lists what the sequences covered.
-    def note(stats: Any) -> None:
-        stats["nodeid"] = node.nodeid
-        node.hypothesis_statistics = describe_statistics(stats)  # type: ignore[attr-defined]
-
-    # Both take what their annotations do not say: a callable, and a factory of the machine.
-    with collector.with_value(note):  # type: ignore[arg-type]
-        run_state_machine_as_test(
-            lambda: EngineDifferential(redis_server.url),  # type: ignore[arg-type]
-            settings=settings(
-                max_examples=examples,
-                stateful_step_count=steps,
-                derandomize=True,  # seeded: the same sequences on every run
-                database=None,
-                deadline=None,
-                suppress_health_check=[HealthCheck.too_slow],
-            ),
-        )
 
 
 @pytest.mark.timeout(900)  # a failure's shrinking can take minutes
 def test_engine_matches_scripts_step_by_step(
     redis_server: RedisServer, request: pytest.FixtureRequest
 ) -> None:
-    _run(redis_server, examples=80, steps=40, node=request.node)
+    run_machine(
+        lambda: EngineDifferential(redis_server.url), examples=80, steps=40, node=request.node
+    )
 
 
 @pytest.mark.slow
@@ -548,7 +247,9 @@ def test_engine_matches_scripts_step_by_step(
 def test_engine_matches_scripts_long_run(
     redis_server: RedisServer, request: pytest.FixtureRequest
 ) -> None:
-    _run(redis_server, examples=600, steps=60, node=request.node)
+    run_machine(
+        lambda: EngineDifferential(redis_server.url), examples=600, steps=60, node=request.node
+    )
 
 
 # --- hand-made cases: the semantics, on the engine and (the same replies) on the scripts --------
@@ -563,7 +264,7 @@ def partition(request: pytest.FixtureRequest) -> Iterator[Partition]:
         yield PartitionEngine(NamespaceKeys(namespace).partition(0), clock=lambda: 1.7e9)
         return
     server: RedisServer = request.getfixturevalue("redis_server")
-    real = ScriptsPartition(connect(server.url), namespace)
+    real = ScriptsPartition(connect(server.url), namespace, OPERATIONS)
     yield real
     real.close()
 
