@@ -56,6 +56,8 @@ def test_quick_mode_runs_every_scenario_and_checks_invariants(
     for row in results["s1keys"]["rows"]:
         costs = row["workshaper"]
         assert min(costs["redis_cpu_us"], costs["producer_cpu_us"], costs["workers_cpu_us"]) > 0
+        # The ceiling the enqueue sets: the producer alone, with no worker running.
+        assert row["enqueue_alone_rate"] > 0
     for verdict in verdicts:
         assert " 0 lost, 0 order violations, 0 watermark violations" in verdict, verdict
     assert (tmp_path / "results.md").read_text().startswith("Run ")

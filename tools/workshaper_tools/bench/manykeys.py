@@ -13,6 +13,8 @@ item). Each row on a fresh private redis-server:
 Reported per row: items/s, x the raw queue, and from the server's own counters (S4) Redis CPU
 and commands per item (the commands Lua scripts run included) for both; for WorkShaper also the
 CPU per item of the producer and of the two workers together, so the whole cost is visible.
+Also per row, on the same server: the producer alone (the same ``enqueue_many`` calls with no
+worker running), the ceiling the enqueue sets on the row whatever the leases cost.
 
 The consumer runs as ``python -m workshaper_tools.bench.manykeys URL OUT_JSON``.
 """
@@ -23,12 +25,14 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis
 
+from workshaper import Producer
 from workshaper_tools.bench.common import (
     BenchFailure,
     Items,
@@ -39,7 +43,7 @@ from workshaper_tools.bench.common import (
     private_redis,
     say,
 )
-from workshaper_tools.bench.throughput import RunConfig, run_workshaper
+from workshaper_tools.bench.throughput import RunConfig, feed_batches, run_workshaper
 
 #: (label, sub keys; 0 = one per item)
 ROWS: tuple[tuple[str, int], ...] = (("10", 10), ("1,000", 1000), ("one per item", 0))
@@ -135,6 +139,22 @@ def _costs(cost: RedisCost, items: int) -> dict[str, float]:
     }
 
 
+def run_enqueue_alone(url: str, items: Items, config: RunConfig) -> float:
+    """Items/s of the producer with no worker running: every item is enqueued and none is
+    claimed, so Redis runs the enqueue scripts alone. What is left in Redis is the caller's to
+    flush."""
+    producer = Producer(url, "e" + uuid.uuid4().hex[:10], max_in_queue=config.max_in_queue)
+    try:
+        started = time.monotonic()
+        refused = feed_batches(producer, items, config)
+        elapsed = time.monotonic() - started
+    finally:
+        producer.close()
+    if refused:
+        raise BenchFailure(f"enqueue alone: {refused} items were not accepted")
+    return len(items) / elapsed
+
+
 def _row(args: Any, log_dir: Path, label: str, sub_keys: int) -> dict[str, Any]:
     items = plan_noop(args.s1keys_items, PARTITIONS, sub_keys, random_partition=True)
     pairs = len(set(zip(items.plan.partitions, items.plan.sub_keys, strict=True)))
@@ -145,8 +165,12 @@ def _row(args: Any, log_dir: Path, label: str, sub_keys: int) -> dict[str, Any]:
         enqueue_batch=ENQUEUE_BATCH,
     )
     with private_redis() as server:
+        client = redis.Redis.from_url(server.url)
         raw = run_raw(server.url, items, log_dir)
-        redis.Redis.from_url(server.url).flushall()
+        client.flushall()
+        enqueue_alone = run_enqueue_alone(server.url, items, config)
+        client.flushall()
+        client.close()
         run = run_workshaper(server.url, items, config, log_dir)
     ws = _costs(run.cost, run.items)
     # Where the rest of the CPU goes: the producer (this process) and the workers together.
@@ -164,6 +188,7 @@ def _row(args: Any, log_dir: Path, label: str, sub_keys: int) -> dict[str, Any]:
         "rate": run.rate,
         "raw_rate": raw.rate,
         "ratio": run.rate / raw.rate,
+        "enqueue_alone_rate": enqueue_alone,
         "workshaper": ws,
         "raw_queue": _costs(raw.cost, raw.items),
         "verdict": run.verdict.summary(),
@@ -172,7 +197,8 @@ def _row(args: Any, log_dir: Path, label: str, sub_keys: int) -> dict[str, Any]:
         f"  {label:>12} sub keys ({pairs:,} pairs): {run.rate:9,.0f} items/s, raw queue"
         f" {raw.rate:9,.0f} -> x{row['ratio']:.2f}; Redis CPU {ws['redis_cpu_us']:.2f} us/item,"
         f" {ws['commands']:.2f} commands/item; producer {ws['producer_cpu_us']:.1f}, workers"
-        f" {ws['workers_cpu_us']:.1f} us CPU/item - {run.verdict.summary()}"
+        f" {ws['workers_cpu_us']:.1f} us CPU/item; producer alone {enqueue_alone:,.0f} items/s"
+        f" (x{enqueue_alone / raw.rate:.2f}) - {run.verdict.summary()}"
     )
     return row
 
@@ -197,8 +223,8 @@ def markdown(s: dict[str, Any]) -> list[str]:
         "",
         "| sub keys | (partition, sub key) pairs | items/s | raw queue items/s | x raw queue"
         " | Redis CPU us/item | commands/item | producer, workers CPU us/item"
-        " | raw queue: CPU us/item, commands/item |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        " | raw queue: CPU us/item, commands/item | producer alone items/s (x raw queue) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in s["rows"]:
         ws, raw = r["workshaper"], r["raw_queue"]
@@ -207,6 +233,7 @@ def markdown(s: dict[str, Any]) -> list[str]:
             f" **{r['ratio']:.2f}** | {ws['redis_cpu_us']:.2f} | {ws['commands']:.2f} |"
             f" {ws['producer_cpu_us']:.1f}, {ws['workers_cpu_us']:.1f} |"
             f" {raw['redis_cpu_us']:.2f}, {raw['commands']:.2f} |"
+            f" {r['enqueue_alone_rate']:,.0f} ({r['enqueue_alone_rate'] / r['raw_rate']:.2f}) |"
         )
     return out
 
@@ -221,6 +248,7 @@ def metrics(s: dict[str, Any]) -> list[tuple[str, float]]:
             (f"S1 {r['row']} keys commands/item", r["workshaper"]["commands"]),
             (f"S1 {r['row']} keys producer CPU us/item", r["workshaper"]["producer_cpu_us"]),
             (f"S1 {r['row']} keys workers CPU us/item", r["workshaper"]["workers_cpu_us"]),
+            (f"S1 {r['row']} keys producer alone items/s", r["enqueue_alone_rate"]),
         ]
     return rows
 
