@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import redis
-from redis.cluster import key_slot
+from redis.crc import key_slot
 
 import workshaper
 from workshaper import lua_scripts, scripts

@@ -62,7 +62,8 @@ def test_sub_key_round_trip(sub: codec.SubKey) -> None:
 
 
 def test_sub_keys_of_different_types_never_collide() -> None:
-    encodings = {codec.encode_sub_key(s, 1) for s in ["1", b"1", 1, None]}
+    subs: list[codec.SubKey] = ["1", b"1", 1, None]
+    encodings = {codec.encode_sub_key(s, 1) for s in subs}
     assert len(encodings) == 4
 
 

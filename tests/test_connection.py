@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import redis
 import redis.sentinel
 
 import workshaper
-from workshaper.batch import Batch
+from workshaper.batch import Batch, Reply
 from workshaper.connection import connect, is_transient, mask_url
 from workshaper.errors import BackendUnavailable
 from workshaper.keys import NamespaceKeys
@@ -50,7 +51,7 @@ def test_batch_on_a_demoted_primary_is_transient_not_a_script_error(
     longer starts with the code: the batch must still see them as "not now"."""
     backend = connect(replica.url)
     batch = Batch(backend)
-    reply = batch.command("ZADD", b"ws:{t}:wake", "NX", 1, 0)
+    reply: Reply[int] = batch.command("ZADD", b"ws:{t}:wake", "NX", 1, 0)
     with pytest.raises(redis.ConnectionError, match="not ready"):
         batch.execute()
     with pytest.raises(RuntimeError):  # no reply was set: the caller sends it all again
@@ -65,17 +66,17 @@ def test_a_batch_is_one_socket_write(
     syscall per command, which doubled the cost of each producer's enqueue (script + bell)."""
     backend = connect(redis_server.url)
     writes: list[int] = []
-    sendall = redis.connection.socket.socket.sendall
+    sendall = socket.socket.sendall  # the socket module redis.connection writes through
 
     def counted(sock: Any, data: Any, *args: Any) -> Any:
         writes.append(len(data))
         return sendall(sock, data, *args)
 
     batch = Batch(backend)
-    replies = [batch.command("PING") for _ in range(3)]
+    replies: list[Reply[bytes]] = [batch.command("PING") for _ in range(3)]
     batch.command("SET", b"ws:{t}:one-write", b"x")
     backend.client.ping()  # connect before counting
-    monkeypatch.setattr(redis.connection.socket.socket, "sendall", counted)
+    monkeypatch.setattr(socket.socket, "sendall", counted)
     batch.execute()
     monkeypatch.undo()
     assert [r.get() for r in replies] == [b"PONG"] * 3

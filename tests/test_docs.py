@@ -88,7 +88,8 @@ def command_help(command: str) -> str | None:
     if command in ("./scripts/chaos", "./scripts/bench", "workshaper bench") and not HAS_TOOLS:
         return None
     if command == "./scripts/chaos":
-        from workshaper_tools.chaos.__main__ import main as chaos_main
+        # The main that `python -m workshaper_tools.chaos` (its __main__) runs.
+        from workshaper_tools.chaos.cli import main as chaos_main
 
         return help_text(chaos_main, [])
     if command == "./scripts/bench":

@@ -4,8 +4,8 @@ scripts give the same Python values on both (redis-py 8 speaks RESP3 to the real
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import pytest
 import redis
@@ -57,7 +57,7 @@ OPERATIONS: dict[str, Op] = {
         c.lrange(k, -2, 10),
         c.lindex(k, -1),
         c.lindex(k, 9),
-        c.linsert(k, "BEFORE", 3, "x"),
+        c.linsert(k, "BEFORE", cast(str, 3), "x"),  # cast: typed str; redis-py encodes an int
         c.linsert(k, "AFTER", "nope", "y"),
         c.lpop(k),
         c.lpop(k, 2),
@@ -218,10 +218,9 @@ def test_a_batchs_script_call_answers_as_the_flat_evalsha_does() -> None:
     kept apart (EmbeddedServer._run_script): every reply and error is the one the same call
     gives as flat EVALSHA arguments (numkeys as bytes, the general path), for a transcribed
     script, for one that runs in Lua, and for a script not loaded."""
-    from workshaper.batch import register_scripts
     from workshaper.embedded import EmbeddedServer
     from workshaper.keys import NamespaceKeys
-    from workshaper.lua_scripts import load_script
+    from workshaper.lua_scripts import load_script, register_scripts
 
     def run(server_commands: list[tuple[Any, ...]]) -> tuple[list[Any], int]:
         """Each reply (an error as its type and text), and how many calls ran apart."""
@@ -231,9 +230,9 @@ def test_a_batchs_script_call_answers_as_the_flat_evalsha_does() -> None:
         scripts, apart = backend.server.scripts, [0]
         run_apart = scripts.evalsha_apart
 
-        def counted(*args: Any) -> Any:
+        def counted(sha: bytes, keys: list[bytes], argv: list[bytes]) -> Any:
             apart[0] += 1
-            return run_apart(*args)
+            return run_apart(sha, keys, argv)
 
         scripts.evalsha_apart = counted  # type: ignore[method-assign]
         replies = backend.server.execute_many(server_commands)
@@ -247,7 +246,9 @@ def test_a_batchs_script_call_answers_as_the_flat_evalsha_does() -> None:
              ["w", "c1", 1, 30000, 100, 3, "d", pkeys.queue_prefix])  # fmt: skip
     offer = ("offer_watermark", pkeys.fixed, [0])
     broken = ("complete_items", [*pkeys.fixed, queue], [30000, 100, 1, 1, b"sa", 1, "x", 0, 0])
+    inspect: tuple[str, tuple[bytes, ...], list[Any]]
     inspect = ("inspect_partition", pkeys.fixed, [])  # read-only: runs in Lua
+    calls: list[tuple[str, Sequence[bytes], Sequence[Any]]]
     calls = [enqueue, claim, offer, broken, enqueue, inspect]
     apart = [("EVALSHA", load_script(n).sha, len(k), *k, *a) for n, k, a in calls]
     flat = [("EVALSHA", load_script(n).sha, str(len(k)), *k, *a) for n, k, a in calls]
@@ -281,7 +282,7 @@ def test_expired_keys_vanish_by_the_store_clock() -> None:
 def test_unknown_commands_are_refused_like_redis() -> None:
     client = embedded_backend().client
     with pytest.raises(redis.ResponseError, match="unknown command"):
-        client.execute_command("NOSUCHCOMMAND", "x")
+        client.execute_command("NOSUCHCOMMAND", "x")  # type: ignore[no-untyped-call]  # unannotated in redis-py
     with pytest.raises(redis.ResponseError, match="Unknown Redis command called from script"):
         client.eval("return redis.call('NOSUCHCOMMAND')", 0)
 

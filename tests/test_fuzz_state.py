@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import strategies as st
@@ -118,7 +118,7 @@ class EntryDamage:
         """Damage the entry; returns the new value (None when garbage was added, not replaced)."""
         client = run.backend.client
         key = run.queue(self.sub)
-        raw = client.lindex(key, self.index)
+        raw = cast("bytes | None", client.lindex(key, self.index))  # bytes replies
         assert raw is not None
         prefix = raw.partition(b"|")[0] + b"|"
         if self.kind == "append":
@@ -135,7 +135,8 @@ class EntryDamage:
             "bad_json": prefix + b"j{" + self.data,
             "no_payload": prefix,
         }[self.kind]
-        client.lset(key, self.index, new)
+        # cast: redis-py types lset's value str; bytes work
+        client.lset(key, self.index, cast(str, new))
         return new
 
 
@@ -200,7 +201,8 @@ def test_an_empty_queue_entry_is_dead_lettered(real_backend: Backend) -> None:
     # entry without an offset is now recognised by its whole bytes, compared exactly.
     run = Run(real_backend, batch_size=1)
     try:
-        real_backend.client.lset(run.queue("a"), 0, b"")
+        # cast: redis-py types lset's value str; bytes work
+        real_backend.client.lset(run.queue("a"), 0, cast(str, b""))
         run.start_worker()
         assert run.producer.flush(timeout=5), "the partition is stuck"
         assert [d.raw_entry for d in run.dead()] == [b""]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -45,7 +45,7 @@ class Sides:
 
     def do(self, *command: Any) -> None:
         for client in self.clients.values():
-            client.execute_command(*command)
+            client.execute_command(*command)  # type: ignore[no-untyped-call]  # unannotated in redis-py
 
     def keys(self, worker: str = "w") -> list[bytes]:
         return [*self.part.fixed, self.part.claim_record(worker)]
@@ -64,7 +64,7 @@ class Sides:
         args.update(changes)
         return [v for v in args.values() if v is not None]
 
-    def claim(self, keys: list[bytes] | None = None, **changes: Any) -> Any:
+    def claim(self, keys: Sequence[bytes] | None = None, **changes: Any) -> Any:
         """EVAL the claim on every side: the one answer they agree on (an error as its
         normalized message), and the same state after it."""
         keys = self.keys() if keys is None else keys
@@ -87,9 +87,9 @@ class Sides:
         assert self.exact_state("native") == self.exact_state("lua")
         return answers["native"]
 
-    def exact_state(self, name: str) -> dict[bytes, Any]:
+    def exact_state(self, name: str) -> dict[bytes | tuple[bytes, str], Any]:
         client = self.clients[name]
-        state: dict[bytes, Any] = {}
+        state: dict[bytes | tuple[bytes, str], Any] = {}  # a zset's members, every key's pttl
         for key in sorted(client.scan_iter(match=f"ws:{{{self.namespace}*")):
             if client.type(key) == b"zset":
                 state[key] = client.zrange(key, 0, -1, withscores=True)

@@ -280,7 +280,7 @@ def test_drop_and_purge_ask_for_confirmation(
     client = workshaper.Producer(redis_server.url, namespace)
     try:
         keys = NamespaceKeys(namespace)
-        assert client._backend.client.exists(keys.partitions)  # type: ignore[attr-defined]
+        assert client._backend.client.exists(keys.partitions)
     finally:
         client.close()
     purged = ws("purge", "--redis", redis_server.url, "--namespace", namespace, "--yes")

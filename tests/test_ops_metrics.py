@@ -92,7 +92,7 @@ def test_exporter_reports_a_known_state(
         [("a", "m", 0, 10), ("a", "m", 0, 11), ("b", "m", 0, 12), ("c", "m", 4, 7)]
     )
     port = start_exporter(redis_server.url, namespace, tmp_path, process_log)
-    samples = wait_for(lambda: try_scrape(port), timeout=30, interval=0.1)
+    samples: Samples = wait_for(lambda: try_scrape(port), timeout=30, interval=0.1)
 
     def value(name: str, partition: int | None = None) -> float:
         labels = [("namespace", namespace)]
@@ -196,7 +196,7 @@ def test_worker_metrics_endpoint_reports_a_known_state(
             ]
             return samples if done == [5.0] and dead == [1.0] else None
 
-        samples = wait_for(ready, timeout=60, interval=0.1)
+        samples: Samples = wait_for(ready, timeout=60, interval=0.1)
         [labels] = {lb for (n, lb) in samples if n == "workshaper_worker_items_finished_total"}
         assert dict(labels)["namespace"] == namespace and dict(labels)["worker"]
 

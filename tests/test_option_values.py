@@ -15,7 +15,8 @@ HUGE = 10**5000
 @pytest.mark.parametrize("option", ["on_exhausted", "prefetch", "retry_backoff", "concurrency"])
 def test_a_huge_int_option_is_a_clear_error(option: str) -> None:
     with pytest.raises(InvalidInput, match=option):
-        workshaper.Worker(None, "ns", work=lambda m, p, o: None, **{option: HUGE})
+        # A huge int on purpose, for the options of other types too (hence the ignore).
+        workshaper.Worker(None, "ns", work=lambda m, p, o: None, **{option: HUGE})  # type: ignore[arg-type]
 
 
 def test_shown_values_are_short() -> None:

@@ -9,13 +9,13 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 import workshaper
 from workshaper import codec, scripts
-from workshaper.batch import Link, run_one
+from workshaper.batch import Batch, Link, Reply, run_one
 from workshaper.connection import Backend, connect
 from workshaper.keys import NamespaceKeys
 from workshaper.lua_scripts import register_scripts
@@ -74,7 +74,9 @@ def test_prune_workers_drops_silent_and_unreadable_entries(
     client = backend.client
     info = json.dumps({"host": "h", "pid": 1})
     assert run_one(backend, lambda b: scripts.register_worker(b, keys, "alive", info)) == 1
-    seen = json.loads(client.hget(keys.workers, "alive"))["seen"]
+    record = cast("bytes | None", client.hget(keys.workers, "alive"))  # bytes replies
+    assert record is not None
+    seen = json.loads(record)["seen"]
     assert abs(seen - time.time()) < 60  # server time, in seconds
     client.hset(keys.workers, "gone", json.dumps({"host": "h", "seen": seen - 100}))
     client.hset(keys.workers, "garbage", b"\xff not json")
@@ -105,8 +107,14 @@ def test_registry_prunes_entries_of_workers_that_went_silent(
         assert client.hexists(keys.workers, "crashed-just-now")
         assert client.hexists(keys.workers, worker.id)
         assert STALE_SECONDS < 60  # "well under a minute"
+
         # The only worker is the reaper, and its entry says so (written again on election).
-        wait_for(lambda: json.loads(client.hget(keys.workers, worker.id))["reaper"], timeout=30)
+        def says_reaper() -> Any:
+            record = cast("bytes | None", client.hget(keys.workers, worker.id))  # bytes replies
+            assert record is not None
+            return json.loads(record)["reaper"]
+
+        wait_for(says_reaper, timeout=30)
     finally:
         worker.stop(timeout=10)
         client.close()
@@ -127,10 +135,12 @@ def _ghost_leases(backend: Backend, namespace: str, count: int) -> None:
             EncodedItem(codec.encode_sub_key(f"k{o}", o), o, entry(o, message))
             for o in range(start, min(count, start + 500))
         ]
-        run_one(backend, lambda b, items=items: scripts.enqueue_items(b, pkeys, items, count))
-        _, claimed = run_one(
-            backend,
-            lambda b, start=start: scripts.claim_sub_keys(
+
+        def enqueue(b: Batch, items: list[EncodedItem] = items) -> Reply[list[int]]:
+            return scripts.enqueue_items(b, pkeys, items, count)
+
+        def claim(b: Batch, start: int = start) -> Reply[tuple[int, list[scripts.Claimed]]]:
+            return scripts.claim_sub_keys(
                 b,
                 pkeys,
                 worker_id="ghost",
@@ -140,10 +150,12 @@ def _ghost_leases(backend: Backend, namespace: str, count: int) -> None:
                 batch_size=10,
                 max_attempts=3,
                 exhausted_mode="d",
-            ),
-        )
+            )
+
+        run_one(backend, enqueue)
+        _, claimed = run_one(backend, claim)
         assert len(claimed) == len(items)
-    expired = dict.fromkeys(backend.client.zrange(pkeys.leases, 0, -1), 0)
+    expired = dict.fromkeys(cast("list[bytes]", backend.client.zrange(pkeys.leases, 0, -1)), 0)
     backend.client.zadd(pkeys.leases, expired, xx=True)  # the ghost died long ago
 
 

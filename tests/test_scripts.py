@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 
@@ -50,7 +50,7 @@ class Partition:
         max_attempts: int = 3,
         mode: str = "d",
         batch: int = 10,
-    ) -> tuple[bool, list[scripts.Claimed]]:
+    ) -> tuple[int, list[scripts.Claimed]]:
         self.requests += 1
         rid = request or f"{worker}:{self.requests}"
         return self.run(
@@ -83,7 +83,8 @@ class Partition:
         mode: str = "d",
         force: bool = False,
     ) -> tuple[int, int]:
-        head = self.backend.client.lindex(self.keys.queue(sub), 0)
+        # The backend's client replies bytes; redis-py types every reply bytes | str.
+        head = cast("bytes | None", self.backend.client.lindex(self.keys.queue(sub), 0))
         assert head is not None
         offset = codec.parse_entry(head).offset
         return self.run(
@@ -113,11 +114,12 @@ class Partition:
         return self.run(lambda b: scripts.commit_watermark(b, self.keys, watermark))
 
     def queue(self, sub: Any) -> list[int]:
-        raw = self.backend.client.lrange(self.keys.queue(codec.encode_sub_key(sub, 0)), 0, -1)
+        queue = self.keys.queue(codec.encode_sub_key(sub, 0))
+        raw = cast("list[bytes]", self.backend.client.lrange(queue, 0, -1))  # bytes replies
         return [codec.parse_entry(e).offset for e in raw]
 
     def ready(self) -> list[bytes]:
-        return list(self.backend.client.lrange(self.keys.ready, 0, -1))
+        return list(cast("list[bytes]", self.backend.client.lrange(self.keys.ready, 0, -1)))
 
     def make_expired(self, sub: bytes) -> None:
         self.backend.client.zadd(self.keys.leases, {sub: 0}, xx=True)
@@ -366,9 +368,10 @@ def test_one_completion_call_for_thousands_of_leases(part: Partition) -> None:
     assert [r.finished for r in replies] == [1] * count
     client = part.backend.client
     assert client.hlen(part.keys.owners) == 20 and client.zcard(part.keys.leases) == 20
-    heads = {
-        sub: int(score) for sub, score in client.zrange(part.keys.heads, 0, -1, withscores=True)
-    }
+    scored = cast(
+        "list[tuple[bytes, float]]", client.zrange(part.keys.heads, 0, -1, withscores=True)
+    )
+    heads = {sub: int(score) for sub, score in scored}
     assert heads == {lease.sub: count + i + 2500 for i, lease in enumerate(leases[2500:])}
     assert part.offer().watermark == count - 1  # every head left went into `heads`
 
@@ -430,7 +433,7 @@ def test_fail_retries_until_max_attempts_then_dead_letters(part: Partition) -> N
     assert part.fail(b"sa", lease.token, attempt=2) == (1, 2)
     assert part.fail(b"sa", lease.token, attempt=3) == (2, 3)
     assert part.queue("a") == [2]
-    record = part.backend.client.hget(part.keys.dead, "1")
+    record = cast("bytes | None", part.backend.client.hget(part.keys.dead, "1"))  # bytes replies
     assert record is not None
     error, attempts, _, entry = record.split(b"\n", 3)
     # The sub key is kept (hex) so the dead letter can be replayed in its sub key's order.
@@ -536,7 +539,8 @@ def test_exact_mode_after_crash_runs_one_item_at_a_time_and_can_dead_letter(
     assert len(reply.next_entries) == 1  # still one at a time inside the window
     assert part.backend.client.hget(part.keys.exact, b"sa") == b"2"
     # The item ended: unflagged until its worker flags the next one, just before running it.
-    assert b"|-|" in part.backend.client.hget(part.keys.owners, b"sa")
+    owner = cast("bytes | None", part.backend.client.hget(part.keys.owners, b"sa"))
+    assert owner is not None and b"|-|" in owner
     assert part.run(lambda b: scripts.mark_isolated(b, part.keys, b"sa", lease.token)) == 1
     [reply] = part.complete(Completion(b"sa", lease.token, "c", [3], exact=True), batch=10)
     assert len(reply.next_entries) == 1 and part.backend.client.hget(part.keys.exact, b"sa") == b"1"
@@ -548,7 +552,8 @@ def test_mark_isolated_is_fenced(part: Partition) -> None:
     part.enqueue(("a", 1))
     _, [lease] = part.claim()
     assert part.run(lambda b: scripts.mark_isolated(b, part.keys, b"sa", lease.token + 1)) == -1
-    assert b"|-|" in part.backend.client.hget(part.keys.owners, b"sa")
+    owner = cast("bytes | None", part.backend.client.hget(part.keys.owners, b"sa"))
+    assert owner is not None and b"|-|" in owner
 
 
 def test_expire_requeues_and_blocks_when_asked(part: Partition) -> None:

@@ -4,6 +4,7 @@ first write, whatever the size of a call or the state it finds."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import pytest
 
@@ -76,7 +77,8 @@ def dead_letter_corrupt(
 def test_a_corrupt_entry_just_after_a_batch_boundary_is_handed_out(part: Partition) -> None:
     # Item 4: the next head's offset (nil for a corrupt entry) went to ZADD after the LTRIM.
     part.enqueue(("a", 1), ("a", 2), ("a", 3))
-    part.backend.client.lset(part.keys.queue(b"sa"), 1, b"garbage")
+    # cast: redis-py types lset's value str; bytes work
+    part.backend.client.lset(part.keys.queue(b"sa"), 1, cast(str, b"garbage"))
     _, [lease] = part.claim(batch=1)
     [reply] = part.complete(Completion(b"sa", lease.token, "c", [1]), batch=1)
     assert (reply.code, reply.finished, reply.next_entries) == (1, 1, [b"garbage"])
@@ -96,7 +98,7 @@ def test_dead_letters_of_corrupt_entries_are_all_kept(part: Partition) -> None:
     part.enqueue(*[("a", i) for i in range(count)])
     queue = part.keys.queue(b"sa")
     for i in range(count):
-        part.backend.client.lset(queue, i, b"garbage %d" % i)
+        part.backend.client.lset(queue, i, cast(str, b"garbage %d" % i))  # cast: lset is typed str
     _, [lease] = part.claim(batch=count)
     batch = Batch(part.backend)
     replies = [
@@ -179,7 +181,8 @@ def test_an_isolated_lease_is_unflagged_while_its_item_waits_for_a_retry(part: P
     lease = crash_and_reclaim(part, b"sa", max_attempts=3, batch=10)
     assert part.run(lambda b: scripts.mark_isolated(b, part.keys, b"sa", lease.token)) == 1
     assert part.fail(b"sa", lease.token, attempt=2) == (1, 2)  # retry later
-    assert b"|-|" in part.backend.client.hget(part.keys.owners, b"sa")
+    owner = cast("bytes | None", part.backend.client.hget(part.keys.owners, b"sa"))  # bytes replies
+    assert owner is not None and b"|-|" in owner
     part.make_expired(b"sa")  # killed during the backoff
     assert part.expire(b"sa") == (1, 2)  # charged as unattributed: capped below max_attempts
     assert part.queue("a") == [1, 2]
@@ -191,7 +194,8 @@ def test_an_isolated_lease_is_unflagged_between_its_window_items(part: Partition
     lease = crash_and_reclaim(part, b"sa", max_attempts=1, batch=10)
     assert part.run(lambda b: scripts.mark_isolated(b, part.keys, b"sa", lease.token)) == 1
     [reply] = part.complete(Completion(b"sa", lease.token, "c", [1], exact=True))
-    assert reply.code == 1 and b"|-|" in part.backend.client.hget(part.keys.owners, b"sa")
+    owner = cast("bytes | None", part.backend.client.hget(part.keys.owners, b"sa"))  # bytes replies
+    assert reply.code == 1 and owner is not None and b"|-|" in owner
     part.make_expired(b"sa")  # killed before the next item was flagged and started
     assert part.expire(b"sa") == (1, 0)  # unattributed: never the last attempt
     assert part.queue("a") == [2, 3]
@@ -235,7 +239,7 @@ def snapshot(part: Partition) -> dict[bytes, object]:
     """Every key of the namespace with its type and contents (the clock's samples included)."""
     client = part.backend.client
     state: dict[bytes, object] = {}
-    for key in client.keys(f"*{part.keys.namespace}*"):
+    for key in cast("list[bytes]", client.keys(f"*{part.keys.namespace}*")):  # bytes replies
         kind = client.type(key)
         kind = kind.decode() if isinstance(kind, bytes) else kind
         if kind == "string":
@@ -286,7 +290,7 @@ def prepared_call(part: Partition, script: str) -> Callable[[], object]:
     if script == "complete_items":
         return lambda: part.complete(Completion(b"sa", lease.token, "c", [1]), batch=1)
     if script == "fail_item":
-        head = part.backend.client.lindex(part.keys.queue(b"sa"), 0)
+        head = cast("bytes | None", part.backend.client.lindex(part.keys.queue(b"sa"), 0))
         assert head is not None
         return fail_head(part, b"sa", lease.token, head)
     assert script == "expire_lease"
@@ -389,8 +393,9 @@ def test_an_entry_without_offset_is_dead_lettered_by_its_exact_bytes(part: Parti
     # an empty one is dead-lettered, and "1" no longer matches a head "12|..." after it.
     part.enqueue(("a", 1), ("a", 2), ("a", 12))
     queue = part.keys.queue(b"sa")
-    part.backend.client.lset(queue, 0, b"")
-    part.backend.client.lset(queue, 1, b"1")
+    # cast: redis-py types lset's value str; bytes work
+    part.backend.client.lset(queue, 0, cast(str, b""))
+    part.backend.client.lset(queue, 1, cast(str, b"1"))
     _, [lease] = part.claim(batch=1)
     assert fail_head(part, b"sa", lease.token, b"")() == (2, 0)
     # A re-sent call finds another head: nothing more is dead-lettered.

@@ -4,7 +4,7 @@ dedupe and backpressure rules (DESIGN.md invariants 3, 5 and 6)."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -137,15 +137,18 @@ class WatermarkModel(RuleBasedStateMachine):
     def redis_matches_model(self) -> None:
         client = self.part.backend.client
         keys = self.part.keys
-        accepted = [int(o) for o in client.lrange(keys.accepted, 0, -1)]
+        # The backend's client replies bytes; redis-py types every reply bytes | str.
+        accepted = [int(o) for o in cast("list[bytes]", client.lrange(keys.accepted, 0, -1))]
         assert accepted == sorted(set(self.pending) | self.finished)
-        heads = {
-            sub: int(score) for sub, score in client.zrange(keys.heads, 0, -1, withscores=True)
-        }
+        scored = cast(
+            "list[tuple[bytes, float]]", client.zrange(keys.heads, 0, -1, withscores=True)
+        )
+        heads = {sub: int(score) for sub, score in scored}
         assert heads == {sub: fifo[0] for sub, fifo in self.fifo.items()}
-        assert {int(o) for o in client.zrange(keys.late, 0, -1)} <= set(self.pending)
+        late = cast("list[bytes]", client.zrange(keys.late, 0, -1))
+        assert {int(o) for o in late} <= set(self.pending)
         for sub, fifo in self.fifo.items():
-            entries = client.lrange(keys.queue(sub), 0, -1)
+            entries = cast("list[bytes]", client.lrange(keys.queue(sub), 0, -1))
             assert [codec.parse_entry(e).offset for e in entries] == fifo
         assert client.zcard(keys.leases) == 0
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -239,7 +239,9 @@ def test_corrupt_item_is_dead_lettered_and_the_worker_keeps_running(
     with workshaper.Producer(backend, namespace) as producer:
         producer.enqueue_many([("a", "m", 0, 0), ("a", "m", 0, 1), ("a", "m", 0, 2)])
         # Someone overwrites offset 1's entry with garbage (a bug, a bad migration).
-        backend.client.lset(pkeys.queue(codec.encode_sub_key("a", 0)), 1, b"1|jnot-json{")
+        queue = pkeys.queue(codec.encode_sub_key("a", 0))
+        # cast: redis-py types lset's value str; bytes work
+        backend.client.lset(queue, 1, cast(str, b"1|jnot-json{"))
         worker = workshaper.Worker(backend, namespace, work=rec).start()
         try:
             with caplog.at_level(logging.ERROR):

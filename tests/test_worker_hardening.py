@@ -7,6 +7,7 @@ import asyncio
 import logging
 import threading
 import time
+from typing import cast
 
 import pytest
 import redis
@@ -32,7 +33,9 @@ def test_a_corrupt_entry_at_a_batch_boundary_is_dead_lettered_and_the_worker_liv
     pkeys = NamespaceKeys(namespace).partition(0)
     with workshaper.Producer(backend, namespace) as producer:
         producer.enqueue_many([("a", "m", 0, i) for i in range(4)])
-        backend.client.lset(pkeys.queue(codec.encode_sub_key("a", 0)), 1, b"garbage")
+        queue = pkeys.queue(codec.encode_sub_key("a", 0))
+        # cast: redis-py types lset's value str; bytes work
+        backend.client.lset(queue, 1, cast(str, b"garbage"))
         worker = workshaper.Worker(backend, namespace, work=rec, batch_size=1).start()
         try:
             with caplog.at_level(logging.ERROR):
