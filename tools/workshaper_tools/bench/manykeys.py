@@ -164,13 +164,11 @@ def _row(args: Any, log_dir: Path, label: str, sub_keys: int) -> dict[str, Any]:
         max_in_queue=MAX_IN_QUEUE,
         enqueue_batch=ENQUEUE_BATCH,
     )
-    with private_redis() as server:
-        client = redis.Redis.from_url(server.url)
+    with private_redis() as server, redis.Redis.from_url(server.url) as client:
         raw = run_raw(server.url, items, log_dir)
         client.flushall()
         enqueue_alone = run_enqueue_alone(server.url, items, config)
         client.flushall()
-        client.close()
         run = run_workshaper(server.url, items, config, log_dir)
     ws = _costs(run.cost, run.items)
     # Where the rest of the CPU goes: the producer (this process) and the workers together.
