@@ -17,8 +17,9 @@ import pytest
 
 from workshaper_tools.bench import __main__ as bench_main
 from workshaper_tools.bench import ordering, throughput
-from workshaper_tools.bench.common import Items, plan_noop
+from workshaper_tools.bench.common import BenchFailure, Items, plan_noop
 from workshaper_tools.bench.handlers import Record
+from workshaper_tools.bench.lanes.__main__ import check as lanes_check
 from workshaper_tools.bench.throughput import RunConfig, WsRun, run_workshaper
 from workshaper_tools.bench.verify import AckCall, Plan, Verdict, ack_delays, verify
 from workshaper_tools.testing import RedisServer
@@ -346,3 +347,40 @@ def test_embedded_bench_repeats_rows_and_compares_two_trees(
     assert first.startswith("machine: a thread hand-off round trip costs ")
     assert "on one CPU" in first and "additions in a Python loop take" in first
     assert embedded.handoff_round_trip_us((0, 0)) > 0
+
+
+def test_the_lane_spike_runs_every_key_shape_in_order() -> None:
+    # The design spike of issue 9 (workshaper_tools.bench.lanes): every row's items ran once
+    # and in order per sub key (its check raises otherwise, and the command exits non-zero).
+    proc = subprocess.run(
+        [sys.executable, "-m", "workshaper_tools.bench.lanes", "--items", "3000", "--lanes", "4"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if "items/s" in line]
+    assert len(rows) == 3
+    assert all("every item ran once, in order per sub key" in row for row in rows)
+
+
+def test_the_lane_spikes_check_catches_loss_and_disorder() -> None:
+    items = plan_noop(40, 2, 3)
+    records = [
+        (p, str(s), o, float(i))
+        for i, (s, p, o) in enumerate(
+            zip(items.plan.sub_keys, items.plan.partitions, items.plan.offsets, strict=True)
+        )
+    ]
+    lanes_check(items, records)  # as planned: passes
+    with pytest.raises(BenchFailure, match="ran 39 items"):
+        lanes_check(items, records[1:])
+    same_key = [i for i, r in enumerate(records) if r[:2] == records[0][:2]]
+    first, second = same_key[0], same_key[1]
+    swapped = list(records)
+    swapped[first] = (*records[first][:3], records[second][3])
+    swapped[second] = (*records[second][:3], records[first][3])
+    with pytest.raises(BenchFailure, match="order broken"):
+        lanes_check(items, swapped)
