@@ -349,7 +349,7 @@ def test_embedded_bench_repeats_rows_and_compares_two_trees(
     assert embedded.handoff_round_trip_us((0, 0)) > 0
 
 
-def test_the_lane_spike_runs_every_key_shape_in_order() -> None:
+def test_the_lane_spike_runs_every_row_of_s1_and_s2_in_order() -> None:
     # The design spike of issue 9 (workshaper_tools.bench.lanes): every row's items ran once
     # and in order per sub key (its check raises otherwise, and the command exits non-zero).
     proc = subprocess.run(
@@ -363,6 +363,18 @@ def test_the_lane_spike_runs_every_key_shape_in_order() -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if "items/s" in line]
     assert len(rows) == 3
+    assert all("every item ran once, in order per sub key" in row for row in rows)
+    proc = subprocess.run(
+        [sys.executable, "-m", "workshaper_tools.bench.lanes", "--s2", "--items", "400"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if "ideal" in line]
+    assert len(rows) == 4
     assert all("every item ran once, in order per sub key" in row for row in rows)
 
 

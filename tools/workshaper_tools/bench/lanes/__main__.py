@@ -11,6 +11,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,12 @@ from workshaper_tools.bench.common import (
     private_redis,
 )
 from workshaper_tools.bench.lanes.protocol import LaneKeys, LaneProducer
+from workshaper_tools.bench.lanes.worker import CONCURRENCY
 from workshaper_tools.bench.manykeys import ENQUEUE_BATCH, PARTITIONS, ROWS, run_raw
+from workshaper_tools.bench.ordering import ideal_seconds, plan_sleeps
 
+S2_ROWS = ("100", "1000", "10000", "unordered")
+S2_ITEMS = 10_000
 START_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 600.0
 POLL = 0.002
@@ -48,9 +53,18 @@ def check(items: Items, records: list[tuple[int, str, int, float]]) -> None:
             raise BenchFailure(f"lanes: order broken for {key}")
 
 
-def run_lanes(url: str, items: Items, lanes: int, workers: int, log_dir: Path) -> dict[str, Any]:
+@dataclass(frozen=True)
+class LaneRun:
+    partitions: int
+    lanes: int  # per partition
+    workers: int
+    work: str  # "noop" or "sleep" (the payload's microseconds)
+
+
+def run_lanes(url: str, items: Items, config: LaneRun, log_dir: Path) -> dict[str, Any]:
     namespace = uuid.uuid4().hex[:10]
     client = redis.Redis.from_url(url)
+    workers = config.workers
     outs = [log_dir / f"lanes-{namespace}-{i}.json" for i in range(workers)]
     procs = [
         subprocess.Popen(
@@ -60,18 +74,23 @@ def run_lanes(url: str, items: Items, lanes: int, workers: int, log_dir: Path) -
                 "workshaper_tools.bench.lanes.worker",
                 url,
                 namespace,
-                str(PARTITIONS),
-                str(lanes),
+                str(config.partitions),
+                str(config.lanes),
                 str(i),
                 str(workers),
+                config.work,
                 str(outs[i]),
             ],
             env=bench_env(),
         )
         for i in range(workers)
     ]
-    producer = LaneProducer(url, namespace, lanes)
-    lane_keys = [LaneKeys(namespace, p).lane(i) for p in range(PARTITIONS) for i in range(lanes)]
+    producer = LaneProducer(url, namespace, config.lanes)
+    lane_keys = [
+        LaneKeys(namespace, p).lane(i)
+        for p in range(config.partitions)
+        for i in range(config.lanes)
+    ]
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while client.exists(*(f"lanes:{namespace}:ready:{i}" for i in range(workers))) < workers:
@@ -110,6 +129,7 @@ def run_lanes(url: str, items: Items, lanes: int, workers: int, log_dir: Path) -
     check(items, records)
     n = len(items)
     return {
+        "seconds": seconds,
         "rate": n / seconds,
         "redis_cpu_us": (after.cpu - before.cpu) * 1e6 / n,
         "workers_cpu_us": worker_cpu * 1e6 / n,
@@ -128,8 +148,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--items", type=int, default=200_000)
     parser.add_argument("--lanes", type=int, default=16, help="lanes per partition")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--s2", action="store_true", help="S2's rows instead of S1's (one partition, sleeps)"
+    )
     args = parser.parse_args(argv)
     log_dir = Path(tempfile.mkdtemp(prefix="ws-lanes-"))
+    if args.s2:
+        s2(args, log_dir)
+        return
     print(
         f"lane spike: {args.items:,} items, {PARTITIONS} partitions x {args.lanes} lanes,"
         f" {args.workers} workers x 8 threads, enqueue_many {ENQUEUE_BATCH}"
@@ -139,12 +165,35 @@ def main(argv: Sequence[str] | None = None) -> None:
         with private_redis() as server, redis.Redis.from_url(server.url) as client:
             raw = run_raw(server.url, items, log_dir)
             client.flushall()
-            lanes = run_lanes(server.url, items, args.lanes, args.workers, log_dir)
+            config = LaneRun(PARTITIONS, args.lanes, args.workers, "noop")
+            lanes = run_lanes(server.url, items, config, log_dir)
         print(
             f"  {label:>12} sub keys: lanes {lanes['rate']:9,.0f} items/s, raw queue"
             f" {raw.rate:9,.0f} -> x{lanes['rate'] / raw.rate:.2f}; Redis CPU"
             f" {lanes['redis_cpu_us']:.2f} us/item, workers {lanes['workers_cpu_us']:.2f}"
             " us/item; every item ran once, in order per sub key",
+            flush=True,
+        )
+
+
+def s2(args: argparse.Namespace, log_dir: Path) -> None:
+    """Parallel Consumer's table on the spike: 10,000 items (or --items), one partition, seeded
+    sleeps of 0-5 ms, 16 slots (2 workers x 8), against the same ideal as S2."""
+    items_count = min(args.items, S2_ITEMS)
+    slots = args.workers * CONCURRENCY
+    print(
+        f"lane spike, S2: {items_count:,} items, 1 partition x {args.lanes} lanes,"
+        f" {args.workers} workers x {CONCURRENCY} threads, sleep 0-5 ms"
+    )
+    config = LaneRun(1, args.lanes, args.workers, "sleep")
+    for row in S2_ROWS:
+        items, sleeps = plan_sleeps(items_count, row)
+        ideal, _, _ = ideal_seconds(items, sleeps, slots)
+        with private_redis() as server:
+            lanes = run_lanes(server.url, items, config, log_dir)
+        print(
+            f"  {row:>9}: {lanes['seconds']:.3f} s, ideal {ideal:.3f} s"
+            f" ({lanes['seconds'] / ideal:.2f}x); every item ran once, in order per sub key",
             flush=True,
         )
 

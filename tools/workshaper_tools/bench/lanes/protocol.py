@@ -72,11 +72,14 @@ class LaneProducer:
         self.namespace = namespace
         self.lanes = lanes
 
-    def enqueue_many(self, items: Sequence[tuple[Any, bytes, int, int]]) -> None:
+    def enqueue_many(self, items: Sequence[tuple[Any, Any, int, int]]) -> None:
         """(sub key, message, partition, offset) tuples, offsets increasing per partition."""
         by_partition: dict[int, list[tuple[bytes, bytes, int]]] = {}
         for sub, message, partition, offset in items:
-            by_partition.setdefault(partition, []).append((str(sub).encode(), message, offset))
+            # No sub key, no order: each such item is a key of its own.
+            key = b"\x00%d" % offset if sub is None else str(sub).encode()
+            payload = message if isinstance(message, bytes) else str(message).encode()
+            by_partition.setdefault(partition, []).append((key, payload, offset))
         pipe = self.client.pipeline(transaction=False)
         for partition, rows in by_partition.items():
             keys = LaneKeys(self.namespace, partition)

@@ -1,7 +1,8 @@
 """The spike's worker process: leases its lanes, keeps sub-key order in memory, runs items on
 threads, and records each round trip's finished prefix per lane in one pipeline.
 
-    python -m workshaper_tools.bench.lanes.worker URL NAMESPACE PARTITIONS LANES INDEX WORKERS OUT
+    python -m workshaper_tools.bench.lanes.worker URL NAMESPACE PARTITIONS LANES INDEX WORKERS
+        noop|sleep OUT
 """
 
 from __future__ import annotations
@@ -108,8 +109,12 @@ class Lane:
 
 
 class LaneWorker:
-    def __init__(self, url: str, namespace: str, mine: list[tuple[int, int]], name: str) -> None:
-        """``mine``: the (partition, lane) pairs this worker leases."""
+    def __init__(
+        self, url: str, namespace: str, mine: list[tuple[int, int]], name: str, *, sleep: bool
+    ) -> None:
+        """``mine``: the (partition, lane) pairs this worker leases. ``sleep``: the work sleeps
+        its payload's microseconds (S2), else it does nothing."""
+        self.sleep = sleep
         self.client = redis.Redis.from_url(url)
         self.shas = load_scripts(self.client)
         self.namespace = namespace
@@ -135,13 +140,16 @@ class LaneWorker:
             self.lanes.append(Lane(LaneKeys(self.namespace, partition), i, int(token)))
 
     def _serve(self) -> None:
-        """An executor thread: the no-op work records (partition, sub key, offset, start)."""
-        records, now = self.records, time.monotonic
+        """An executor thread: runs a sub key's entries in order, recording (partition, sub key,
+        offset, start) of each."""
+        records, now, sleep = self.records, time.monotonic, self.sleep
         while (task := self.tasks.get()) is not None:
             lane, sub, batch = task
-            name = sub.decode()
-            for offset, _payload in batch:
+            name = sub.decode("latin-1")
+            for offset, payload in batch:
                 records.append((lane.keys.partition, name, offset, now()))
+                if sleep:
+                    time.sleep(int(payload) / 1e6)
             self.inbox.put(task)
 
     def _start(self, lane: Lane, sub: bytes, waiting: deque[tuple[int, bytes]]) -> None:
@@ -228,9 +236,9 @@ def assigned(partitions: int, lanes: int, index: int, workers: int) -> list[tupl
 
 
 def main(argv: list[str]) -> None:
-    url, namespace, partitions, lanes, index, workers, out = argv
+    url, namespace, partitions, lanes, index, workers, work, out = argv
     mine = assigned(int(partitions), int(lanes), int(index), int(workers))
-    worker = LaneWorker(url, namespace, mine, f"w{index}")
+    worker = LaneWorker(url, namespace, mine, f"w{index}", sleep=work == "sleep")
     worker.client.set(f"lanes:{namespace}:ready:{index}", 1)
     worker.run(f"lanes:{namespace}:stop")
     Path(out).write_text(json.dumps(worker.records))
