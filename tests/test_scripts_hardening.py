@@ -337,7 +337,7 @@ def many_lists_call(part: Partition, script: str) -> tuple[bytes, Callable[[], o
     """A call that reads or writes the lists of many sub keys, and the list (of the last sub
     key, after the others were read or checked) to give the wrong type."""
     subs = [f"k{i}" for i in range(40)]
-    if script == "enqueue_items":  # every list new but the last: one EXISTS, then the probes
+    if script == "enqueue_items":  # every list new but the last: pushed, then trimmed again
         return part.keys.queue(b"sk39"), lambda: part.enqueue(*[(s, i) for i, s in enumerate(subs)])
     part.enqueue(*[(s, i) for i, s in enumerate(subs)])
     if script == "claim_sub_keys":
@@ -352,9 +352,9 @@ def many_lists_call(part: Partition, script: str) -> tuple[bytes, Callable[[], o
 def test_a_wrong_type_list_among_many_fails_the_call_before_its_first_write(
     part: Partition, script: str
 ) -> None:
-    # The lists' type checks ride on reads the scripts need anyway (one EXISTS for new lists,
-    # the claim's and completion's LRANGE with pcall): a wrong type met after other lists were
-    # read still fails the call with nothing changed.
+    # The lists' type checks ride on commands the scripts run anyway (the enqueue's RPUSH, the
+    # claim's and completion's LRANGE, each with pcall): a wrong type met after other lists were
+    # read, or pushed to and trimmed off again, still fails the call with nothing changed.
     key, call = many_lists_call(part, script)
     client = part.backend.client
     client.delete(key)
@@ -366,6 +366,60 @@ def test_a_wrong_type_list_among_many_fails_the_call_before_its_first_write(
     assert snapshot(part) == before
     client.delete(key)
     call()
+
+
+ENQUEUE_CHUNK = 2000  # enqueue_items.lua's CHUNK: the most entries one RPUSH of it pushes
+
+
+@pytest.mark.parametrize("bad_at", ["last", "middle"])
+def test_an_enqueue_undoes_its_pushes_to_the_lists_before_one_of_the_wrong_type(
+    part: Partition, bad_at: str
+) -> None:
+    # The fast path pushes to the lists first, each RPUSH with pcall, and a failed one trims off
+    # what the call pushed to the lists before it: lists that existed keep exactly their
+    # entries, lists that were new are gone, no fixed key was written (`accepted`, `heads`,
+    # `ready`, `meta`, `clock`), and the next call after the repair works.
+    part.enqueue(("a", 0), ("a", 1), ("b", 2), ("c", 3))
+    key = part.keys.queue(b"sbad")
+    client = part.backend.client
+    client.set(key, b"not a list")
+    before = snapshot(part)
+    assert client.llen(part.keys.queue(b"sa")) == 2, "an existing list with entries"
+    groups = [("a", 2), ("new1", 1), ("b", 2), ("new2", 3), ("a", 1)]
+    if bad_at == "middle":
+        groups.insert(3, ("bad", 1))
+    else:
+        groups.append(("bad", 1))
+    subs = [sub for sub, count in groups for _ in range(count)]
+    items = [(sub, 4 + i) for i, sub in enumerate(subs)]
+    with pytest.raises(ScriptError, match="WRONGTYPE") as error:
+        part.enqueue(*items)  # offsets above every accepted one, room for all: the fast path
+    assert key.decode() in str(error.value), "the error names the key"
+    assert snapshot(part) == before
+    client.delete(key)
+    assert part.enqueue(*items) == [0] * len(items)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_an_enqueue_undoes_a_group_past_one_push_before_a_list_of_the_wrong_type(
+    part: Partition, existing: bool
+) -> None:
+    # A group of more entries than one RPUSH takes is pushed in several: the undo trims all of
+    # them, from a list that was new (it is gone) or one that had entries (they stay).
+    part.enqueue(("x", 0), *([("big", 1), ("big", 2)] if existing else []))
+    key = part.keys.queue(b"sbad")
+    client = part.backend.client
+    client.set(key, b"not a list")
+    before = snapshot(part)
+    big = [("big", 10 + i) for i in range(ENQUEUE_CHUNK + 500)]
+    items = [("small", 5), *big, ("x", 10 + len(big)), ("bad", 11 + len(big))]
+    with pytest.raises(ScriptError, match="WRONGTYPE") as error:
+        part.enqueue(*items, max_in_queue=1_000_000)
+    assert key.decode() in str(error.value), "the error names the key"
+    assert snapshot(part) == before
+    client.delete(key)
+    assert part.enqueue(*items, max_in_queue=1_000_000) == [0] * len(items)
+    assert client.llen(part.keys.queue(b"sbig")) == len(big) + (2 if existing else 0)
 
 
 def test_the_watermark_moves_past_more_finished_items_than_one_scan_covers(
