@@ -1,9 +1,9 @@
 """enqueue_items' transcription (workshaper/embedded/native/enqueue.py) against its Lua and a
 real Redis, on what the differential test's rules do not reach: lost writes (status 5), a re-sent
 call answered from its record, batches past the script's chunk sizes (2,000 ARGV values per
-RPUSH, 1,000 pairs per ZADD of new heads), a late gap above every entry left in `accepted`, and
-malformed calls. Every reply and, after every call, every key of the namespace must be the same
-on the three."""
+RPUSH, 1,000 pairs per ZADD of new heads), a late gap above every entry left in `accepted`, a
+queue list of the wrong type (the fast path's pushes undone) and malformed calls. Every reply
+and, after every call, every key of the namespace must be the same on the three."""
 
 from __future__ import annotations
 
@@ -85,6 +85,10 @@ class Sides:
     def each(self, write: Callable[[redis.Redis], Any]) -> None:
         for backend in self.backends:
             write(backend.client)
+
+    def state(self) -> dict[bytes, Any]:
+        """Every key of the namespace (the same on each side: same() checks it)."""
+        return dump(self.backends[0].client, self.keys, self.pattern)
 
     def close(self) -> None:
         for backend in self.backends:
@@ -199,3 +203,40 @@ def test_an_accepted_entry_that_is_no_number_fails_the_search(sides: Sides) -> N
     sides.each(lambda c: c.rpush(sides.keys.accepted, "x"))
     sides.each(lambda c: c.hset(sides.keys.meta, "max", "100"))
     assert sides.enqueue([item("a", 50)])[0] == "error"  # `v < value` with v nil
+
+
+CHUNK = 2000  # enqueue_items.lua's: the most entries one RPUSH of it pushes
+
+
+@pytest.mark.parametrize("bad_at", ["first", "middle", "last"])
+def test_a_list_of_the_wrong_type_undoes_the_fast_paths_pushes(sides: Sides, bad_at: str) -> None:
+    # Lists that existed (one of them leased, one whose group is past one RPUSH), lists that
+    # were new, and one list of the wrong type: the call fails, every key as it was.
+    sides.each(lambda c: c.hset(sides.keys.owners, codec.encode_sub_key("b", 0), "1|-|1|3|d|w"))
+    sides.enqueue([item("a", 0), item("a", 1), item("b", 2), item("big", 3), item("c", 4)])
+    bad = codec.encode_sub_key("bad", 0)
+    sides.each(lambda c: c.set(sides.keys.queue(bad), "not a list"))
+    before = sides.state()
+    subs = ["a", "new1", "b", "big", "new2", "c"]
+    at = {"first": 0, "middle": 3, "last": len(subs)}[bad_at]
+    subs.insert(at, "bad")
+    items: list[EncodedItem] = []
+    for sub in subs:
+        for _ in range(CHUNK + 10 if sub == "big" else 2):
+            items.append(item(sub, 5 + len(items)))
+    assert sides.enqueue(items)[0] == "error"
+    assert sides.state() == before
+    sides.each(lambda c: c.delete(sides.keys.queue(bad)))
+    assert sides.enqueue(items) == [0] * len(items)
+
+
+def test_a_group_past_the_end_of_argv_undoes_the_chunks_it_pushed(sides: Sides) -> None:
+    # A malformed call: the second group claims more entries than ARGV holds. Its first RPUSH
+    # (CHUNK entries) goes in, the next fails on a nil value: both groups' pushes are undone.
+    sides.enqueue([item("a", 0)])
+    before = sides.state()
+    subs = [codec.encode_sub_key("a", 0), codec.encode_sub_key("z", 0)]
+    entries = [codec.make_entry(1 + i, b"x") for i in range(CHUNK + 5)]
+    argv = ["m1", 100_000, -1, 2, 2, 1, 2, 1, 2, subs[0], 1, entries[0], subs[1], CHUNK + 9]
+    assert sides.raw([*argv, *entries[1:]], subs)[0] == "error"
+    assert sides.state() == before

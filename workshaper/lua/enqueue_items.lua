@@ -28,6 +28,9 @@
 --
 -- Fast path: offsets strictly increasing, all above every accepted one, and room for all of
 -- them: each group's entries go from ARGV to its list in one RPUSH, with no per-item work.
+-- Those RPUSHes are its first writes, before `accepted` and the rest: a list of the wrong type
+-- fails its RPUSH (through redis.pcall), the groups pushed before it are trimmed off their
+-- lists' tails again, and the call fails naming the list with every key as it was.
 -- Otherwise each item is decided in order. An offset at or below the highest accepted one is a
 -- re-delivery (binary search in `accepted` finds it: duplicate) or, rarely, a gap filled late
 -- (inserted in order, and tracked in `late` so the watermark waits for it).
@@ -68,11 +71,10 @@ if highest < expected_highest then
 end
 local in_queue = redis.call('LLEN', K_ACCEPTED)
 -- Nothing may fail after the first write: every key written below, or read after a write, is
--- of its type (one probe per key and call; `meta` and `accepted` were read above; the lists
--- are probed only when some of them exist, see wrong_type).
-local lists = {}
-for j = 1, groups do lists[j] = KEYS[FIRST_EXTRA_KEY + j - 1] end
-local err, size = wrong_type('enqueue_items', {K_HEADS, K_LATE, K_READY, K_OWNERS, K_CLOCK}, lists)
+-- of its type (one probe per fixed key and call; `meta` and `accepted` were read above). The
+-- queue lists are not probed here: the fast path's first writes are their RPUSHes, undone if
+-- one fails; the general path probes them before it writes.
+local err, size = wrong_type('enqueue_items', {K_HEADS, K_LATE, K_READY, K_OWNERS, K_CLOCK})
 if err then return err end
 
 -- Where each group's entries start in ARGV, and its sub key.
@@ -88,6 +90,19 @@ local function rpush_range(key, first, last)
   local len = 0
   for s = first, last, CHUNK do
     len = redis.call('RPUSH', key, unpack(ARGV, s, math.min(s + CHUNK - 1, last)))
+  end
+  return len
+end
+
+-- rpush_range to a queue list, each RPUSH through redis.pcall. Returns the list's length, or
+-- the error reply (a table) and how many entries the RPUSHes before it pushed: a wrong type
+-- fails the first RPUSH; a later one fails only in a malformed call (a nil value: a count
+-- past the end of ARGV).
+local function pcall_rpush_range(key, first, last)
+  local len = 0
+  for s = first, last, CHUNK do
+    len = redis.pcall('RPUSH', key, unpack(ARGV, s, math.min(s + CHUNK - 1, last)))
+    if type(len) == 'table' then return len, s - first end
   end
   return len
 end
@@ -138,26 +153,51 @@ local function fast_path_applies()
 end
 
 if n > 0 and fast_path_applies() then
-  rpush_range(K_ACCEPTED, OFFSETS + 1, OFFSETS + n)
+  -- The lists first, each RPUSH through redis.pcall: a list's type is checked by its RPUSH
+  -- itself, at no command of its own (a probe cost an EXISTS per call and an LLEN per list
+  -- that exists). If one fails, nothing but this call's entries was written yet, and they are
+  -- at the tails of their lists: trim exactly those off (a list that was new ends empty, and
+  -- Redis deletes an empty list), and the call fails with every key as it was. LTRIM rather
+  -- than RPOP: it replies no entries, and the producer's ACL allows it already (a user set up
+  -- from an older `workshaper acl` line would refuse an RPOP, and the undo would stop halfway).
   for j = 1, groups do
-    local first = group_first[j]
+    local list, first = KEYS[FIRST_EXTRA_KEY + j - 1], group_first[j]
     local count = tonumber(ARGV[first - 1])
-    local len
+    local len, done
     if count == 1 then
-      -- One entry (one sub key per item): its RPUSH without rpush_range's loop and unpack.
-      len = redis.call('RPUSH', KEYS[FIRST_EXTRA_KEY + j - 1], ARGV[first])
+      -- One entry (one sub key per item): its RPUSH without the range's loop and unpack.
+      len, done = redis.pcall('RPUSH', list, ARGV[first]), 0
     else
-      len = rpush_range(KEYS[FIRST_EXTRA_KEY + j - 1], first, first + count - 1)
+      len, done = pcall_rpush_range(list, first, first + count - 1)
+    end
+    if type(len) == 'table' then
+      if done > 0 then redis.call('LTRIM', list, 0, -done - 1) end
+      for k = j - 1, 1, -1 do
+        local pushed = tonumber(ARGV[group_first[k] - 1])
+        if pushed > 0 then redis.call('LTRIM', KEYS[FIRST_EXTRA_KEY + k - 1], 0, -pushed - 1) end
+      end
+      return key_error('enqueue_items', list, len)
     end
     if len == count then new_head(ARGV[first], group_sub[j]) end
   end
+  rpush_range(K_ACCEPTED, OFFSETS + 1, OFFSETS + n)
   register_new_heads()
   redis.call('HSET', K_META, 'max', ARGV[OFFSETS + n], 'request', request .. '|n' .. n)
   record_clock(ARGV[OFFSETS + n])
   return n
 end
 
--- The general path: decide each item in order.
+-- The general path: decide each item in order. It writes while it decides (`accepted` must
+-- hold the fresh offsets before a later item is searched in it; a gap filled late is inserted
+-- in place and added to `late`) and the lists last, so an undo would have to reverse LINSERTs
+-- and ZADDs: it probes the lists' types before its first write instead (one EXISTS for all,
+-- then an LLEN per list if any exists, see wrong_type). It runs for re-deliveries, gaps filled
+-- late and a full partition, not for each call of a steady stream.
+local lists = {}
+for j = 1, groups do lists[j] = KEYS[FIRST_EXTRA_KEY + j - 1] end
+err = wrong_type('enqueue_items', {}, lists)
+if err then return err end
+
 local statuses = {}
 local taken = {}  -- group -> its entries accepted so far, in order
 local cursor = {}  -- group -> how many of its entries were looked at

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 
-from workshaper.embedded.native.numbers import Number, tonumber
+from workshaper.embedded.native.numbers import Number, number_arg, tonumber
 from workshaper.embedded.native.partition import (
     Partition,
     call,
@@ -29,9 +29,11 @@ from workshaper.embedded.native.partition import (
 from workshaper.embedded.store import CommandError, Store, ZSet
 
 #: The SHA1 of enqueue_items.lua (with its include) this module transcribes.
-ENQUEUE_SHA1 = "92d6c1e242772d9ba50d7c289367201f89fab5f3"
+ENQUEUE_SHA1 = "a8fa2d87aea15284b85ae331a3de68805422e9d3"
 
 SCRIPT = "enqueue_items"
+#: The script's CHUNK: the most ARGV values one RPUSH of it pushes.
+CHUNK = 2000
 ACCEPTED, DUPLICATE, ACKED, FULL, BEING_ACKED, LOST_WRITES = range(6)
 #: What redis.call answers for a nil argument (unpack of a range past ARGV's end).
 NIL_ARGUMENT = "ERR Lua redis lib command arguments must be strings or integers"
@@ -50,8 +52,8 @@ class _Enqueue:
     The fast path runs for every call of the Manager's shape, so it reads and writes the
     store's containers itself where that is exactly what the command does: HMGET, LLEN, the
     type probes, RPUSH, HSET, TIME, and ZADD where every score is digits (_zadd_digits). The
-    rest, and anything unusual (a nil argument, pairs out of step), goes through ``call`` and
-    so answers as the command does.
+    rest, and anything unusual (a nil argument, pairs out of step, the undo of the lists'
+    RPUSHes), goes through ``call`` and so answers as the command does.
     """
 
     def __init__(self, part: Partition, keys: list[bytes], argv: list[bytes]) -> None:
@@ -89,14 +91,15 @@ class _Enqueue:
         if _lt(highest, self.expected_highest):
             return [LOST_WRITES] * _times(n)
         in_queue = len(store.get(part.accepted, list) or ())  # LLEN
+        self.owners_size = _wrong_type(part)
         if self.groups is None:
             raise script_error(ENQUEUE_SHA1, "'for' limit must be a number")
         self.lists = [_key(self.keys, 12 + j) for j in range(1, _times(self.groups) + 1)]
-        self.owners_size = _wrong_type(part, self.lists)
         self._read_groups()
         offsets = self._offsets()
         if n > 0 and self._fast_path_applies(offsets, in_queue, _lua_max(highest, floor)):
             return self._fast_path()
+        _probe_lists(part, self.lists)
         general = _General(
             part,
             self.argv,
@@ -164,14 +167,15 @@ class _Enqueue:
         return True
 
     def _fast_path(self) -> int | None:
-        """Each group's entries straight from ARGV to its list, no per-item work."""
+        """Each group's entries straight from ARGV to its list, no per-item work; the lists
+        first, then `accepted` and the rest."""
         part, store, argv, n = self.part, self.part.store, self.argv, self.n
+        self._push_groups()
         if _times(n) > 0:  # rpush_range of an empty range makes no call
             offsets = argv[5 : 5 + n] if type(n) is int else None
             if offsets is None or len(offsets) < n:
                 offsets = _range(argv, 6, _times(n))  # a nil among them fails the RPUSH
             store.get_or_create(part.accepted, list).extend(offsets)  # RPUSH
-        self._push_groups()
         self._register_new_heads()
         record = _concat(self.request, b"|n", _lua_str(n))
         top = _arg(argv, 5 + n)
@@ -185,7 +189,9 @@ class _Enqueue:
 
     def _push_groups(self) -> None:
         """Each group's entries (ARGV[first .. first + count - 1]) to its list in one RPUSH; a
-        list that was empty gets a new head."""
+        list that was empty gets a new head. An RPUSH that fails (pcall: a list of the wrong
+        type) trims what the call pushed off the lists before it, and fails the call naming its
+        list."""
         store, argv, lists = self.part.store, self.argv, self.lists
         get, data = store.get, store.data
         new_heads, new_subs = self.new_heads, self.new_subs
@@ -199,7 +205,11 @@ class _Enqueue:
                 self._push_group(j, first, count)
                 continue
             key = lists[j - 1]
-            queue = get(key, list)  # RPUSH, as the command does it
+            try:
+                queue = get(key, list)  # RPUSH, as the command does it
+            except CommandError as exc:  # before it pushed anything
+                self._undo(j, 0)
+                raise key_error(SCRIPT, key, exc) from None
             if queue is None:  # a new list: the sub key's first entry is its head
                 data[key] = argv[first - 1 : first - 1 + count]
                 sub = self.group_sub[j]
@@ -215,13 +225,33 @@ class _Enqueue:
                     self._new_head(j, argv[first - 1])
 
     def _push_group(self, j: int, first: Number, count: Number) -> None:
-        """_push_groups for a group whose entries are not all in ARGV (a nil fails the RPUSH)
-        or that has none (no RPUSH: its list's length, 0, equals its count)."""
-        store = self.part.store
-        values = _range(self.argv, first, _times(count))
-        length = call(store, b"RPUSH", self.lists[j - 1], *values) if values else 0
+        """_push_groups for a group whose entries are not all in ARGV (a nil fails the RPUSH of
+        the chunk holding it) or that has none (no RPUSH: its list's length, 0, equals its
+        count)."""
+        store, key = self.part.store, self.lists[j - 1]
+        total = _times(count)
+        length = 0
+        for done in range(0, total, CHUNK):
+            try:
+                values = _range(self.argv, first + done, min(CHUNK, total - done))
+                length = call(store, b"RPUSH", key, *values)
+            except CommandError as exc:
+                self._undo(j, done)
+                raise key_error(SCRIPT, key, exc) from None
         if length == count:
             self._new_head(j, _arg(self.argv, first))
+
+    def _undo(self, j: int, done: int) -> None:
+        """Group j's RPUSH failed after ``done`` of its entries: trim those off its list, then
+        each earlier group's (its count: the call's entries are at the tails of the lists),
+        last first."""
+        store = self.part.store
+        if done > 0:
+            call(store, b"LTRIM", self.lists[j - 1], b"0", b"%d" % (-done - 1))
+        for k in range(j - 1, 0, -1):
+            pushed = self.group_count[k]
+            if pushed > 0:
+                call(store, b"LTRIM", self.lists[k - 1], b"0", number_arg(-pushed - 1))
 
     # --- both paths -------------------------------------------------------------------------
 
@@ -275,10 +305,10 @@ def _meta(store: Store, key: bytes) -> tuple[bytes | None, ...]:
     return (meta.get(b"acked"), meta.get(b"offer"), meta.get(b"max"), meta.get(b"request"))
 
 
-def _wrong_type(part: Partition, lists: list[bytes]) -> int:
-    """partition.lua's wrong_type for this script: raise the error naming the first key of the
-    wrong type (before any write), else return the size of `owners` (the one size it uses).
-    Partition.wrong_type, without its per-call table of every key's kind."""
+def _wrong_type(part: Partition) -> int:
+    """partition.lua's wrong_type for this script's fixed keys: raise the error naming the
+    first key of the wrong type (before any write), else return the size of `owners` (the one
+    size it uses). Partition.wrong_type, without its per-call table of every key's kind."""
     get = part.store.get
     owners_size = 0
     # The fixed keys it writes (or reads after a write), in the order the script probes them.
@@ -296,7 +326,14 @@ def _wrong_type(part: Partition, lists: list[bytes]) -> int:
             raise key_error(SCRIPT, key, exc) from None
         if kind is dict:
             owners_size = len(value or ())
-    store = part.store
+    return owners_size
+
+
+def _probe_lists(part: Partition, lists: list[bytes]) -> None:
+    """partition.lua's wrong_type of the queue lists, on the general path: one EXISTS for all
+    of them, then the type of each if any exists (the error names the first of the wrong
+    type)."""
+    store, get = part.store, part.store.get
     if len(lists) <= 1:
         existing = bool(lists)
     elif store.expires.keys().isdisjoint(lists):  # one EXISTS for all; none of them expires
@@ -309,7 +346,6 @@ def _wrong_type(part: Partition, lists: list[bytes]) -> int:
                 get(key, list)
             except CommandError as exc:
                 raise key_error(SCRIPT, key, exc) from None
-    return owners_size
 
 
 class _General:
