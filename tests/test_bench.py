@@ -396,3 +396,23 @@ def test_the_lane_spikes_check_catches_loss_and_disorder() -> None:
     swapped[second] = (*records[second][:3], records[first][3])
     with pytest.raises(BenchFailure, match="order broken"):
         lanes_check(items, swapped)
+
+
+def test_lua_cost_runs_the_scripts_of_a_tree_at_either_shape(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Every item enqueued, claimed and completed, at one sub key per item and with sub keys
+    whose lists are there already when a later enqueue comes (no timing is asserted)."""
+    from workshaper_tools.bench import lua_cost
+
+    lua_cost.main(["WT", "--rounds", "1", "--items", "60", "--per-call", "25"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "1 rounds of 60 items (one sub key each, 25 per enqueue call) per revision"
+    assert [line.split()[1] for line in lines[1:]] == list(lua_cost.SCRIPTS)
+    assert lines[1].split()[3] == "3"  # enqueue calls
+    lua_cost.main(["WT", "--rounds", "2", "--items", "300", "--sub-keys", "40", "--per-call", "25"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("2 rounds of 300 items (40 sub keys, 25 per enqueue call)")
+    assert lines[1].split()[3] == "24"  # 12 per round
+    with pytest.raises(SystemExit):
+        lua_cost.main(["WT", "--items", "300", "--sub-keys", "2"])  # 150 items in one sub key

@@ -1,13 +1,21 @@
-"""Redis's time in the hot scripts per item at one sub key per item, script by script, for the
-scripts of several git revisions in one run (``python -m workshaper_tools.bench.lua_cost``).
+"""Redis's time in the hot scripts per item (by default at one sub key per item), script by
+script, for the scripts of several git revisions in one run
+(``python -m workshaper_tools.bench.lua_cost``).
 
     REV ...        git revisions whose workshaper/lua to run ("WT": the working tree's files)
     --rounds N     rounds (default 16); each round runs every revision in turn (every other
                    round in reverse order), so the machine's noise falls on all of them alike
+    --items N      items per round (default 2,000)
+    --sub-keys N   item i goes to sub key i % N (default: one sub key per item): an enqueue
+                   after the first N items finds its sub keys' lists there already (at most
+                   100 items per sub key: a lease is handed them all at once)
+    --per-call N   items per enqueue call (default 1,000, as enqueue_many sends them)
 
 A round, per revision, on a private redis-server: a new partition, 2,000 one-item sub keys
 enqueued in two calls of 1,000 (as enqueue_many), then claims of 36 leases (batch 100), each
-followed by the completion of those leases (action "c", one offset each), until none is left.
+followed by the completion of those leases (action "c", the offsets it was handed), until none
+is left. (The shape of a real run's partition, 1,000 sub keys and 125 items per call: --items
+8000 --sub-keys 1000 --per-call 125; 7 in 8 of the enqueues then find their lists there.)
 The scripts are called directly (EVALSHA), nothing else runs on the server. Prints per script
 the microseconds per call and per item from SLOWLOG (threshold 0: each call's own duration on
 the server), and how much of it the commands inside the script took (INFO commandstats); the
@@ -21,6 +29,7 @@ import subprocess
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +41,17 @@ from workshaper_tools.bench.common import private_redis
 
 ROOT = Path(__file__).resolve().parents[3]
 SCRIPTS = ("enqueue_items", "claim_sub_keys", "complete_items")
-ITEMS, ENQUEUE_BATCH, LEASES, BATCH, LEASE_MS = 2000, 1000, 36, 100, 30000
+LEASES, BATCH, LEASE_MS = 36, 100, 30000
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What a round enqueues: ``items`` items, item i to sub key i % ``sub_keys`` (None: one
+    sub key per item), in calls of ``per_call`` items."""
+
+    items: int = 2000
+    sub_keys: int | None = None
+    per_call: int = 1000
 
 
 def script_source(rev: str, name: str) -> str:
@@ -65,7 +84,13 @@ def _inner_usec(r: redis.Redis) -> int:
     return sum(int(v["usec"]) for k, v in stats.items() if k not in skip)
 
 
-def one_round(r: redis.Redis, rev: str, shas: dict[tuple[str, str], str], totals: Totals) -> None:
+def one_round(
+    r: redis.Redis,
+    rev: str,
+    shas: dict[tuple[str, str], str],
+    totals: Totals,
+    shape: Shape = Shape(),
+) -> None:
     pkeys = PartitionKeys(f"lc{uuid.uuid4().hex[:8]}", 0)
     fixed = list(pkeys.fixed)
 
@@ -76,14 +101,19 @@ def one_round(r: redis.Redis, rev: str, shas: dict[tuple[str, str], str], totals
         return reply
 
     r.slowlog_reset()
-    for first in range(0, ITEMS, ENQUEUE_BATCH):
-        offsets = range(first, first + ENQUEUE_BATCH)
-        subs = [b"n%d" % offset for offset in offsets]
-        args: list[Any] = [uuid.uuid4().hex, 200_000, -1, ENQUEUE_BATCH, ENQUEUE_BATCH]
-        args += [*offsets, *range(1, ENQUEUE_BATCH + 1)]
-        for offset, sub in zip(offsets, subs, strict=True):
-            args += (sub, 1, b"%d|payload-%d" % (offset, offset))
-        run("enqueue_items", [*fixed, *(pkeys.queue(sub) for sub in subs)], args)
+    for first in range(0, shape.items, shape.per_call):
+        offsets = range(first, min(first + shape.per_call, shape.items))
+        # The items by sub key, each group's in order (as scripts.enqueue_items sends them).
+        groups: dict[bytes, list[int]] = {}
+        for offset in offsets:
+            key = offset if shape.sub_keys is None else offset % shape.sub_keys
+            groups.setdefault(b"n%d" % key, []).append(offset)
+        group_of = {offset: g for g, group in enumerate(groups.values(), 1) for offset in group}
+        args: list[Any] = [uuid.uuid4().hex, 200_000, -1, len(offsets), len(groups)]
+        args += [*offsets, *(group_of[offset] for offset in offsets)]
+        for sub, group in groups.items():
+            args += (sub, len(group), *(b"%d|payload-%d" % (o, o) for o in group))
+        run("enqueue_items", [*fixed, *(pkeys.queue(sub) for sub in groups)], args)
     claimed = 0
     while True:
         raw = run(
@@ -93,22 +123,26 @@ def one_round(r: redis.Redis, rev: str, shas: dict[tuple[str, str], str], totals
         )
         extra: list[bytes] = []
         args = [LEASE_MS, BATCH, 0]
+        handed: list[int] = []  # the number of entries each lease was handed
         i = 1
         while i < len(raw):
             count = int(raw[i + 4])
             offsets_read = [int(e.split(b"|")[0]) for e in raw[i + 5 : i + 5 + count]]
             extra.append(pkeys.queue(raw[i]))
+            handed.append(count)
             args += (len(extra), raw[i], raw[i + 1], "c", 0, len(offsets_read), *offsets_read)
             i += 5 + count
         if not extra:
             break
         args[2] = len(extra)
-        claimed += len(extra)
+        claimed += sum(handed)
         replies = run("complete_items", [*fixed, *extra], args)
-        if any(int(reply[0]) != 2 or int(reply[1]) != 1 for reply in replies):
-            raise RuntimeError(f"{rev}: a completion did not finish its item: {replies[:3]}")
-    if claimed != ITEMS:
-        raise RuntimeError(f"{rev}: claimed {claimed} of {ITEMS}")
+        # Each lease finishes what it was handed, all its queue, and is released.
+        for reply, count in zip(replies, handed, strict=True):
+            if int(reply[0]) != 2 or int(reply[1]) != count:
+                raise RuntimeError(f"{rev}: a completion did not finish its items: {reply[:3]}")
+    if claimed != shape.items:
+        raise RuntimeError(f"{rev}: claimed {claimed} of {shape.items} items")
     by_sha = {sha: name for (r_rev, name), sha in shas.items() if r_rev == rev}
     for entry in r.slowlog_get(1_000_000):
         command = entry["command"].split()
@@ -123,7 +157,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workshaper_tools.bench.lua_cost")
     parser.add_argument("revs", nargs="+", help='git revisions, or "WT" for the working tree')
     parser.add_argument("--rounds", type=int, default=16)
+    parser.add_argument("--items", type=int, default=Shape.items)
+    parser.add_argument("--sub-keys", type=int, default=None)
+    parser.add_argument("--per-call", type=int, default=Shape.per_call)
     args = parser.parse_args(argv)
+    shape = Shape(args.items, args.sub_keys, args.per_call)
+    if args.items < 1 or args.per_call < 1 or (args.sub_keys or 1) < 1:
+        parser.error("--items, --sub-keys and --per-call must be at least 1")
+    if -(-args.items // (args.sub_keys or args.items)) > BATCH:
+        parser.error(f"at most {BATCH} items per sub key (--items / --sub-keys)")
     with private_redis() as server:
         r = redis.Redis.from_url(server.url)
         shas = {
@@ -139,9 +181,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             # time by several percent (the Lua garbage left by the one before it, ...).
             order = args.revs if round_number % 2 == 0 else args.revs[::-1]
             for rev in order:
-                one_round(r, rev, shas, totals)
-        items = args.rounds * ITEMS
-    print(f"{args.rounds} rounds of {ITEMS:,} one-item sub keys per revision")
+                one_round(r, rev, shas, totals, shape)
+        items = args.rounds * shape.items
+    keys = "one sub key each" if shape.sub_keys is None else f"{shape.sub_keys:,} sub keys"
+    print(
+        f"{args.rounds} rounds of {shape.items:,} items ({keys}, {shape.per_call:,} per"
+        " enqueue call) per revision"
+    )
     for rev in args.revs:
         for name in SCRIPTS:
             calls, usec = totals.calls[rev, name], totals.usec[rev, name]
