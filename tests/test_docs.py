@@ -138,6 +138,7 @@ OTHER_PROGRAMS = {
     "--s2-max-in-queue", "--threads", "--machine",  # bench.embedded
     "--calls",  # bench.enqueue_micro, claim_micro, complete_micro
     "--cycles", "--runs",  # bench.cycle_micro
+    "--per-call",  # bench.lua_cost (its --items and --sub-keys are the bench's flags too)
 }  # fmt: skip
 
 
