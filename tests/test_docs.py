@@ -139,6 +139,7 @@ OTHER_PROGRAMS = {
     "--calls",  # bench.enqueue_micro, claim_micro, complete_micro
     "--cycles", "--runs",  # bench.cycle_micro
     "--per-call",  # bench.lua_cost (its --items and --sub-keys are the bench's flags too)
+    "--s2", "--lanes",  # bench.lanes, the lane spike
 }  # fmt: skip
 
 
