@@ -27,10 +27,10 @@ from workshaper_tools.testing import RedisServer
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run_bench(argv: list[str], out: Path) -> dict[str, Any]:
-    """Run the bench in a child process with ``--out out``; its results.json (exit 0 asserted)."""
+def _run_module(module: str, argv: list[str]) -> str:
+    """Run ``python -m module *argv`` in a child process; its stdout (exit 0 asserted)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "workshaper_tools.bench", *argv, "--out", str(out)],
+        [sys.executable, "-m", module, *argv],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -38,6 +38,12 @@ def _run_bench(argv: list[str], out: Path) -> dict[str, Any]:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _run_bench(argv: list[str], out: Path) -> dict[str, Any]:
+    """Run the bench in a child process with ``--out out``; its results.json (exit 0 asserted)."""
+    _run_module("workshaper_tools.bench", [*argv, "--out", str(out)])
     results: dict[str, Any] = json.loads((out / "results.json").read_text())
     return results
 
@@ -349,33 +355,19 @@ def test_embedded_bench_repeats_rows_and_compares_two_trees(
     assert embedded.handoff_round_trip_us((0, 0)) > 0
 
 
+def _lane_spike_rows(argv: list[str], marker: str) -> list[str]:
+    """Run the lane spike with ``argv`` (exit 0 asserted); its lines that contain ``marker``."""
+    out = _run_module("workshaper_tools.bench.lanes", argv)
+    return [line for line in out.splitlines() if marker in line]
+
+
 def test_the_lane_spike_runs_every_row_of_s1_and_s2_in_order() -> None:
     # The design spike of issue 9 (workshaper_tools.bench.lanes): every row's items ran once
     # and in order per sub key (its check raises otherwise, and the command exits non-zero).
-    proc = subprocess.run(
-        [sys.executable, "-m", "workshaper_tools.bench.lanes", "--items", "3000", "--lanes", "4"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = [line for line in proc.stdout.splitlines() if "items/s" in line]
-    assert len(rows) == 3
-    assert all("every item ran once, in order per sub key" in row for row in rows)
-    proc = subprocess.run(
-        [sys.executable, "-m", "workshaper_tools.bench.lanes", "--s2", "--items", "400"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = [line for line in proc.stdout.splitlines() if "ideal" in line]
-    assert len(rows) == 4
-    assert all("every item ran once, in order per sub key" in row for row in rows)
+    s1 = _lane_spike_rows(["--items", "3000", "--lanes", "4"], "items/s")
+    s2 = _lane_spike_rows(["--s2", "--items", "400"], "ideal")
+    assert (len(s1), len(s2)) == (3, 4)
+    assert all("every item ran once, in order per sub key" in row for row in s1 + s2)
 
 
 def test_the_lane_spikes_check_catches_loss_and_disorder() -> None:
