@@ -18,6 +18,7 @@ from workshaper import codec, scripts
 from workshaper.batch import run_one
 from workshaper.connection import Backend, connect, embedded_backend
 from workshaper.embedded import EmbeddedServer
+from workshaper.embedded.native.enqueue import CHUNK
 from workshaper.keys import NamespaceKeys
 from workshaper.lua_scripts import load_script
 from workshaper.scripts import EncodedItem
@@ -203,9 +204,6 @@ def test_an_accepted_entry_that_is_no_number_fails_the_search(sides: Sides) -> N
     sides.each(lambda c: c.rpush(sides.keys.accepted, "x"))
     sides.each(lambda c: c.hset(sides.keys.meta, "max", "100"))
     assert sides.enqueue([item("a", 50)])[0] == "error"  # `v < value` with v nil
-
-
-CHUNK = 2000  # enqueue_items.lua's: the most entries one RPUSH of it pushes
 
 
 @pytest.mark.parametrize("bad_at", ["first", "middle", "last"])

@@ -12,6 +12,7 @@ from workshaper import codec, scripts
 from workshaper.admin import Admin
 from workshaper.batch import Batch, Reply
 from workshaper.connection import Backend
+from workshaper.embedded.native.enqueue import CHUNK
 from workshaper.errors import ScriptError
 from workshaper.scripts import Completion
 
@@ -368,9 +369,6 @@ def test_a_wrong_type_list_among_many_fails_the_call_before_its_first_write(
     call()
 
 
-ENQUEUE_CHUNK = 2000  # enqueue_items.lua's CHUNK: the most entries one RPUSH of it pushes
-
-
 @pytest.mark.parametrize("bad_at", ["last", "middle"])
 def test_an_enqueue_undoes_its_pushes_to_the_lists_before_one_of_the_wrong_type(
     part: Partition, bad_at: str
@@ -411,7 +409,7 @@ def test_an_enqueue_undoes_a_group_past_one_push_before_a_list_of_the_wrong_type
     client = part.backend.client
     client.set(key, b"not a list")
     before = snapshot(part)
-    big = [("big", 10 + i) for i in range(ENQUEUE_CHUNK + 500)]
+    big = [("big", 10 + i) for i in range(CHUNK + 500)]
     items = [("small", 5), *big, ("x", 10 + len(big)), ("bad", 11 + len(big))]
     with pytest.raises(ScriptError, match="WRONGTYPE") as error:
         part.enqueue(*items, max_in_queue=1_000_000)

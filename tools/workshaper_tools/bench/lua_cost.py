@@ -161,11 +161,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sub-keys", type=int, default=None)
     parser.add_argument("--per-call", type=int, default=Shape.per_call)
     args = parser.parse_args(argv)
-    shape = Shape(args.items, args.sub_keys, args.per_call)
     if args.items < 1 or args.per_call < 1 or (args.sub_keys or 1) < 1:
         parser.error("--items, --sub-keys and --per-call must be at least 1")
     if -(-args.items // (args.sub_keys or args.items)) > BATCH:
         parser.error(f"at most {BATCH} items per sub key (--items / --sub-keys)")
+    shape = Shape(args.items, args.sub_keys, args.per_call)
     with private_redis() as server:
         r = redis.Redis.from_url(server.url)
         shas = {
