@@ -401,6 +401,34 @@ class PartitionDifferential(RuleBasedStateMachine):
         self._completed(completions, replies, stales)
         self._ack(ack)
 
+    @precondition(lambda self: self.leases)
+    @rule(
+        pick=st.integers(0, 10),
+        first=st.integers(1, 2),
+        more=st.integers(1, 2),
+        action=actions,
+        batch_size=st.integers(1, 3),
+    )
+    def complete_retried(
+        self, pick: int, first: int, more: int, action: str, batch_size: int
+    ) -> None:
+        """A completion applied but its reply lost, sent again rebuilt from the worker's state,
+        by when more of what the lease was handed finished: the retry carries more offsets
+        than the call applied (those were taken off the head already)."""
+        sub, token, exact = self._lease(pick)
+        done = entry_offsets(self.real.entries(sub, first + more))
+        applied = Completion(sub, token, "k", done[:first], exact)
+        self.both("complete, reply lost", "complete_items", [applied], lease_ms=LEASE_MS,
+                  batch_size=batch_size)  # fmt: skip
+        retried = Completion(sub, token, action, done, exact)
+        replies = self.both(
+            "complete retried", "complete_items", [retried], lease_ms=LEASE_MS,
+            batch_size=batch_size,
+        )  # fmt: skip
+        if not is_error(replies) and replies[0].code != -1 and len(retried.offsets) > first:
+            event(f"complete retried: finished {min(replies[0].finished, 2)}")
+        self._completed([retried], replies, [False])
+
     def _completed(self, completions: list[Completion], replies: Any, stales: list[bool]) -> None:
         """Track each lease after a completion call: released, or what it holds now."""
         if is_error(replies):

@@ -247,6 +247,33 @@ CASES = {
             lease(3, "c", 3, "c", 0, 3, 9, 4),  # stops at the first offset not at the head
         ),
     ),
+    # a retried call whose earlier call was applied carries more offsets: matched from the one
+    # the head starts with (late ones forgotten, a single-step window shortened), up to the
+    # first entry that is not the next offset's; a head that is none of them: nothing
+    "retried calls with more offsets": Case(
+        State(
+            owners={**owned("a", "b", "c"), "d": "4|i|2|3|d|w1"},
+            queues={
+                "a": entries(2, 3, 4),
+                "b": entries(5, 6),
+                "c": entries(7, 8),
+                "d": entries(9, 10, 11),
+            },
+            heads={"a": 2, "b": 5, "c": 7, "d": 9},
+            leases=["a", "b", "c", "d"],
+            exact={"d": "3"},
+            late=[2, 3, 7, 9],
+        ),
+        ["a", "b", "c", "d"],
+        args(
+            60000,
+            2,
+            lease(1, "a", 1, "c", 0, 0, 1, 2, 3),
+            lease(2, "b", 2, "k", 0, 1, 5, 9),
+            lease(3, "c", 3, "r", 0, 1, 2),
+            lease(4, "d", 4, "c", 1, 8, 9),
+        ),
+    ),
     "two leases on one list": Case(
         State(owners=owned("a", "b"), queues={"a": entries(0, 1, 2, 3)}, leases=["a", "b"]),
         ["a"],

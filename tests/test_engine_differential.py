@@ -391,3 +391,20 @@ def test_fail_retry_dead_letter_and_block_by_hand(partition: Partition) -> None:
         k.queue(b"sa"): (b"list", [entry(1)]),
         k.claim_record("w1"): (b"string", b"c1\n0 1\n2:sa"),
     }
+
+
+def test_a_retried_completion_with_more_offsets_by_hand(partition: Partition) -> None:
+    p = partition
+    assert p.enqueue_items(encode_items([("a", o) for o in range(4)]), 100, "r1") == [0] * 4
+    _, [lease] = claim(p, "c1", max_leases=1, batch_size=3)
+    assert lease.entries == [entry(0), entry(1), entry(2)]
+    applied = Completion(b"sa", lease.token, "k", [0, 1])
+    assert p.complete_items([applied], lease_ms=LEASE_MS, batch_size=3) == [
+        CompletionReply(1, 2, b"", [])
+    ]
+    # Its reply lost, the call is rebuilt from the worker's state, where 2 finished too: 0 and
+    # 1 are skipped (taken off already), 2 is recorded, and the lease continues after it.
+    retried = Completion(b"sa", lease.token, "c", [0, 1, 2])
+    assert p.complete_items([retried], lease_ms=LEASE_MS, batch_size=3) == [
+        CompletionReply(1, 1, b"", [entry(3)])
+    ]

@@ -25,8 +25,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from workshaper.embedded.completing import check_completions, finished_run
 from workshaper.embedded.records import ClaimRecord, entry_offset, failure_record, with_sub_key
-from workshaper.errors import ScriptError
 from workshaper.keys import PartitionKeys
 from workshaper.scripts import Claimed, Completion, CompletionReply, EncodedItem, Offer
 
@@ -362,12 +362,7 @@ class PartitionEngine:
         self, completions: Sequence[Completion], *, lease_ms: int, batch_size: int
     ) -> list[CompletionReply]:
         """One reply per lease (see scripts.CompletionReply)."""
-        if len(completions) > 1 and len({c.sub for c in completions}) != len(completions):
-            repeated = next(c.sub for i, c in enumerate(completions) if c.sub in
-                            {d.sub for d in completions[:i]})  # fmt: skip
-            raise ScriptError(
-                f"complete_items: bad argument repeated sub key: {repeated.decode('latin-1')}"
-            )
+        check_completions(completions)
         ready_len = len(self._ready)
         had_attempts = bool(self._attempts)
         deadline = self._now_ms() + lease_ms
@@ -400,19 +395,13 @@ class PartitionEngine:
         return replies
 
     def _finish_head(self, sub: bytes, offsets: Sequence[int]) -> int:
-        """Take the leading entries of ``sub``'s queue that match ``offsets`` (in order) off
-        it, keeping `heads` in step: how many were taken."""
+        """Take the leading entries of ``sub``'s queue that match ``offsets`` (finished_run)
+        off it, keeping `heads` in step: how many were taken."""
         queue = self._queues.get(sub)
-        if not queue:
+        start, finished = finished_run(queue or (), offsets)
+        if queue is None or not finished:
             return 0
-        finished = 0
-        for offset, entry in zip(offsets, queue, strict=False):
-            if not entry.startswith(b"%d|" % offset):
-                break
-            finished += 1
-        if not finished:
-            return 0
-        self._forget_late(offsets[:finished])
+        self._forget_late(offsets[start : start + finished])
         self._attempts.pop(sub, None)
         if finished == len(queue):
             del self._queues[sub]

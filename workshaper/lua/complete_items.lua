@@ -21,10 +21,16 @@
 --   requeued: 1 when the released sub key has items left and went back to `ready` (its
 --   worker rings the partition's bell for it), else 0
 --   attempts: the "offset|n" record of the new head item, or "" (with entries only)
---   finished: how many of the given offsets this call took off the head of the queue
+--   finished: how many entries this call took off the head of the queue (each one a given
+--   offset's)
 --
 -- Malformed arguments raise an error reply before anything is written.
 -- Idempotent: an offset is recorded only while its entry is still at the head of the queue.
+-- A retried call may carry more offsets than its earlier call, when that one was applied but
+-- its reply lost (the worker rebuilds the call from its state, and more items finished since):
+-- when the head does not start with "<first offset>|", the offsets before the one it starts
+-- with were recorded by the earlier call and are skipped, and the entries from the head are
+-- matched against the offsets from that one on. A head that starts with none: nothing recorded.
 --
 -- Shebang flags: allow-oom: recording finished items frees memory; it must go through at maxmemory.
 -- Every key it touches is in KEYS or in the slot of KEYS: Redis checks that (scaling.md).
@@ -138,14 +144,33 @@ for h = 1, nheld do
     continues = action == 'c' or (action == 'y' and ready_len == 0)
     if continues then take = batch end
   end
-  local finished = 0
-  for j = 1, math.min(k, #read) do
-    if not starts_with_field(read[j], ARGV[first + j - 1]) then break end
-    finished = j
+  -- The entries at the head that match the offsets, in order, are finished. The offsets
+  -- matched start at ARGV[from]: the first one, or in a retried call whose earlier call was
+  -- applied (its reply lost) and which carries more offsets than it did, the one the head
+  -- starts with: those before it were taken off by the earlier call. Searched only when the
+  -- head is not the first offset's (offsets ascend: at most one matches); none: nothing.
+  local finished, from = 0, first
+  if k > 0 and read[1] then
+    if not starts_with_field(read[1], ARGV[first]) then
+      from = nil
+      for j = first + 1, first + k - 1 do
+        if starts_with_field(read[1], ARGV[j]) then
+          from = j
+          break
+        end
+      end
+    end
+    if from then
+      finished = 1
+      for j = 2, math.min(first + k - from, #read) do
+        if not starts_with_field(read[j], ARGV[from + j - 1]) then break end
+        finished = j
+      end
+    end
   end
   if finished > 0 then
     if late_size > 0 then
-      for j = 1, finished do late[#late + 1] = ARGV[first + j - 1] end
+      for j = from, from + finished - 1 do late[#late + 1] = ARGV[j] end
     end
     ncleared = ncleared + 1
     cleared[ncleared] = sub

@@ -38,14 +38,14 @@ from workshaper.embedded.protocol import span
 from workshaper.embedded.store import CommandError, Store, ZSet
 
 #: The SHA1 of the .lua source (with its includes) this module transcribes.
-COMPLETE_SHA1 = "41232f0efe6b4bbe212cc0bf48c817781cedd851"
+COMPLETE_SHA1 = "9ebc2547fe3d62a09d6c2c4e398abab8eedc6423"
 _SCRIPT = "complete_items"
 
 #: Where a corrupt single-step count fails a comparison in the script: (line, as the runtime
 #: names it (the source without its shebang), the operand types Lua names). consume_exact's
 #: ``left <= 0``, and the take-one check's ``... > 0`` (which Lua runs as ``0 < ...``).
-_CONSUME = (281, "nil", "number")
-_TAKE_ONE = (498, "number", "nil")
+_CONSUME = (287, "nil", "number")
+_TAKE_ONE = (523, "number", "nil")
 
 _ACTIONS = frozenset({b"k", b"c", b"y", b"r"})
 
@@ -291,13 +291,9 @@ class _Completion:
         first = at + 6
         continues = self.continues(action)
         take = self.batch if continues else 1  # entries wanted past the finished ones
-        finished = 0
-        for j in range(min(k, len(read))):
-            if not starts_with_field(read[j], argv[first + j]):
-                break
-            finished = j + 1
+        finished, start = _matched(argv, first, k, read)
         if finished > 0:
-            self._record(at, list_key, read, finished)
+            self._record(at, start, list_key, read, finished)
         if action == b"k":
             self.extends.append(sub)
             return [1, finished]
@@ -317,13 +313,16 @@ class _Completion:
             return [2, finished, 1]
         return [2, finished, 0]
 
-    def _record(self, at: int, list_key: bytes, read: list[bytes], finished: int) -> None:
-        """The first ``finished`` entries of the lease's queue are done: take them off, keep
-        `heads`, `late`, the attempts and the single-step window in step."""
+    def _record(
+        self, at: int, start: int, list_key: bytes, read: list[bytes], finished: int
+    ) -> None:
+        """The first ``finished`` entries of the lease's queue are done (the offsets from
+        argv[start]): take them off, keep `heads`, `late`, the attempts and the single-step
+        window in step."""
         part, argv = self.part, self.argv
-        sub, first = argv[at + 1], at + 6
+        sub = argv[at + 1]
         if self.size[part.late] > 0:
-            self.late += argv[first : first + finished]
+            self.late += argv[start : start + finished]
         self.cleared.append(sub)
         if argv[at + 4] == b"1":
             _consume_exact(part, sub, finished)
@@ -378,6 +377,29 @@ class _Completion:
                 for sub in self.extends:
                     if sub in leases.scores:
                         leases.add(sub, score)
+
+
+def _matched(argv: list[bytes], first: int, k: int, read: list[bytes]) -> tuple[int, int]:
+    """How many entries at the head of ``read`` match the offsets argv[first : first + k] in
+    order, and where in argv the matched offsets start: at the first one, or (a retried call
+    whose earlier call was applied and took those before it off) at the one the head starts
+    with, searched only when the head is not the first one's. (0, first): the head is none's."""
+    if k == 0 or not read:
+        return 0, first
+    head, start = read[0], first
+    if not starts_with_field(head, argv[first]):
+        for j in range(first + 1, first + k):
+            if starts_with_field(head, argv[j]):
+                start = j
+                break
+        else:
+            return 0, first
+    finished = 1
+    for j in range(1, min(first + k - start, len(read))):
+        if not starts_with_field(read[j], argv[start + j]):
+            break
+        finished = j + 1
+    return finished, start
 
 
 # --- the commands of the writes, on the store ---------------------------------------------------

@@ -1,0 +1,44 @@
+"""complete_items.lua's rules that the typed engine (engine.py) follows apart from its state:
+the checks of a call's arguments that can fail it, and which leading entries of a queue a
+lease's reported offsets finish."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from workshaper.errors import ScriptError
+from workshaper.scripts import Completion
+
+
+def check_completions(completions: Sequence[Completion]) -> None:
+    """Raise the script's error for a call it refuses before writing anything: a sub key that
+    comes twice (its one fencing read would check the second completion against what the first
+    one changed)."""
+    if len(completions) > 1 and len({c.sub for c in completions}) != len(completions):
+        repeated = next(c.sub for i, c in enumerate(completions) if c.sub in
+                        {d.sub for d in completions[:i]})  # fmt: skip
+        raise ScriptError(
+            f"complete_items: bad argument repeated sub key: {repeated.decode('latin-1')}"
+        )
+
+
+def finished_run(entries: Iterable[bytes], offsets: Sequence[int]) -> tuple[int, int]:
+    """Which leading ``entries`` of a lease's queue its reported ``offsets`` finish: (where in
+    ``offsets`` the matched ones start, how many entries match them in order). They start at
+    the offset the head entry is: the first, or in a retried call that carries more offsets
+    than its applied earlier one, a later one (that call took those before it off). (0, 0)
+    when the head is none of them."""
+    it = iter(entries)
+    head = next(it, None)
+    if head is None:
+        return 0, 0
+    prefixes = [b"%d|" % offset for offset in offsets]
+    start = next((j for j, prefix in enumerate(prefixes) if head.startswith(prefix)), -1)
+    if start < 0:
+        return 0, 0
+    finished = 1
+    for prefix, entry in zip(prefixes[start + 1 :], it, strict=False):
+        if not entry.startswith(prefix):
+            break
+        finished += 1
+    return start, finished
