@@ -3,9 +3,10 @@ server's scripts; tests/test_engine_differential.py: PartitionEngine; both again
 on a private redis-server): the scripts behind methods of their names, reading a namespace's keys
 and masking what depends on the server's clock, and a state machine with the rules both tests
 draw (enqueue, the offer and commit of watermarks, claims, completions of one lease and of
-several, failures), its lease tracking and the comparison of the state after every step. Each
-test's module has what is particular to its side: how a call goes to both sides and is
-compared (both()), and the rules only it draws.
+several, completions of a worker holding entries past those it reports, retried completions
+carrying more offsets than their applied first call, failures), its lease tracking and the
+comparison of the state after every step. Each test's module has what is particular to its
+side: how a call goes to both sides and is compared (both()), and the rules only it draws.
 
 What depends on the server's clock is masked before comparing: lease deadlines (the scores of
 the leases set), the clock samples' times and the time stamped into failure records. The JSON
@@ -47,6 +48,8 @@ item_lists = st.lists(st.tuples(sub_keys, offsets), min_size=1, max_size=8)
 stale_tokens = st.integers(0, 4).map(lambda x: x == 0)
 modes = st.sampled_from(["d", "b"])
 actions = st.sampled_from(["k", "c", "y", "r"])
+#: Entries a worker holds past the ones it reports (a lanes worker; 0, today's, the most often).
+holds = st.sampled_from([0, 0, 0, 1, 2, 3])
 acks = st.sampled_from(["none", "offer", "commit"])
 
 
@@ -147,6 +150,12 @@ def encode_items(items: list[tuple[Any, int]]) -> list[EncodedItem]:
         )
         for sub, off in items
     ]
+
+
+def held_for(hold: int, action: str, batch_size: int) -> int:
+    """The held count a worker sends: above 0 only when keeping or continuing, within a
+    batch."""
+    return min(hold, batch_size) if action in ("k", "c") else 0
 
 
 def is_error(reply: Any) -> bool:
@@ -337,14 +346,24 @@ class PartitionDifferential(RuleBasedStateMachine):
         stale=stale_tokens,
         batch_size=st.integers(1, 3),
         ack=acks,
+        hold=holds,
     )
     def complete(
-        self, pick: int, count: int, action: str, stale: bool, batch_size: int, ack: str
+        self,
+        pick: int,
+        count: int,
+        action: str,
+        stale: bool,
+        batch_size: int,
+        ack: str,
+        hold: int,
     ) -> None:
-        """One lease: the offsets at the head of its queue now (what its holder finished)."""
+        """One lease: the offsets at the head of its queue now (what its holder finished), and
+        sometimes entries it holds past them."""
         sub, token, exact = self._lease(pick)
         done = entry_offsets(self.real.entries(sub, count))
-        completion = Completion(sub, token - 1 if stale else token, action, done, exact)
+        held = held_for(hold, action, batch_size)
+        completion = Completion(sub, token - 1 if stale else token, action, done, exact, held)
         replies = self.both(
             "complete",
             "complete_items",
@@ -358,30 +377,40 @@ class PartitionDifferential(RuleBasedStateMachine):
     @precondition(lambda self: self.leases)
     @rule(
         picks=st.lists(
-            st.tuples(st.integers(0, 10), st.integers(0, 4), actions), min_size=1, max_size=4
+            st.tuples(st.integers(0, 10), st.integers(0, 4), actions, holds),
+            min_size=1,
+            max_size=4,
         ),
         stale=st.lists(stale_tokens, min_size=4, max_size=4),
         batch_size=st.integers(1, 3),
         ack=acks,
     )
     def complete_many(
-        self, picks: list[tuple[int, int, str]], stale: list[bool], batch_size: int, ack: str
+        self,
+        picks: list[tuple[int, int, str, int]],
+        stale: list[bool],
+        batch_size: int,
+        ack: str,
     ) -> None:
         """One call for several leases of the partition, as the worker sends them: each its
-        own action and the offsets it was handed (a prefix, as it finished them), some fenced."""
+        own action and the offsets it was handed (a prefix, as it finished them), sometimes
+        with entries it holds past them, some fenced."""
         subs = sorted(self.leases)
         start = picks[0][0]
         completions: list[Completion] = []
         stales: list[bool] = []
         # Distinct sub keys (one entry per lease in a call): consecutive ones from `start`.
-        for i, ((_, count, action), is_stale) in enumerate(
+        for i, ((_, count, action, hold), is_stale) in enumerate(
             zip(picks[: len(subs)], stale, strict=False)
         ):
             sub = subs[(start + i) % len(subs)]
             token, exact = self.leases[sub]
-            done = self.handed.get(sub, [])[:count]
+            handed = self.handed.get(sub, [])
+            done = handed[:count]
+            # What it holds: at most what it was handed past the finished ones.
+            held = min(held_for(hold, action, batch_size), len(handed[count:]))
             completions.append(
-                Completion(sub, token - 1 if is_stale else token, action, done, exact)
+                Completion(sub, token - 1 if is_stale else token, action, done, exact, held)
             )
             stales.append(is_stale)
         replies = self.both(
@@ -404,23 +433,53 @@ class PartitionDifferential(RuleBasedStateMachine):
     @precondition(lambda self: self.leases)
     @rule(
         pick=st.integers(0, 10),
+        count=st.integers(0, 3),
+        hold=st.integers(1, 3),
+        action=st.sampled_from(["c", "c", "k"]),
+        batch_size=st.integers(1, 3),
+        ack=acks,
+    )
+    def complete_holding(
+        self, pick: int, count: int, hold: int, action: str, batch_size: int, ack: str
+    ) -> None:
+        """A worker that holds a window of its lease's entries and finishes them out of order:
+        the first ``count`` at the head finished (reported), the next ones (up to ``hold``,
+        within a batch) held, and it reads on past them ("c") or keeps its lease ("k")."""
+        sub, token, exact = self._lease(pick)
+        window = entry_offsets(self.real.entries(sub, count + hold))
+        done = window[:count]
+        held = min(hold, batch_size, len(window) - len(done))
+        completion = Completion(sub, token, action, done, exact, held)
+        replies = self.both(
+            "complete holding", "complete_items", [completion], lease_ms=LEASE_MS,
+            batch_size=batch_size,
+        )  # fmt: skip
+        self._completed([completion], replies, [False])
+        self._ack(ack)
+
+    @precondition(lambda self: self.leases)
+    @rule(
+        pick=st.integers(0, 10),
         first=st.integers(1, 2),
         more=st.integers(1, 2),
         action=actions,
         batch_size=st.integers(1, 3),
+        hold=holds,
     )
     def complete_retried(
-        self, pick: int, first: int, more: int, action: str, batch_size: int
+        self, pick: int, first: int, more: int, action: str, batch_size: int, hold: int
     ) -> None:
         """A completion applied but its reply lost, sent again rebuilt from the worker's state,
         by when more of what the lease was handed finished: the retry carries more offsets
-        than the call applied (those were taken off the head already)."""
+        than the call applied (those were taken off the head already), sometimes with entries
+        held past them."""
         sub, token, exact = self._lease(pick)
         done = entry_offsets(self.real.entries(sub, first + more))
         applied = Completion(sub, token, "k", done[:first], exact)
         self.both("complete, reply lost", "complete_items", [applied], lease_ms=LEASE_MS,
                   batch_size=batch_size)  # fmt: skip
-        retried = Completion(sub, token, action, done, exact)
+        held = held_for(hold, action, batch_size)
+        retried = Completion(sub, token, action, done, exact, held)
         replies = self.both(
             "complete retried", "complete_items", [retried], lease_ms=LEASE_MS,
             batch_size=batch_size,
@@ -442,6 +501,11 @@ class PartitionDifferential(RuleBasedStateMachine):
             if reply.code == 2:
                 self.leases.pop(sub, None)
                 self.handed.pop(sub, None)
+            elif completion.held and completion.action == "c":
+                # It holds entries past the finished ones, and reads on after them.
+                event(f"continue holding entries: handed {min(len(reply.next_entries), 2)}")
+                kept = self.handed.get(sub, [])[reply.finished :][: completion.held]
+                self.handed[sub] = kept + entry_offsets(reply.next_entries)
             elif reply.next_entries:
                 self.handed[sub] = entry_offsets(reply.next_entries)
                 if reply.attempts_record:

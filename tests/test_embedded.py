@@ -245,7 +245,7 @@ def test_a_batchs_script_call_answers_as_the_flat_evalsha_does() -> None:
     claim = ("claim_sub_keys", [*pkeys.fixed, b"ws:{apart:3}:claim:w"],
              ["w", "c1", 1, 30000, 100, 3, "d", pkeys.queue_prefix])  # fmt: skip
     offer = ("offer_watermark", pkeys.fixed, [0])
-    broken = ("complete_items", [*pkeys.fixed, queue], [30000, 100, 1, 1, b"sa", 1, "x", 0, 0])
+    broken = ("complete_items", [*pkeys.fixed, queue], [30000, 100, 1, 1, b"sa", 1, "x", 0, 0, 0])
     inspect: tuple[str, tuple[bytes, ...], list[Any]]
     inspect = ("inspect_partition", pkeys.fixed, [])  # read-only: runs in Lua
     calls: list[tuple[str, Sequence[bytes], Sequence[Any]]]

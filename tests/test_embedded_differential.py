@@ -4,7 +4,8 @@ every step, every key of the namespace must be the same on both.
 
 Covers enqueue (dedupe, backpressure, late gap fills), claims, completions (keep, continue,
 yield, release; one lease a call, and several leases of the partition in one call as the worker
-sends them, each its own action, some fenced), failures with retry, dead letter and block,
+sends them, each its own action, some fenced; a worker holding entries past those it reports;
+a retry, its first call applied, carrying more offsets), failures with retry, dead letter and block,
 stale tokens (fencing), crashes (an expired lease reaped by expire_lease), exact mode after a
 crash (a claim of a batch in the crash window hands out one entry, then one at a time),
 isolation marks, lease renewals, unblocking, corrupt queue entries, and the offer/commit of

@@ -122,9 +122,11 @@ class State:
             client.set(getattr(pkeys, name), "x")
 
 
-def lease(index: int, sub: str, token: int, action: str, exact: int, *offsets: Any) -> list[Any]:
+def lease(
+    index: int, sub: str, token: int, action: str, exact: int, *offsets: Any, held: Any = 0
+) -> list[Any]:
     """One lease's arguments of complete_items."""
-    return [index, sub, token, action, exact, len(offsets), *offsets]
+    return [index, sub, token, action, exact, held, len(offsets), *offsets]
 
 
 def args(lease_ms: Any, batch: Any, *leases: list[Any], n: Any = None) -> list[Any]:
@@ -274,6 +276,72 @@ CASES = {
             lease(4, "d", 4, "c", 1, 8, 9),
         ),
     ),
+    # a worker holding entries: continues read past them (up to the batch, none when it holds
+    # a whole batch or is in single-step mode, none at the end of the list: kept all the
+    # same), a keep as ever, a retried call, attempts of an unmoved head, a list that ends with
+    # the finished entries, a stale token
+    "held entries": Case(
+        State(
+            owners={**owned("a", "b", "c", "d", "e", "f", "g", "h", "i"), "j": "1|-|2|3|d|w1"},
+            queues={
+                "a": entries(0, 1, 2, 3, 4, 5, 6, 7),
+                "b": entries(10, 11, 12, 13),
+                "c": entries(20, 21, 22, 23),
+                "d": entries(30, 31),
+                "e": entries(40, 41, 42),
+                "f": entries(50, 51, 52, 53),
+                "g": entries(61, 62, 63, 64, 65, 66),
+                "h": entries(70, 71, 72),
+                "i": entries(80),
+                "j": entries(90, 91),
+            },
+            heads={"a": 0, "b": 10, "c": 20, "d": 30, "e": 40, "f": 50, "g": 61, "h": 70},
+            leases=["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"],
+            attempts={"h": "70|2"},
+            exact={"e": "3", "f": "1"},
+            late=[1, 11, 61],
+        ),
+        ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"],
+        args(
+            60000,
+            4,
+            lease(1, "a", 1, "c", 0, 0, 1, held=2),
+            lease(2, "b", 2, "k", 0, 10, 11, held=2),
+            lease(3, "c", 3, "c", 0, 20, held=4),
+            lease(4, "d", 4, "c", 0, 30, held=1),
+            lease(5, "e", 5, "c", 1, 40, held=1),
+            lease(6, "f", 6, "c", 1, 50, held=1),
+            lease(7, "g", 7, "c", 0, 60, 61, 62, held=1),
+            lease(8, "h", 8, "c", 0, held=3),
+            lease(9, "i", 9, "c", 0, 80, held=1),
+            lease(10, "j", 5, "c", 0, 90, held=1),
+        ),
+    ),
+    "held entries, numbers as Lua reads them": Case(
+        State(owners=owned("a", "b"), queues={"a": entries(0, 1, 2), "b": entries(3, 4, 5, 6)}),
+        ["a", "b"],
+        args(
+            60000,
+            "3.0",
+            lease(1, "a", 1, "c", 0, 0, held="3e0"),
+            lease(2, "b", 2, "c", 0, 3, held="1.0"),
+        ),
+    ),
+    "held entries, an infinite batch": Case(
+        State(owners=owned("a", "b"), queues={"a": entries(0, 1, 2), "b": entries(3, 4, 5)}),
+        ["a", "b"],
+        args(
+            60000,
+            "inf",
+            lease(1, "a", 1, "c", 0, 0, held="inf"),
+            lease(2, "b", 2, "c", 0, 3, held=1),
+        ),
+    ),
+    "held entries, a batch past 64 bits": Case(
+        State(owners=owned("a"), queues={"a": entries(0, 1, 2)}),
+        ["a"],
+        args(60000, "1e19", lease(1, "a", 1, "c", 0, 0, held="1e18")),
+    ),
     "two leases on one list": Case(
         State(owners=owned("a", "b"), queues={"a": entries(0, 1, 2, 3)}, leases=["a", "b"]),
         ["a"],
@@ -308,7 +376,7 @@ CASES = {
             "inf",
             "1e19",
             lease(1, "a", 1, "c", 0, 0),
-            ["2.0", "b", 2, "k", 0, "1e0", "007"],
+            ["2.0", "b", 2, "k", 0, "0e0", "1e0", "007"],
             n="2.0",
         ),
     ),
@@ -336,9 +404,24 @@ _MALFORMED: dict[str, list[Any]] = {
     "sub key/token": [60000, 2, 1, 1, "a"],
     "action": [60000, 2, 1, *lease(1, "a", 1, "x", 0)],
     "no action": [60000, 2, 1, 1, "a", 1],
-    "offset count": [60000, 2, 1, 1, "a", 1, "c", 0, 2, 0],
+    "offset count": [60000, 2, 1, 1, "a", 1, "c", 0, 0, 2, 0],
     "offset count nan": [60000, 2, 1, *lease(1, "a", 1, "c", 0)[:-1], "x"],
     "offset": [60000, 2, 1, *lease(1, "a", 1, "c", 0, "1a")],
+    "no held": [60000, 2, 1, 1, "a", 1, "c", 0],
+    "held negative": [60000, 2, 1, *lease(1, "a", 1, "c", 0, 0, held=-1)],
+    "held fraction": [60000, 2, 1, *lease(1, "a", 1, "k", 0, 0, held="0.5")],
+    "held past the batch": [60000, 2, 1, *lease(1, "a", 1, "c", 0, 0, held=3)],
+    "held nan": [60000, 2, 1, *lease(1, "a", 1, "c", 0, 0, held="nan")],
+    "held infinite": [60000, 2, 1, *lease(1, "a", 1, "c", 0, 0, held="inf")],
+    "held of a yield": [60000, 2, 1, *lease(1, "a", 1, "y", 0, 0, held=1)],
+    "held of a release": [60000, 2, 1, *lease(1, "a", 1, "r", 0, 0, held="1e0")],
+    "held of a second lease": [
+        60000,
+        2,
+        2,
+        *lease(1, "a", 1, "c", 0, 0, held=1),
+        *lease(1, "b", 2, "c", 0, held="x"),
+    ],
     "empty offset": [60000, 2, 1, *lease(1, "a", 1, "c", 0, "")],
     "second lease": [60000, 2, 2, *lease(1, "a", 1, "c", 0, 0), *lease(1, "b", 2, "q", 0)],
     "repeated sub key": [60000, 2, 2, *lease(1, "a", 1, "c", 0, 0), *lease(1, "a", 1, "r", 0)],

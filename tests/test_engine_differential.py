@@ -12,8 +12,9 @@ dedupe, acked and being-acked offsets, backpressure, re-sent request ids, late g
 sub keys, the lost-writes check of expected_highest), claims (two workers, batch sizes,
 max_attempts, both exhausted modes, re-sent request ids, head items with attempts), completions
 of one lease and of several in one call (keep, continue, yield, release, some with stale
-tokens), failures (retry, dead letter, block, force, stale token), lease renewals, and the offer
-and commit of watermarks (also re-sent); besides the single operations, whole worker rounds
+tokens, some holding entries past those they report, retries carrying more offsets), failures
+(retry, dead letter, block, force, stale token), lease renewals, and the offer and commit of
+watermarks (also re-sent); besides the single operations, whole worker rounds
 (claim, complete every new lease in one call, ack), so that every sequence has some. Not here,
 as a single process never needs them: lease expiry and the crash window after it, isolation
 marks, unblock and replay, corrupt entries; and malformed calls (a repeated sub key...): should
@@ -61,6 +62,7 @@ from tests.differential import (
 from workshaper import codec
 from workshaper.connection import connect
 from workshaper.embedded.engine import PartitionEngine
+from workshaper.errors import ScriptError
 from workshaper.keys import NamespaceKeys
 from workshaper.scripts import Claimed, Completion, CompletionReply, Offer
 from workshaper_tools.testing import RedisServer
@@ -408,3 +410,35 @@ def test_a_retried_completion_with_more_offsets_by_hand(partition: Partition) ->
     assert p.complete_items([retried], lease_ms=LEASE_MS, batch_size=3) == [
         CompletionReply(1, 1, b"", [entry(3)])
     ]
+
+
+def test_a_continue_while_holding_entries_by_hand(partition: Partition) -> None:
+    p = partition
+    assert p.enqueue_items(encode_items([("a", o) for o in range(6)]), 100, "r1") == [0] * 6
+    _, [lease] = claim(p, "c1", max_leases=1, batch_size=3)
+    # 0 finished, 1 and 2 held: what follows them, up to a batch in all (3 - 2).
+    holding = Completion(b"sa", lease.token, "c", [0], held=2)
+    assert p.complete_items([holding], lease_ms=LEASE_MS, batch_size=3) == [
+        CompletionReply(1, 1, b"", [entry(3)])
+    ]
+    # 1 finished, 2 to 5 held: nothing new, nothing left, the lease kept all the same.
+    holding = Completion(b"sa", lease.token, "c", [1], held=3)
+    assert p.complete_items([holding], lease_ms=LEASE_MS, batch_size=3) == [
+        CompletionReply(1, 1, b"", [])
+    ]
+    keeping = Completion(b"sa", lease.token, "k", [2], held=3)
+    assert p.complete_items([keeping], lease_ms=LEASE_MS, batch_size=3) == [
+        CompletionReply(1, 1, b"", [])
+    ]
+    assert masked(p.pkeys, p.render())[p.pkeys.owners] == (b"hash", {b"sa": b"1|-|3|3|d|w1"})
+
+
+@pytest.mark.parametrize(("action", "held"), [("c", -1), ("k", 3), ("y", 1), ("r", 1)])
+def test_a_bad_held_count_is_refused_by_hand(partition: Partition, action: str, held: int) -> None:
+    p = partition
+    assert p.enqueue_items(encode_items([("a", 0), ("a", 1)]), 100, "r1") == [0, 0]
+    _, [lease] = claim(p, "c1", max_leases=1)
+    bad = Completion(b"sa", lease.token, action, [0], held=held)
+    with pytest.raises(ScriptError, match=f"bad argument held of lease 1: {held}"):
+        p.complete_items([bad], lease_ms=LEASE_MS, batch_size=2)
+    assert masked(p.pkeys, p.render())[p.pkeys.queue(b"sa")] == (b"list", [entry(0), entry(1)])

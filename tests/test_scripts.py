@@ -377,6 +377,77 @@ def test_a_retried_completion_with_more_offsets_records_the_ones_left(
     assert part.queue("a") == [5, 6]
 
 
+def offsets_of(entries: list[bytes]) -> list[int]:
+    return [codec.parse_entry(e).offset for e in entries]
+
+
+def test_a_continue_while_holding_entries_hands_out_what_follows_them(part: Partition) -> None:
+    # A worker holding a window of entries finishes them out of order: it reports the finished
+    # prefix (0, 1) and the count it still holds (2, 3, 4), and reads on past those, up to a
+    # batch in all (10 - 3).
+    part.enqueue(*[("a", i) for i in range(20)])
+    _, [lease] = part.claim(batch=5)
+    assert offsets_of(lease.entries) == [0, 1, 2, 3, 4]
+    [reply] = part.complete(Completion(b"sa", lease.token, "c", [0, 1], held=3), batch=10)
+    assert reply == scripts.CompletionReply(1, 2, b"", reply.next_entries)
+    assert offsets_of(reply.next_entries) == [5, 6, 7, 8, 9, 10, 11]
+    assert part.queue("a") == list(range(2, 20))  # only the finished ones were taken off
+    assert part.offer().watermark == 1
+    # Holding a whole batch: nothing more, the lease kept.
+    [reply] = part.complete(Completion(b"sa", lease.token, "c", [2], held=10), batch=10)
+    assert reply == scripts.CompletionReply(1, 1, b"", [])
+    assert part.backend.client.hexists(part.keys.owners, b"sa")
+
+
+def test_a_continue_while_holding_the_last_entries_keeps_the_lease(part: Partition) -> None:
+    part.enqueue(*[("a", i) for i in range(5)])
+    _, [lease] = part.claim(batch=5)
+    [reply] = part.complete(Completion(b"sa", lease.token, "c", [0, 1], held=3), batch=10)
+    assert reply == scripts.CompletionReply(1, 2, b"", [])  # nothing new, but not released
+    client = part.backend.client
+    assert client.hexists(part.keys.owners, b"sa") and client.zscore(part.keys.leases, b"sa")
+    assert part.queue("a") == [2, 3, 4] and part.ready() == []
+    # Once it holds nothing, a continue with nothing left releases it, as before.
+    [reply] = part.complete(Completion(b"sa", lease.token, "c", [2, 3, 4]), batch=10)
+    assert (reply.code, reply.finished, reply.requeued) == (2, 3, False)
+    assert not client.hexists(part.keys.owners, b"sa")
+
+
+def test_a_keep_while_holding_entries_is_a_keep(part: Partition) -> None:
+    part.enqueue(*[("a", i) for i in range(6)])
+    _, [lease] = part.claim(batch=5)
+    [reply] = part.complete(Completion(b"sa", lease.token, "k", [0, 1], held=3), batch=10)
+    assert reply == scripts.CompletionReply(1, 2, b"", [])
+    assert part.queue("a") == [2, 3, 4, 5]
+
+
+def test_a_retried_continue_while_holding_entries_reads_past_them(part: Partition) -> None:
+    # The first call (0 and 1 finished, 2, 3 and 4 held) was applied, its reply lost; by the
+    # retry 2 finished too: it is taken off, and the new entries follow the two still held.
+    part.enqueue(*[("a", i) for i in range(20)])
+    _, [lease] = part.claim(batch=5)
+    part.complete(Completion(b"sa", lease.token, "c", [0, 1], held=3), batch=10)
+    [reply] = part.complete(Completion(b"sa", lease.token, "c", [0, 1, 2], held=2), batch=10)
+    assert (reply.code, reply.finished) == (1, 1)
+    assert offsets_of(reply.next_entries) == list(range(5, 13))
+    assert part.queue("a") == list(range(3, 20))
+
+
+def test_a_continue_while_holding_entries_in_a_crash_window_hands_out_none(
+    part: Partition,
+) -> None:
+    # Single-step mode takes one entry at a time: a worker holding one gets no other.
+    part.enqueue(("a", 1), ("a", 2), ("a", 3))
+    part.claim(batch=10)
+    part.make_expired(b"sa")
+    part.expire(b"sa")
+    _, [lease] = part.claim(batch=10)
+    assert lease.exact == 3
+    [reply] = part.complete(Completion(b"sa", lease.token, "c", [1], True, held=1), batch=10)
+    assert reply == scripts.CompletionReply(1, 1, b"", [])
+    assert part.backend.client.hget(part.keys.exact, b"sa") == b"2"
+
+
 def test_one_completion_call_for_thousands_of_leases(part: Partition) -> None:
     """The writes a call collects over its leases go out chunked: 2,500 leases released, 10
     continued and 10 kept in one call (past the 1,000 values of a chunk and Lua's unpack limit)."""

@@ -111,15 +111,33 @@ def test_dead_letters_of_corrupt_entries_are_all_kept(part: Partition) -> None:
     assert sorted(d.raw_entry for d in dead) == sorted(b"garbage %d" % i for i in range(count))
 
 
-def test_complete_items_refuses_malformed_arguments_before_writing(part: Partition) -> None:
-    # "Check arguments before writing": a malformed call changes nothing.
-    part.enqueue(("a", 1), ("a", 2))
+@pytest.mark.parametrize(
+    ("action", "held", "count", "offset", "error"),
+    [
+        ("c", 0, 1, "x", "offset of lease 2: x"),
+        ("c", -1, 1, 2, "held of lease 2: -1"),
+        ("c", 1.5, 1, 2, "held of lease 2: 1.5"),
+        ("c", 11, 1, 2, "held of lease 2: 11"),  # past the batch (10)
+        ("k", "nan", 1, 2, "held of lease 2: nan"),
+        ("y", 1, 1, 2, "held of lease 2: 1"),  # a lease whose worker holds entries is kept
+        ("r", 1, 1, 2, "held of lease 2: 1"),
+        ("c", 1, 2, 2, "offset count of lease 2: 2"),  # one offset given
+    ],
+)
+def test_complete_items_refuses_malformed_arguments_before_writing(
+    part: Partition, action: str, held: object, count: int, offset: object, error: str
+) -> None:
+    # "Check arguments before writing": a malformed call changes nothing, even when a lease
+    # before the malformed one was well formed.
+    part.enqueue(("a", 1), ("a", 2), ("a", 3))
     _, [lease] = part.claim()
     keys = [*part.keys.fixed, part.keys.queue(b"sa")]
-    args = [60_000, 10, 2, 1, b"sa", lease.token, "c", 0, 1, 1, 1, b"sa", lease.token, "c", 0, "x"]
-    with pytest.raises(ScriptError, match="complete_items"):
+    first = [1, b"sa", lease.token, "c", 0, 0, 1, 1]
+    second = [1, b"sb", lease.token, action, 0, held, count, offset]
+    args = [60_000, 10, 2, *first, *second]
+    with pytest.raises(ScriptError, match=f"complete_items: bad argument {error}"):
         part.run(lambda b: b.script("complete_items", keys, args))
-    assert part.queue("a") == [1, 2]
+    assert part.queue("a") == [1, 2, 3]
 
 
 def crash_and_reclaim(part: Partition, sub: bytes, **claim: object) -> scripts.Claimed:

@@ -136,6 +136,10 @@ class Completion:
     action: str  # "k" keep, "c" continue, "y" yield (continue unless others wait), "r" release
     offsets: Sequence[int]
     exact: bool = False  # the lease runs one item at a time after a crash (claim said so)
+    #: Entries the worker holds right after ``offsets``, read and not finished yet (0 <= held
+    #: <= batch, above 0 with "k" and "c" only): "c" then hands out what follows them, at most
+    #: batch - held, and keeps the lease even with none (complete_items.lua).
+    held: int = 0
 
 
 @dataclass(slots=True)  # not frozen: a frozen __init__ costs ~1 us per lease
@@ -170,7 +174,8 @@ def complete_items(
     args: list[Any] = [lease_ms, batch_size, len(completions)]
     for c in completions:
         extra.append(pkeys.queue(c.sub))
-        args += (len(extra), c.sub, c.token, c.action, 1 if c.exact else 0, len(c.offsets))
+        exact = 1 if c.exact else 0
+        args += (len(extra), c.sub, c.token, c.action, exact, c.held, len(c.offsets))
         args += c.offsets
     return batch.script("complete_items", [*pkeys.fixed, *extra], args, parse=_parse_completions)
 

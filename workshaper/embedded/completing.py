@@ -9,11 +9,18 @@ from collections.abc import Iterable, Sequence
 from workshaper.errors import ScriptError
 from workshaper.scripts import Completion
 
+#: The actions of a lease whose worker may hold entries (held > 0): it is never released.
+HOLDING = ("k", "c")
 
-def check_completions(completions: Sequence[Completion]) -> None:
-    """Raise the script's error for a call it refuses before writing anything: a sub key that
-    comes twice (its one fencing read would check the second completion against what the first
-    one changed)."""
+
+def check_completions(completions: Sequence[Completion], batch_size: int) -> None:
+    """Raise the script's error for a call it refuses before writing anything: a held count
+    that is negative, past the batch or given with "y"/"r" (the script checks every lease's
+    arguments first), then a sub key that comes twice (its one fencing read would check the
+    second completion against what the first one changed)."""
+    for i, c in enumerate(completions, 1):
+        if c.held and (not 0 <= c.held <= batch_size or c.action not in HOLDING):
+            raise ScriptError(f"complete_items: bad argument held of lease {i}: {c.held}")
     if len(completions) > 1 and len({c.sub for c in completions}) != len(completions):
         repeated = next(c.sub for i, c in enumerate(completions) if c.sub in
                         {d.sub for d in completions[:i]})  # fmt: skip

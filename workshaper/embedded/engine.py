@@ -362,7 +362,7 @@ class PartitionEngine:
         self, completions: Sequence[Completion], *, lease_ms: int, batch_size: int
     ) -> list[CompletionReply]:
         """One reply per lease (see scripts.CompletionReply)."""
-        check_completions(completions)
+        check_completions(completions, batch_size)
         ready_len = len(self._ready)
         had_attempts = bool(self._attempts)
         deadline = self._now_ms() + lease_ms
@@ -379,12 +379,15 @@ class PartitionEngine:
             if c.action == "k":
                 self._extend(c.sub, deadline)
                 replies.append(CompletionReply(1, finished, b"", []))
-            elif continues and queue:
+            elif continues and (queue or c.held):
+                # A worker holding entries ("c" only) keeps its lease even with nothing new: it
+                # gets what follows them, at most batch - held.
                 self._extend(c.sub, deadline)
                 attempts = b""
                 if finished == 0 and had_attempts:
                     attempts = self._attempts.get(c.sub, b"")
-                replies.append(CompletionReply(1, finished, attempts, _first(queue, take)))
+                entries = _first(queue, take)[c.held :] if queue else []
+                replies.append(CompletionReply(1, finished, attempts, entries))
             else:
                 self._release(c.sub)
                 if queue:

@@ -7,20 +7,30 @@
 -- ARGV[2]      batch: items to hand out when a lease continues
 -- ARGV[3]      n, the number of leases
 -- ARGV[4..]    per lease: extra-key index, sub key, token, action, exact ("1" when the lease
---              runs in single-step mode after a crash, else "0"), k, then k offsets in order
+--              runs in single-step mode after a crash, else "0"), held, k, then k offsets in
+--              order
+--              held: how many entries the worker holds right after the k reported ones, read
+--              earlier and not finished (a worker that finishes a window of entries out of
+--              order reports its finished prefix only, and reads on while it holds the rest);
+--              a whole number, 0 <= held <= batch, above 0 with "k" and "c" only (a lease whose
+--              worker holds entries is never released). 0: what follows is all there is.
 --              action "k" keep: record, extend the lease
---                     "c" continue: record, then hand out the next batch, or release if empty
+--                     "c" continue: record, then hand out the next batch, or release if empty;
+--                         with held > 0: record, extend the lease, and hand out the entries
+--                         after the held ones, at most batch - held (1 - held in single-step
+--                         mode), none if there are none: the lease is kept all the same
 --                     "y" yield: like "c" when no other sub key of the partition is waiting,
 --                         else like "r" (a long-held lease gives way; fairness)
 --                     "r" release: record, drop the lease, requeue the sub key if items remain
 --
--- Returns one reply per lease: {code, finished, attempts, entry1, entry2, ...} when held,
+-- Returns one reply per lease: {code, finished, attempts, entry1, entry2, ...} when kept,
 -- {2, finished, requeued} when released, {-1, 0} when fenced
 --   code -1 fenced (the token does not own the lease; nothing written),
---         1 lease held (entries: the next batch, for "c"/"y"), 2 lease released
+--         1 lease kept (entries: the next batch, for "c"/"y"; with held > 0, what follows the
+--         held entries), 2 lease released
 --   requeued: 1 when the released sub key has items left and went back to `ready` (its
 --   worker rings the partition's bell for it), else 0
---   attempts: the "offset|n" record of the new head item, or "" (with entries only)
+--   attempts: the "offset|n" record of the new head item, or "" (in the replies of "c"/"y" only)
 --   finished: how many entries this call took off the head of the queue (each one a given
 --   offset's)
 --
@@ -31,6 +41,8 @@
 -- when the head does not start with "<first offset>|", the offsets before the one it starts
 -- with were recorded by the earlier call and are skipped, and the entries from the head are
 -- matched against the offsets from that one on. A head that starts with none: nothing recorded.
+-- The entries a worker holds (held > 0) follow the ones it reported, in a retried call too: the
+-- new entries are those after the finished and the held ones.
 --
 -- Shebang flags: allow-oom: recording finished items frees memory; it must go through at maxmemory.
 -- Every key it touches is in KEYS or in the slot of KEYS: Redis checks that (scaling.md).
@@ -47,16 +59,17 @@ if not whole(lease_ms, 1) then return bad_argument('complete_items', 'lease ms',
 if not whole(batch, 1) then return bad_argument('complete_items', 'batch', ARGV[2]) end
 if not whole(n, 0) then return bad_argument('complete_items', 'lease count', ARGV[3]) end
 -- Where each lease's arguments start in ARGV; its fields are read from there when used (a
--- table per lease costs more than the reads). Its list and offset count, checked here, are
--- kept (converting them again costs a tonumber each). Names an argument of lease i in an error.
-local starts, list_of, count_of = {}, {}, {}
+-- table per lease costs more than the reads). Its list, held count and offset count, checked
+-- here, are kept (converting them again costs a tonumber each). Names an argument of lease i in
+-- an error.
+local starts, list_of, held_of, count_of = {}, {}, {}, {}
 local function bad_lease(i, what, value)
   return bad_argument('complete_items', what .. ' of lease ' .. string.format('%d', i), value)
 end
 local argc, floor = #ARGV, math.floor
 local a = 4
 for i = 1, n do
-  local key_index, k, action = tonumber(ARGV[a]), tonumber(ARGV[a + 5]), ARGV[a + 3]
+  local key_index, k, action = tonumber(ARGV[a]), tonumber(ARGV[a + 6]), ARGV[a + 3]
   -- whole(key_index, 1) and whole(k, 0) written out: two function calls per lease otherwise.
   local list_key = key_index and key_index == floor(key_index) and key_index >= 1 and
     KEYS[FIRST_EXTRA_KEY + key_index - 1]
@@ -65,15 +78,24 @@ for i = 1, n do
   if action ~= 'k' and action ~= 'c' and action ~= 'y' and action ~= 'r' then
     return bad_lease(i, 'action', action)
   end
-  if not (k and k == floor(k) and k >= 0) or a + 5 + k > argc then
-    return bad_lease(i, 'offset count', ARGV[a + 5])
+  -- "0", what every lease sends but a lanes worker's that holds entries, needs no conversion.
+  local held = 0
+  if ARGV[a + 5] ~= '0' then
+    held = tonumber(ARGV[a + 5])
+    if not (held and held == floor(held) and held >= 0 and held <= batch) or
+      (held > 0 and action ~= 'k' and action ~= 'c') then
+      return bad_lease(i, 'held', ARGV[a + 5])
+    end
   end
-  for j = a + 6, a + 5 + k do
+  if not (k and k == floor(k) and k >= 0) or a + 6 + k > argc then
+    return bad_lease(i, 'offset count', ARGV[a + 6])
+  end
+  for j = a + 7, a + 6 + k do
     -- find, not match: the same test without making the matched string.
     if not string.find(ARGV[j], '^%d+$') then return bad_lease(i, 'offset', ARGV[j]) end
   end
-  starts[i], list_of[i], count_of[i] = a, list_key, k
-  a = a + 6 + k
+  starts[i], list_of[i], held_of[i], count_of[i] = a, list_key, held, k
+  a = a + 7 + k
 end
 
 -- Nothing may fail after the first write. Before it: the type of every fixed key written below,
@@ -99,56 +121,40 @@ local owners = call_chunked('HMGET', K_OWNERS, subs)
 -- length is read once (the probe) and counted here: a yield continues only while it is 0.
 local ready_len = size[K_READY]
 
--- One read per held lease (the owner record starts with "<token>|", see parse_owner; the prefix
--- is all the fencing check needs): the k entries the worker finished (checked against their
--- offsets), then what follows them (the new head, or the next batch when it may continue).
+-- One read per owned lease (the owner record starts with "<token>|", see parse_owner; the
+-- prefix is all the fencing check needs): the k entries the worker finished (checked against
+-- their offsets), then what follows them (the new head, or the next batch when it may continue
+-- and its worker holds no entries; a worker that holds some has them: see the top-up below).
 -- The tables of this call are filled through counters: `#t` is a search per append.
-local held, lists, counts, nheld = {}, {}, {}, 0
+local owned, lists, counts, nowned = {}, {}, {}, 0
 for i = 1, n do
   local owner = owners[i]
   if owner and starts_with_field(owner, ARGV[starts[i] + 2]) then
     local action, take = ARGV[starts[i] + 3], 1
-    if action == 'c' or (action == 'y' and ready_len == 0) then take = batch end
-    nheld = nheld + 1
-    held[nheld], lists[nheld], counts[nheld] = i, list_of[i], count_of[i] + take
+    if (action == 'c' or (action == 'y' and ready_len == 0)) and held_of[i] == 0 then
+      take = batch
+    end
+    nowned = nowned + 1
+    owned[nowned], lists[nowned], counts[nowned] = i, list_of[i], count_of[i] + take
   end
 end
 local reads
-err, reads = read_lists('complete_items', lists, counts, nheld)
+err, reads = read_lists('complete_items', lists, counts, nowned)
 if err then return err end
 
-local now = now_ms()
-local replies = {}  -- per lease; a lease not held below is fenced: {-1, 0}, filled in at the end
-
--- Writes to the partition's shared keys that only concern each lease's own member are
--- collected and sent once per call after the loop (chunked, as every variadic call): a lease
--- then costs its own list's commands only. Nothing in the loop reads these members again.
-local extends, nextends = {}, 0    -- ZADD leases XX: deadline, sub
-local moved, nmoved = {}, 0        -- ZADD heads: new head offset, sub
-local emptied, nemptied = {}, 0    -- ZREM heads, HDEL exact: queue now empty
-local drained = {}                 -- DEL: the lists of `emptied`
-local released, nreleased = {}, 0  -- HDEL owners, ZREM leases
-local cleared, ncleared = {}, 0    -- HDEL attempts: the head moved
-local late = {}                    -- ZREM late: finished offsets, when any were accepted late
-local requeued = {}                -- RPUSH ready: released with items left
-local deadline = string.format('%d', now + lease_ms)  -- formatted once, not per element
-
-for h = 1, nheld do
-  local i, list_key, read = held[h], lists[h], reads[h]
-  local at = starts[i]
-  local sub, action, exact_mode = ARGV[at + 1], ARGV[at + 3], ARGV[at + 4] == '1'
-  local k, first = count_of[i], at + 6
-  local continues = false
-  local take = 1  -- entries wanted past the finished ones: the new head at least
-  if action ~= 'k' then
-    continues = action == 'c' or (action == 'y' and ready_len == 0)
-    if continues then take = batch end
-  end
-  -- The entries at the head that match the offsets, in order, are finished. The offsets
-  -- matched start at ARGV[from]: the first one, or in a retried call whose earlier call was
-  -- applied (its reply lost) and which carries more offsets than it did, the one the head
-  -- starts with: those before it were taken off by the earlier call. Searched only when the
-  -- head is not the first offset's (offsets ascend: at most one matches); none: nothing.
+-- What each owned lease finished: the entries at the head that match its offsets, in order.
+-- The offsets matched start at ARGV[from]: the first one, or in a retried call whose earlier
+-- call was applied (its reply lost) and which carries more offsets than it did, the one the
+-- head starts with: those before it were taken off by the earlier call. Searched only when the
+-- head is not the first offset's (offsets ascend: at most one matches); none: nothing.
+-- Counted here, before the first write, for the top-up read of a lease whose worker holds
+-- entries and continues: its new entries come after the finished and the held ones, so their
+-- LRANGE starts at finished + held of the list as it is now (its type checked by the first
+-- read). The held entries are not read again.
+local finished_of, from_of, topups = {}, {}, {}
+for h = 1, nowned do
+  local i, read = owned[h], reads[h]
+  local k, first = count_of[i], starts[i] + 7
   local finished, from = 0, first
   if k > 0 and read[1] then
     if not starts_with_field(read[1], ARGV[first]) then
@@ -167,6 +173,42 @@ for h = 1, nheld do
         finished = j
       end
     end
+  end
+  finished_of[h], from_of[h] = finished, from
+  local held = held_of[i]
+  -- A worker holding a whole batch (held == batch) gets no more: nothing to read.
+  if held > 0 and held < batch and ARGV[starts[i] + 3] == 'c' then
+    topups[h] = redis.call('LRANGE', lists[h], string.format('%d', finished + held),
+      string.format('%d', finished + batch - 1))
+  end
+end
+
+local now = now_ms()
+local replies = {}  -- per lease; a lease not owned is fenced: {-1, 0}, filled in at the end
+
+-- Writes to the partition's shared keys that only concern each lease's own member are
+-- collected and sent once per call after the loop (chunked, as every variadic call): a lease
+-- then costs its own list's commands only. Nothing in the loop reads these members again.
+local extends, nextends = {}, 0    -- ZADD leases XX: deadline, sub
+local moved, nmoved = {}, 0        -- ZADD heads: new head offset, sub
+local emptied, nemptied = {}, 0    -- ZREM heads, HDEL exact: queue now empty
+local drained = {}                 -- DEL: the lists of `emptied`
+local released, nreleased = {}, 0  -- HDEL owners, ZREM leases
+local cleared, ncleared = {}, 0    -- HDEL attempts: the head moved
+local late = {}                    -- ZREM late: finished offsets, when any were accepted late
+local requeued = {}                -- RPUSH ready: released with items left
+local deadline = string.format('%d', now + lease_ms)  -- formatted once, not per element
+
+for h = 1, nowned do
+  local i, list_key, read = owned[h], lists[h], reads[h]
+  local at = starts[i]
+  local sub, action, exact_mode = ARGV[at + 1], ARGV[at + 3], ARGV[at + 4] == '1'
+  local finished, from, held = finished_of[h], from_of[h], held_of[i]
+  local continues = false
+  local take = 1  -- entries wanted past the finished (and held) ones: the new head at least
+  if action ~= 'k' then
+    continues = action == 'c' or (action == 'y' and ready_len == 0)
+    if continues then take = batch end
   end
   if finished > 0 then
     if late_size > 0 then
@@ -205,7 +247,9 @@ for h = 1, nheld do
       take = 1
     end
     -- What follows the finished entries: read[finished + 1 .. finished + take] (take >= 1).
-    if continues and read[finished + 1] then
+    -- A lease whose worker holds entries ("c" only) is kept even with nothing to add: its
+    -- new entries are the top-up's first take - held (the top-up read at most batch - held).
+    if continues and (read[finished + 1] or held > 0) then
       extends[nextends + 1], extends[nextends + 2] = deadline, sub
       nextends = nextends + 2
       local attempts = ''
@@ -213,8 +257,13 @@ for h = 1, nheld do
         attempts = redis.call('HGET', K_ATTEMPTS, sub) or ''
       end
       local reply = {1, finished, attempts}
-      for j = finished + 1, math.min(finished + take, #read) do
-        reply[j - finished + 3] = read[j]
+      if held == 0 then
+        for j = finished + 1, math.min(finished + take, #read) do
+          reply[j - finished + 3] = read[j]
+        end
+      elseif topups[h] then
+        local topup = topups[h]
+        for j = 1, math.min(take - held, #topup) do reply[j + 3] = topup[j] end
       end
       replies[i] = reply
     else

@@ -3,7 +3,8 @@ its Lua, in one process (``python -m workshaper_tools.bench.complete_micro``).
 
     --calls N     timed calls per scenario and mode (default 2000)
     --before REV  also time the transcription as it was at git revision REV (before/after in
-                  the same run)
+                  the same run; REV must take today's arguments: the held count per lease
+                  came with complete_items' top-up read)
 
 Each call completes leases of a partition whose state is written anew before it (untimed);
 only ``run_one`` of ``scripts.complete_items`` is timed, so a call's time includes the batch

@@ -16,7 +16,9 @@ enqueued in two calls of 1,000 (as enqueue_many), then claims of 36 leases (batc
 followed by the completion of those leases (action "c", the offsets it was handed), until none
 is left. (The shape of a real run's partition, 1,000 sub keys and 125 items per call: --items
 8000 --sub-keys 1000 --per-call 125; 7 in 8 of the enqueues then find their lists there.)
-The scripts are called directly (EVALSHA), nothing else runs on the server. Prints per script
+The scripts are called directly (EVALSHA), nothing else runs on the server; a revision whose
+complete_items takes no held count per lease (before it had one) is sent its own arguments,
+without it, so a before/after across that change compares the same work. Prints per script
 the microseconds per call and per item from SLOWLOG (threshold 0: each call's own duration on
 the server), and how much of it the commands inside the script took (INFO commandstats); the
 rest is Lua and the crossings between Lua and Redis.
@@ -52,6 +54,12 @@ class Shape:
     items: int = 2000
     sub_keys: int | None = None
     per_call: int = 1000
+
+
+def takes_held(complete_source: str) -> bool:
+    """Does this complete_items take a held count per lease (between exact and k)? Its header
+    lists the per-lease arguments; revisions before the count list none."""
+    return "held, k, then k offsets" in complete_source
 
 
 def script_source(rev: str, name: str) -> str:
@@ -90,9 +98,13 @@ def one_round(
     shas: dict[tuple[str, str], str],
     totals: Totals,
     shape: Shape = Shape(),
+    *,
+    held: bool = True,
 ) -> None:
+    """One round of ``rev``'s scripts (``held``: its complete_items takes a held count)."""
     pkeys = PartitionKeys(f"lc{uuid.uuid4().hex[:8]}", 0)
     fixed = list(pkeys.fixed)
+    held_arg = (0,) if held else ()  # the worker holds nothing past what it finished
 
     def run(name: str, keys: list[Any], args: list[Any]) -> Any:
         before = _inner_usec(r)
@@ -130,7 +142,8 @@ def one_round(
             offsets_read = [int(e.split(b"|")[0]) for e in raw[i + 5 : i + 5 + count]]
             extra.append(pkeys.queue(raw[i]))
             handed.append(count)
-            args += (len(extra), raw[i], raw[i + 1], "c", 0, len(offsets_read), *offsets_read)
+            args += (len(extra), raw[i], raw[i + 1], "c", 0, *held_arg, len(offsets_read))
+            args += offsets_read
             i += 5 + count
         if not extra:
             break
@@ -168,11 +181,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     shape = Shape(args.items, args.sub_keys, args.per_call)
     with private_redis() as server:
         r = redis.Redis.from_url(server.url)
-        shas = {
-            (rev, name): str(r.script_load(script_source(rev, name)))
-            for rev in args.revs
-            for name in SCRIPTS
-        }
+        sources = {(rev, name): script_source(rev, name) for rev in args.revs for name in SCRIPTS}
+        shas = {key: str(r.script_load(source)) for key, source in sources.items()}
+        held = {rev: takes_held(sources[rev, "complete_items"]) for rev in args.revs}
         r.config_set("slowlog-log-slower-than", 0)
         r.config_set("slowlog-max-len", 100_000)
         totals = Totals()
@@ -181,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             # time by several percent (the Lua garbage left by the one before it, ...).
             order = args.revs if round_number % 2 == 0 else args.revs[::-1]
             for rev in order:
-                one_round(r, rev, shas, totals, shape)
+                one_round(r, rev, shas, totals, shape, held=held[rev])
         items = args.rounds * shape.items
     keys = "one sub key each" if shape.sub_keys is None else f"{shape.sub_keys:,} sub keys"
     print(

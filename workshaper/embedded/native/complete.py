@@ -38,16 +38,18 @@ from workshaper.embedded.protocol import span
 from workshaper.embedded.store import CommandError, Store, ZSet
 
 #: The SHA1 of the .lua source (with its includes) this module transcribes.
-COMPLETE_SHA1 = "9ebc2547fe3d62a09d6c2c4e398abab8eedc6423"
+COMPLETE_SHA1 = "97f898c3dc3d223aa22bd6090bb3b38b4b009f50"
 _SCRIPT = "complete_items"
 
 #: Where a corrupt single-step count fails a comparison in the script: (line, as the runtime
 #: names it (the source without its shebang), the operand types Lua names). consume_exact's
 #: ``left <= 0``, and the take-one check's ``... > 0`` (which Lua runs as ``0 < ...``).
-_CONSUME = (287, "nil", "number")
-_TAKE_ONE = (523, "number", "nil")
+_CONSUME = (299, "nil", "number")
+_TAKE_ONE = (565, "number", "nil")
 
 _ACTIONS = frozenset({b"k", b"c", b"y", b"r"})
+#: The actions of a lease whose worker may hold entries (held > 0): it is never released.
+_HOLDING = frozenset({b"k", b"c"})
 
 Reply = list[bytes | int]
 
@@ -79,8 +81,9 @@ def _whole_arg(value: bytes | None, least: int) -> Number | None:
     return number if whole(number, least) else None
 
 
-#: One lease's arguments: where they start in argv, its offset count k, its queue list.
-LeaseArgs = tuple[int, int, bytes]
+#: One lease's arguments: where they start in argv, its offset count k, its queue list, and
+#: how many entries its worker holds past the k offsets.
+LeaseArgs = tuple[int, int, bytes, Number]
 
 
 def _check_arguments(
@@ -101,41 +104,49 @@ def _check_arguments(
     at = 3
     i = 1
     while i <= n:  # n may be inf, as in Lua: the arguments run out first
-        lease = _well_formed_lease(keys, argv, at)
+        lease = _well_formed_lease(keys, argv, at, batch)
         if lease is None:  # something is off: check it argument by argument, as Lua does
-            k, list_key = _check_lease(keys, argv, at, i)
-            lease = (at, k, list_key)
+            lease = _check_lease(keys, argv, at, i, batch)
         leases.append(lease)
-        at += 6 + lease[1]
+        at += 7 + lease[1]
         i += 1
     return lease_ms, batch, leases
 
 
-def _well_formed_lease(keys: list[bytes], argv: list[bytes], at: int) -> LeaseArgs | None:
+def _well_formed_lease(
+    keys: list[bytes], argv: list[bytes], at: int, batch: Number
+) -> LeaseArgs | None:
     """The arguments of the lease at argv[at] when they are what the workers send (numbers in
     plain digits), else None (then _check_lease finds what is wrong, or takes them as Lua
     takes an unusual number). Every lease of every call passes here."""
     end = len(argv)
-    if at + 5 >= end:
+    if at + 6 >= end:
         return None
-    raw_index, raw_k = argv[at], argv[at + 5]
+    raw_index, raw_held, raw_k = argv[at], argv[at + 5], argv[at + 6]
     if not (raw_index.isdigit() and raw_k.isdigit() and len(raw_index) < 16 and len(raw_k) < 16):
         return None
-    key_index, k = int(raw_index), int(raw_k)
+    key_index, k, action = int(raw_index), int(raw_k), argv[at + 3]
+    held = 0
+    if raw_held != b"0":
+        if not (raw_held.isdigit() and len(raw_held) < 16):
+            return None
+        held = int(raw_held)
+        if held > batch or (held > 0 and action not in _HOLDING):
+            return None
     if (
         not 1 <= key_index <= len(keys) - FIRST_EXTRA_KEY
-        or argv[at + 3] not in _ACTIONS
-        or at + 6 + k > end
-        or not all(map(bytes.isdigit, argv[at + 6 : at + 6 + k]))
+        or action not in _ACTIONS
+        or at + 7 + k > end
+        or not all(map(bytes.isdigit, argv[at + 7 : at + 7 + k]))
     ):
         return None
-    return at, k, keys[FIRST_EXTRA_KEY + key_index - 1]
+    return at, k, keys[FIRST_EXTRA_KEY + key_index - 1], held
 
 
-def _check_lease(keys: list[bytes], argv: list[bytes], at: int, i: int) -> tuple[int, bytes]:
-    """Check the arguments of lease ``i`` (starting at argv[at]): its offset count and the list
-    its key index names."""
-    key_index, k = _whole_arg(arg(argv, at), 1), _whole_arg(arg(argv, at + 5), 0)
+def _check_lease(keys: list[bytes], argv: list[bytes], at: int, i: int, batch: Number) -> LeaseArgs:
+    """Check the arguments of lease ``i`` (starting at argv[at]) one by one, in the script's
+    order: the error for the first malformed one, else the lease's arguments."""
+    key_index, k = _whole_arg(arg(argv, at), 1), _whole_arg(arg(argv, at + 6), 0)
     if key_index is None or key_index > len(keys) - FIRST_EXTRA_KEY:
         raise _bad_lease(i, "key index", arg(argv, at))
     if at + 2 >= len(argv):
@@ -143,13 +154,20 @@ def _check_lease(keys: list[bytes], argv: list[bytes], at: int, i: int) -> tuple
     action = arg(argv, at + 3)
     if action not in _ACTIONS:
         raise _bad_lease(i, "action", action)
-    if k is None or at + 6 + k > len(argv):
-        raise _bad_lease(i, "offset count", arg(argv, at + 5))
+    raw_held = arg(argv, at + 5)
+    held: Number = 0
+    if raw_held != b"0":  # "0" needs no conversion in the script
+        number = tonumber(raw_held)
+        if not whole(number, 0) or number > batch or (number > 0 and action not in _HOLDING):
+            raise _bad_lease(i, "held", raw_held)
+        held = number
+    if k is None or at + 7 + k > len(argv):
+        raise _bad_lease(i, "offset count", arg(argv, at + 6))
     count = int(k)
-    for j in range(at + 6, at + 6 + count):
+    for j in range(at + 7, at + 7 + count):
         if not argv[j].isdigit():  # '^%d+$': ASCII digits, at least one
             raise _bad_lease(i, "offset", argv[j])
-    return count, keys[FIRST_EXTRA_KEY + int(key_index) - 1]
+    return at, count, keys[FIRST_EXTRA_KEY + int(key_index) - 1], held
 
 
 # --- the script ------------------------------------------------------------------------------
@@ -165,18 +183,30 @@ def complete_items(store: Store, keys: list[bytes], argv: list[bytes]) -> list[R
     # The fencing check of every lease in one HMGET (sound as no sub key comes twice).
     owner_of = store.get(part.owners, dict) or {}
     run = _Completion(part, size, argv, batch)
-    held: list[int] = []
+    owned: list[int] = []
     counts: list[Number] = []
-    for i, (at, k, _) in enumerate(leases):
+    for i, (at, k, _, held) in enumerate(leases):
         owner = owner_of.get(subs[i])
         if owner is not None and starts_with_field(owner, argv[at + 2]):
-            held.append(i)
-            counts.append(k + (batch if run.continues(argv[at + 3]) else 1))
-    reads = _read_lists(store, [leases[i][2] for i in held], counts)
+            owned.append(i)
+            # A worker that holds entries gets its next ones from the top-up read.
+            continues = run.continues(argv[at + 3]) and held == 0
+            counts.append(k + (batch if continues else 1))
+    reads = _read_lists(store, [leases[i][2] for i in owned], counts)
+    # What each owned lease finished, and the top-up read of one whose worker holds entries
+    # and continues (past the finished and the held ones), before the first write.
+    matched: list[tuple[int, int, list[bytes] | None]] = []
+    for i, read in zip(owned, reads, strict=True):
+        at, k, list_key, held = leases[i]
+        finished, start = _matched(argv, at + 7, k, read)
+        topup = None
+        if held > 0 and held < batch and argv[at + 3] == b"c":
+            topup = _lrange(store, list_key, finished + held, finished + batch - 1)
+        matched.append((finished, start, topup))
     now = now_ms(store)
-    replies: list[Reply] = [[-1, 0] for _ in leases]  # fenced, unless held below
-    for i, read in zip(held, reads, strict=True):
-        replies[i] = run.lease(leases[i], read)
+    replies: list[Reply] = [[-1, 0] for _ in leases]  # fenced, unless owned below
+    for i, read, (finished, start, topup) in zip(owned, reads, matched, strict=True):
+        replies[i] = run.lease(leases[i], read, finished, start, topup)
     run.apply(format_d(now + lease_ms))
     return replies
 
@@ -211,7 +241,7 @@ def _wrong_type(part: Partition, keys: list[bytes]) -> dict[bytes, int]:
 def _distinct_subs(argv: list[bytes], leases: list[LeaseArgs]) -> list[bytes]:
     """The sub key of each lease; a repeated one is an error (the one HMGET would check the
     second completion against what the first one changed)."""
-    subs = [argv[at + 1] for at, _, _ in leases]
+    subs = [argv[at + 1] for at, _, _, _ in leases]
     if len(set(subs)) < len(subs):
         seen: set[bytes] = set()
         for sub in subs:
@@ -221,8 +251,18 @@ def _distinct_subs(argv: list[bytes], leases: list[LeaseArgs]) -> list[bytes]:
     return subs
 
 
+def _lrange(store: Store, key: bytes, start: Number, stop: Number) -> list[bytes]:
+    """LRANGE key start stop, its indexes formatted with '%d' (of a list whose type the first
+    read checked)."""
+    value: list[bytes] | None = store.get(key, list)
+    if value is None:
+        return []
+    lo, hi = span(len(value), to_long(start), to_long(stop))
+    return value[lo:hi]
+
+
 def _read_lists(store: Store, lists: list[bytes], counts: list[Number]) -> list[list[bytes]]:
-    """LRANGE list 0 count-1 of each held lease's list, before the first write: the read is
+    """LRANGE list 0 count-1 of each owned lease's list, before the first write: the read is
     also the list's type check. The stop is formatted with '%d' as read_lists does (an absurd
     batch past 64 bits reads nothing, as in Lua)."""
     reads: list[list[bytes]] = []
@@ -242,7 +282,7 @@ def _read_lists(store: Store, lists: list[bytes], counts: list[Number]) -> list[
 
 
 class _Completion:
-    """One call past its checks: each held lease is completed in turn, and the writes to the
+    """One call past its checks: each owned lease is completed in turn, and the writes to the
     partition's shared keys that concern only the lease's own member are collected and made
     once after the loop, in the script's order (its tables of the same names)."""
 
@@ -283,15 +323,22 @@ class _Completion:
         Else it wants the new head alone past its finished entries."""
         return action == b"c" or (action == b"y" and self.ready_len == 0)
 
-    def lease(self, lease: LeaseArgs, read: list[bytes]) -> Reply:
-        """Record what the held lease finished, then keep, continue or release it."""
+    def lease(
+        self,
+        lease: LeaseArgs,
+        read: list[bytes],
+        finished: int,
+        start: int,
+        topup: list[bytes] | None,
+    ) -> Reply:
+        """Record what the owned lease finished (``finished`` entries, their offsets from
+        argv[start]), then keep, continue or release it. ``topup``: what follows the entries
+        its worker holds, when it holds some and continues."""
         argv = self.argv
-        at, k, list_key = lease
+        at, _, list_key, held = lease
         sub, action, exact_mode = argv[at + 1], argv[at + 3], argv[at + 4] == b"1"
-        first = at + 6
         continues = self.continues(action)
-        take = self.batch if continues else 1  # entries wanted past the finished ones
-        finished, start = _matched(argv, first, k, read)
+        take = self.batch if continues else 1  # entries wanted past the finished (and held) ones
         if finished > 0:
             self._record(at, start, list_key, read, finished)
         if action == b"k":
@@ -299,15 +346,19 @@ class _Completion:
             return [1, finished]
         if exact_mode and continues and _exact_left(self.part, sub, _TAKE_ONE) > 0:
             take = 1  # still single-step: one item at a time
-        nexts = read[finished : int(min(finished + take, len(read)))]
-        if continues and nexts:
+        # A lease whose worker holds entries ("c" only) is kept even with nothing to add.
+        if continues and (finished < len(read) or held > 0):
             self.extends.append(sub)
             attempts: bytes = b""
             if finished == 0 and self.size[self.part.attempts] > 0:
                 attempts = self.part.hget(self.part.attempts, sub) or b""
+            if held == 0:
+                nexts = read[finished : int(min(finished + take, len(read)))]
+            else:
+                nexts = _first(topup, take - held)
             return [1, finished, attempts, *nexts]
         self.released.append(sub)
-        if nexts:
+        if finished < len(read):
             self.requeued.append(sub)
             self.ready_len += 1
             return [2, finished, 1]
@@ -377,6 +428,15 @@ class _Completion:
                 for sub in self.extends:
                     if sub in leases.scores:
                         leases.add(sub, score)
+
+
+def _first(entries: list[bytes] | None, count: Number) -> list[bytes]:
+    """entries[1 .. math.min(count, #entries)] (Lua's math.min: NaN when count is; a loop to
+    NaN or below 1 takes nothing)."""
+    if not entries:
+        return []
+    limit = len(entries) if len(entries) < count else count
+    return entries[: int(limit)] if limit >= 1 else []
 
 
 def _matched(argv: list[bytes], first: int, k: int, read: list[bytes]) -> tuple[int, int]:
