@@ -121,40 +121,13 @@ local owners = call_chunked('HMGET', K_OWNERS, subs)
 -- length is read once (the probe) and counted here: a yield continues only while it is 0.
 local ready_len = size[K_READY]
 
--- One read per owned lease (the owner record starts with "<token>|", see parse_owner; the
--- prefix is all the fencing check needs): the k entries the worker finished (checked against
--- their offsets), then what follows them (the new head, or the next batch when it may continue
--- and its worker holds no entries; a worker that holds some has them: see the top-up below).
--- The tables of this call are filled through counters: `#t` is a search per append.
-local owned, lists, counts, nowned = {}, {}, {}, 0
-for i = 1, n do
-  local owner = owners[i]
-  if owner and starts_with_field(owner, ARGV[starts[i] + 2]) then
-    local action, take = ARGV[starts[i] + 3], 1
-    if (action == 'c' or (action == 'y' and ready_len == 0)) and held_of[i] == 0 then
-      take = batch
-    end
-    nowned = nowned + 1
-    owned[nowned], lists[nowned], counts[nowned] = i, list_of[i], count_of[i] + take
-  end
-end
-local reads
-err, reads = read_lists('complete_items', lists, counts, nowned)
-if err then return err end
-
--- What each owned lease finished: the entries at the head that match its offsets, in order.
--- The offsets matched start at ARGV[from]: the first one, or in a retried call whose earlier
--- call was applied (its reply lost) and which carries more offsets than it did, the one the
--- head starts with: those before it were taken off by the earlier call. Searched only when the
--- head is not the first offset's (offsets ascend: at most one matches); none: nothing.
--- Counted here, before the first write, for the top-up read of a lease whose worker holds
--- entries and continues: its new entries come after the finished and the held ones, so their
--- LRANGE starts at finished + held of the list as it is now (its type checked by the first
--- read). The held entries are not read again.
-local finished_of, from_of, topups = {}, {}, {}
-for h = 1, nowned do
-  local i, read = owned[h], reads[h]
-  local k, first = count_of[i], starts[i] + 7
+-- What a lease finished: the entries at the head of its read that match its k offsets (from
+-- ARGV[first]), in order. Returns how many, and where in ARGV the offsets matched start: at the
+-- first one, or in a retried call whose earlier call was applied (its reply lost) and which
+-- carries more offsets than it did, at the one the head starts with: those before it were taken
+-- off by the earlier call. Searched only when the head is not the first offset's (offsets
+-- ascend: at most one matches); none: nothing finished.
+local function finished_run(read, first, k)
   local finished, from = 0, first
   if k > 0 and read[1] then
     if not starts_with_field(read[1], ARGV[first]) then
@@ -174,10 +147,50 @@ for h = 1, nowned do
       end
     end
   end
-  finished_of[h], from_of[h] = finished, from
+  return finished, from
+end
+
+-- One read per owned lease (the owner record starts with "<token>|", see parse_owner; the
+-- prefix is all the fencing check needs): the k entries the worker finished (checked against
+-- their offsets), then what follows them (the new head, or the next batch when it may continue
+-- and its worker holds no entries; one that holds some and continues is in `holding`).
+-- The tables of this call are filled through counters: `#t` is a search per append.
+local owned, lists, counts, nowned = {}, {}, {}, 0
+local holding, nholding = {}, 0
+for i = 1, n do
+  local owner = owners[i]
+  if owner and starts_with_field(owner, ARGV[starts[i] + 2]) then
+    local action, take = ARGV[starts[i] + 3], 1
+    nowned = nowned + 1
+    if held_of[i] > 0 then
+      if action == 'c' then
+        nholding = nholding + 1
+        holding[nholding] = nowned
+      end
+    elseif action == 'c' or (action == 'y' and ready_len == 0) then
+      take = batch
+    end
+    owned[nowned], lists[nowned], counts[nowned] = i, list_of[i], count_of[i] + take
+  end
+end
+local reads
+err, reads = read_lists('complete_items', lists, counts, nowned)
+if err then return err end
+
+-- The top-up read of a lease whose worker holds entries and continues: its new entries come
+-- after the finished and the held ones, so their LRANGE starts at finished + held of the list
+-- as it is now, before the first write (its type checked by the first read). The held entries
+-- are not read again. What the lease finished is counted here for it, and again in the loop
+-- below (the same read: the same count): keeping every lease's count from a pass before the
+-- loop cost the common path (held 0) ~3% of the script. A worker holding a whole batch gets
+-- no more: nothing to read.
+local topups = {}
+for t = 1, nholding do
+  local h = holding[t]
+  local i = owned[h]
   local held = held_of[i]
-  -- A worker holding a whole batch (held == batch) gets no more: nothing to read.
-  if held > 0 and held < batch and ARGV[starts[i] + 3] == 'c' then
+  if held < batch then
+    local finished = finished_run(reads[h], starts[i] + 7, count_of[i])
     topups[h] = redis.call('LRANGE', lists[h], string.format('%d', finished + held),
       string.format('%d', finished + batch - 1))
   end
@@ -203,7 +216,8 @@ for h = 1, nowned do
   local i, list_key, read = owned[h], lists[h], reads[h]
   local at = starts[i]
   local sub, action, exact_mode = ARGV[at + 1], ARGV[at + 3], ARGV[at + 4] == '1'
-  local finished, from, held = finished_of[h], from_of[h], held_of[i]
+  local finished, from = finished_run(read, at + 7, count_of[i])
+  local held = held_of[i]
   local continues = false
   local take = 1  -- entries wanted past the finished (and held) ones: the new head at least
   if action ~= 'k' then

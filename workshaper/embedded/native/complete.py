@@ -38,14 +38,14 @@ from workshaper.embedded.protocol import span
 from workshaper.embedded.store import CommandError, Store, ZSet
 
 #: The SHA1 of the .lua source (with its includes) this module transcribes.
-COMPLETE_SHA1 = "97f898c3dc3d223aa22bd6090bb3b38b4b009f50"
+COMPLETE_SHA1 = "6c7a19619f3cbf530fe369b2c075efc09e890484"
 _SCRIPT = "complete_items"
 
 #: Where a corrupt single-step count fails a comparison in the script: (line, as the runtime
 #: names it (the source without its shebang), the operand types Lua names). consume_exact's
 #: ``left <= 0``, and the take-one check's ``... > 0`` (which Lua runs as ``0 < ...``).
 _CONSUME = (299, "nil", "number")
-_TAKE_ONE = (565, "number", "nil")
+_TAKE_ONE = (579, "number", "nil")
 
 _ACTIONS = frozenset({b"k", b"c", b"y", b"r"})
 #: The actions of a lease whose worker may hold entries (held > 0): it is never released.
@@ -185,28 +185,31 @@ def complete_items(store: Store, keys: list[bytes], argv: list[bytes]) -> list[R
     run = _Completion(part, size, argv, batch)
     owned: list[int] = []
     counts: list[Number] = []
+    holding: list[int] = []  # owned leases whose worker holds entries and continues
     for i, (at, k, _, held) in enumerate(leases):
         owner = owner_of.get(subs[i])
         if owner is not None and starts_with_field(owner, argv[at + 2]):
+            take: Number = 1
+            if held > 0:
+                if argv[at + 3] == b"c":
+                    holding.append(len(owned))
+            elif run.continues(argv[at + 3]):
+                take = batch
             owned.append(i)
-            # A worker that holds entries gets its next ones from the top-up read.
-            continues = run.continues(argv[at + 3]) and held == 0
-            counts.append(k + (batch if continues else 1))
+            counts.append(k + take)
     reads = _read_lists(store, [leases[i][2] for i in owned], counts)
-    # What each owned lease finished, and the top-up read of one whose worker holds entries
-    # and continues (past the finished and the held ones), before the first write.
-    matched: list[tuple[int, int, list[bytes] | None]] = []
-    for i, read in zip(owned, reads, strict=True):
-        at, k, list_key, held = leases[i]
-        finished, start = _matched(argv, at + 7, k, read)
-        topup = None
-        if held > 0 and held < batch and argv[at + 3] == b"c":
-            topup = _lrange(store, list_key, finished + held, finished + batch - 1)
-        matched.append((finished, start, topup))
+    # The top-up reads, before the first write: what follows the finished and the held entries
+    # (what the lease finished is counted again when it is completed, from the same read).
+    topups: dict[int, list[bytes]] = {}
+    for h in holding:
+        at, k, list_key, held = leases[owned[h]]
+        if held < batch:
+            finished, _ = _matched(argv, at + 7, k, reads[h])
+            topups[h] = _lrange(store, list_key, finished + held, finished + batch - 1)
     now = now_ms(store)
     replies: list[Reply] = [[-1, 0] for _ in leases]  # fenced, unless owned below
-    for i, read, (finished, start, topup) in zip(owned, reads, matched, strict=True):
-        replies[i] = run.lease(leases[i], read, finished, start, topup)
+    for h, (i, read) in enumerate(zip(owned, reads, strict=True)):
+        replies[i] = run.lease(leases[i], read, topups.get(h))
     run.apply(format_d(now + lease_ms))
     return replies
 
@@ -323,20 +326,14 @@ class _Completion:
         Else it wants the new head alone past its finished entries."""
         return action == b"c" or (action == b"y" and self.ready_len == 0)
 
-    def lease(
-        self,
-        lease: LeaseArgs,
-        read: list[bytes],
-        finished: int,
-        start: int,
-        topup: list[bytes] | None,
-    ) -> Reply:
-        """Record what the owned lease finished (``finished`` entries, their offsets from
-        argv[start]), then keep, continue or release it. ``topup``: what follows the entries
-        its worker holds, when it holds some and continues."""
+    def lease(self, lease: LeaseArgs, read: list[bytes], topup: list[bytes] | None) -> Reply:
+        """Record what the owned lease finished, then keep, continue or release it.
+        ``topup``: what follows the entries its worker holds, when it holds some and
+        continues."""
         argv = self.argv
-        at, _, list_key, held = lease
+        at, k, list_key, held = lease
         sub, action, exact_mode = argv[at + 1], argv[at + 3], argv[at + 4] == b"1"
+        finished, start = _matched(argv, at + 7, k, read)
         continues = self.continues(action)
         take = self.batch if continues else 1  # entries wanted past the finished (and held) ones
         if finished > 0:
