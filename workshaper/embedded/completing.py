@@ -21,12 +21,13 @@ def check_completions(completions: Sequence[Completion], batch_size: int) -> Non
     for i, c in enumerate(completions, 1):
         if c.held and (not 0 <= c.held <= batch_size or c.action not in HOLDING):
             raise ScriptError(f"complete_items: bad argument held of lease {i}: {c.held}")
-    if len(completions) > 1 and len({c.sub for c in completions}) != len(completions):
-        repeated = next(c.sub for i, c in enumerate(completions) if c.sub in
-                        {d.sub for d in completions[:i]})  # fmt: skip
-        raise ScriptError(
-            f"complete_items: bad argument repeated sub key: {repeated.decode('latin-1')}"
-        )
+    seen: set[bytes] = set()
+    for c in completions:
+        if c.sub in seen:
+            raise ScriptError(
+                f"complete_items: bad argument repeated sub key: {c.sub.decode('latin-1')}"
+            )
+        seen.add(c.sub)
 
 
 def finished_run(entries: Iterable[bytes], offsets: Sequence[int]) -> tuple[int, int]:
