@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from workshaper import InvalidInput, InvalidType, codec
@@ -127,3 +129,67 @@ def test_corrupt_entries_are_detected(raw: bytes) -> None:
 def test_corrupt_payloads_are_detected(payload: bytes) -> None:
     with pytest.raises(codec.CorruptEntry):
         codec.decode_message(payload)
+
+
+# --- lanes: entries that carry their item's own sub key -------------------------------------
+
+
+@pytest.mark.parametrize("sub_key", ["order-7", 42, b"\x00\xff|:k", None, ""])
+@pytest.mark.parametrize("message", [b"raw|bytes", "text", {"a": [1, 2]}])
+def test_a_keyed_entry_round_trips_its_sub_key_and_message(sub_key: Any, message: Any) -> None:
+    encoded = codec.encode_sub_key(sub_key, 17)
+    raw = codec.keyed_entry(17, encoded, codec.encode_message(message, 1000))
+    entry = codec.parse_entry(raw)
+    assert entry.offset == 17
+    assert entry.message() == message
+    assert codec.entry_sub(raw) == encoded
+    assert codec.item_sub_key(raw) == (sub_key if sub_key is not None else None)
+
+
+def test_an_entry_that_is_not_keyed_has_no_entry_sub() -> None:
+    assert codec.entry_sub(b"5|sabc") is None
+    with pytest.raises(codec.CorruptEntry, match="carries no valid sub key"):
+        codec.item_sub_key(b"5|sabc")
+
+
+@pytest.mark.parametrize(
+    "raw", [b"5|k", b"5|kx:sa", b"5|k9:sab", b"5|k2sab", b"5|k3:L12sx", b"5|k2:zzsx"]
+)
+def test_a_malformed_keyed_entry_is_corrupt_not_misread(raw: bytes) -> None:
+    with pytest.raises(codec.CorruptEntry):
+        codec.item_sub_key(raw)
+
+
+def test_a_keyed_payload_with_a_bad_length_does_not_decode() -> None:
+    with pytest.raises(codec.CorruptEntry, match="no valid sub key prefix"):
+        codec.decode_message(b"k99:sab")
+
+
+def test_lanes_spread_sub_keys_stably_and_decode_as_lanes() -> None:
+    subs = [codec.encode_sub_key(f"key-{i}", 0) for i in range(4000)]
+    lanes = [codec.lane_of(s, 16) for s in subs]
+    assert set(lanes) == set(range(16))
+    assert max(lanes.count(i) for i in range(16)) < 2 * 4000 / 16
+    assert codec.lane_of(b"skey-1", 16) == codec.lane_of(b"skey-1", 16) == 11  # pinned: stable
+    assert codec.decode_sub_key(codec.lane_sub(7)) == codec.Lane(7)
+    assert str(codec.Lane(7)) == "lane 7"
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "match"),
+    [
+        (0, InvalidInput, "from 1 to 4096, got 0"),
+        (4097, InvalidInput, "from 1 to 4096"),
+        (True, InvalidType, "lanes must be an int or None, got bool"),
+        ("8", InvalidType, "got str"),
+    ],
+)
+def test_bad_lane_counts_are_refused_by_name(value: Any, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        codec.check_lanes(value)
+
+
+def test_good_lane_counts_pass() -> None:
+    assert codec.check_lanes(None) is None
+    assert codec.check_lanes(1) == 1
+    assert codec.check_lanes(4096) == 4096

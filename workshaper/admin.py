@@ -20,7 +20,7 @@ class FailureRecord:
 
     partition: int
     offset: int | None
-    sub_key: codec.SubKey | None
+    sub_key: codec.StoredSubKey
     error_type: str
     error_message: str
     traceback: str
@@ -36,7 +36,7 @@ def _chunks(values: list[Any], size: int) -> list[list[Any]]:
 
 
 def parse_failure_record(
-    partition: int, raw: bytes, sub_key: codec.SubKey | None = None
+    partition: int, raw: bytes, sub_key: codec.StoredSubKey = None
 ) -> FailureRecord:
     error_json, attempts, at_ms, entry = raw.split(b"\n", 3)
     error: dict[str, Any] = json.loads(error_json)

@@ -9,6 +9,8 @@ Queue entry layout (one element of a sub key's list)::
     tag "b": payload is bytes, returned as bytes
     tag "s": payload is UTF-8 text, returned as str
     tag "j": payload is JSON, returned decoded
+    tag "k": a lane's entry: "k" <length> ":" <encoded sub key> <tagged payload>, where the
+             sub key is the item's own (its list is its lane's, not its sub key's)
 
 The offset prefix lets the Lua scripts check "is this item still at the head?" with one string
 comparison, which is how a retried script recognises work it already did.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -37,6 +40,11 @@ _NAMESPACE_FORBIDDEN = re.compile(r"[\s{}:]")
 _TAG_BYTES = b"b"
 _TAG_STR = b"s"
 _TAG_JSON = b"j"
+_TAG_KEYED = b"k"
+_LANE = b"L"
+#: Most lanes a namespace may have: a lane is a list and a lease, so more than this many
+#: lanes per partition costs more in idle claims than it gives in spread.
+MAX_LANES = 4096
 
 
 class CorruptEntry(ValueError):
@@ -121,7 +129,78 @@ def encode_sub_key(sub_key: SubKey, offset: int) -> bytes:
         ) from None
 
 
-def decode_sub_key(encoded: bytes) -> SubKey:
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """A lane of a partition: the Redis-side sub key of a producer with ``lanes`` set. Each
+    of its entries carries the item's own sub key; operators' views show the lane."""
+
+    index: int
+
+    def __str__(self) -> str:
+        return f"lane {self.index}"
+
+
+#: What a sub key's name in Redis decodes to: a sub key, or the lane of a producer with lanes.
+StoredSubKey = SubKey | Lane
+
+
+def check_lanes(lanes: object) -> int | None:
+    """``lanes`` as given to a producer or manager: None (no lanes) or 1 .. MAX_LANES."""
+    if lanes is None:
+        return None
+    if isinstance(lanes, bool) or not isinstance(lanes, int):
+        raise InvalidType(f"lanes must be an int or None, got {type(lanes).__name__} {lanes!r}")
+    if not 1 <= lanes <= MAX_LANES:
+        raise InvalidInput(f"lanes must be from 1 to {MAX_LANES}, got {lanes}")
+    return lanes
+
+
+def lane_sub(index: int) -> bytes:
+    """The Redis-side sub key of lane ``index``."""
+    return b"L%d" % index
+
+
+def lane_of(encoded_sub: bytes, lanes: int) -> int:
+    """The lane of an encoded sub key: CRC-32 (C speed, stable across processes and
+    versions, unlike ``hash``) modulo the lane count."""
+    return zlib.crc32(encoded_sub) % lanes
+
+
+def keyed_entry(offset: int, encoded_sub: bytes, payload: bytes) -> bytes:
+    """A lane's queue entry: the item's offset, its own encoded sub key, its tagged payload."""
+    return b"%d|k%d:%s%s" % (offset, len(encoded_sub), encoded_sub, payload)
+
+
+def entry_sub(raw: bytes) -> bytes | None:
+    """The encoded sub key a lane's entry carries, or None when ``raw`` is not a lane's entry
+    or is malformed (the executor then reports it corrupt)."""
+    _, sep, rest = raw.partition(b"|")
+    if not sep or rest[:1] != _TAG_KEYED:
+        return None
+    length, sep, body = rest[1:].partition(b":")
+    if not sep or not length.isdigit() or int(length) > len(body):
+        return None
+    return body[: int(length)]
+
+
+def item_sub_key(raw: bytes) -> SubKey:
+    """The item's own sub key, from a lane's entry; CorruptEntry if the entry has none."""
+    encoded = entry_sub(raw)
+    sub_key = None if encoded is None else decode_sub_key(encoded)
+    if encoded is None or isinstance(sub_key, Lane):
+        raise CorruptEntry(f"lane entry carries no valid sub key: {raw[:40]!r}")
+    return sub_key
+
+
+def _unkey(data: bytes) -> bytes:
+    """The tagged payload inside a keyed payload (``k<len>:<sub><payload>``)."""
+    length, sep, body = data[1:].partition(b":")
+    if not sep or not length.isdigit() or int(length) > len(body):
+        raise CorruptEntry(f"lane entry has no valid sub key prefix: {data[:40]!r}")
+    return body[int(length) :]
+
+
+def decode_sub_key(encoded: bytes) -> StoredSubKey:
     kind, body = encoded[:1], encoded[1:]
     if kind == b"s":
         return body.decode("utf-8")
@@ -131,6 +210,8 @@ def decode_sub_key(encoded: bytes) -> SubKey:
         return int(body)
     if kind == b"n":
         return None
+    if kind == _LANE and body.isdigit():
+        return Lane(int(body))
     raise CorruptEntry(f"unknown sub key encoding {encoded[:40]!r}")
 
 
@@ -161,6 +242,8 @@ def encode_message(message: Message, max_bytes: int) -> bytes:
 
 
 def decode_message(data: bytes) -> Message:
+    if data[:1] == _TAG_KEYED:
+        data = _unkey(data)
     tag, body = data[:1], data[1:]
     try:
         if tag == _TAG_BYTES:

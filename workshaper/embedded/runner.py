@@ -72,7 +72,7 @@ class _Lease:
 
     partition: int
     sub: bytes
-    sub_key: codec.SubKey
+    sub_key: codec.StoredSubKey
     token: int
     entries: list[bytes]
     attempt: int  # the head entry's attempt, 1-based; the later entries are on their first
@@ -329,6 +329,7 @@ class Runner:
         """Run the lease's entries in order until one fails (or stopping)."""
         ended = _Ended([])
         partition, sub_key, token = lease.partition, lease.sub_key, lease.token
+        lane = isinstance(sub_key, codec.Lane)
         attempt = lease.attempt
         try:
             for index, raw in enumerate(lease.entries):
@@ -338,10 +339,12 @@ class Runner:
                 try:
                     entry = codec.parse_entry(raw)
                     message = codec.decode_message(entry.payload)
+                    if lane:  # a lane's entries each carry their item's own sub key
+                        sub_key = codec.item_sub_key(raw)
                 except codec.CorruptEntry as exc:
                     return self._corrupt(ended, index, lease, str(exc))
                 offset = entry.offset
-                job = new_job((sub_key, partition, offset, attempt, token))
+                job = new_job((sub_key, partition, offset, attempt, token))  # type: ignore[arg-type]
                 attempt = 1
                 set_current_job(job)
                 try:

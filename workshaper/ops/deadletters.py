@@ -11,16 +11,18 @@ from workshaper import codec
 from workshaper.errors import InvalidInput
 
 
-def sub_key_text(sub_key: codec.SubKey) -> str:
+def sub_key_text(sub_key: codec.StoredSubKey) -> str:
     """A sub key as an operator types it: str as is, int as digits, bytes as hex."""
     if isinstance(sub_key, bytes):
         return sub_key.hex()
     return "" if sub_key is None else str(sub_key)
 
 
-def sub_key_kind(sub_key: codec.SubKey) -> str:
+def sub_key_kind(sub_key: codec.StoredSubKey) -> str:
     if sub_key is None:
         return "none"
+    if isinstance(sub_key, codec.Lane):
+        return "lane"
     return {str: "str", int: "int", bytes: "bytes"}[type(sub_key)]
 
 
@@ -45,7 +47,7 @@ class DeadLetter:
     partition: int
     field: bytes  # its key in the dead hash (the offset, or "corrupt:<ms>")
     offset: int | None
-    sub_key: codec.SubKey
+    sub_key: codec.StoredSubKey
     sub_encoded: bytes | None  # None: recorded before sub keys were kept (cannot be replayed)
     error_type: str
     error_message: str
@@ -87,7 +89,7 @@ def parse_dead_letter(partition: int, field_name: bytes, raw: bytes) -> DeadLett
     error: dict[str, Any] = json.loads(error_json)
     sub_hex = error.get("sub_hex")
     sub_encoded = bytes.fromhex(sub_hex) if isinstance(sub_hex, str) else None
-    sub_key: codec.SubKey = None
+    sub_key: codec.StoredSubKey = None
     if sub_encoded is not None:
         try:
             sub_key = codec.decode_sub_key(sub_encoded)
@@ -119,7 +121,7 @@ class DeadLetterFilter:
     """Which dead letters an operator means; every given field must match."""
 
     partition: int | None = None
-    sub_key: codec.SubKey = None
+    sub_key: codec.StoredSubKey = None
     any_sub_key: bool = True  # False: only those of ``sub_key`` (which may be None)
     error_type: str | None = None
     min_offset: int | None = None

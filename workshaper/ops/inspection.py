@@ -147,7 +147,7 @@ WHY_WAITING = "waiting"  # runnable, no worker has taken it yet
 @dataclass(frozen=True)
 class StuckKey:
     partition: int
-    sub_key: codec.SubKey
+    sub_key: codec.StoredSubKey
     head_offset: int | None
     age: float | None  # seconds since the head item was accepted (None: unknown)
     attempts: int  # attempts of the head item that ended without success

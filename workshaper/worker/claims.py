@@ -157,7 +157,7 @@ class Claims:
             self._dispatcher.submit(lease)
 
 
-def _sub_key(partition: int, encoded: bytes) -> codec.SubKey:
+def _sub_key(partition: int, encoded: bytes) -> codec.StoredSubKey:
     """The claimed sub key, decoded. One WorkShaper did not write (garbage pushed to ``ready``)
     is run as its raw bytes: its lease goes through the usual steps and ends, where raising
     here would end the worker."""

@@ -151,7 +151,8 @@ class BatchRunner:
         # Everything looked up per item is bound here once: at a lease per item or a no-op
         # handler, the lookups and Python calls around the handler are most of the cost.
         on_done, observe = self._on_done, self.observe_handler
-        partition, sub_key, token = lease.partition, lease.sub_key, lease.token
+        partition, token = lease.partition, lease.token
+        sub_key, lane = lease.sub_key, isinstance(lease.sub_key, codec.Lane)
         done = lease.finished.append
         decode = codec.decode_message
         now = lease_clock  # reads the module's clock at each call: tests move it
@@ -171,9 +172,11 @@ class BatchRunner:
                     head, _, payload = raw.partition(b"|")
                     offset = int(head)
                     message = decode(payload)
+                    if lane:  # a lane's entries each carry their item's own sub key
+                        sub_key = codec.item_sub_key(raw)
                 except (ValueError, codec.CorruptEntry) as exc:
                     return ("corrupt", index, f"queue entry does not decode: {exc}")
-                job = new_job((sub_key, partition, offset, item_attempt, token))
+                job = new_job((sub_key, partition, offset, item_attempt, token))  # type: ignore[arg-type]
                 item_attempt = 1
                 set_current_job(job)
                 if observe is None:

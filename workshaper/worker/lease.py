@@ -58,7 +58,7 @@ class Lease:
     partition: int
     pkeys: PartitionKeys
     sub: bytes
-    sub_key: codec.SubKey
+    sub_key: codec.StoredSubKey  # a Lane: each entry carries its own sub key
     token: int
     exact: int  # items left to run one at a time after an unattributed crash
     attempts_record: bytes
