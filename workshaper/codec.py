@@ -258,12 +258,21 @@ def decode_message(data: bytes) -> Message:
 
 
 def encode_item(
-    sub_key: object, message: Message, partition: object, offset: object, max_bytes: int
+    sub_key: object,
+    message: Message,
+    partition: object,
+    offset: object,
+    max_bytes: int,
+    *,
+    lanes: int | None = None,
 ) -> tuple[int, bytes, int, bytes]:
     """Validate and encode one item: (partition, encoded sub key, offset, queue entry).
 
     The common case (int partition and offset in range, a str/int/bytes sub key) is checked
     inline; anything else goes through the check functions, which raise the precise error.
+    With ``lanes`` (checked by ``check_lanes`` beforehand) the item goes to its lane: the sub
+    key returned is the lane's (``lane_sub(lane_of(sub, lanes))``) and the entry a keyed one
+    (``keyed_entry``) that carries the item's own encoded sub key.
     """
     if type(partition) is not int or not 0 <= partition <= MAX_PARTITION:
         check_partition(partition)
@@ -286,7 +295,10 @@ def encode_item(
             payload = encode_message(message, max_bytes)  # raises the error naming the field
     else:
         payload = encode_message(message, max_bytes)
-    return p, sub, o, b"%d|%s" % (o, payload)
+    if lanes is None:
+        return p, sub, o, b"%d|%s" % (o, payload)
+    # lane_sub(lane_of(...)) and keyed_entry(...) written out: this runs once per item
+    return p, b"L%d" % (zlib.crc32(sub) % lanes), o, b"%d|k%d:%s%s" % (o, len(sub), sub, payload)
 
 
 def make_entry(offset: int, encoded_message: bytes) -> bytes:
