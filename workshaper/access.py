@@ -69,9 +69,10 @@ ACTION_SCRIPTS = ("unblock_sub_key", "replay_dead_letter")
 DIRECT_COMMANDS: dict[str, tuple[str, ...]] = {
     # the wake-up bell, the partition index, the reaper's lease scan and lock
     "worker": ("bzpopmin", "zadd", "smembers", "lrange", "llen", "zrangebyscore", "pttl", "hdel"),
-    # the partition index, the wake-up bell, the acked watermark; the Kafka bridge's consumer
-    # group and dead letters of records it cannot enqueue
-    "producer": ("sadd", "zadd", "hget", "hsetnx", "hset"),
+    # the partition index, the wake-up bell, the acked watermark, the namespace's lane count
+    # (SET NX, GET); the Kafka bridge's consumer group and dead letters of records it cannot
+    # enqueue
+    "producer": ("sadd", "zadd", "hget", "hsetnx", "hset", "set", "get"),
     # status, dead letters, blocked sub keys, workers (heartbeat ages in server time)
     "admin": ("smembers", "hget", "hgetall", "hscan", "hlen", "llen", "zcard", "zrange", "time"),
 }

@@ -64,6 +64,19 @@ class RedisLostWrites(WorkShaperError):
         self.statuses = statuses or []
 
 
+class LaneCountMismatch(WorkShaperError):
+    """The namespace's lane count, recorded in Redis by its first producer, is not this
+    producer's (``lanes``; None: no lanes). A sub key's lane is its hash modulo the count, so
+    producers with different counts would split a sub key over two lists and break its
+    order: nothing was written. ``recorded`` and ``lanes`` are the two counts (None: no
+    lanes). Use the recorded count, or a new namespace (or ``workshaper purge`` it)."""
+
+    def __init__(self, message: str, recorded: int | None, lanes: int | None) -> None:
+        super().__init__(message)
+        self.recorded = recorded
+        self.lanes = lanes
+
+
 class BackendUnavailable(WorkShaperError, ConnectionError):
     """Redis could not be reached or refused our credentials. The message names host and port;
     the password is never shown."""

@@ -38,6 +38,8 @@ Per namespace ``ws:{ns}:``
     reaper      STRING "term|worker id" of the one worker that reaps the namespace, with a TTL
                       its holder renews (reaper_lock.lua)
     reaper_term STRING counter of reaper terms (fencing: a term is never reused)
+    lanes       STRING the namespace's lane count, recorded by its first producer ("0": no
+                      lanes); every later producer must have the same (LaneCountMismatch)
     kafka       HASH  group: the Kafka consumer group whose bridges feed the namespace (one
                       namespace per group: its dedupe state is that group's)
 """
@@ -205,6 +207,10 @@ class NamespaceKeys:
     @property
     def reaper_term(self) -> bytes:
         return self._key("reaper_term")
+
+    @property
+    def lanes(self) -> bytes:
+        return self._key("lanes")
 
     @property
     def kafka(self) -> bytes:

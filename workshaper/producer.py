@@ -29,6 +29,7 @@ from workshaper.errors import (
     ScriptError,
 )
 from workshaper.keys import PartitionKeys, namespace_keys
+from workshaper.lanes import record_lane_count
 from workshaper.options import check_bool, check_positive
 from workshaper.scripts import EncodedItem
 
@@ -91,12 +92,18 @@ class Producer:
         max_message_bytes: int = codec.DEFAULT_MAX_MESSAGE_BYTES,
         recorded: AckCallback | None = None,
         runnable: Callable[[list[int]], object] | None = None,
+        lanes: int | None = None,
     ) -> None:
         """``runnable``: called after each round trip with the partitions it wrote accepted
         items to, *instead of* ringing the namespace's wake-up bell. Only for a caller that
         runs the only worker of a private backend (the Manager): it tells that worker
-        in-process, without a hop through the waker thread."""
+        in-process, without a hop through the waker thread.
+
+        ``lanes``: spread each partition's sub keys over this many lanes (1 to
+        codec.MAX_LANES) by a hash of the sub key; a worker leases a lane (docs/lanes.md).
+        The count is fixed per namespace (LaneCountMismatch)."""
         codec.check_namespace(namespace)
+        self.lanes = codec.check_lanes(lanes)
         check_positive("max_in_queue", max_in_queue, maximum=MAX_IN_QUEUE)
         check_positive("ack_interval", ack_interval, allow_float=True, maximum=MAX_ACK_INTERVAL)
         check_positive("max_message_bytes", max_message_bytes, maximum=MAX_MESSAGE_BYTES)
@@ -113,6 +120,15 @@ class Producer:
         self._keys = namespace_keys(namespace, self._backend.cluster)
         self._partition_keys: dict[int, PartitionKeys] = {}
         self._registered: set[int] = set()
+        #: Whether the namespace's lane count was found to be ours (lanes.record_lane_count).
+        #: Checked once per Producer, at its first enqueue, before anything is written, and
+        #: by every Producer, with lanes or without: a Producer without lanes records "no
+        #: lanes" too (SET NX), so whichever kind enqueues first fixes the namespace's kind
+        #: and a later one of the other kind is refused, even while the first still runs (a
+        #: read-only check by producers without lanes would let a Producer with lanes start
+        #: after it and split their sub keys). It costs one round trip per Producer, not per
+        #: enqueue call; a count changed under a running Producer (by a purge) is not seen.
+        self._lanes_checked = False
         #: Enqueue request ids are unique across processes and restarts: a random prefix.
         self._producer_id = uuid.uuid4().hex[:16]
         self._requests = 0
@@ -163,8 +179,9 @@ class Producer:
     def enqueue_encoded(
         self, encoded: list[tuple[int, EncodedItem]], timeout: float | None = None
     ) -> list[Enqueued]:
-        """``enqueue_many`` of items already checked and encoded (``codec.encode_item``): a
-        caller that queues items before sending them checks each one first."""
+        """``enqueue_many`` of items already checked and encoded (``codec.encode_item`` with
+        this producer's ``lanes``): a caller that queues items before sending them checks
+        each one first."""
         by_partition: dict[int, list[tuple[int, EncodedItem]]] = {}
         for index, (partition, item) in enumerate(encoded):
             by_partition.setdefault(partition, []).append((index, item))
@@ -172,6 +189,9 @@ class Producer:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._check_open()
+            if encoded and not self._lanes_checked:
+                record_lane_count(self._backend, self.namespace, self.lanes, self._link)
+                self._lanes_checked = True
             self._send_until_done(by_partition, statuses, deadline)
             result = [s for s in statuses if s is not None]
             self._counts.update(result)
@@ -180,7 +200,7 @@ class Producer:
     def _encode_all(self, items: list[Item]) -> list[tuple[int, EncodedItem]]:
         out: list[tuple[int, EncodedItem]] = []
         append = out.append
-        max_bytes = self.max_message_bytes
+        max_bytes, lanes = self.max_message_bytes, self.lanes
         for position, item in enumerate(items):
             try:
                 if isinstance(item, str | bytes | bytearray):
@@ -197,7 +217,7 @@ class Producer:
                 ) from None
             try:
                 partition, sub, offset, entry = codec.encode_item(
-                    sub_key, message, partition, offset, max_bytes
+                    sub_key, message, partition, offset, max_bytes, lanes=lanes
                 )
             except InvalidInput as exc:
                 raise self._item_error(items, position, exc) from None
