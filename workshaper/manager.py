@@ -52,8 +52,12 @@ class Manager:
         concurrency: int = 8,
         ack_interval: float = 0.005,
         ack_each: bool = False,
+        lanes: int | None = None,
         **worker_options: Any,
     ) -> None:
+        """``lanes``: spread each partition's sub keys over this many lanes, as the
+        Producer's option does (on either backend)."""
+        lanes = codec.check_lanes(lanes)
         if not callable(work):
             raise InvalidType(f"work must be callable, got {type(work).__name__}")
         if ack is not None and not callable(ack):
@@ -75,6 +79,7 @@ class Manager:
                 concurrency=concurrency,
                 ack_interval=ack_interval,
                 ack_each=ack_each,
+                lanes=lanes,
                 worker_options=worker_options,
             )
             return
@@ -87,6 +92,7 @@ class Manager:
                 ack=self._ack,
                 ack_interval=ack_interval,
                 ack_each=ack_each,
+                lanes=lanes,
             )
         except BaseException:
             self._backend.close()
@@ -239,6 +245,7 @@ def _embedded_runner(
     concurrency: int,
     ack_interval: float,
     ack_each: bool,
+    lanes: int | None,
     worker_options: dict[str, Any],
 ) -> Runner:
     """The embedded runner, its every option checked as the Producer and the Worker check
@@ -264,4 +271,5 @@ def _embedded_runner(
         ack_interval=ack_interval,
         max_in_queue=max_in_queue,
         max_message_bytes=codec.DEFAULT_MAX_MESSAGE_BYTES,
+        lanes=lanes,
     )

@@ -117,8 +117,13 @@ class Runner:
         ack_interval: float,
         max_in_queue: int,
         max_message_bytes: int,
+        lanes: int | None = None,
     ) -> None:
+        """``lanes``: spread each partition's sub keys over this many lanes (checked by the
+        caller, codec.check_lanes), as a Producer with ``lanes`` does; each item still runs
+        with its own sub key. Each Runner starts empty: no other producer shares its count."""
         self._settings = settings
+        self._lanes = lanes
         self._lease_ms = settings.lease_ms
         self._work, self._on_done, self._on_error, self._ack = work, on_done, on_error, ack
         self._async = is_async_handler(work)
@@ -172,7 +177,7 @@ class Runner:
         timeout: float | None,
     ) -> Enqueued:
         p, sub, o, entry = codec.encode_item(
-            sub_key, message, partition, offset, self._max_message_bytes
+            sub_key, message, partition, offset, self._max_message_bytes, lanes=self._lanes
         )
         item = [EncodedItem(sub, o, entry)]
         deadline = None if timeout is None else time.monotonic() + timeout
