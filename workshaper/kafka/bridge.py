@@ -50,6 +50,7 @@ from workshaper.kafka.options import (
 )
 from workshaper.kafka.rebalance import Rebalancer
 from workshaper.keys import NamespaceKeys
+from workshaper.lanes import record_lane_count
 from workshaper.options import check_positive
 from workshaper.signals import install_stop_handlers
 
@@ -79,6 +80,7 @@ class KafkaBridge:
         commit_interval: float = 1.0,
         revoke_timeout: float = 10.0,
         max_message_bytes: int = codec.DEFAULT_MAX_MESSAGE_BYTES,
+        lanes: int | None = None,
     ) -> None:
         if redis is None:
             raise InvalidType("redis must be a URL or a redis-py client (workers must reach it)")
@@ -96,6 +98,7 @@ class KafkaBridge:
         check_positive("poll_timeout", poll_timeout, allow_float=True)
         check_positive("commit_interval", commit_interval, allow_float=True)
         check_positive("revoke_timeout", revoke_timeout, allow_float=True)
+        self.lanes = codec.check_lanes(lanes)
         self.topics = list(topics)
         self.namespace = namespace
         self.max_in_queue = max_in_queue
@@ -133,6 +136,7 @@ class KafkaBridge:
             message=message or record_value,
             max_in_queue=max_in_queue,
             max_message_bytes=max_message_bytes,
+            lanes=self.lanes,
         )
         self._rebalancer = Rebalancer(self._intake, self._tracker, self.revoke_timeout)
         self._config["on_commit"] = self._tracker.on_commit
@@ -203,7 +207,9 @@ class KafkaBridge:
     def _claim_namespaces(self) -> None:
         """Record this bridge's consumer group in each topic's namespace, or refuse to run if
         another group's bridge feeds it: the namespace holds one group's dedupe state, and a
-        second group would find its records done and commit past them, running nothing."""
+        second group would find its records done and commit past them, running nothing.
+        The same for the lane count (``lanes``), which the producers check again at their
+        first enqueue: a mismatch is refused here, before joining the group."""
         group = str(self._config["group.id"])
         backend = self._redis if isinstance(self._redis, Backend) else connect(self._redis)
         try:
@@ -218,6 +224,7 @@ class KafkaBridge:
                         f" {owner!r}, not {group!r}: use one namespace per consumer"
                         " group (a new namespace to reprocess a topic)"
                     )
+                record_lane_count(backend, namespace, self.lanes)
         finally:
             if backend is not self._redis:
                 backend.close()

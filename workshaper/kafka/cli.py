@@ -13,7 +13,7 @@ from confluent_kafka import KafkaException
 
 from workshaper import codec
 from workshaper.cli.common import add_log_format, add_redis_options, redis_url
-from workshaper.errors import BackendUnavailable, InvalidInput
+from workshaper.errors import BackendUnavailable, InvalidInput, LaneCountMismatch
 from workshaper.kafka.bridge import KafkaBridge
 from workshaper.kafka.options import hashed_key, record_key
 from workshaper.signals import install_stop_handlers
@@ -43,6 +43,14 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="sub key = sub_key_for(record key, N) instead of the key itself (null stays null)",
+    )
+    p.add_argument(
+        "--lanes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="spread each partition's sub keys over N lanes (1 to"
+        f" {codec.MAX_LANES}; fixed per namespace; default: no lanes)",
     )
     p.add_argument("--max-in-queue", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=500)
@@ -105,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             commit_interval=args.commit_interval,
             revoke_timeout=args.revoke_timeout,
             max_message_bytes=args.max_message_bytes,
+            lanes=args.lanes,
         )
     except InvalidInput as exc:
         fail(str(exc))
@@ -148,7 +157,7 @@ def _run(bridge: KafkaBridge) -> int:
     finally:
         restore()
     error = bridge.error
-    if isinstance(error, (InvalidInput, BackendUnavailable, KafkaException)):
+    if isinstance(error, (InvalidInput, LaneCountMismatch, BackendUnavailable, KafkaException)):
         from workshaper.cli.common import fail  # noqa: PLC0415 - command line only
 
         fail(str(error))

@@ -49,8 +49,10 @@ class Intake:
         message: MessageFn,
         max_in_queue: int,
         max_message_bytes: int,
+        lanes: int | None = None,
     ) -> None:
         self._redis = redis
+        self.lanes = lanes
         self._namespaces = namespaces
         self._tracker = tracker
         self._stats = stats
@@ -81,6 +83,7 @@ class Intake:
                     max_in_queue=self.max_in_queue,
                     recorded=partial(self._tracker.on_recorded, topic),
                     max_message_bytes=self.max_message_bytes,
+                    lanes=self.lanes,
                 )
             except BackendUnavailable as exc:
                 # Runs inside a rebalance callback: raising would end the bridge. The topic's
