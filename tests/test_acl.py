@@ -90,6 +90,29 @@ def test_each_role_works_under_its_acl(server: RedisServer) -> None:
     admin.close()
 
 
+def test_producer_with_lanes_works_under_its_acl(server: RedisServer) -> None:
+    """The producer role records and reads the namespace's lane count (SET NX, GET); the
+    worker runs lane entries (in OTHER: NS has no lanes, recorded by the test above)."""
+    done: list[object] = []
+
+    def work(message: object, partition: int, offset: int) -> None:
+        done.append(workshaper.current_job().sub_key)
+
+    with workshaper.Producer(url(server, "producer", OTHER), OTHER, lanes=4) as producer:
+        producer.enqueue_many([(f"k{o % 3}", "m", 0, o) for o in range(12)])
+        worker = workshaper.Worker(url(server, "worker", OTHER), OTHER, work=work).start()
+        try:
+            assert producer.flush(timeout=60)
+        finally:
+            assert worker.stop(timeout=30)
+    assert sorted(map(str, done)) == sorted(f"k{o % 3}" for o in range(12))
+    with (
+        workshaper.Producer(url(server, "producer", OTHER), OTHER) as producer,
+        pytest.raises(workshaper.LaneCountMismatch, match="lanes=4"),
+    ):
+        producer.enqueue("k", "m", 0, 100)
+
+
 def test_another_namespace_can_neither_read_nor_change_this_one(server: RedisServer) -> None:
     with workshaper.Producer(url(server, "producer"), NS) as producer:
         producer.enqueue("victim", "m", 5, 0)

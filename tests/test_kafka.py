@@ -27,6 +27,7 @@ import pytest
 import workshaper
 from workshaper import scripts
 from workshaper.admin import Admin
+from workshaper.keys import NamespaceKeys
 from workshaper_tools.testing import RedisServer, free_port
 from workshaper_tools.testing.redis_cluster import RedisCluster
 
@@ -345,7 +346,11 @@ def last_offsets(placed: list[tuple[int, int]]) -> dict[int, int]:
 # --- tests -------------------------------------------------------------------------------------
 
 
-def test_all_records_run_once_in_key_order_and_commit_last_plus_one(harness: Harness) -> None:
+@pytest.mark.parametrize("lanes", [None, 4])
+def test_all_records_run_once_in_key_order_and_commit_last_plus_one(
+    harness: Harness, lanes: int | None
+) -> None:
+    """Also with ``lanes``: each record runs with its own key as its sub key."""
     rng = random.Random(7)
     shapes = {make_topic(harness.kafka, 3): 3, make_topic(harness.kafka, 2): 2}
     placed: dict[str, list[tuple[int, int]]] = {}
@@ -360,7 +365,7 @@ def test_all_records_run_once_in_key_order_and_commit_last_plus_one(harness: Har
         ]
         placed[topic] = produce(harness.kafka, topic, records)
     journals = {topic: harness.journal(topic, seed=11) for topic in shapes}
-    bridge = harness.bridge(list(shapes), batch_size=40)
+    bridge = harness.bridge(list(shapes), batch_size=40, lanes=lanes)
 
     for topic, journal in journals.items():
         journal.wait_ended(set(placed[topic]))
@@ -370,6 +375,11 @@ def test_all_records_run_once_in_key_order_and_commit_last_plus_one(harness: Har
     for topic, journal in journals.items():
         assert journal.runs() == Counter(placed[topic]), "each record runs exactly once"
         journal.check_key_order()
+        keys = {sub for _, _, _, sub in journal.events}
+        assert keys <= {None, *(b"k%d" % i for i in range(8))}, "a record's own key"
+        with harness.redis.client() as client:
+            recorded = client.get(NamespaceKeys(topic_namespace(harness.namespace, topic)).lanes)
+        assert recorded == str(lanes or 0).encode()
     assert bridge.stats["accepted"] == 300
     assert bridge.stats["duplicate"] == bridge.stats["already_acked"] == 0
 
@@ -809,6 +819,58 @@ def test_topic_namespace() -> None:
     assert topic_namespace("orders", "payments.v1") == "orders.payments.v1"
     with pytest.raises(workshaper.InvalidInput, match="'a b' is not a Kafka topic name"):
         topic_namespace("orders", "a b")
+
+
+def test_lanes_flag_reaches_the_bridge_and_its_producers(
+    monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer
+) -> None:
+    from workshaper.kafka import cli
+
+    made: list[dict[str, Any]] = []
+
+    class Bridge:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            made.append(kwargs)
+
+    monkeypatch.setattr(cli, "KafkaBridge", Bridge)
+    monkeypatch.setattr(cli, "_run", lambda bridge: 0)
+    argv = ["--bootstrap", "b:1", "--group", "g", "--topic", "t", "--redis", "redis://h:1/0"]
+    assert cli.parser().parse_args(argv).lanes is None
+    assert cli.main([*argv, "--lanes", "8"]) == 0
+    assert cli.main(argv) == 0
+    assert [kw["lanes"] for kw in made] == [8, None]
+    # The real bridge hands it to the producer of each topic.
+    bridge = KafkaBridge({"group.id": "g"}, ["t"], redis_server.url, lanes=8)
+    assert bridge.lanes == 8
+    bridge._intake.open_producers(["t"])
+    try:
+        assert bridge._intake.producers["t"].lanes == 8
+    finally:
+        bridge._intake.close_producers(set(), timeout=0)
+
+
+@pytest.mark.parametrize("value", ["0", "5000"])
+def test_bad_lanes_flag_exits_2_naming_it(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from workshaper.kafka import cli
+
+    argv = ["--bootstrap", "b:1", "--group", "g", "--topic", "t", "--redis", "redis://h:1/0"]
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*argv, "--lanes", value])
+    assert exited.value.code == 2
+    assert f"lanes must be from 1 to 4096, got {value}" in capsys.readouterr().err
+
+
+def test_a_bridge_with_another_lane_count_fails_before_joining_the_group(
+    redis_server: RedisServer,
+) -> None:
+    """The namespace of a topic has no lanes (its first producer had none): a bridge with
+    lanes refuses to run, naming both counts, before it contacts the broker."""
+    namespace = "k" + uuid.uuid4().hex[:10]
+    with workshaper.Producer(redis_server.url, topic_namespace(namespace, "t")) as producer:
+        producer.enqueue(b"k", b"v", 0, 0)
+    bridge = KafkaBridge({"group.id": "g"}, ["t"], redis_server.url, namespace, lanes=4)
+    with pytest.raises(workshaper.LaneCountMismatch, match=r"has no lanes.*has lanes=4"):
+        bridge.run()
 
 
 def test_unreachable_redis_fails_before_joining_the_group() -> None:
