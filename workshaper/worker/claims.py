@@ -13,6 +13,7 @@ from functools import partial
 from workshaper import codec, scripts
 from workshaper.batch import Batch, Reply
 from workshaper.worker.dispatch import Dispatcher
+from workshaper.worker.lane_leases import LaneLeases, opens_window
 from workshaper.worker.lease import REPORTING, Lease, valid_until
 from workshaper.worker.prefetch import PrefetchPolicy
 from workshaper.worker.state import CoordinatorState
@@ -29,11 +30,16 @@ class _Claim:
 
 class Claims:
     def __init__(
-        self, state: CoordinatorState, prefetch: PrefetchPolicy, dispatcher: Dispatcher
+        self,
+        state: CoordinatorState,
+        prefetch: PrefetchPolicy,
+        dispatcher: Dispatcher,
+        lanes: LaneLeases,
     ) -> None:
         self._state = state
         self._prefetch = prefetch
         self._dispatcher = dispatcher
+        self._lanes = lanes
         self._pending: list[_Claim] = []
         #: Partitions that had runnable sub keys left when this worker had no room: claimed
         #: in the first round trip that has room again, without waiting for the waker to pop
@@ -153,6 +159,8 @@ class Claims:
         lease.state = REPORTING
         if lease.stop or not entries:
             lease.hand_back()
+        elif opens_window(lease):
+            self._lanes.open(lease, entries, lease.attempts_record)
         else:
             self._dispatcher.submit(lease)
 

@@ -13,6 +13,7 @@ from workshaper import scripts
 from workshaper.batch import Batch, Reply
 from workshaper.scripts import Completion
 from workshaper.worker.dispatch import Dispatcher
+from workshaper.worker.lane_leases import LaneLeases, opens_window
 from workshaper.worker.lease import CONTINUE, KEEP, RELEASE, REPORTING, Lease
 from workshaper.worker.prefetch import PrefetchPolicy
 from workshaper.worker.state import CoordinatorState, by_partition
@@ -31,11 +32,16 @@ def collect(lease: Lease) -> None:
 
 class Completions:
     def __init__(
-        self, state: CoordinatorState, dispatcher: Dispatcher, prefetch: PrefetchPolicy
+        self,
+        state: CoordinatorState,
+        dispatcher: Dispatcher,
+        prefetch: PrefetchPolicy,
+        lanes: LaneLeases,
     ) -> None:
         self._state = state
         self._dispatcher = dispatcher
         self._prefetch = prefetch
+        self._lanes = lanes
 
     def batch_ended(self, lease: Lease, outcome: tuple[Any, ...]) -> None:
         """The executor is done with the lease's batch: decide what to record."""
@@ -73,17 +79,29 @@ class Completions:
         """One complete_items call per partition, for every lease with something to record.
         Successes before a failure are recorded in the same round trip, ahead of it."""
         settings = self._state.settings
-        due = [
-            lease
-            for lease in self._state.leases.values()
-            if (lease.unreported or lease.end_action) and not lease.lost
-        ]
+        due: list[Lease] = []
+        held: dict[Lease, tuple[str, int]] = {}  # lane leases: (action, held entries)
+        now = time.monotonic()
+        for lease in self._state.leases.values():
+            if lease.lost:
+                continue
+            if lease.window is None:
+                if lease.unreported or lease.end_action:
+                    due.append(lease)
+            elif (report := self._lanes.report(lease, now)) is not None:
+                held[lease] = report
+                due.append(lease)
         handlers: list[Callable[[], None]] = []
         for leases in by_partition(due).values():
-            sent = [(lease, len(lease.unreported), lease.end_action or KEEP) for lease in leases]
+            sent = [
+                (lease, len(lease.unreported), held.get(lease, (lease.end_action or KEEP, 0)))
+                for lease in leases
+            ]
             completions = [
-                Completion(lease.sub, lease.token, action, lease.unreported[:n], lease.exact > 0)
-                for lease, n, action in sent
+                Completion(
+                    lease.sub, lease.token, action, lease.unreported[:n], lease.exact > 0, holds
+                )
+                for lease, n, (action, holds) in sent
             ]
             reply = scripts.complete_items(
                 batch,
@@ -98,19 +116,22 @@ class Completions:
     def _completed(
         self,
         reply: Reply[list[scripts.CompletionReply]],
-        sent: list[tuple[Lease, int, str]],
+        sent: list[tuple[Lease, int, tuple[str, int]]],
     ) -> None:
         # Looked up once per reply, not per lease (with a lease per item, a reply has dozens).
         state, dispatcher = self._state, self._dispatcher
         isolation, drop, submit = dispatcher.isolation, dispatcher.drop, dispatcher.submit
         finished = 0
-        for (lease, n, action), answer in zip(sent, reply.get(), strict=True):
+        for (lease, n, (action, _)), answer in zip(sent, reply.get(), strict=True):
             del lease.unreported[:n]
             code = answer.code
             if code < 0:
                 dispatcher.fenced(lease, "completion")
                 continue
             finished += answer.finished
+            if lease.window is not None:
+                self._lanes.completed(lease, answer)
+                continue
             if lease.exact:  # only a lease in its single-step window counts its steps
                 isolation.use_window_steps(lease, answer.finished)
             if code == 1:  # held: the script extended the lease
@@ -125,6 +146,8 @@ class Completions:
                     # seconds.
                     state.wakes.add(lease.partition)
                 drop(lease)
+            elif answer.next_entries and opens_window(lease):
+                self._lanes.open(lease, answer.next_entries, answer.attempts_record)
             elif answer.next_entries:
                 lease.entries = answer.next_entries
                 lease.read_to_end = (

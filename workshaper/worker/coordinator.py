@@ -23,6 +23,8 @@ from workshaper.worker.claims import Claims
 from workshaper.worker.completions import Completions, collect
 from workshaper.worker.dispatch import Dispatcher
 from workshaper.worker.failures import Failures
+from workshaper.worker.lane_leases import LaneLeases
+from workshaper.worker.lanes import Run
 from workshaper.worker.lease import (
     CONTINUE,
     READY,
@@ -59,9 +61,10 @@ class Coordinator:
         self._waker = waker
         self.prefetch = PrefetchPolicy(settings.concurrency, settings.prefetch)
         self.dispatcher = Dispatcher(state)
-        self.claims = Claims(state, self.prefetch, self.dispatcher)
-        self.completions = Completions(state, self.dispatcher, self.prefetch)
-        self.failures = Failures(state, self.dispatcher)
+        self.lanes = LaneLeases(state, self.dispatcher, self.prefetch)
+        self.claims = Claims(state, self.prefetch, self.dispatcher, self.lanes)
+        self.completions = Completions(state, self.dispatcher, self.prefetch, self.lanes)
+        self.failures = Failures(state, self.dispatcher, self.lanes)
         self.renewals = Renewals(state, self.dispatcher)
         self.reaper = Reaper(state)
         self.registry = Registry(state)
@@ -80,6 +83,7 @@ class Coordinator:
                 if self._drained() or self._stop_expired():
                     break
             self.failures.run_due_retries()
+            self.lanes.run_due_retries()
             try:
                 refused = self._round_trip()
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
@@ -128,9 +132,17 @@ class Coordinator:
     def _handle(self, event: tuple[Any, ...]) -> None:
         kind = event[0]
         if kind == "done":
-            collect(event[1])
+            holder = event[1]
+            if type(holder) is Run:
+                self.lanes.collect(holder)
+            else:
+                collect(holder)
         elif kind == "ended":
-            self.completions.batch_ended(event[1], event[2])
+            holder = event[1]
+            if type(holder) is Run:
+                self.lanes.run_ended(holder, event[2])
+            else:
+                self.completions.batch_ended(holder, event[2])
         elif kind == "wake":
             self.claims.woken(event[1])
 
@@ -140,7 +152,10 @@ class Coordinator:
         if self.dispatcher.isolation.mark_due() or self.claims.deferred_due:
             return True
         return any(
-            lease.unreported or lease.end_action or lease.failure
+            lease.unreported
+            or lease.end_action
+            or lease.failure
+            or (lease.window is not None and self.lanes.due(lease))
             for lease in self.state.leases.values()
         )
 
@@ -154,9 +169,9 @@ class Coordinator:
             timers.append(self.registry.next_prune)
         if self.state.leases:
             timers.append(self.renewals.next_due)
-        next_retry = self.failures.next_retry()
-        if next_retry is not None:
-            timers.append(next_retry)
+        for next_retry in (self.failures.next_retry(), self.lanes.next_retry()):
+            if next_retry is not None:
+                timers.append(next_retry)
         if self.stop_deadline is not None:
             timers.append(self.stop_deadline)
         return max(0.0, min(timers) - now)
@@ -172,6 +187,7 @@ class Coordinator:
             if lease.state in (WAITING, READY):
                 lease.hand_back()
         self.failures.drop_retries()
+        self.lanes.drop_retries()
         self.dispatcher.standby.clear()
         for lease in leases:
             if lease.state == REPORTING and lease.end_action in (CONTINUE, YIELD):

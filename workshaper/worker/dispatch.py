@@ -28,6 +28,8 @@ class Dispatcher:
         self.capacity = state.settings.concurrency
         self.in_executor = 0  # leases whose batch is in the executor
         self.standby: deque[Lease] = deque()  # READY leases, in the order they became ready
+        #: Lane leases with runnable sub keys and no executor slot, in the order they waited.
+        self.lanes_waiting: deque[Lease] = deque()
         self.isolation = Isolation(state, self)
 
     def attach(self, executor: Executor, prefetch: int) -> None:
@@ -63,11 +65,33 @@ class Dispatcher:
         self.in_executor += 1
         self._executor.submit(lease, lease.entries, lease.attempt)
 
+    def start_runs(self, lease: Lease) -> None:
+        """Hand a lane's runnable sub keys to the executor while it has room; the rest wait
+        for slots in ``lanes_waiting``."""
+        window = lease.window
+        if window is None or not window.runnable or window.confirm or lease.stop:
+            return
+        if not self._state.held(lease):
+            return
+        if self.isolation.lease is not None:
+            # Another lease runs alone: this lane is released once its runs have ended.
+            lease.stop = True
+            return
+        assert self._executor is not None
+        submit, lane = self._executor.submit, lease.sub_key
+        while window.runnable and self.in_executor < self.capacity:
+            run, attempt = window.take_run(lease, lane)
+            self.in_executor += 1
+            submit(run, run.entries, attempt)
+        if window.runnable and not window.waiting_for_slot:
+            window.waiting_for_slot = True
+            self.lanes_waiting.append(lease)
+
     def batch_left(self) -> None:
         """A batch left the executor: its slot goes to the next lease on standby."""
         self.in_executor -= 1
-        if self.standby or self.isolation.lease is not None:  # else nothing waits for it
-            self.dispatch_standby()
+        if self.standby or self.lanes_waiting or self.isolation.lease is not None:
+            self.dispatch_standby()  # else nothing waits for it
 
     def dispatch_standby(self) -> None:
         if self.isolation.lease is not None:
@@ -79,6 +103,12 @@ class Dispatcher:
                 lease.hand_back()
             else:
                 self.submit(lease)
+        lanes = self.lanes_waiting
+        while lanes and self.in_executor < self.capacity:
+            lease = lanes.popleft()
+            if lease.window is not None:
+                lease.window.waiting_for_slot = False
+                self.start_runs(lease)
 
     def hand_back_standby(self) -> None:
         """Give every prefetched lease back: other workers run them meanwhile."""
@@ -88,6 +118,9 @@ class Dispatcher:
     def drop(self, lease: Lease) -> None:
         """Forget a lease that ended or was lost (its batch may still be running)."""
         self._state.forget(lease)
+        if lease.window is not None and lease.window.waiting_for_slot:
+            lease.window.waiting_for_slot = False
+            self.lanes_waiting.remove(lease)
         if lease.state == READY and lease in self.standby:
             self.standby.remove(lease)
         if lease.state == READY:
@@ -105,5 +138,5 @@ class Dispatcher:
             lease.token,
         )
         lease.lost = lease.stop = True
-        if lease.state != RUNNING:
+        if lease.state != RUNNING or (lease.window is not None and not lease.window.in_flight):
             self.drop(lease)

@@ -26,12 +26,12 @@ import queue
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any, Protocol
 
 from workshaper import codec
 from workshaper.jobs import Job, new_job, set_current_job
-from workshaper.worker.lease import Lease
 from workshaper.worker.lease import clock as lease_clock
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,27 @@ Post = Callable[[tuple[Any, ...]], None]
 Outcome = tuple[Any, ...]
 #: A batch as BatchRunner.steps runs it: yields items, is sent handler errors, returns outcome.
 Steps = Generator[tuple[Job, codec.Message], BaseException | None, Outcome]
+
+
+class Holder(Protocol):
+    """What runs a batch: a lease, or a run of a lane's window (lanes.Run). The executor reads
+    ``stop`` and ``valid_until`` before each item, appends each finished offset to ``finished``
+    and sets ``notified`` when it posts a wake-up (see lease.py)."""
+
+    partition: int
+    token: int
+    finished: deque[int]
+    notified: bool
+    started: float
+
+    @property
+    def sub_key(self) -> codec.StoredSubKey: ...
+
+    @property
+    def stop(self) -> bool: ...
+
+    @property
+    def valid_until(self) -> float: ...
 
 
 class _BatchCancelled(Exception):
@@ -122,22 +143,22 @@ class BatchRunner:
         self.observe_handler: Callable[[float], None] | None = None
 
     def failed(
-        self, lease: Lease, index: int, job: Job, message: codec.Message, exc: BaseException
+        self, lease: Holder, index: int, job: Job, message: codec.Message, exc: BaseException
     ) -> Outcome:
         report_failure(self._on_error, exc, message, job)
         return ("failed", index, job.attempt, error_json(exc, self._worker_id))
 
-    def ended(self, lease: Lease, outcome: Outcome) -> None:
+    def ended(self, lease: Holder, outcome: Outcome) -> None:
         self._post(("ended", lease, outcome))
 
-    def _notify(self, lease: Lease) -> None:
+    def _notify(self, lease: Holder) -> None:
         """Tell the coordinator that ``lease.finished`` has offsets, unless it was told
         already since it last drained them (the offset is appended first: see collect)."""
         if not lease.notified:
             lease.notified = True
             self._post(("done", lease))
 
-    def steps(self, lease: Lease, entries: list[bytes], attempt: int) -> Steps:
+    def steps(self, lease: Holder, entries: list[bytes], attempt: int) -> Steps:
         """The batch, one item at a time: yields ``(job, message)`` for the driver to run and
         takes back what running it raised (None after a success); returns the outcome.
 
@@ -202,7 +223,7 @@ class BatchRunner:
         finally:
             set_current_job(None)
 
-    def run_sync(self, lease: Lease, entries: list[bytes], attempt: int) -> None:
+    def run_sync(self, lease: Holder, entries: list[bytes], attempt: int) -> None:
         work = self.work
         steps = self.steps(lease, entries, attempt)
         error: BaseException | None
@@ -218,7 +239,7 @@ class BatchRunner:
         except StopIteration as end:
             self.ended(lease, end.value)
 
-    async def run_async(self, lease: Lease, entries: list[bytes], attempt: int) -> None:
+    async def run_async(self, lease: Holder, entries: list[bytes], attempt: int) -> None:
         work = self.work
         steps = self.steps(lease, entries, attempt)
         error: BaseException | None
@@ -248,7 +269,7 @@ class Executor(Protocol):
     queues_beyond_concurrency: bool
 
     def start(self) -> None: ...
-    def submit(self, lease: Lease, entries: list[bytes], attempt: int) -> None: ...
+    def submit(self, lease: Holder, entries: list[bytes], attempt: int) -> None: ...
     def shutdown(self, wait: bool) -> None: ...
 
 
@@ -263,7 +284,7 @@ class ThreadExecutor:
 
     def __init__(self, runner: BatchRunner, concurrency: int) -> None:
         self._runner = runner
-        self._tasks: queue.SimpleQueue[tuple[Lease, list[bytes], int] | None] = queue.SimpleQueue()
+        self._tasks: queue.SimpleQueue[tuple[Holder, list[bytes], int] | None] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._serve, name=f"workshaper-work-{i}", daemon=True)
             for i in range(concurrency)
@@ -273,7 +294,7 @@ class ThreadExecutor:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, lease: Lease, entries: list[bytes], attempt: int) -> None:
+    def submit(self, lease: Holder, entries: list[bytes], attempt: int) -> None:
         self._tasks.put((lease, entries, attempt))
 
     def _serve(self) -> None:
@@ -315,10 +336,10 @@ class AsyncExecutor:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, lease: Lease, entries: list[bytes], attempt: int) -> None:
+    def submit(self, lease: Holder, entries: list[bytes], attempt: int) -> None:
         asyncio.run_coroutine_threadsafe(self._guarded(lease, entries, attempt), self._loop)
 
-    async def _guarded(self, lease: Lease, entries: list[bytes], attempt: int) -> None:
+    async def _guarded(self, lease: Holder, entries: list[bytes], attempt: int) -> None:
         try:
             await self._runner.run_async(lease, entries, attempt)
         except asyncio.CancelledError:

@@ -15,19 +15,18 @@ from typing import Any
 from workshaper import codec, scripts
 from workshaper.batch import Batch, Reply
 from workshaper.worker.dispatch import Dispatcher
+from workshaper.worker.lane_leases import BLOCKED, DEAD_LETTERED, RETRY, LaneLeases
 from workshaper.worker.lease import RELEASE, WAITING, Lease
 from workshaper.worker.state import CoordinatorState
 
 log = logging.getLogger(__name__)
 
-#: fail_item.lua's reply codes.
-RETRY, DEAD_LETTERED, BLOCKED = 1, 2, 3
-
 
 class Failures:
-    def __init__(self, state: CoordinatorState, dispatcher: Dispatcher) -> None:
+    def __init__(self, state: CoordinatorState, dispatcher: Dispatcher, lanes: LaneLeases) -> None:
         self._state = state
         self._dispatcher = dispatcher
+        self._lanes = lanes
         self._retries: list[tuple[float, int, Lease]] = []  # heap of (due, seq, lease)
         self._retry_seq = itertools.count()
 
@@ -93,6 +92,9 @@ class Failures:
             state.extended(lease)
         if code < 0:
             dispatcher.fenced(lease, "failure record")
+        elif lease.window is not None:
+            self._count(code, lease.partition, attempt)
+            self._lanes.failure_recorded(lease, code, attempt)
         elif code == RETRY:  # the same item after a backoff; the lease is kept meanwhile
             state.stats["retried"] += 1
             lease.attempt = attempt + 1
@@ -120,6 +122,18 @@ class Failures:
                 dispatcher.submit(lease)
             else:
                 lease.end_action = RELEASE if lease.stop else lease.next_action(state.stopping)
+
+    def _count(self, code: int, partition: int, attempt: int) -> None:
+        """A lane's failure record: counted and logged as a lease's is."""
+        stats = self._state.stats
+        if code == RETRY:
+            stats["retried"] += 1
+        elif code == BLOCKED:
+            stats["blocked"] += 1
+            log.error("partition %d: a lane is blocked after %d attempts", partition, attempt)
+        elif code == DEAD_LETTERED:
+            stats["dead_lettered"] += 1
+            log.error("partition %d: item dead-lettered after %d attempt(s)", partition, attempt)
 
     # --- retries -----------------------------------------------------------------------------
 

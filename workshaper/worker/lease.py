@@ -21,6 +21,7 @@ from typing import Any
 
 from workshaper import codec
 from workshaper.keys import PartitionKeys
+from workshaper.worker.lanes import LaneWindow
 
 CLAIMED, READY, RUNNING = "claimed", "ready", "running"
 REPORTING, WAITING = "reporting", "waiting"
@@ -84,6 +85,8 @@ class Lease:
     #: the last extension Redis confirmed was *sent*, minus LEASE_MARGIN. Written by the
     #: coordinator, read by the executor before each item (a float: atomic).
     valid_until: float = 0.0
+    #: A lane's window (lane_leases.py): its entries, run in parallel by their own sub key.
+    window: LaneWindow | None = None
 
     @property
     def key(self) -> tuple[int, bytes]:

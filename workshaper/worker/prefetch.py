@@ -66,7 +66,12 @@ class PrefetchPolicy:
         prefetches, so none holds sub keys that another worker could be running.
         ``claiming``: leases asked for by claims still in flight."""
         held = 0
+        concurrency = self.concurrency
         for lease in leases:  # occupies(lease), inlined: this runs per lease, per call
+            window = lease.window
+            if window is not None:  # a lane counts the slots its sub keys can keep busy
+                held += window.occupies(concurrency)
+                continue
             state = lease.state
             if state == WAITING:
                 continue
@@ -77,7 +82,7 @@ class PrefetchPolicy:
         lookahead = self._lookahead
         if lookahead is None:
             lookahead = self._lookahead = self.lookahead()
-        return self.concurrency + lookahead - held - claiming
+        return concurrency + lookahead - held - claiming
 
     def lookahead(self) -> int:
         """Leases to prefetch: as many as batches end (across the slots) while a new lease
