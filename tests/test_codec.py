@@ -193,3 +193,32 @@ def test_good_lane_counts_pass() -> None:
     assert codec.check_lanes(None) is None
     assert codec.check_lanes(1) == 1
     assert codec.check_lanes(4096) == 4096
+
+
+def test_a_lane_entry_is_read_and_decoded_in_one_pass() -> None:
+    raw = codec.keyed_entry(12, b"sorder-1", codec.encode_message({"x": 1}, 100))
+    assert codec.read_lane_entry(raw) == (12, b"sorder-1")
+    assert codec.decode_lane_item(raw) == (12, "order-1", {"x": 1})
+
+
+@pytest.mark.parametrize(
+    ("raw", "read"),
+    [
+        (b"junk", (None, None)),
+        (b"x|k2:sa", (None, None)),
+        (b"5|sab", (5, None)),
+        (b"5|k9:sab", (5, None)),
+        (b"5|kx:sab", (5, None)),
+    ],
+)
+def test_an_unreadable_lane_entry_reads_as_none_and_does_not_decode(
+    raw: bytes, read: tuple[int | None, bytes | None]
+) -> None:
+    assert codec.read_lane_entry(raw) == read
+    with pytest.raises(codec.CorruptEntry):
+        codec.decode_lane_item(raw)
+
+
+def test_a_lane_entry_naming_a_lane_as_its_sub_key_does_not_decode() -> None:
+    with pytest.raises(codec.CorruptEntry, match="no valid sub key"):
+        codec.decode_lane_item(b"5|k2:L1sab")

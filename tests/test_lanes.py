@@ -351,3 +351,49 @@ def test_a_stopped_worker_hands_its_lanes_to_the_next(backend: Backend, namespac
         order = rec.order(f"k{k}")
         firsts = sorted(set(order), key=order.index)
         assert firsts == sorted(firsts), k
+
+
+def test_a_run_of_several_sub_keys_keeps_each_one_together_and_in_order() -> None:
+    window = LaneWindow()
+    window.add([_raw(0, "a"), _raw(1, "b"), _raw(2, "a"), _raw(3, "c"), _raw(4, "d")])
+    run, attempt = window.take_run(_Lease(), codec.Lane(0), 3)
+    assert run.sub_key == codec.Lane(0)  # the executor reads each item's own sub key
+    assert [s.offset for s in run.slots] == [0, 2, 1, 3]
+    assert (run.subs, attempt) == ([b"sa", b"sb", b"sc"], 1)
+    # b's item fails: a and the item of c after it are not held by it.
+    window.finished([0, 2])
+    window.run_ended(run, ("failed", 2, 1, "{}"))
+    assert b"sb" not in window.runnable
+    assert set(window.runnable) == {b"sc", b"sd"}
+    rest, _ = window.take_run(_Lease(), codec.Lane(0), 5)
+    assert sorted(s.offset for s in rest.slots) == [3, 4]
+
+
+def test_a_stopped_run_of_several_sub_keys_gives_each_its_rest_back() -> None:
+    window = LaneWindow()
+    window.add([_raw(0, "a"), _raw(1, "b"), _raw(2, "a"), _raw(3, "b")])
+    run, _ = window.take_run(_Lease(), codec.Lane(0), 2)
+    window.add([_raw(4, "b")])
+    window.finished([0])
+    window.run_ended(run, ("stopped", 1))
+    assert window.in_flight == 0
+    by_sub = {}
+    while window.runnable:
+        r, _ = _take(window)
+        by_sub[r.sub_key] = [s.offset for s in r.slots]
+    assert by_sub == {"a": [2], "b": [1, 3, 4]}
+
+
+def test_a_retried_sub_key_is_never_put_behind_another_in_a_run() -> None:
+    window = LaneWindow()
+    window.add([_raw(0, "a"), _raw(1, "b"), _raw(2, "c")])
+    first, _ = window.take_run(_Lease(), codec.Lane(0), 1)
+    window.run_ended(first, ("failed", 0, 1, "{}"))
+    found = window.head_failure()
+    assert found is not None
+    window.retry_later(found[0], 1)
+    window.retry_now(b"sa")  # a is runnable again, behind b and c, on attempt 2
+    run, attempt = window.take_run(_Lease(), codec.Lane(0), 5)
+    assert (run.subs, attempt) == ([b"sb", b"sc"], 1)
+    run, attempt = window.take_run(_Lease(), codec.Lane(0), 5)
+    assert (run.subs, attempt) == ([b"sa"], 2)

@@ -171,6 +171,20 @@ def keyed_entry(offset: int, encoded_sub: bytes, payload: bytes) -> bytes:
     return b"%d|k%d:%s%s" % (offset, len(encoded_sub), encoded_sub, payload)
 
 
+def read_lane_entry(raw: bytes) -> tuple[int | None, bytes | None]:
+    """A lane's entry's offset and the encoded sub key it carries, in one pass (the worker reads
+    both of every entry); None for either that is missing or malformed."""
+    head, sep, rest = raw.partition(b"|")
+    if not sep or not head.isdigit() or len(head) > 16:
+        return None, None
+    if rest[:1] != _TAG_KEYED:
+        return int(head), None
+    length, sep, body = rest[1:].partition(b":")
+    if not sep or not length.isdigit() or int(length) > len(body):
+        return int(head), None
+    return int(head), body[: int(length)]
+
+
 def entry_sub(raw: bytes) -> bytes | None:
     """The encoded sub key a lane's entry carries, or None when ``raw`` is not a lane's entry
     or is malformed (the executor then reports it corrupt)."""
@@ -190,6 +204,20 @@ def item_sub_key(raw: bytes) -> SubKey:
     if encoded is None or isinstance(sub_key, Lane):
         raise CorruptEntry(f"lane entry carries no valid sub key: {raw[:40]!r}")
     return sub_key
+
+
+def decode_lane_item(raw: bytes) -> tuple[int, SubKey, Message]:
+    """A lane's entry's offset, its item's own sub key and its message, in one pass."""
+    head, sep, rest = raw.partition(b"|")
+    if not sep or not head.isdigit() or len(head) > 16 or rest[:1] != _TAG_KEYED:
+        raise CorruptEntry(f"lane entry carries no valid sub key: {raw[:40]!r}")
+    length, sep, body = rest[1:].partition(b":")
+    if not sep or not length.isdigit() or int(length) > len(body):
+        raise CorruptEntry(f"lane entry carries no valid sub key: {raw[:40]!r}")
+    sub_key = decode_sub_key(body[: int(length)])
+    if isinstance(sub_key, Lane):
+        raise CorruptEntry(f"lane entry carries no valid sub key: {raw[:40]!r}")
+    return int(head), sub_key, decode_message(body[int(length) :])
 
 
 def _unkey(data: bytes) -> bytes:

@@ -30,6 +30,8 @@ class Dispatcher:
         self.standby: deque[Lease] = deque()  # READY leases, in the order they became ready
         #: Lane leases with runnable sub keys and no executor slot, in the order they waited.
         self.lanes_waiting: deque[Lease] = deque()
+        #: How many sub keys a lane's run may hold (lane_leases.py sets it from item times).
+        self.lane_run_sub_keys = 1
         self.isolation = Isolation(state, self)
 
     def attach(self, executor: Executor, prefetch: int) -> None:
@@ -78,9 +80,9 @@ class Dispatcher:
             lease.stop = True
             return
         assert self._executor is not None
-        submit, lane = self._executor.submit, lease.sub_key
+        submit, lane, most = self._executor.submit, lease.sub_key, self.lane_run_sub_keys
         while window.runnable and self.in_executor < self.capacity:
-            run, attempt = window.take_run(lease, lane)
+            run, attempt = window.take_run(lease, lane, most)
             self.in_executor += 1
             submit(run, run.entries, attempt)
         if window.runnable and not window.waiting_for_slot:

@@ -51,7 +51,8 @@ class Holder(Protocol):
     token: int
     finished: deque[int]
     notified: bool
-    started: float
+    started: float  # CLOCK_MONOTONIC when the batch began
+    took: float  # seconds from its start to its end, set as it ends
 
     @property
     def sub_key(self) -> codec.StoredSubKey: ...
@@ -149,6 +150,8 @@ class BatchRunner:
         return ("failed", index, job.attempt, error_json(exc, self._worker_id))
 
     def ended(self, lease: Holder, outcome: Outcome) -> None:
+        # The batch's own time, without its wait in the coordinator's inbox.
+        lease.took = time.monotonic() - lease.started
         self._post(("ended", lease, outcome))
 
     def _notify(self, lease: Holder) -> None:
@@ -190,11 +193,12 @@ class BatchRunner:
                     # otherwise wake up and start items the new leaseholder already ran.
                     return ("expired", index)
                 try:
-                    head, _, payload = raw.partition(b"|")
-                    offset = int(head)
-                    message = decode(payload)
                     if lane:  # a lane's entries each carry their item's own sub key
-                        sub_key = codec.item_sub_key(raw)
+                        offset, sub_key, message = codec.decode_lane_item(raw)
+                    else:
+                        head, _, payload = raw.partition(b"|")
+                        offset = int(head)
+                        message = decode(payload)
                 except (ValueError, codec.CorruptEntry) as exc:
                     return ("corrupt", index, f"queue entry does not decode: {exc}")
                 job = new_job((sub_key, partition, offset, item_attempt, token))  # type: ignore[arg-type]

@@ -8,7 +8,9 @@ head, and runs them by their own sub key::
 
     waiting   per sub key, its entries not started yet, in lane order
     runnable  sub keys with entries waiting and nothing running, failed or retrying
-    a run     a sub key's waiting entries, handed to the executor as one batch
+    a run     a sub key's waiting entries, handed to the executor as one batch; when items are
+              short and sub keys many, several sub keys' entries one after another (a thread
+              hand-off and a coordinator event cost more than a no-op item: see take_run)
 
 So a sub key's items still run one at a time and in order, while different sub keys of the
 lane run at once on the executor's slots, and a slow item holds back its own sub key, not its
@@ -71,18 +73,24 @@ class Run:
         "partition",
         "slots",
         "started",
-        "sub",
         "sub_key",
+        "subs",
         "token",
+        "took",
     )
 
     def __init__(
-        self, lease: LaneLease, sub: bytes, sub_key: codec.StoredSubKey, slots: list[Slot]
+        self,
+        lease: LaneLease,
+        subs: list[bytes],
+        sub_key: codec.StoredSubKey,
+        slots: list[Slot],
     ) -> None:
         self.lease = lease
-        self.sub = sub
-        #: The sub key every item of the run has; the lane itself for entries that carry none,
-        #: so the executor finds them corrupt (codec.item_sub_key) instead of misnaming them.
+        self.subs = subs  # the sub keys whose entries the run holds, each one's together
+        #: The sub key every item of the run has. The lane itself when the run holds several
+        #: sub keys (the executor then reads each item's own from its entry) or entries that
+        #: carry none (the executor then finds them corrupt instead of misnaming them).
         self.sub_key = sub_key
         self.slots = slots
         self.partition = lease.partition
@@ -90,6 +98,7 @@ class Run:
         self.finished: deque[int] = deque()
         self.notified = False
         self.started = 0.0
+        self.took = 0.0
 
     @property
     def stop(self) -> bool:
@@ -102,15 +111,6 @@ class Run:
     @property
     def entries(self) -> list[bytes]:
         return [slot.raw for slot in self.slots]
-
-
-def _slot(raw: bytes, unread: int) -> Slot:
-    """The slot of an entry; ``unread`` names one whose offset or sub key cannot be read."""
-    head, sep, _ = raw.partition(b"|")
-    sub = codec.entry_sub(raw)
-    if not sep or not head.isdigit() or len(head) > 16:
-        return Slot(-unread, raw, b"\x00%d" % unread)  # no encoded sub key starts with \x00
-    return Slot(int(head), raw, b"\x00%d" % unread if sub is None else sub)
 
 
 def run_sub_key(lane: codec.StoredSubKey, sub: bytes) -> codec.StoredSubKey:
@@ -149,16 +149,26 @@ class LaneWindow:
 
     def add(self, entries: Iterable[bytes], attempts_record: bytes = b"") -> None:
         """Append entries read from the lane (after every entry already held)."""
+        # Names bound once: this runs for every entry a lane hands out.
+        slots, by_offset, waiting_of = self.slots, self._by_offset, self._waiting
+        busy, runnable, read = self._busy, self.runnable, codec.read_lane_entry
         for raw in entries:
-            self._unread += 1
-            slot = _slot(raw, self._unread)
-            self.slots.append(slot)
-            self._by_offset[slot.offset] = slot
-            waiting = self._waiting.get(slot.sub)
+            offset, sub = read(raw)
+            if offset is None or sub is None:
+                # Unreadable: a sub key of its own (no encoded sub key starts with \x00), and a
+                # negative offset of its own when it has none; the executor reports it corrupt.
+                self._unread += 1
+                sub = b"\x00%d" % self._unread
+                if offset is None:
+                    offset = -self._unread
+            slot = Slot(offset, raw, sub)
+            slots.append(slot)
+            by_offset[offset] = slot
+            waiting = waiting_of.get(sub)
             if waiting is None:
-                waiting = self._waiting[slot.sub] = deque()
-                if slot.sub not in self._busy:
-                    self.runnable.append(slot.sub)
+                waiting = waiting_of[sub] = deque()
+                if sub not in busy:
+                    runnable.append(sub)
             waiting.append(slot)
         self._head_attempts(attempts_record)
 
@@ -172,16 +182,34 @@ class LaneWindow:
 
     # --- running -----------------------------------------------------------------------------
 
-    def take_run(self, lease: LaneLease, lane: codec.StoredSubKey) -> tuple[Run, int]:
+    def take_run(
+        self, lease: LaneLease, lane: codec.StoredSubKey, sub_keys: int = 1
+    ) -> tuple[Run, int]:
         """The next runnable sub key's waiting entries as a run, and its first item's attempt
-        number (every later item of it is on its first)."""
-        sub = self.runnable.popleft()
-        slots = list(self._waiting.pop(sub))
-        self._busy.add(sub)
+        number (every later item of it is on its first).
+
+        ``sub_keys`` > 1: the entries of up to that many runnable sub keys, one sub key after
+        the other. Short items pay for a run's hand-off many times over; the sub keys still
+        run one at a time each, in order. A sub key whose head item is being retried is never
+        added behind another (the executor numbers only a run's first item's attempt)."""
+        runnable, waiting, busy, attempts = self.runnable, self._waiting, self._busy, self._attempts
+        sub = runnable.popleft()
+        slots = list(waiting.pop(sub))
+        busy.add(sub)
         self.in_flight += 1
-        return Run(lease, sub, run_sub_key(lane, sub), slots), self._attempts.get(
-            slots[0].offset, 1
-        )
+        first_attempt = attempts.get(slots[0].offset, 1)
+        if sub_keys <= 1 or not runnable:
+            return Run(lease, [sub], run_sub_key(lane, sub), slots), first_attempt
+        subs = [sub]
+        while runnable and len(subs) < sub_keys:
+            if attempts and waiting[runnable[0]][0].offset in attempts:
+                break
+            sub = runnable.popleft()
+            slots += waiting.pop(sub)
+            busy.add(sub)
+            subs.append(sub)
+        sub_key = run_sub_key(lane, sub) if len(subs) == 1 else lane
+        return Run(lease, subs, sub_key, slots), first_attempt
 
     def finished(self, offsets: Iterable[int]) -> None:
         by_offset = self._by_offset
@@ -203,16 +231,24 @@ class LaneWindow:
     def run_ended(self, run: Run, outcome: Outcome) -> None:
         """The executor is done with ``run`` (its finished offsets collected already)."""
         self.in_flight -= 1
-        kind, sub = outcome[0], run.sub
-        rest = [] if kind == "finished" else run.slots[outcome[1] :]
-        if rest:  # not started, or failed: back in front of what was read for it meanwhile
-            self._waiting.setdefault(sub, deque()).extendleft(reversed(rest))
+        kind = outcome[0]
+        if kind == "finished":
+            for sub in run.subs:
+                self._free(sub)
+            return
+        rest = run.slots[outcome[1] :]
         if kind == "expired":
             self.confirm = True
+        held = None
         if kind in ("failed", "corrupt"):
-            self.failures[rest[0].offset] = outcome  # the sub key stays busy
-            return
-        self._free(sub)
+            held = rest[0].sub
+            self.failures[rest[0].offset] = outcome  # its sub key stays busy
+        # Not started, or failed: back in front of what was read for each sub key meanwhile.
+        for slot in reversed(rest):
+            self._waiting.setdefault(slot.sub, deque()).appendleft(slot)
+        for sub in run.subs:
+            if sub != held:
+                self._free(sub)
 
     def _free(self, sub: bytes) -> None:
         self._busy.discard(sub)

@@ -76,6 +76,7 @@ class Lease:
     failure: tuple[Any, ...] | None = None  # an outcome waiting to be recorded
     stop: bool = False  # read by the executor before each item
     started: float = 0.0  # CLOCK_MONOTONIC when the executor began the current batch
+    took: float = 0.0  # how long the last batch ran, set by the executor as it ended
     #: The last read got fewer items than asked: the queue was read to its end, so once the
     #: batch is recorded the lease most likely ends (always, for a ``sub_key=None`` item).
     read_to_end: bool = False

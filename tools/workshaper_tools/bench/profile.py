@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 #: Samples per second (py-spy's default is 100).
-RATE = 250
+RATE = 500
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
