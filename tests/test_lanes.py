@@ -304,9 +304,36 @@ def test_an_exhausted_item_blocks_its_lane_in_block_mode(backend: Backend, names
             wait_for(lambda: {1, 2} <= {j.offset for j in rec.calls})
             [record] = admin.blocked(0)
             assert (record.sub_key, record.offset, record.attempts) == (codec.Lane(0), 0, 2)
+            rec.always_fail.clear()
+            assert admin.retry_blocked(0, codec.Lane(0)) is True
+            assert producer.flush(timeout=60)
     finally:
         worker.stop(10)
     assert worker.stats["blocked"] == 1
+    assert rec.order("a") == [0, 0, 0]
+    # b ran beside a, above the lane's head, unless a blocked the lane first: the lane was
+    # given up without recording it, so b runs (again) after the unblock: at least once.
+    assert rec.order("b") in ([1], [1, 1])
+
+
+def test_an_operator_dead_letters_a_blocked_lanes_head(backend: Backend, namespace: str) -> None:
+    rec = Recorder(always_fail={0})
+    worker = workshaper.Worker(
+        backend, namespace, work=rec, max_attempts=1, on_exhausted="block"
+    ).start()
+    admin = Admin(backend, namespace)
+    try:
+        with workshaper.Producer(backend, namespace) as producer:
+            producer.enqueue_encoded(lane_items([("a", "m", 0, 0), ("b", "m", 0, 1)], 1))
+            wait_for(lambda: admin.blocked(0))
+            with pytest.raises(workshaper.InvalidInput, match="lanes must be from 1 to 4096"):
+                admin.dead_letter_blocked(0, codec.Lane(5000))
+            assert admin.dead_letter_blocked(0, codec.Lane(0))
+            assert producer.flush(timeout=30)
+    finally:
+        worker.stop(10)
+    assert rec.order("b") in ([1], [1, 1])  # as above
+    assert [d.offset for d in admin.dead_letters(0)] == [0]
 
 
 def test_async_handlers_run_a_lanes_sub_keys_at_once(backend: Backend, namespace: str) -> None:

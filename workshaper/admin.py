@@ -150,9 +150,13 @@ class Admin:
         )
         return [parse_failure_record(partition, v, codec.decode_sub_key(k)) for k, v in raw.items()]
 
-    def _unblock(self, partition: int, sub_key: codec.SubKey, action: str) -> bool:
+    def _unblock(self, partition: int, sub_key: codec.StoredSubKey, action: str) -> bool:
         codec.check_partition(partition)
-        codec.check_sub_key(sub_key)
+        if isinstance(sub_key, codec.Lane):  # a producer with lanes blocks a whole lane
+            codec.check_lanes(sub_key.index + 1)
+            sub = codec.lane_sub(sub_key.index)
+        else:
+            sub = codec.encode_sub_key(codec.check_sub_key(sub_key), 0)
         if sub_key is None:
             raise InvalidInput("sub_key None items are never blocked as a group")
         note = json.dumps(
@@ -163,7 +167,6 @@ class Admin:
                 "worker": "admin",
             }
         )
-        sub = codec.encode_sub_key(sub_key, 0)
         pkeys = self._keys.partition(partition)
         request_id = secrets.token_hex(8)  # a re-sent call must answer as the first one
         result = run_one(
@@ -174,11 +177,11 @@ class Admin:
             self._backend.client.zadd(self._keys.wake_of(partition), {str(partition): 0}, nx=True)
         return result
 
-    def retry_blocked(self, partition: int, sub_key: codec.SubKey) -> bool:
+    def retry_blocked(self, partition: int, sub_key: codec.StoredSubKey) -> bool:
         """Run the blocked head item again with fresh attempts. False if it was not blocked."""
         return self._unblock(partition, sub_key, "retry")
 
-    def dead_letter_blocked(self, partition: int, sub_key: codec.SubKey) -> bool:
+    def dead_letter_blocked(self, partition: int, sub_key: codec.StoredSubKey) -> bool:
         """Give the blocked head item up (dead-letter it) and go on with the sub key."""
         return self._unblock(partition, sub_key, "dead_letter")
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from workshaper import codec
 from workshaper.access import ROLES, acl_setuser
 from workshaper.cli.common import add_redis_options, env, fail, redis_url
 from workshaper.errors import InvalidInput
@@ -153,10 +154,13 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "unblock", help="run a blocked sub key's head item again (or --dead-letter it)"
     )
     unblock.add_argument("partition", type=int)
-    unblock.add_argument("sub_key", help="the sub key, as text (see --int, --hex)")
+    unblock.add_argument("sub_key", help="the sub key, as text (see --int, --hex, --lane)")
     kind = unblock.add_mutually_exclusive_group()
     kind.add_argument("--int", action="store_true", help="the sub key is an int")
     kind.add_argument("--hex", action="store_true", help="the sub key is bytes, given as hex")
+    kind.add_argument(
+        "--lane", action="store_true", help="a lane's number (a producer with lanes blocks lanes)"
+    )
     unblock.add_argument(
         "--dead-letter", action="store_true", help="give the head item up instead of retrying"
     )
@@ -451,15 +455,17 @@ def _dead_letters(inspector: Any, args: argparse.Namespace) -> int:
     return 0 if all(o.outcome in ("succeeded", "pending") for o in outcomes) else 1
 
 
-def _sub_key_argument(args: argparse.Namespace) -> str | int | bytes:
+def _sub_key_argument(args: argparse.Namespace) -> codec.StoredSubKey:
     text: str = args.sub_key
     try:
         if args.int:
             return int(text)
         if args.hex:
             return bytes.fromhex(text)
+        if getattr(args, "lane", False):
+            return codec.Lane(int(text))
     except ValueError:
-        fail(f"sub key {text!r} is not {'an int' if args.int else 'hex'}")
+        fail(f"sub key {text!r} is not {'hex' if args.hex else 'an int'}")
     return text
 
 
