@@ -26,7 +26,7 @@ from .test_worker import Recorder
 
 
 class _Lease:
-    partition, token, stop, valid_until = 0, 1, False, 1e18
+    partition, token, stop, lost, valid_until = 0, 1, False, False, 1e18
 
 
 def _raw(offset: int, sub_key: Any) -> bytes:
@@ -424,3 +424,63 @@ def test_a_retried_sub_key_is_never_put_behind_another_in_a_run() -> None:
     assert (run.subs, attempt) == ([b"sb", b"sc"], 1)
     run, attempt = window.take_run(_Lease(), codec.Lane(0), 5)
     assert (run.subs, attempt) == ([b"sa"], 2)
+
+
+def test_a_stopping_window_fills_its_gaps_below_what_finished() -> None:
+    window = LaneWindow()
+    window.add([_raw(0, "a"), _raw(1, "a"), _raw(2, "b"), _raw(3, "a"), _raw(4, "c")])
+    a, _ = window.take_run(_Lease(), codec.Lane(0), 1)
+    b, _ = window.take_run(_Lease(), codec.Lane(0), 1)
+    window.finished([2])
+    window.run_ended(b, ("finished",))
+    window.begin_fill()
+    assert window.fill_until == 2
+    assert not a.stops_before(0) and not a.stops_before(1)  # 0 and 1 are below 2
+    assert a.stops_before(2)  # 3 is not
+    window.finished([0, 1])
+    window.run_ended(a, ("stopped", 2))
+    assert window.prefix() == [0, 1, 2]
+    assert not window.gap_startable()  # 3 and 4 are above everything finished
+    assert window.take_gap_run(_Lease(), codec.Lane(0)) is None
+
+
+def test_a_lost_lanes_runs_stop_at_once() -> None:
+    window = LaneWindow()
+    window.add([_raw(0, "a"), _raw(1, "b")])
+    lease = _Lease()
+    lease.lost = True
+    run, _ = window.take_run(lease, codec.Lane(0))
+    window.finished([1])
+    window.begin_fill()
+    assert run.stops_before(0)
+
+
+def test_a_graceful_stop_runs_nothing_twice(backend: Backend, namespace: str) -> None:
+    # a's head is slow; b and c finish above it. Stopping records all of it: the gaps below the
+    # highest finished item run first, so the next worker re-runs nothing.
+    go = threading.Event()
+    rec = Recorder()
+
+    def work(message: Any, partition: int, offset: int) -> None:
+        rec(message, partition, offset)
+        if offset == 0:
+            assert go.wait(30)
+
+    items = [("a", "m", 0, 0), ("a", "m", 0, 1), ("b", "m", 0, 2), ("a", "m", 0, 3)]
+    items += [("c", "m", 0, o) for o in range(4, 12)]
+    first = workshaper.Worker(backend, namespace, work=work, concurrency=4).start()
+    with workshaper.Producer(backend, namespace) as producer:
+        producer.enqueue_encoded(lane_items(items, 1))
+        wait_for(lambda: {0, 2, 11} <= {j.offset for j in rec.calls})
+        stopping = threading.Thread(target=first.stop, args=(30,))
+        stopping.start()
+        wait_for(lambda: first._state.stopping)
+        go.set()
+        stopping.join(60)
+        second = workshaper.Worker(backend, namespace, work=work, concurrency=4).start()
+        try:
+            assert producer.flush(timeout=60)
+        finally:
+            second.stop(10)
+    assert sorted(j.offset for j in rec.calls) == list(range(12))
+    assert rec.order("a") == [0, 1, 3]

@@ -181,6 +181,7 @@ class Coordinator:
     def _begin_stop(self) -> None:
         """Stop claiming; running batches stop before their next item; waiting retries and
         leases between batches are released."""
+        self.lanes.begin_fill()
         leases = self.state.leases.values()
         for lease in leases:
             lease.stop = True
@@ -188,6 +189,7 @@ class Coordinator:
                 lease.hand_back()
         self.failures.drop_retries()
         self.lanes.drop_retries()
+        self.lanes.fill_gaps()
         self.dispatcher.standby.clear()
         for lease in leases:
             if lease.state == REPORTING and lease.end_action in (CONTINUE, YIELD):

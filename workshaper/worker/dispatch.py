@@ -8,6 +8,7 @@ from collections import deque
 
 from workshaper.worker.executor import Executor
 from workshaper.worker.isolation import Isolation
+from workshaper.worker.lanes import LaneWindow
 from workshaper.worker.lease import READY, REPORTING, RUNNING, Lease
 from workshaper.worker.state import CoordinatorState
 
@@ -71,9 +72,12 @@ class Dispatcher:
         """Hand a lane's runnable sub keys to the executor while it has room; the rest wait
         for slots in ``lanes_waiting``."""
         window = lease.window
-        if window is None or not window.runnable or window.confirm or lease.stop:
+        if window is None or not window.runnable or window.confirm:
             return
         if not self._state.held(lease):
+            return
+        if lease.stop:
+            self._start_gap_runs(lease, window)
             return
         if self.isolation.lease is not None:
             # Another lease runs alone: this lane is released once its runs have ended.
@@ -86,6 +90,23 @@ class Dispatcher:
             self.in_executor += 1
             submit(run, run.entries, attempt)
         if window.runnable and not window.waiting_for_slot:
+            window.waiting_for_slot = True
+            self.lanes_waiting.append(lease)
+
+    def _start_gap_runs(self, lease: Lease, window: LaneWindow) -> None:
+        """A stopping worker runs a lane's gaps (lanes.LaneWindow.fill_until), not while a
+        lease runs alone, and never for a lane it lost."""
+        if lease.lost or window.fill_until is None or self.isolation.lease is not None:
+            return
+        assert self._executor is not None
+        while self.in_executor < self.capacity:
+            taken = window.take_gap_run(lease, lease.sub_key)
+            if taken is None:
+                return
+            run, attempt = taken
+            self.in_executor += 1
+            self._executor.submit(run, run.entries, attempt)
+        if window.gap_startable() and not window.waiting_for_slot:
             window.waiting_for_slot = True
             self.lanes_waiting.append(lease)
 

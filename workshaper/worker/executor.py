@@ -63,6 +63,10 @@ class Holder(Protocol):
     @property
     def valid_until(self) -> float: ...
 
+    def stops_before(self, index: int) -> bool:
+        """With ``stop`` set: does the batch stop before its item ``index``?"""
+        ...
+
 
 class _BatchCancelled(Exception):
     """Sent into a batch's steps when the task running it is cancelled (not its handler)."""
@@ -185,7 +189,7 @@ class BatchRunner:
         item_attempt = attempt  # the head's; every later item is on its first attempt
         try:
             for index, raw in enumerate(entries):
-                if lease.stop:
+                if lease.stop and lease.stops_before(index):
                     return ("stopped", index)
                 if now() >= lease.valid_until:
                     # The zombie rule: no item starts until Redis confirms the lease again. A

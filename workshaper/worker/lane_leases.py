@@ -145,7 +145,7 @@ class LaneLeases:
         assert window is not None
         held = len(window)
         if lease.stop:
-            if window.in_flight or lease.failure is not None:
+            if window.in_flight or lease.failure is not None or window.gap_startable():
                 return (KEEP, held) if lease.unreported else None
             return RELEASE, 0
         if not held and not window.in_flight:  # a batch's end: go on, yield or release
@@ -165,7 +165,7 @@ class LaneLeases:
         if lease.unreported:
             return True
         if lease.stop:
-            return not window.in_flight and lease.failure is None
+            return not (window.in_flight or lease.failure is not None or window.gap_startable())
         return window.confirm or (not window and not window.in_flight)
 
     def completed(self, lease: Lease, answer: scripts.CompletionReply) -> None:
@@ -209,6 +209,20 @@ class LaneLeases:
         lease.unreported += window.prefix()
         self.failure_due(lease)
         self._dispatcher.start_runs(lease)
+
+    def begin_fill(self) -> None:
+        """The worker stops: each lane finishes its gaps below what finished, then releases
+        (with everything it finished recorded, so nothing runs again). Called before the
+        leases' stop flag is set, so no run stops at a gap first."""
+        for lease in self._state.leases.values():
+            if lease.window is not None and not lease.lost:
+                lease.window.begin_fill()
+
+    def fill_gaps(self) -> None:
+        """Start the gaps' runs (after the stop flag is set: see begin_fill)."""
+        for lease in list(self._state.leases.values()):
+            if lease.window is not None:
+                self._dispatcher.start_runs(lease)
 
     def next_retry(self) -> float | None:
         return self._retries[0][0] if self._retries else None

@@ -47,6 +47,9 @@ class LaneLease(Protocol):
     def stop(self) -> bool: ...
 
     @property
+    def lost(self) -> bool: ...
+
+    @property
     def valid_until(self) -> float: ...
 
 
@@ -77,16 +80,19 @@ class Run:
         "subs",
         "token",
         "took",
+        "window",
     )
 
     def __init__(
         self,
         lease: LaneLease,
+        window: LaneWindow,
         subs: list[bytes],
         sub_key: codec.StoredSubKey,
         slots: list[Slot],
     ) -> None:
         self.lease = lease
+        self.window = window
         self.subs = subs  # the sub keys whose entries the run holds, each one's together
         #: The sub key every item of the run has. The lane itself when the run holds several
         #: sub keys (the executor then reads each item's own from its entry) or entries that
@@ -107,6 +113,13 @@ class Run:
     @property
     def valid_until(self) -> float:
         return self.lease.valid_until
+
+    def stops_before(self, index: int) -> bool:
+        """A stopping worker's run goes on with the items below the highest one finished in
+        the lane (``fill_until``), so the prefix it records reaches every item it finished and
+        none runs again; a lost lane's run stops at once."""
+        fill = self.window.fill_until
+        return fill is None or self.lease.lost or self.slots[index].offset > fill
 
     @property
     def entries(self) -> list[bytes]:
@@ -140,6 +153,9 @@ class LaneWindow:
         #: A run stopped by the zombie rule: nothing starts until Redis confirms the lease.
         self.confirm = False
         self.waiting_for_slot = False  # queued in the dispatcher's lanes_waiting
+        #: Set as the worker stops: the highest finished offset of the window. Entries below
+        #: it that have not run yet still do (gaps), so none that finished runs again.
+        self.fill_until: int | None = None
         self._unread = 0  # names entries without a readable offset or sub key
 
     def __len__(self) -> int:
@@ -199,7 +215,7 @@ class LaneWindow:
         self.in_flight += 1
         first_attempt = attempts.get(slots[0].offset, 1)
         if sub_keys <= 1 or not runnable:
-            return Run(lease, [sub], run_sub_key(lane, sub), slots), first_attempt
+            return Run(lease, self, [sub], run_sub_key(lane, sub), slots), first_attempt
         subs = [sub]
         while runnable and len(subs) < sub_keys:
             if attempts and waiting[runnable[0]][0].offset in attempts:
@@ -209,14 +225,41 @@ class LaneWindow:
             busy.add(sub)
             subs.append(sub)
         sub_key = run_sub_key(lane, sub) if len(subs) == 1 else lane
-        return Run(lease, subs, sub_key, slots), first_attempt
+        return Run(lease, self, subs, sub_key, slots), first_attempt
 
     def finished(self, offsets: Iterable[int]) -> None:
-        by_offset = self._by_offset
+        by_offset, fill = self._by_offset, self.fill_until
         for offset in offsets:
             slot = by_offset.get(offset)
             if slot is not None:
                 slot.done = True
+                if fill is not None and offset > fill:  # finished as the stop began
+                    self.fill_until = fill = offset
+
+    # --- stopping ----------------------------------------------------------------------------
+
+    def begin_fill(self) -> None:
+        """The worker stops: fill the gaps below the highest finished entry, then release."""
+        if self.fill_until is None:
+            self.fill_until = max((s.offset for s in self.slots if s.done), default=-1)
+
+    def _gap(self, sub: bytes) -> bool:
+        fill = self.fill_until
+        return fill is not None and self._waiting[sub][0].offset <= fill
+
+    def gap_startable(self) -> bool:
+        """Is a sub key runnable whose next entry is a gap below ``fill_until``?"""
+        return any(self._gap(sub) for sub in self.runnable)
+
+    def take_gap_run(self, lease: LaneLease, lane: codec.StoredSubKey) -> tuple[Run, int] | None:
+        """A run of the first runnable sub key whose next entry is a gap (its run stops at
+        the first of its entries above ``fill_until``: Run.stops_before)."""
+        for sub in self.runnable:
+            if self._gap(sub):
+                self.runnable.remove(sub)
+                self.runnable.appendleft(sub)
+                return self.take_run(lease, lane)
+        return None
 
     def prefix(self) -> list[int]:
         """Take the finished entries off the front: their offsets, to record in Redis."""

@@ -94,6 +94,10 @@ class Lease:
         """Where the lease is filed in the coordinator's table."""
         return (self.partition, self.sub)
 
+    def stops_before(self, index: int) -> bool:
+        """A stopped lease's batch stops before its next item, whichever it is."""
+        return True
+
     def attempt_of_head(self) -> int:
         """1 + the attempts already used by the head entry (from the Redis record)."""
         if not self.entries or not self.attempts_record:
