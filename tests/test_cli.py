@@ -276,3 +276,32 @@ def test_blocked_and_unblock_commands(redis_server: RedisServer, namespace: str)
             assert producer.flush(timeout=30)
     finally:
         worker.stop(10)
+
+
+def test_a_blocked_lane_is_listed_and_unblocked_by_its_number(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    failing = {"on": True}
+
+    def work(message: object, partition: int, offset: int) -> None:
+        if failing["on"] and offset == 1:
+            raise ValueError("needs an operator")
+
+    worker = workshaper.Worker(
+        redis_server.url, namespace, work=work, max_attempts=1, on_exhausted="block"
+    ).start()
+    common = ["--redis", redis_server.url, "--namespace", namespace]
+    try:
+        with workshaper.Producer(redis_server.url, namespace, lanes=1) as producer:
+            producer.enqueue_many([(7, "m", 0, 0), (8, "m", 0, 1), (7, "m", 0, 2)])
+            wait_for(lambda: Admin(redis_server.url, namespace).blocked(0))
+            listed = run(str(BIN / "workshaper"), "blocked", "0", *common)
+            assert "lane 0 offset 1 attempts 1 ValueError: needs an operator" in listed.stdout
+            bad = run(str(BIN / "workshaper"), "unblock", "0", "x", "--lane", *common)
+            assert bad.returncode == 2 and "'x' is not an int" in bad.stderr
+            failing["on"] = False
+            done = run(str(BIN / "workshaper"), "unblock", "0", "0", "--lane", *common)
+            assert done.returncode == 0 and "will run again" in done.stdout
+            assert producer.flush(timeout=30)
+    finally:
+        worker.stop(10)

@@ -1,6 +1,7 @@
 """WorkShaper: parallel stream processing with strict per-sub-key order and contiguous
 offset watermarks, coordinated through Redis."""
 
+from workshaper.codec import Lane
 from workshaper.errors import (
     AccessDenied,
     BackendUnavailable,
@@ -29,6 +30,7 @@ __all__ = [
     "InvalidInput",
     "InvalidType",
     "Job",
+    "Lane",
     "LaneCountMismatch",
     "Manager",
     "Producer",

@@ -40,7 +40,7 @@ def record_lane_count(
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise BackendUnavailable(
                 f"lost Redis at {backend.where} while checking the lane count of namespace"
-                f" {namespace!r} ({exc}); nothing was written"
+                f" {namespace!r} ({exc}); nothing was written: enqueue it again"
             ) from exc
         except ScriptError as exc:
             if isinstance(exc.__cause__, redis.exceptions.NoPermissionError):

@@ -469,6 +469,11 @@ def _sub_key_argument(args: argparse.Namespace) -> codec.StoredSubKey:
     return text
 
 
+def _named(sub_key: codec.StoredSubKey) -> str:
+    """How the blocked commands name what is blocked: "sub key 'a'", or "lane 3"."""
+    return str(sub_key) if isinstance(sub_key, codec.Lane) else f"sub key {sub_key!r}"
+
+
 def _blocked_commands(args: argparse.Namespace) -> None:
     from workshaper.admin import Admin  # noqa: PLC0415
 
@@ -478,15 +483,15 @@ def _blocked_commands(args: argparse.Namespace) -> None:
         act = admin.dead_letter_blocked if args.dead_letter else admin.retry_blocked
         if not act(args.partition, sub_key):
             admin.close()
-            fail(f"sub key {sub_key!r} of partition {args.partition} is not blocked")
+            fail(f"{_named(sub_key)} of partition {args.partition} is not blocked")
         print(
-            f"sub key {sub_key!r} of partition {args.partition}: "
+            f"{_named(sub_key)} of partition {args.partition}: "
             f"{'head item dead-lettered' if args.dead_letter else 'head item will run again'}"
         )
     elif args.command == "blocked":
         for r in admin.blocked(args.partition):
             print(
-                f"sub key {r.sub_key!r} offset {r.offset} attempts {r.attempts} "
+                f"{_named(r.sub_key)} offset {r.offset} attempts {r.attempts} "
                 f"{r.error_type}: {r.error_message}"
             )
     admin.close()
