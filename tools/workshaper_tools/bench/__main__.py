@@ -6,6 +6,8 @@
     --profile        also run S1 once under py-spy (producer and each worker) and summarize
     --compare REF    first run the same scenarios on git revision REF (exported, with this
                      bench), then on the working tree; print a before/after table
+    --lanes N        the producer(s) of every scenario spread each partition's sub keys over N
+                     lanes (docs/lanes.md); S1 by key count runs each row both ways
 
 Exit status: 1 when a run broke an invariant or lost items (always checked), 2 with
 ``--strict`` when a target was missed; timing alone never fails a run otherwise.
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from workshaper_tools.bench.common import BenchFailure, say
+from workshaper_tools.testing.lanes import NO_LANES, producer_takes_lanes
 
 SCENARIOS = ("s1", "s1keys", "s2", "s3", "s4", "s5", "peers")
 
@@ -55,6 +58,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.add_argument("--concurrency", type=int, default=8, help="slots per worker (S1, S3, S5)")
     p.add_argument("--max-in-queue", type=int, default=5000)
+    p.add_argument(
+        "--lanes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="producers use lanes=N (docs/lanes.md); S1 by key count runs each row without"
+        " and with lanes; default: today's mode",
+    )
     p.add_argument(
         "--s2-rows",
         default=None,
@@ -95,6 +106,11 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if unknown:
         raise SystemExit(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
     args.scenarios = chosen
+    if args.lanes is not None:
+        if args.lanes < 1:
+            raise SystemExit(f"--lanes must be at least 1, got {args.lanes}")
+        if not producer_takes_lanes():
+            raise SystemExit(f"--lanes: {NO_LANES}")
     return args
 
 
@@ -137,6 +153,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = resolve(parser().parse_args(raw_argv))
     results: dict[str, Any] = {"machine": machine(), "quick": args.quick}
+    if args.lanes is not None:
+        results["lanes"] = args.lanes
     log_dir = Path(tempfile.mkdtemp(prefix="ws-bench-"))
     before: dict[str, Any] | None = None
     if args.compare:
@@ -148,7 +166,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             say(f"COMPARE FAILED: {exc}")
             return 1
         say("=== after: the working tree")
-    say(f"WorkShaper bench ({'quick' if args.quick else 'full'}); logs in {log_dir}")
+    lanes = "" if args.lanes is None else f", producers with {args.lanes} lanes"
+    say(f"WorkShaper bench ({'quick' if args.quick else 'full'}{lanes}); logs in {log_dir}")
     say(f"machine: {results['machine']}")
     started = time.monotonic()
     failures: list[str] = []

@@ -26,6 +26,7 @@ from workshaper import Producer
 from workshaper_tools.bench.baseline import BaselineResult, run_baseline
 from workshaper_tools.bench.common import RedisCost, plan_noop, private_redis, say
 from workshaper_tools.bench.throughput import ENQUEUE_BATCH, RunConfig, WsRun, run_workshaper
+from workshaper_tools.testing.lanes import lanes_option
 
 
 def per_item(cost: RedisCost, items: int) -> dict[str, Any]:
@@ -51,7 +52,9 @@ def _kind(key: bytes) -> str:
     return text.split(":", 1)[0]
 
 
-def memory_per_item(url: str, count: int, partitions: int, sub_keys: int) -> dict[str, Any]:
+def memory_per_item(
+    url: str, count: int, partitions: int, sub_keys: int, lanes: int | None = None
+) -> dict[str, Any]:
     """Bytes of Redis memory per queued (accepted, not yet run) item, WorkShaper vs raw lists."""
     items = plan_noop(count, partitions, sub_keys, seed=7)
     client = redis.Redis.from_url(url)
@@ -59,7 +62,7 @@ def memory_per_item(url: str, count: int, partitions: int, sub_keys: int) -> dic
         client.flushall()
         base = int(client.info("memory")["used_memory"])
         namespace = "m" + uuid.uuid4().hex[:8]
-        with Producer(url, namespace, max_in_queue=count + 1) as producer:
+        with Producer(url, namespace, max_in_queue=count + 1, **lanes_option(lanes)) as producer:
             for start in range(0, count, ENQUEUE_BATCH):
                 producer.enqueue_many(items.tuples[start : start + ENQUEUE_BATCH])
             used = int(client.info("memory")["used_memory"]) - base
@@ -94,7 +97,10 @@ def scenario_s4(args: Any, log_dir: Path, s1: dict[str, Any] | None) -> dict[str
         else:
             items = plan_noop(args.s1_items, args.partitions, args.sub_keys)
             config = RunConfig(
-                workers=args.workers, concurrency=args.concurrency, max_in_queue=args.max_in_queue
+                workers=args.workers,
+                concurrency=args.concurrency,
+                max_in_queue=args.max_in_queue,
+                lanes=getattr(args, "lanes", None),
             )
             base = run_baseline(
                 server.url,
@@ -106,7 +112,13 @@ def scenario_s4(args: Any, log_dir: Path, s1: dict[str, Any] | None) -> dict[str
             )
             redis.Redis.from_url(server.url).flushall()
             run = run_workshaper(server.url, items, config, log_dir)
-        memory = memory_per_item(server.url, args.s4_memory_items, args.partitions, args.sub_keys)
+        memory = memory_per_item(
+            server.url,
+            args.s4_memory_items,
+            args.partitions,
+            args.sub_keys,
+            getattr(args, "lanes", None),
+        )
     ws = per_item(run.cost, run.items)
     raw = per_item(base.cost, base.items)
     rss = [kib / 1024 for kib in run.worker_peak_rss_kib]
@@ -127,7 +139,7 @@ def scenario_s4(args: Any, log_dir: Path, s1: dict[str, Any] | None) -> dict[str
         + ", ".join(f"{label} {us:.1f} us" for label, us in cpu_us.items())
         + f" (wall {run.seconds * 1e6 / run.items:.1f} us per item, 2 cores)"
     )
-    return {
+    result: dict[str, Any] = {
         "items": run.items,
         "cpu_us_by_process": cpu_us,
         "wall_us": run.seconds * 1e6 / run.items,
@@ -137,3 +149,6 @@ def scenario_s4(args: Any, log_dir: Path, s1: dict[str, Any] | None) -> dict[str
         "worker_peak_rss_mib": rss,
         "redis_peak_memory": run.redis_peak_memory,
     }
+    if getattr(args, "lanes", None) is not None:
+        result["lanes"] = args.lanes
+    return result

@@ -24,7 +24,10 @@ def _row(args: Any, log_dir: Path, partitions: int, sub_keys: int) -> dict[str, 
     count = min(max(args.s5_items, sub_keys), MAX_ITEMS)
     items = plan_noop(count, partitions, sub_keys)
     config = RunConfig(
-        workers=args.workers, concurrency=args.concurrency, max_in_queue=args.max_in_queue
+        workers=args.workers,
+        concurrency=args.concurrency,
+        max_in_queue=args.max_in_queue,
+        lanes=getattr(args, "lanes", None),
     )
     with private_redis() as server:
         run = run_workshaper(server.url, items, config, log_dir)
@@ -54,7 +57,15 @@ def _row(args: Any, log_dir: Path, partitions: int, sub_keys: int) -> dict[str, 
 def scenario_s5(args: Any, log_dir: Path) -> dict[str, Any]:
     sub_key_rows = QUICK_SUB_KEYS if args.quick else FULL_SUB_KEYS
     partition_rows = QUICK_PARTITIONS if args.quick else FULL_PARTITIONS
-    say(f"S5 growth: {args.s5_items:,}+ items per row, no-op work, {args.workers} workers")
+    lanes = getattr(args, "lanes", None)
+    with_lanes = "" if lanes is None else f", producer with {lanes} lanes"
+    say(
+        f"S5 growth: {args.s5_items:,}+ items per row, no-op work, {args.workers} workers"
+        f"{with_lanes}"
+    )
     by_sub_keys = [_row(args, log_dir, args.partitions, k) for k in sub_key_rows]
     by_partitions = [_row(args, log_dir, p, args.sub_keys) for p in partition_rows]
-    return {"by_sub_keys": by_sub_keys, "by_partitions": by_partitions}
+    result: dict[str, Any] = {"by_sub_keys": by_sub_keys, "by_partitions": by_partitions}
+    if lanes is not None:
+        result["lanes"] = lanes
+    return result

@@ -47,6 +47,7 @@ from workshaper_tools.bench.common import (
 )
 from workshaper_tools.bench.handlers import WorkerTrace, read_traces
 from workshaper_tools.bench.verify import AckCall, ack_delays, start_delays, verify
+from workshaper_tools.testing.lanes import lanes_option
 
 TARGET_START_P99 = 0.005
 TARGET_ACK_P99 = 0.005
@@ -67,6 +68,7 @@ class ProducerJob:
     ack_interval: float | None  # None: the Producer's default
     trace: bool
     out: str  # JSON file for the results
+    lanes: int | None = None  # the producer's lanes; None: today's mode
 
 
 def produce(job: ProducerJob, positions: list[int], tuples: list[Any]) -> None:
@@ -81,6 +83,7 @@ def produce(job: ProducerJob, positions: list[int], tuples: list[Any]) -> None:
     options: dict[str, Any] = {"max_in_queue": job.max_in_queue, "ack": ack}
     if job.ack_interval is not None:
         options["ack_interval"] = job.ack_interval
+    options.update(lanes_option(job.lanes))
     producer = Producer(job.url, job.namespace, **options)
     if job.trace:
         _trace_ticks(producer, ticks)
@@ -166,6 +169,7 @@ def run_s3(
     trace: bool,
     log_dir: Path,
     timeout: float = 600.0,
+    lanes: int | None = None,
 ) -> S3Run:
     namespace = "l" + uuid.uuid4().hex[:10]
     fleet = WorkerFleet(
@@ -201,6 +205,7 @@ def run_s3(
                 ack_interval,
                 trace,
                 str(out),
+                lanes,
             )
             proc = context.Process(
                 target=produce, args=(job, mine, [items.tuples[i] for i in mine]), daemon=True
@@ -302,10 +307,12 @@ def scenario_s3(args: Any, log_dir: Path) -> dict[str, Any]:
     count = int(rate * args.s3_seconds)
     producers = max(1, min(int(args.s3_producers), args.partitions))
     items = plan_noop(count, args.partitions, args.sub_keys)
+    lanes = getattr(args, "lanes", None)
+    with_lanes = "" if lanes is None else f" with {lanes} lanes"
     say(
         f"S3 latency: {rate:,.0f} items/s offered for {args.s3_seconds} s ({count} items, one"
-        f" enqueue call each), {producers} producer process(es), {args.partitions} partitions,"
-        f" {args.sub_keys} sub keys, {args.workers} workers x {args.concurrency}"
+        f" enqueue call each), {producers} producer process(es){with_lanes}, {args.partitions}"
+        f" partitions, {args.sub_keys} sub keys, {args.workers} workers x {args.concurrency}"
     )
     load_before = os.getloadavg()
     with private_redis() as server:
@@ -320,6 +327,7 @@ def scenario_s3(args: Any, log_dir: Path) -> dict[str, Any]:
             ack_interval=args.s3_ack_interval,
             trace=args.s3_trace,
             log_dir=log_dir,
+            lanes=lanes,
         )
     verdict = verify(items.plan, run.records, run.acks)
     if not verdict.ok:
@@ -382,6 +390,8 @@ def scenario_s3(args: Any, log_dir: Path) -> dict[str, Any]:
         "_start_delays": start_values,
         "_ack_delays": ack_values,
     }
+    if lanes is not None:
+        result["lanes"] = lanes
     if args.s3_trace:
         from workshaper_tools.bench.breakdown import breakdown  # noqa: PLC0415
 

@@ -16,6 +16,10 @@ CPU per item of the producer and of the two workers together, so the whole cost 
 Also per row, on the same server: the producer alone (the same ``enqueue_many`` calls with no
 worker running), the ceiling the enqueue sets on the row whatever the leases cost.
 
+With ``--lanes N`` each row also runs WorkShaper a second time, on the same server right after
+today's mode, with the producer's ``lanes=N`` (docs/lanes.md): the table gains its items/s, x
+the raw queue and CPU per item next to today's, row by row.
+
 The consumer runs as ``python -m workshaper_tools.bench.manykeys URL OUT_JSON``.
 """
 
@@ -43,7 +47,7 @@ from workshaper_tools.bench.common import (
     private_redis,
     say,
 )
-from workshaper_tools.bench.throughput import RunConfig, feed_batches, run_workshaper
+from workshaper_tools.bench.throughput import RunConfig, WsRun, feed_batches, run_workshaper
 
 #: (label, sub keys; 0 = one per item)
 ROWS: tuple[tuple[str, int], ...] = (("10", 10), ("1,000", 1000), ("one per item", 0))
@@ -155,6 +159,18 @@ def run_enqueue_alone(url: str, items: Items, config: RunConfig) -> float:
     return len(items) / elapsed
 
 
+def _ws_costs(run: WsRun) -> dict[str, float]:
+    ws = _costs(run.cost, run.items)
+    # Where the rest of the CPU goes: the producer (this process) and the workers together.
+    ws["producer_cpu_us"] = run.cpu["producer (bench process)"] * 1e6 / run.items
+    ws["workers_cpu_us"] = (
+        sum(seconds for label, seconds in run.cpu.items() if label.startswith("worker "))
+        * 1e6
+        / run.items
+    )
+    return ws
+
+
 def _row(args: Any, log_dir: Path, label: str, sub_keys: int) -> dict[str, Any]:
     items = plan_noop(args.s1keys_items, PARTITIONS, sub_keys, random_partition=True)
     pairs = len(set(zip(items.plan.partitions, items.plan.sub_keys, strict=True)))
@@ -164,20 +180,25 @@ def _row(args: Any, log_dir: Path, label: str, sub_keys: int) -> dict[str, Any]:
         max_in_queue=MAX_IN_QUEUE,
         enqueue_batch=ENQUEUE_BATCH,
     )
+    lanes: int | None = getattr(args, "lanes", None)
+    lanes_run: WsRun | None = None
     with private_redis() as server, redis.Redis.from_url(server.url) as client:
         raw = run_raw(server.url, items, log_dir)
         client.flushall()
         enqueue_alone = run_enqueue_alone(server.url, items, config)
         client.flushall()
         run = run_workshaper(server.url, items, config, log_dir)
-    ws = _costs(run.cost, run.items)
-    # Where the rest of the CPU goes: the producer (this process) and the workers together.
-    ws["producer_cpu_us"] = run.cpu["producer (bench process)"] * 1e6 / run.items
-    ws["workers_cpu_us"] = (
-        sum(seconds for label, seconds in run.cpu.items() if label.startswith("worker "))
-        * 1e6
-        / run.items
-    )
+        if lanes is not None:
+            client.flushall()
+            lanes_config = RunConfig(
+                workers=config.workers,
+                concurrency=config.concurrency,
+                max_in_queue=config.max_in_queue,
+                enqueue_batch=config.enqueue_batch,
+                lanes=lanes,
+            )
+            lanes_run = run_workshaper(server.url, items, lanes_config, log_dir)
+    ws = _ws_costs(run)
     row: dict[str, Any] = {
         "row": label,
         "sub_keys": sub_keys,
@@ -198,41 +219,81 @@ def _row(args: Any, log_dir: Path, label: str, sub_keys: int) -> dict[str, Any]:
         f" {ws['workers_cpu_us']:.1f} us CPU/item; producer alone {enqueue_alone:,.0f} items/s"
         f" (x{enqueue_alone / raw.rate:.2f}) - {run.verdict.summary()}"
     )
+    if lanes_run is not None:
+        lw = _ws_costs(lanes_run)
+        row["lanes"] = {
+            "lanes": lanes,
+            "rate": lanes_run.rate,
+            "ratio": lanes_run.rate / raw.rate,
+            "workshaper": lw,
+            "verdict": lanes_run.verdict.summary(),
+        }
+        say(
+            f"  {label:>12} sub keys, {lanes} lanes: {lanes_run.rate:9,.0f} items/s"
+            f" -> x{row['lanes']['ratio']:.2f} (today's mode x{row['ratio']:.2f}); Redis CPU"
+            f" {lw['redis_cpu_us']:.2f} us/item, {lw['commands']:.2f} commands/item; producer"
+            f" {lw['producer_cpu_us']:.1f}, workers {lw['workers_cpu_us']:.1f} us CPU/item"
+            f" - {lanes_run.verdict.summary()}"
+        )
     return row
 
 
 def scenario_s1keys(args: Any, log_dir: Path) -> dict[str, Any]:
+    lanes = getattr(args, "lanes", None)
+    both = "" if lanes is None else f"; each row in today's mode, then with {lanes} lanes"
     say(
         f"S1 by key count: {args.s1keys_items:,} items, {PARTITIONS} partitions, enqueue_many"
         f" {ENQUEUE_BATCH}, {args.workers} workers at defaults; raw queue RPUSH x{RAW_PUSH} /"
-        f" LPOP {RAW_POP}"
+        f" LPOP {RAW_POP}{both}"
     )
-    return {
+    result: dict[str, Any] = {
         "items": args.s1keys_items,
         "rows": [_row(args, log_dir, label, keys) for label, keys in ROWS],
     }
+    if lanes is not None:
+        result["lanes"] = lanes
+    return result
 
 
 def markdown(s: dict[str, Any]) -> list[str]:
+    lanes = s.get("lanes")
     out = [
         "",
         f"### S1 by key count ({s['items']:,} items, {PARTITIONS} partitions, 2 workers at"
-        " defaults; raw queue: RPUSH x500 per round trip, LPOP 500)",
+        " defaults; raw queue: RPUSH x500 per round trip, LPOP 500"
+        + ("" if lanes is None else f"; lanes: the same row with the producer's lanes={lanes}")
+        + ")",
         "",
         "| sub keys | (partition, sub key) pairs | items/s | raw queue items/s | x raw queue"
         " | Redis CPU us/item | commands/item | producer, workers CPU us/item"
-        " | raw queue: CPU us/item, commands/item | producer alone items/s (x raw queue) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        " | raw queue: CPU us/item, commands/item | producer alone items/s (x raw queue) |"
+        + (
+            ""
+            if lanes is None
+            else f" {lanes} lanes: items/s | {lanes} lanes: x raw queue"
+            f" | {lanes} lanes: Redis, producer, workers CPU us/item |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+        + ("" if lanes is None else "---:|---:|---|"),
     ]
     for r in s["rows"]:
         ws, raw = r["workshaper"], r["raw_queue"]
-        out.append(
+        line = (
             f"| {r['row']} | {r['pairs']:,} | {r['rate']:,.0f} | {r['raw_rate']:,.0f} |"
             f" **{r['ratio']:.2f}** | {ws['redis_cpu_us']:.2f} | {ws['commands']:.2f} |"
             f" {ws['producer_cpu_us']:.1f}, {ws['workers_cpu_us']:.1f} |"
             f" {raw['redis_cpu_us']:.2f}, {raw['commands']:.2f} |"
             f" {r['enqueue_alone_rate']:,.0f} ({r['enqueue_alone_rate'] / r['raw_rate']:.2f}) |"
         )
+        if lanes is not None:
+            ln = r["lanes"]
+            lw = ln["workshaper"]
+            line += (
+                f" {ln['rate']:,.0f} | **{ln['ratio']:.2f}** |"
+                f" {lw['redis_cpu_us']:.2f}, {lw['producer_cpu_us']:.1f},"
+                f" {lw['workers_cpu_us']:.1f} |"
+            )
+        out.append(line)
     return out
 
 
@@ -248,6 +309,15 @@ def metrics(s: dict[str, Any]) -> list[tuple[str, float]]:
             (f"S1 {r['row']} keys workers CPU us/item", r["workshaper"]["workers_cpu_us"]),
             (f"S1 {r['row']} keys producer alone items/s", r["enqueue_alone_rate"]),
         ]
+        if "lanes" in r:
+            rows += [
+                (f"S1 {r['row']} keys lanes items/s", r["lanes"]["rate"]),
+                (f"S1 {r['row']} keys lanes x raw queue", r["lanes"]["ratio"]),
+                (
+                    f"S1 {r['row']} keys lanes Redis CPU us/item",
+                    r["lanes"]["workshaper"]["redis_cpu_us"],
+                ),
+            ]
     return rows
 
 

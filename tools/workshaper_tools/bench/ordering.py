@@ -194,11 +194,15 @@ def scenario_s2(args: Any, log_dir: Path) -> dict[str, Any]:
             )
     workers = args.workers
     config = RunConfig(
-        workers=workers, concurrency=SLOTS // workers, max_in_queue=args.s2_items + 1
+        workers=workers,
+        concurrency=SLOTS // workers,
+        max_in_queue=args.s2_items + 1,
+        lanes=getattr(args, "lanes", None),
     )
+    lanes = "" if config.lanes is None else f", producer with {config.lanes} lanes"
     say(
         f"S2 Parallel Consumer's table: {args.s2_items} items, 1 partition, sleep 0-5 ms,"
-        f" {SLOTS} slots ({workers} workers x {config.concurrency})"
+        f" {SLOTS} slots ({workers} workers x {config.concurrency}){lanes}"
     )
     out: list[dict[str, Any]] = []
     with private_redis() as server:
@@ -241,7 +245,7 @@ def scenario_s2(args: Any, log_dir: Path) -> dict[str, Any]:
                 f" - {run.verdict.summary()}"
             )
     met = all(r["met"] for r in out if r["in_target"])
-    return {
+    scenario: dict[str, Any] = {
         "items": args.s2_items,
         "slots": SLOTS,
         "workers": workers,
@@ -249,3 +253,6 @@ def scenario_s2(args: Any, log_dir: Path) -> dict[str, Any]:
         "target": f"<= {TARGET_FACTOR}x ideal from {TARGET_FROM_KEYS} keys up",
         "met": met,
     }
+    if config.lanes is not None:
+        scenario["lanes"] = config.lanes
+    return scenario

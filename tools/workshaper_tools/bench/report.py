@@ -122,6 +122,11 @@ def markdown(results: dict[str, Any]) -> str:
         f"Run {m['started']}, {'quick' if results['quick'] else 'full'} mode, {m['cpus']} CPUs,"
         f" Python {m['python']}, load average before {m['load_before'][0]:.2f}."
     )
+    if results.get("lanes") is not None:
+        out[-1] += (
+            f" Every scenario's producers with lanes={results['lanes']} (S1 by key count: each"
+            " row in today's mode and with lanes)."
+        )
     if "s1" in results:
         s = results["s1"]
         out += [
@@ -374,7 +379,10 @@ def profile_run(args: Any, log_dir: Path) -> dict[str, Any]:
 
     items = plan_noop(args.s1_items, args.partitions, args.sub_keys)
     config = RunConfig(
-        workers=args.workers, concurrency=args.concurrency, max_in_queue=args.max_in_queue
+        workers=args.workers,
+        concurrency=args.concurrency,
+        max_in_queue=args.max_in_queue,
+        lanes=getattr(args, "lanes", None),
     )
     say(f"Profile: S1 run of {len(items):,} items under py-spy (slower than unprofiled)")
     profile_dir = log_dir / "profiles"

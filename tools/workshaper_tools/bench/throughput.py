@@ -34,6 +34,7 @@ from workshaper_tools.bench.common import (
 from workshaper_tools.bench.handlers import Record
 from workshaper_tools.bench.profile import Profiler, summarize
 from workshaper_tools.bench.verify import AckCall, Verdict, verify
+from workshaper_tools.testing.lanes import lanes_option
 
 #: Items per enqueue_many call: about 1,000 per partition at 8 partitions (the producer's cap
 #: per script call), so one call is one round trip.
@@ -48,6 +49,7 @@ class RunConfig:
     max_in_queue: int = 5000
     enqueue_batch: int = ENQUEUE_BATCH
     timeout: float = 900.0
+    lanes: int | None = None  # the producer's lanes; None: today's mode
 
 
 @dataclass
@@ -114,7 +116,9 @@ def run_workshaper(
     profiler = Profiler(profile_dir) if profile_dir is not None else None
     try:
         fleet.start()
-        producer = Producer(url, namespace, max_in_queue=config.max_in_queue, ack=ack)
+        producer = Producer(
+            url, namespace, max_in_queue=config.max_in_queue, ack=ack, **lanes_option(config.lanes)
+        )
         if profiler is not None:
             profiler.attach("producer", os.getpid())
             for i, pid in enumerate(fleet.pids()):
@@ -186,11 +190,15 @@ def _flush(url: str) -> None:
 def scenario_s1(args: Any, log_dir: Path) -> dict[str, Any]:
     items = plan_noop(args.s1_items, args.partitions, args.sub_keys)
     config = RunConfig(
-        workers=args.workers, concurrency=args.concurrency, max_in_queue=args.max_in_queue
+        workers=args.workers,
+        concurrency=args.concurrency,
+        max_in_queue=args.max_in_queue,
+        lanes=getattr(args, "lanes", None),
     )
+    lanes = "" if config.lanes is None else f" (producer with {config.lanes} lanes)"
     say(
         f"S1 throughput: {len(items)} items, {args.partitions} partitions, {args.sub_keys} sub"
-        f" keys, 1 producer + {config.workers} workers x {config.concurrency}, no-op work"
+        f" keys, 1 producer{lanes} + {config.workers} workers x {config.concurrency}, no-op work"
     )
     baselines: list[BaselineResult] = []
     runs: list[WsRun] = []
@@ -222,7 +230,7 @@ def scenario_s1(args: Any, log_dir: Path) -> dict[str, Any]:
         f"S1: WorkShaper {ws_rate:,.0f} items/s vs raw list queue {base_rate:,.0f} items/s"
         f" = {ratio:.0%} (target >= 50%)"
     )
-    return {
+    result: dict[str, Any] = {
         "items": len(items),
         "partitions": args.partitions,
         "sub_keys": args.sub_keys,
@@ -240,3 +248,6 @@ def scenario_s1(args: Any, log_dir: Path) -> dict[str, Any]:
         "_runs": runs,
         "_baselines": baselines,
     }
+    if config.lanes is not None:
+        result["lanes"] = config.lanes
+    return result
