@@ -107,10 +107,14 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
     args.scenarios = chosen
     if args.lanes is not None:
+        refusal = None
         if args.lanes < 1:
-            raise SystemExit(f"--lanes must be at least 1, got {args.lanes}")
-        if not producer_takes_lanes():
-            raise SystemExit(f"--lanes: {NO_LANES}")
+            refusal = f"--lanes must be at least 1, got {args.lanes}"
+        elif not producer_takes_lanes():
+            refusal = f"--lanes: {NO_LANES}"
+        if refusal is not None:
+            print(f"workshaper bench: {refusal}", file=sys.stderr)
+            raise SystemExit(2)
     return args
 
 
