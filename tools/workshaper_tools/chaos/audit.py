@@ -44,7 +44,11 @@ class ChaosResult:
     def violations(self) -> int:
         r = self.report
         return (
-            len(r.lost) + len(r.order_violations) + len(r.watermark_violations) + len(self.issues)
+            len(r.lost)
+            + len(r.order_violations)
+            + len(r.watermark_violations)
+            + len(r.sub_key_violations)
+            + len(self.issues)
         )
 
     @property
@@ -68,6 +72,7 @@ class ChaosResult:
             "lost": [list(x) for x in r.lost],
             "order_violations": r.order_violations,
             "watermark_violations": r.watermark_violations,
+            "sub_key_violations": r.sub_key_violations,
             "starts": r.starts,
             "reruns": r.reruns,
             "reacks": r.reacks,
@@ -96,7 +101,9 @@ def audit(cluster: Cluster, faults: list[FaultRecord], elapsed: float) -> ChaosR
     events = read_journal(cluster.journal_dir)
     acks = read_acks(cluster.run_dir / "acks.log")
     poison_items = read_poison(cluster.run_dir / "poison.log")
-    report = check(planned, events, acks, cluster.dead_letters)
+    # The journal carries the sub key each handler saw (current_job().sub_key): with lanes,
+    # Redis holds the lane and the handler must still see the item's own sub key.
+    report = check(planned, events, acks, cluster.dead_letters, sub_keys=True)
     issues = list(cluster.issues)
 
     # Redis after the drain: nothing pending, leased, queued or blocked; acked at the top.

@@ -23,6 +23,7 @@ from workshaper_tools.chaos.config import (
 from workshaper_tools.chaos.producer import producer_main
 from workshaper_tools.chaos.report import soak_table, summary_table
 from workshaper_tools.chaos.run import run_once
+from workshaper_tools.testing.lanes import NO_LANES, producer_takes_lanes
 
 
 def parse_kinds(text: str) -> tuple[str, ...]:
@@ -74,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gap", type=float, nargs=2, default=d.gap, metavar=("MIN", "MAX"))
     p.add_argument("--appendfsync", choices=["always", "everysec"], default=d.appendfsync)
     p.add_argument("--drain-timeout", type=float, default=d.drain_timeout)
+    p.add_argument(
+        "--lanes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the producer spreads each partition's sub keys over N lanes (docs/lanes.md);"
+        " default: today's mode",
+    )
     p.add_argument("--run-dir", type=Path, default=None, help="keep the run's files here")
     p.add_argument("--keep", action="store_true", help="keep the run dir even when it passes")
     p.add_argument("--json", type=Path, default=None, help="write the result(s) as JSON")
@@ -110,6 +119,7 @@ def _config_from(args: argparse.Namespace) -> ChaosConfig:
         drain_timeout=args.drain_timeout,
         run_dir=args.run_dir,
         keep=args.keep,
+        lanes=args.lanes,
     )
 
 
@@ -161,6 +171,7 @@ def _cluster_main(args: argparse.Namespace) -> int:
         work_delay=args.work_delay,
         gap=(args.gap[0], args.gap[1]),
         drain_timeout=args.drain_timeout,
+        lanes=args.lanes,
     )
     if args.partitions != d.partitions:  # else the cluster default: spread over the masters
         config.partitions = args.partitions
@@ -181,6 +192,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return producer_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.lanes is not None:
+        if args.lanes < 1:
+            print(f"chaos: --lanes must be at least 1, got {args.lanes}", file=sys.stderr)
+            return 2
+        if not producer_takes_lanes():
+            print(f"chaos: --lanes: {NO_LANES}", file=sys.stderr)
+            return 2
+        if args.faults == ("kafka",):
+            print(
+                "chaos: --lanes does not apply to --faults kafka: the Kafka bridge builds"
+                " its own producer, which has no lanes option",
+                file=sys.stderr,
+            )
+            return 2
     if args.faults == ("kafka",):
         return _kafka_main(args)
     if args.faults == ("cluster",):
@@ -190,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = None if args.quiet else sys.stdout
     results: list[ChaosResult] = []
     if args.soak:
-        configs = soak_configs(args.seed, args.soak_scale, args.faults)
+        configs = soak_configs(args.seed, args.soak_scale, args.faults, args.lanes)
         print(
             f"chaos soak: {len(configs)} runs, {sum(c.fault_count for c in configs)} faults",
             flush=True,

@@ -307,6 +307,8 @@ class Cluster:
             "--batch",
             str(config.producer_batch),
         ]
+        if config.lanes is not None:
+            argv += ["--lanes", str(config.lanes)]
         self.producer = _spawn(argv, log_path=self.logs_dir / "producer.log")
         self.producer_restart_at = None
         self.producer_expect_kill = False

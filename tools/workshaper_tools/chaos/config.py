@@ -42,6 +42,7 @@ class ChaosConfig:
     run_dir: Path | None = None
     keep: bool = False  # keep the run dir (always kept when the run fails)
     label: str = ""  # the soak table's row ("" : the fault kinds)
+    lanes: int | None = None  # the producer's lanes (docs/lanes.md); None: today's mode
 
     def command(self) -> str:
         """The ./scripts/chaos command line that repeats this run."""
@@ -69,6 +70,8 @@ class ChaosConfig:
                 parts += [flag, _fmt_number(value)]
         if self.gap != default.gap:
             parts += ["--gap", _fmt_number(self.gap[0]), _fmt_number(self.gap[1])]
+        if self.lanes is not None:
+            parts += ["--lanes", str(self.lanes)]
         return " ".join(parts)
 
 
@@ -78,8 +81,11 @@ def _fmt_number(value: object) -> str:
     return str(value)
 
 
-def soak_configs(base_seed: int, scale: float, kinds: Sequence[str]) -> list[ChaosConfig]:
-    """Each kind alone (two runs), then all kinds together (two runs): over 1,000 faults."""
+def soak_configs(
+    base_seed: int, scale: float, kinds: Sequence[str], lanes: int | None = None
+) -> list[ChaosConfig]:
+    """Each kind alone (two runs), then all kinds together (two runs): over 1,000 faults;
+    every run's producer with ``lanes``."""
     per_kind = {"kill": 80, "stop": 75, "redis": 80, "proxy": 75, "netns": 75, "poison": 40}
     per_kind["producer"] = 40
     configs = []
@@ -111,4 +117,6 @@ def soak_configs(base_seed: int, scale: float, kinds: Sequence[str]) -> list[Cha
             )
         )
         seed += 1
+    for config in configs:
+        config.lanes = lanes
     return configs

@@ -21,6 +21,7 @@ from workshaper_tools.chaos.plan import (
     read_poison,
     read_sent,
 )
+from workshaper_tools.testing.lanes import lanes_option
 
 log = logging.getLogger("workshaper.chaos")
 
@@ -41,6 +42,7 @@ def producer_main(argv: Sequence[str]) -> int:
     p.add_argument("--rate", type=float, required=True)
     p.add_argument("--max-in-queue", type=int, required=True)
     p.add_argument("--batch", type=int, default=10)
+    p.add_argument("--lanes", type=int, default=None, help="the producer's lanes")
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s"
@@ -80,7 +82,11 @@ def producer_main(argv: Sequence[str]) -> int:
     producer = retrying(
         "connect",
         lambda: workshaper.Producer(
-            args.redis, args.namespace, max_in_queue=args.max_in_queue, ack=ack
+            args.redis,
+            args.namespace,
+            max_in_queue=args.max_in_queue,
+            ack=ack,
+            **lanes_option(args.lanes),
         ),
     )
     plan = plan_items(spec)

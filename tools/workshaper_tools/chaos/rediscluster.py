@@ -73,6 +73,7 @@ class ClusterChaosConfig:
     work_delay: float = 0.01
     gap: tuple[float, float] = (0.5, 2.0)  # seconds between faults
     drain_timeout: float = 240.0
+    lanes: int | None = None  # the producer's lanes (docs/lanes.md); None: today's mode
 
 
 @dataclass
@@ -101,7 +102,11 @@ class ClusterChaosResult:
         whose master was never killed (migrations only), and harness issues. Those on killed
         masters' partitions are what asynchronous replication costs: reported apart."""
         return (
-            self.lost_elsewhere + self.order_elsewhere + self.watermark_elsewhere + len(self.issues)
+            self.lost_elsewhere
+            + self.order_elsewhere
+            + self.watermark_elsewhere
+            + len(self.report.sub_key_violations)
+            + len(self.issues)
         )
 
     @property
@@ -128,6 +133,8 @@ class ClusterChaosResult:
             f"watermark  violations {len(r.watermark_violations)}: {self.watermark_after_kill}"
             f" on partitions of killed masters, {self.watermark_elsewhere} elsewhere"
             f" (re-acks {r.reacks})",
+            f"sub key    violations {len(r.sub_key_violations)} (a handler saw a"
+            " current_job().sub_key other than its item's own)",
             f"re-runs    {r.reruns} of {r.starts} starts",
         ]
         if self.drain_stuck:
@@ -202,6 +209,8 @@ class _Run:
             *("--partitions", str(c.partitions), "--sub-keys", str(c.sub_keys)),
             *("--rate", str(c.rate), "--max-in-queue", str(c.max_in_queue)),
         ]
+        if c.lanes is not None:
+            argv += ["--lanes", str(c.lanes)]
         self.producer = self._popen(argv, "producer")
 
     def supervise(self) -> None:
@@ -373,7 +382,7 @@ def run_cluster_chaos(
     )
     planned = [PlannedItem(sub, p, o) for sub, p, o in plan]
     result.report = check(
-        planned, read_journal(run.journal), read_acks(directory / "acks.log"), dead
+        planned, read_journal(run.journal), read_acks(directory / "acks.log"), dead, sub_keys=True
     )
     killed = run.killed_partitions
     report = result.report

@@ -76,6 +76,8 @@ def summary_table(result: ChaosResult) -> str:
         f" {r.dead_lettered}: poison {result.poison['dead_lettered']}, other"
         f" {result.dead_not_poison}), lost {len(r.lost)}",
         f"order      violations {len(r.order_violations)}",
+        f"sub key    violations {len(r.sub_key_violations)} (a handler saw a"
+        " current_job().sub_key other than its item's own)",
         f"watermark  violations {len(r.watermark_violations)} (re-acks by a restarted producer"
         f" {r.reacks})",
         f"re-runs    {r.reruns} of {r.starts} starts; items in flight at faults"
@@ -93,6 +95,7 @@ def summary_table(result: ChaosResult) -> str:
         ("lost", [str(x) for x in r.lost]),
         ("order", r.order_violations),
         ("watermark", r.watermark_violations),
+        ("sub key", r.sub_key_violations),
         ("issue", result.issues),
     ):
         for text in items[:5]:
@@ -135,7 +138,7 @@ def soak_table(results: Sequence[ChaosResult]) -> str:
         water = sum(len(r.report.watermark_violations) for r in group)
         reruns = sum(r.report.reruns for r in group)
         innocent = sum(r.dead_not_poison for r in group)
-        other = sum(len(r.issues) for r in group)
+        other = sum(len(r.issues) + len(r.report.sub_key_violations) for r in group)
         for name, value in (
             ("runs", len(group)),
             ("items", items),

@@ -8,6 +8,9 @@
   new one may repeat the last value once; such repeats are counted in ``reacks``, a smaller value
   is always a violation.
 - re-runs: starts beyond the first per item (at-least-once delivery after faults).
+- sub key (``check(..., sub_keys=True)``): a start whose handler saw a ``current_job().sub_key``
+  other than the item's own (with the producer's lanes, Redis holds the lane, the entry the
+  item's sub key: the handler must see the latter).
 """
 
 from __future__ import annotations
@@ -47,10 +50,16 @@ class Report:
     starts: int = 0
     reruns: int = 0
     reacks: int = 0  # repeats of the last ack by a replacement producer (allowed)
+    sub_key_violations: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.order_violations or self.watermark_violations)
+        return not (
+            self.lost
+            or self.order_violations
+            or self.watermark_violations
+            or self.sub_key_violations
+        )
 
     def summary(self) -> str:
         return (
@@ -58,6 +67,11 @@ class Report:
             f"{self.dead_lettered}, lost {len(self.lost)}, order violations "
             f"{len(self.order_violations)}, watermark violations "
             f"{len(self.watermark_violations)}, re-runs {self.reruns}"
+            + (
+                f", sub key violations {len(self.sub_key_violations)}"
+                if self.sub_key_violations
+                else ""
+            )
         )
 
 
@@ -66,8 +80,11 @@ def check(
     events: list[Event],
     acks: Iterable[Ack] = (),
     dead_lettered: Iterable[tuple[int, int]] = (),
+    *,
+    sub_keys: bool = False,
 ) -> Report:
-    """Dead-lettered items count as finished (their time is not in the journal)."""
+    """Dead-lettered items count as finished (their time is not in the journal). With
+    ``sub_keys``, also check that every start saw its item's own sub key."""
     items = list(plan)
     dead = set(dead_lettered)
     report = Report(accepted=len(items), dead_lettered=len(dead))
@@ -114,6 +131,9 @@ def check(
                         f"{started:.6f} before offset {previous} ended ({ended})"
                     )
 
+    if sub_keys:
+        report.sub_key_violations = sub_key_mismatches(items, events)
+
     # watermark
     by_partition: dict[int, list[int]] = defaultdict(list)
     for item in items:
@@ -151,6 +171,21 @@ def check(
             )
         checked[ack.partition] = position
     return report
+
+
+def sub_key_mismatches(items: Iterable[PlannedItem], events: Iterable[Event]) -> list[str]:
+    """Each start whose handler saw a ``current_job().sub_key`` (the journal's ``sub``) other
+    than its item's own; starts of items not in the plan are not judged."""
+    own = {(item.partition, item.offset): item.sub_key for item in items}
+    found = []
+    for e in events:
+        key = (e.partition, e.offset)
+        if e.kind == "s" and key in own and e.sub_key != own[key]:
+            found.append(
+                f"partition {e.partition} offset {e.offset}: the handler saw sub key"
+                f" {e.sub_key!r} at {e.at:.6f}, the item's own is {own[key]!r}"
+            )
+    return found
 
 
 def dead_predecessor_overlaps(
