@@ -23,6 +23,7 @@ from workshaper_tools.bench.lanes.__main__ import check as lanes_check
 from workshaper_tools.bench.throughput import RunConfig, WsRun, run_workshaper
 from workshaper_tools.bench.verify import AckCall, Plan, Verdict, ack_delays, verify
 from workshaper_tools.testing import RedisServer
+from workshaper_tools.testing.lanes import NO_LANES, producer_takes_lanes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,11 +49,14 @@ def _run_bench(argv: list[str], out: Path) -> dict[str, Any]:
     return results
 
 
+@pytest.mark.parametrize("lanes", [None, 4], ids=["today", "lanes-4"])
 def test_quick_mode_runs_every_scenario_and_checks_invariants(
-    redis_server: RedisServer, tmp_path: Path
+    redis_server: RedisServer, tmp_path: Path, lanes: int | None
 ) -> None:
     # redis_server: skip (locally) or fail (CI) without redis-server; the bench starts its own.
-    results = _run_bench(["--quick"], tmp_path)
+    if lanes is not None and not producer_takes_lanes():
+        pytest.skip(NO_LANES)
+    results = _run_bench(["--quick", *([] if lanes is None else ["--lanes", str(lanes)])], tmp_path)
     assert {"s1", "s1keys", "s2", "s3", "s4", "s5", "peers"} <= results.keys()
     verdicts = [*results["s1"]["verdicts"], results["s3"]["verdict"]]
     verdicts += [r["verdict"] for r in results["s2"]["rows"]]
@@ -65,6 +69,17 @@ def test_quick_mode_runs_every_scenario_and_checks_invariants(
         assert min(costs["redis_cpu_us"], costs["producer_cpu_us"], costs["workers_cpu_us"]) > 0
         # The ceiling the enqueue sets: the producer alone, with no worker running.
         assert row["enqueue_alone_rate"] > 0
+    if lanes is None:
+        assert "lanes" not in results and "lanes" not in results["s1keys"]["rows"][0]
+    else:
+        # Every scenario's producers took the lanes; S1 by key count ran each row both ways.
+        for name in ("s1", "s1keys", "s2", "s3", "s4", "s5"):
+            assert results[name]["lanes"] == lanes, name
+        for row in results["s1keys"]["rows"]:
+            assert row["lanes"]["lanes"] == lanes and row["lanes"]["ratio"] > 0
+            assert row["lanes"]["workshaper"]["redis_cpu_us"] > 0
+            verdicts.append(row["lanes"]["verdict"])
+        assert f"| {lanes} lanes: x raw queue |" in (tmp_path / "results.md").read_text()
     for verdict in verdicts:
         assert " 0 lost, 0 order violations, 0 watermark violations" in verdict, verdict
     assert (tmp_path / "results.md").read_text().startswith("Run ")

@@ -21,6 +21,7 @@ from workshaper_tools.chaos.cluster import worker_exit_kind
 from workshaper_tools.testing import netns, redis_server_binary
 from workshaper_tools.testing.checker import Ack, PlannedItem, check
 from workshaper_tools.testing.journal import POISON_EXIT_STATUS, Event
+from workshaper_tools.testing.lanes import NO_LANES, producer_takes_lanes
 from workshaper_tools.testing.proxy import ChaosProxy
 from workshaper_tools.testing.redis_server import RedisServer
 
@@ -65,6 +66,16 @@ def short_run(tmp_path: Path, *kinds: str, **overrides: object) -> ChaosResult:
 def test_worker_sigkill_and_restart(tmp_path: Path) -> None:
     result = short_run(tmp_path, "kill", fault_count=5)
     assert result.worker_exits.get("killed") == 5
+
+
+def test_worker_sigkill_and_restart_with_lanes(tmp_path: Path) -> None:
+    """The kill run with the producer's lanes: the audit also checks that every handler saw
+    its item's own sub key, not its lane."""
+    if not producer_takes_lanes():
+        pytest.skip(NO_LANES)
+    result = short_run(tmp_path, "kill", fault_count=5, lanes=4)
+    assert result.worker_exits.get("killed") == 5
+    assert "--lanes 4" in result.config.command()
 
 
 def test_worker_sigstop_past_the_lease_then_sigcont(tmp_path: Path) -> None:
@@ -214,6 +225,27 @@ def test_checker_allows_one_repeat_by_a_new_producer_only() -> None:
     assert len(check(plan, events, early).watermark_violations) == 1
 
 
+def test_checker_catches_a_handler_that_saw_another_sub_key() -> None:
+    """With lanes, Redis holds the lane; a handler that saw it (or any other sub key) instead
+    of its item's own is a violation, counted apart, and only when asked for."""
+    plan = [PlannedItem("a", 0, 0), PlannedItem(None, 0, 1), PlannedItem("b", 0, 2)]
+    events = [
+        Event("s", 0, 0, "a", 1, 1, 1, 1.0),
+        Event("e", 0, 0, "a", 1, 1, 1, 1.1),
+        Event("s", 0, 1, "lane 3", 1, 1, 1, 1.2),
+        Event("e", 0, 1, "lane 3", 1, 1, 1, 1.3),
+        Event("s", 0, 2, "a", 1, 1, 1, 1.4),
+        Event("e", 0, 2, "a", 1, 1, 1, 1.5),
+    ]
+    acks = [Ack(0, 2, 2.0)]
+    assert check(plan, events, acks).ok
+    report = check(plan, events, acks, sub_keys=True)
+    assert not report.ok and len(report.sub_key_violations) == 2, report.sub_key_violations
+    assert "offset 1" in report.sub_key_violations[0] and "None" in report.sub_key_violations[0]
+    assert "sub key violations 2" in report.summary()
+    assert not (report.lost or report.order_violations or report.watermark_violations)
+
+
 def test_percentile_is_nearest_rank() -> None:
     assert chaos.percentile([], 50) is None
     assert chaos.percentile([3.0, 1.0, 2.0], 50) == 2.0
@@ -232,6 +264,10 @@ def test_command_line_repeats_the_run() -> None:
         9,
         1.5,
     )
+    assert again.lanes is None and "--lanes" not in command
+    laned = ChaosConfig(faults=("kill",), fault_count=3, seed=2, lanes=4).command()
+    assert laned.endswith(" --lanes 4")
+    assert chaos_cli._config_from(chaos_cli.build_parser().parse_args(laned.split()[1:])).lanes == 4
 
 
 # --- the TCP proxy ---------------------------------------------------------------------------
