@@ -23,7 +23,6 @@ from workshaper_tools.bench.lanes.__main__ import check as lanes_check
 from workshaper_tools.bench.throughput import RunConfig, WsRun, run_workshaper
 from workshaper_tools.bench.verify import AckCall, Plan, Verdict, ack_delays, verify
 from workshaper_tools.testing import RedisServer
-from workshaper_tools.testing.lanes import NO_LANES, producer_takes_lanes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,8 +53,6 @@ def test_quick_mode_runs_every_scenario_and_checks_invariants(
     redis_server: RedisServer, tmp_path: Path, lanes: int | None
 ) -> None:
     # redis_server: skip (locally) or fail (CI) without redis-server; the bench starts its own.
-    if lanes is not None and not producer_takes_lanes():
-        pytest.skip(NO_LANES)
     results = _run_bench(["--quick", *([] if lanes is None else ["--lanes", str(lanes)])], tmp_path)
     assert {"s1", "s1keys", "s2", "s3", "s4", "s5", "peers"} <= results.keys()
     verdicts = [*results["s1"]["verdicts"], results["s3"]["verdict"]]

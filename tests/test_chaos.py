@@ -21,7 +21,6 @@ from workshaper_tools.chaos.cluster import worker_exit_kind
 from workshaper_tools.testing import netns, redis_server_binary
 from workshaper_tools.testing.checker import Ack, PlannedItem, check
 from workshaper_tools.testing.journal import POISON_EXIT_STATUS, Event
-from workshaper_tools.testing.lanes import NO_LANES, producer_takes_lanes
 from workshaper_tools.testing.proxy import ChaosProxy
 from workshaper_tools.testing.redis_server import RedisServer
 
@@ -71,8 +70,6 @@ def test_worker_sigkill_and_restart(tmp_path: Path) -> None:
 def test_worker_sigkill_and_restart_with_lanes(tmp_path: Path) -> None:
     """The kill run with the producer's lanes: the audit also checks that every handler saw
     its item's own sub key, not its lane."""
-    if not producer_takes_lanes():
-        pytest.skip(NO_LANES)
     result = short_run(tmp_path, "kill", fault_count=5, lanes=4)
     assert result.worker_exits.get("killed") == 5
     assert "--lanes 4" in result.config.command()
