@@ -16,8 +16,11 @@ import workshaper
 from workshaper import codec
 from workshaper.admin import Admin
 from workshaper.connection import Backend
+from workshaper.keys import NamespaceKeys
 from workshaper.scripts import EncodedItem
 from workshaper.worker.lanes import LaneWindow, Run, run_sub_key
+from workshaper.worker.lease import Lease
+from workshaper.worker.prefetch import PrefetchPolicy
 
 from .conftest import wait_for
 from .test_worker import Recorder
@@ -143,6 +146,30 @@ def test_occupies_counts_running_and_runnable_sub_keys_up_to_the_slots() -> None
     assert window.occupies(4) == 4
     assert window.occupies(100) == 10
     assert len(deque(window.runnable)) == 9
+
+
+def _lane_lease(index: int, window: LaneWindow) -> Lease:
+    keys = NamespaceKeys("t").partition(0)
+    lease = Lease(0, keys, codec.lane_sub(index), codec.Lane(index), 1, 0, b"")
+    lease.window = window
+    return lease
+
+
+def test_a_worker_holds_at_most_a_lane_per_slot() -> None:
+    # Lanes that look empty for a moment fill up again: claiming more of them than slots
+    # would leave another worker none (each stays held while it has entries).
+    policy = PrefetchPolicy(concurrency=8, prefetch=8)
+    policy.claim_left(100)  # a deep backlog: it would prefetch
+    quiet = [_lane_lease(i, LaneWindow()) for i in range(8)]
+    assert policy.wanted(quiet, claiming=0) == 0
+    assert policy.wanted(quiet[:5], claiming=2) == 1
+
+
+def test_a_lane_with_many_runnable_sub_keys_fills_every_slot() -> None:
+    window = LaneWindow()
+    window.add([_raw(i, f"k{i}") for i in range(20)])
+    policy = PrefetchPolicy(concurrency=8, prefetch=0)
+    assert policy.wanted([_lane_lease(0, window)], claiming=0) == 0
 
 
 # --- a real worker -----------------------------------------------------------------------------

@@ -130,7 +130,7 @@ class Completions:
                 continue
             finished += answer.finished
             if lease.window is not None:
-                self._lanes.completed(lease, answer)
+                self._lanes.completed(lease, action, answer)
                 continue
             if lease.exact:  # only a lease in its single-step window counts its steps
                 isolation.use_window_steps(lease, answer.finished)

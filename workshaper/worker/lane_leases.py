@@ -26,7 +26,15 @@ import time
 from workshaper import codec, scripts
 from workshaper.worker.dispatch import Dispatcher
 from workshaper.worker.lanes import LaneWindow, Outcome, Run
-from workshaper.worker.lease import CONTINUE, KEEP, LEASE_QUANTUM, RELEASE, RUNNING, Lease
+from workshaper.worker.lease import (
+    CONTINUE,
+    KEEP,
+    LEASE_QUANTUM,
+    RELEASE,
+    RUNNING,
+    YIELD,
+    Lease,
+)
 from workshaper.worker.prefetch import PrefetchPolicy, moving_average
 from workshaper.worker.state import CoordinatorState
 
@@ -168,7 +176,7 @@ class LaneLeases:
             return not (window.in_flight or lease.failure is not None or window.gap_startable())
         return window.confirm or (not window and not window.in_flight)
 
-    def completed(self, lease: Lease, answer: scripts.CompletionReply) -> None:
+    def completed(self, lease: Lease, action: str, answer: scripts.CompletionReply) -> None:
         """A completion's reply, kept or released (fenced is the caller's)."""
         window = lease.window
         assert window is not None
@@ -177,6 +185,10 @@ class LaneLeases:
                 self._state.wakes.add(lease.partition)
             self._dispatcher.drop(lease)
             return
+        if action == YIELD:
+            # Nobody waited for the partition: a new quantum. Else the window would drain to
+            # empty before every read from here on (report: no reading past the quantum).
+            lease.acquired = time.monotonic()
         self._state.extended(lease)
         window.confirm = False
         window.add(answer.next_entries, answer.attempts_record)

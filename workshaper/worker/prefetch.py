@@ -65,12 +65,13 @@ class PrefetchPolicy:
         next sub key at once instead of after a claim and a read. With few sub keys no worker
         prefetches, so none holds sub keys that another worker could be running.
         ``claiming``: leases asked for by claims still in flight."""
-        held = 0
+        held = lanes = 0
         concurrency = self.concurrency
         for lease in leases:  # occupies(lease), inlined: this runs per lease, per call
             window = lease.window
             if window is not None:  # a lane counts the slots its sub keys can keep busy
                 held += window.occupies(concurrency)
+                lanes += 1
                 continue
             state = lease.state
             if state == WAITING:
@@ -82,7 +83,13 @@ class PrefetchPolicy:
         lookahead = self._lookahead
         if lookahead is None:
             lookahead = self._lookahead = self.lookahead()
-        return concurrency + lookahead - held - claiming
+        wanted = concurrency + lookahead - held - claiming
+        if lanes:
+            # At most a lane per slot: a lane a worker holds stays held while it has entries,
+            # so a worker that took more than it keeps busy (an empty-looking lane fills a
+            # moment later) would leave another worker nothing to claim.
+            wanted = min(wanted, concurrency - lanes - claiming)
+        return wanted
 
     def lookahead(self) -> int:
         """Leases to prefetch: as many as batches end (across the slots) while a new lease
