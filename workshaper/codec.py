@@ -171,53 +171,44 @@ def keyed_entry(offset: int, encoded_sub: bytes, payload: bytes) -> bytes:
     return b"%d|k%d:%s%s" % (offset, len(encoded_sub), encoded_sub, payload)
 
 
+def _split_lane_entry(raw: bytes) -> tuple[int | None, bytes | None, bytes]:
+    """A lane's entry as (offset, encoded sub key, tagged payload); None for a part that is
+    missing or malformed."""
+    head, sep, rest = raw.partition(b"|")
+    if not sep or not head.isdigit() or len(head) > 16:
+        return None, None, b""
+    if rest[:1] != _TAG_KEYED:
+        return int(head), None, rest
+    length, sep, body = rest[1:].partition(b":")
+    if not sep or not length.isdigit() or int(length) > len(body):
+        return int(head), None, rest
+    return int(head), body[: int(length)], body[int(length) :]
+
+
 def read_lane_entry(raw: bytes) -> tuple[int | None, bytes | None]:
     """A lane's entry's offset and the encoded sub key it carries, in one pass (the worker reads
     both of every entry); None for either that is missing or malformed."""
-    head, sep, rest = raw.partition(b"|")
-    if not sep or not head.isdigit() or len(head) > 16:
-        return None, None
-    if rest[:1] != _TAG_KEYED:
-        return int(head), None
-    length, sep, body = rest[1:].partition(b":")
-    if not sep or not length.isdigit() or int(length) > len(body):
-        return int(head), None
-    return int(head), body[: int(length)]
+    offset, sub, _ = _split_lane_entry(raw)
+    return offset, sub
 
 
 def entry_sub(raw: bytes) -> bytes | None:
-    """The encoded sub key a lane's entry carries, or None when ``raw`` is not a lane's entry
-    or is malformed (the executor then reports it corrupt)."""
-    _, sep, rest = raw.partition(b"|")
-    if not sep or rest[:1] != _TAG_KEYED:
-        return None
-    length, sep, body = rest[1:].partition(b":")
-    if not sep or not length.isdigit() or int(length) > len(body):
-        return None
-    return body[: int(length)]
-
-
-def item_sub_key(raw: bytes) -> SubKey:
-    """The item's own sub key, from a lane's entry; CorruptEntry if the entry has none."""
-    encoded = entry_sub(raw)
-    sub_key = None if encoded is None else decode_sub_key(encoded)
-    if encoded is None or isinstance(sub_key, Lane):
-        raise CorruptEntry(f"lane entry carries no valid sub key: {raw[:40]!r}")
-    return sub_key
+    """The encoded sub key a lane's entry carries, or None."""
+    return _split_lane_entry(raw)[1]
 
 
 def decode_lane_item(raw: bytes) -> tuple[int, SubKey, Message]:
     """A lane's entry's offset, its item's own sub key and its message, in one pass."""
-    head, sep, rest = raw.partition(b"|")
-    if not sep or not head.isdigit() or len(head) > 16 or rest[:1] != _TAG_KEYED:
+    offset, sub, payload = _split_lane_entry(raw)
+    sub_key = None if sub is None else decode_sub_key(sub)
+    if offset is None or sub is None or isinstance(sub_key, Lane):
         raise CorruptEntry(f"lane entry carries no valid sub key: {raw[:40]!r}")
-    length, sep, body = rest[1:].partition(b":")
-    if not sep or not length.isdigit() or int(length) > len(body):
-        raise CorruptEntry(f"lane entry carries no valid sub key: {raw[:40]!r}")
-    sub_key = decode_sub_key(body[: int(length)])
-    if isinstance(sub_key, Lane):
-        raise CorruptEntry(f"lane entry carries no valid sub key: {raw[:40]!r}")
-    return int(head), sub_key, decode_message(body[int(length) :])
+    return offset, sub_key, decode_message(payload)
+
+
+def item_sub_key(raw: bytes) -> SubKey:
+    """The item's own sub key, from a lane's entry; CorruptEntry if the entry has none."""
+    return decode_lane_item(raw)[1]
 
 
 def _unkey(data: bytes) -> bytes:

@@ -342,13 +342,13 @@ class Runner:
                     ended.stopped = True
                     return ended
                 try:
-                    entry = codec.parse_entry(raw)
-                    message = codec.decode_message(entry.payload)
                     if lane:  # a lane's entries each carry their item's own sub key
-                        sub_key = codec.item_sub_key(raw)
-                except codec.CorruptEntry as exc:
+                        offset, sub_key, message = codec.decode_lane_item(raw)
+                    else:
+                        entry = codec.parse_entry(raw)
+                        offset, message = entry.offset, codec.decode_message(entry.payload)
+                except ValueError as exc:  # CorruptEntry, or a sub key that does not decode
                     return self._corrupt(ended, index, lease, str(exc))
-                offset = entry.offset
                 job = new_job((sub_key, partition, offset, attempt, token))  # type: ignore[arg-type]
                 attempt = 1
                 set_current_job(job)
