@@ -57,6 +57,7 @@ def test_quick_mode_runs_every_scenario_and_checks_invariants(
     assert {"s1", "s1keys", "s2", "s3", "s4", "s5", "peers"} <= results.keys()
     verdicts = [*results["s1"]["verdicts"], results["s3"]["verdict"]]
     verdicts += [r["verdict"] for r in results["s2"]["rows"]]
+    assert results["s2"]["enqueue_batch"] == ordering.ENQUEUE_BATCH == 500
     verdicts += [r["verdict"] for r in results["s5"]["by_sub_keys"]]
     verdicts += [r["verdict"] for r in results["s1keys"]["rows"]]
     assert [r["row"] for r in results["s1keys"]["rows"]] == ["10", "1,000", "one per item"]
@@ -420,3 +421,16 @@ def test_lua_cost_runs_the_scripts_of_a_tree_at_either_shape(
     assert lines[1].split()[3] == "24"  # 12 per round
     with pytest.raises(SystemExit):
         lua_cost.main(["WT", "--items", "300", "--sub-keys", "2"])  # 150 items in one sub key
+
+
+def test_a_bad_s2_enqueue_batch_is_refused_naming_it() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "workshaper_tools.bench", "--only", "s2", "--s2-enqueue-batch", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--s2-enqueue-batch must be at least 1, got 0" in proc.stderr

@@ -72,6 +72,13 @@ def parser() -> argparse.ArgumentParser:
         help="S2 rows, comma-separated (key counts, 'unordered', 'partition order');"
         " default: all (quick: a few)",
     )
+    p.add_argument(
+        "--s2-enqueue-batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="S2 items per enqueue_many call (default 500, a Kafka poll's max.poll.records)",
+    )
     p.add_argument("--s3-rate", type=float, default=10_000.0, help="S3 items/s offered")
     p.add_argument(
         "--s3-producers",
@@ -106,6 +113,12 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     if unknown:
         raise SystemExit(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}")
     args.scenarios = chosen
+    if args.s2_enqueue_batch is not None and args.s2_enqueue_batch < 1:
+        print(
+            f"workshaper bench: --s2-enqueue-batch must be at least 1, got {args.s2_enqueue_batch}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     if args.lanes is not None:
         refusal = None
         if args.lanes < 1:
