@@ -16,6 +16,7 @@ from workshaper.admin import Admin
 from workshaper.connection import Backend
 from workshaper.keys import NamespaceKeys
 from workshaper.worker import lease as lease_states
+from workshaper.worker.executor import BatchRunner
 from workshaper.worker.prefetch import PrefetchPolicy, occupies
 from workshaper_tools.testing import RedisServer
 
@@ -428,3 +429,72 @@ def test_async_handler_retries_and_sees_its_own_job(backend: Backend, namespace:
     assert all(attempts[o] == [1] for o in range(40) if o != 3)
     assert mismatched == []
     assert worker.stats["failed"] == 1
+
+
+def test_a_long_backlog_gives_way_to_a_waiting_sub_key_after_its_slice(
+    backend: Backend, namespace: str
+) -> None:
+    """One slot; sub key a has 200 items of >= 2 ms queued ahead of b's one item in the same
+    partition. a runs for its first slice (50 ms: at most 25 items), then yields at an item
+    boundary and b runs; a's items still run once each, in order. (A lease that kept its sub
+    key for a whole batch ran 100 of a's items before b.)"""
+    order: list[str] = []
+    lock = threading.Lock()
+
+    def work(message: Any, partition: int, offset: int) -> None:
+        with lock:
+            order.append(str(workshaper.current_job().sub_key))
+        time.sleep(0.002)
+
+    items: list[tuple[Any, ...]] = [("a", "m", 0, i) for i in range(200)]
+    items.append(("b", "m", 0, 200))
+    worker, flushed = run_items(backend, namespace, items, work, concurrency=1)
+    assert flushed
+    assert sorted(order) == ["a"] * 200 + ["b"]
+    b_at = order.index("b")
+    assert b_at <= 30, f"b ran only after {b_at} items of a"
+
+
+def _entries(offsets: range) -> list[bytes]:
+    return [codec.make_entry(o, codec.encode_message("m", 100)) for o in offsets]
+
+
+def test_a_slice_never_stops_a_batch_before_its_first_item() -> None:
+    """A slice that is over already when a batch starts still runs the batch's first item (so
+    every batch moves its sub key on), then yields before the second."""
+    posted: list[tuple[Any, ...]] = []
+    ran: list[int] = []
+    runner = BatchRunner(lambda m, p, o: ran.append(o), None, None, posted.append, "w")
+    lease = lease_states.Lease(0, NamespaceKeys("ns").partition(0), b"s", "s", 1, 0, b"")
+    lease.valid_until = float("inf")
+    lease.yield_at = lease_states.clock() - 1.0
+    runner.run_sync(lease, _entries(range(5, 9)), 1)
+    assert ran == [5]
+    assert posted[-1] == ("ended", lease, ("yielded", 1))
+    assert list(lease.finished) == [5]
+
+
+def test_a_slice_that_yielded_to_nobody_doubles_up_to_the_quantum(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A slice starts when a batch is handed over and runs on across batches; the batch that
+    ends past it yields. A yield nobody took doubles the next slice, up to LEASE_QUANTUM."""
+    now = [100.0]
+    monkeypatch.setattr(lease_states, "_monotonic", lambda: now[0])
+    lease = lease_states.Lease(0, NamespaceKeys("ns").partition(0), b"s", "s", 1, 0, b"")
+    assert lease.next_action(stopping=True) == lease_states.RELEASE
+    assert lease.next_action(stopping=False) == lease_states.CONTINUE  # no slice running
+    slices = []
+    for _ in range(7):
+        lease.begin_slice()
+        started = now[0]
+        now[0] += 0.01
+        lease.begin_slice()  # a later batch of the same slice: it keeps running
+        assert lease.yield_at == started + lease.slice_seconds
+        assert lease.next_action(stopping=False) == lease_states.CONTINUE
+        now[0] = lease.yield_at
+        assert lease.next_action(stopping=False) == lease_states.YIELD
+        slices.append(lease.slice_seconds)
+        lease.next_slice()
+    assert slices == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert slices[0] == lease_states.FIRST_SLICE and slices[-1] == lease_states.LEASE_QUANTUM

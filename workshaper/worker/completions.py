@@ -14,7 +14,7 @@ from workshaper.batch import Batch, Reply
 from workshaper.scripts import Completion
 from workshaper.worker.dispatch import Dispatcher
 from workshaper.worker.lane_leases import LaneLeases, opens_window
-from workshaper.worker.lease import CONTINUE, KEEP, RELEASE, REPORTING, Lease
+from workshaper.worker.lease import CONTINUE, KEEP, RELEASE, REPORTING, YIELD, Lease
 from workshaper.worker.prefetch import PrefetchPolicy
 from workshaper.worker.state import CoordinatorState, by_partition
 
@@ -56,7 +56,12 @@ class Completions:
             now = time.monotonic()
             self._prefetch.batch_took(now - lease.started)
             lease.entries = []
-            lease.end_action = lease.next_action(self._state.stopping, now)
+            lease.end_action = self._gives_way(lease.next_action(self._state.stopping, now))
+        elif kind == "yielded":
+            # The slice ended mid-batch: the items not run stay at the head of the sub key's
+            # queue in Redis, which hands them back if nobody else waits.
+            lease.entries = []
+            lease.end_action = RELEASE if self._state.stopping else self._gives_way(YIELD)
         elif kind == "stopped":
             lease.entries = lease.entries[outcome[1] :]
             lease.end_action = RELEASE
@@ -74,6 +79,12 @@ class Completions:
         else:  # failed or corrupt: recorded by fail_item
             lease.entries = lease.entries[outcome[1] :]
             lease.failure = outcome
+
+    def _gives_way(self, action: str) -> str:
+        """A yield while this worker has leases on standby releases the sub key: Redis sees
+        only the partition's ready sub keys, not the ones claimed here that wait for a slot,
+        and would hand the batch back to run ahead of them."""
+        return RELEASE if action == YIELD and self._dispatcher.standby else action
 
     def add(self, batch: Batch) -> list[Callable[[], None]]:
         """One complete_items call per partition, for every lease with something to record.
@@ -149,6 +160,8 @@ class Completions:
             elif answer.next_entries and opens_window(lease):
                 self._lanes.open(lease, answer.next_entries, answer.attempts_record)
             elif answer.next_entries:
+                if action == YIELD:  # nobody took the yield: a longer slice
+                    lease.next_slice()
                 lease.entries = answer.next_entries
                 lease.read_to_end = (
                     not lease.exact and len(lease.entries) < state.settings.batch_size

@@ -66,6 +66,7 @@ class Dispatcher:
         assert self._executor is not None
         lease.state = RUNNING
         self.in_executor += 1
+        lease.begin_slice()
         self._executor.submit(lease, lease.entries, lease.attempt)
 
     def start_runs(self, lease: Lease) -> None:

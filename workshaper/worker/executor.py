@@ -10,6 +10,8 @@ them one after another and posts what happened back to the coordinator's inbox:
         ("stopped", index)         the lease was lost or the worker is stopping
         ("expired", index)         the lease may have expired by this process's clock: no
                                    item starts until Redis confirms it (the zombie rule)
+        ("yielded", index)         the lease's slice is over (lease.py): the rest goes back
+                                   behind the sub keys that wait (never before the first item)
         ("failed", index, attempt, error_json)
         ("corrupt", index, reason) the entry cannot be decoded: no attempt can fix it
 
@@ -44,8 +46,8 @@ Steps = Generator[tuple[Job, codec.Message], BaseException | None, Outcome]
 
 class Holder(Protocol):
     """What runs a batch: a lease, or a run of a lane's window (lanes.Run). The executor reads
-    ``stop`` and ``valid_until`` before each item, appends each finished offset to ``finished``
-    and sets ``notified`` when it posts a wake-up (see lease.py)."""
+    ``stop``, ``valid_until`` and ``yield_at`` before each item, appends each finished offset
+    to ``finished`` and sets ``notified`` when it posts a wake-up (see lease.py)."""
 
     partition: int
     token: int
@@ -62,6 +64,9 @@ class Holder(Protocol):
 
     @property
     def valid_until(self) -> float: ...
+
+    @property
+    def yield_at(self) -> float: ...
 
     def stops_before(self, index: int) -> bool:
         """With ``stop`` set: does the batch stop before its item ``index``?"""
@@ -191,11 +196,16 @@ class BatchRunner:
             for index, raw in enumerate(entries):
                 if lease.stop and lease.stops_before(index):
                     return ("stopped", index)
-                if now() >= lease.valid_until:
+                at = now()
+                if at >= lease.valid_until:
                     # The zombie rule: no item starts until Redis confirms the lease again. A
                     # process paused past its lease (SIGSTOP, a long GC, a frozen VM) would
                     # otherwise wake up and start items the new leaseholder already ran.
                     return ("expired", index)
+                if at >= lease.yield_at and index:
+                    # The slice is over: let the sub keys waiting behind this one run. Never
+                    # before the first item, so every batch makes progress.
+                    return ("yielded", index)
                 try:
                     if lane:  # a lane's entries each carry their item's own sub key
                         offset, sub_key, message = codec.decode_lane_item(raw)

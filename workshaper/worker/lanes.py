@@ -27,6 +27,7 @@ are written by the executor as a lease's are (see lease.py).
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -67,7 +68,10 @@ class Run:
     """A sub key's waiting entries of one lane, in order: what the executor runs as a batch.
 
     The executor reads ``stop`` and ``valid_until`` before each item: those are the lease's,
-    so stopping or losing the lane stops every run of it."""
+    so stopping or losing the lane stops every run of it. A run has no slice of its own (a
+    lane yields by its quantum, lane_leases.py)."""
+
+    yield_at = math.inf
 
     __slots__ = (
         "finished",
