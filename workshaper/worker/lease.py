@@ -12,13 +12,13 @@ Only the coordinator thread changes a lease, except the executor, which appends 
 ``finished`` and sets ``notified``, and reads ``stop``, ``valid_until`` and ``yield_at`` before
 each item.
 
-Slices: a plain lease runs its sub key for a slice (``FIRST_SLICE``, 50 ms) and then yields at
+Slices: a plain lease runs its sub key for a slice (``FIRST_SLICE``, 20 ms) and then yields at
 the next item boundary, mid-batch too: the rest of its backlog goes back behind the sub keys of
 its partition that wait for a worker, so a key with a long backlog cannot hold a slot while
 others queue up behind it (with 100 keys of ~100 items each, whole batches of 0.25 s each ran
 their keys in waves: S2 took 1.16x its ideal). A yield nobody took (Redis keeps the lease when
 no other sub key of the partition is ready) doubles the next slice, up to ``LEASE_QUANTUM``:
-a lone long backlog pays a round trip per second, not one per 50 ms.
+a lone long backlog pays a round trip per second, not one per 20 ms.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ REPORTING, WAITING = "reporting", "waiting"
 #: longest slice of a plain lease, and a lane's quantum (lane_leases.py).
 LEASE_QUANTUM = 1.0
 #: A plain lease's first slice; each yield nobody took doubles it, up to LEASE_QUANTUM.
-FIRST_SLICE = 0.05
+FIRST_SLICE = 0.02
 
 #: Part of the lease kept as a safety margin by the zombie rule (``BatchRunner.steps``):
 #: no item starts later than ``lease * (1 - LEASE_MARGIN)`` after the last confirmed extension
