@@ -193,26 +193,25 @@ def test_a_blocked_sub_key_holds_its_items_and_the_watermark() -> None:
     assert sorted(ran) == [0, 3]
 
 
-def test_a_lease_held_past_the_quantum_yields_to_waiting_sub_keys(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import workshaper.embedded.runner
-
-    monkeypatch.setattr(workshaper.embedded.runner, "LEASE_QUANTUM", 0.0)
-    gate = threading.Event()
-    ran: list[str] = []
+def test_a_long_backlog_gives_way_to_a_waiting_sub_key_after_its_slice() -> None:
+    """One thread; sub key a has 200 items of >= 2 ms queued ahead of b's one item. a runs
+    for its first slice (20 ms: at most 10 items), then yields at an item boundary, mid-batch,
+    and b runs; a's items still run once each, in order. (Held for whole batches until a
+    quantum of 1 s, a ran 100 items before b.)"""
+    ran: list[tuple[str, int]] = []
 
     def work(message: object, partition: int, offset: int) -> None:
-        gate.wait(30)
-        ran.append(f"{message}{offset}")
+        ran.append((str(current_job().sub_key), offset))
+        time.sleep(0.002)
 
-    with workshaper.Manager(work=work, concurrency=1, batch_size=1, max_in_queue=10) as manager:
-        for offset, key in enumerate("aaabbb"):
-            manager.enqueue(key, key, 0, offset)
-        gate.set()
-        assert manager.flush(timeout=30)
-    # One thread: "a" held it first; past its quantum it gives way to "b" between batches.
-    assert ran == ["a0", "b3", "a1", "b4", "a2", "b5"]
+    with workshaper.Manager(work=work, concurrency=1, max_in_queue=300) as manager:
+        for offset in range(200):
+            manager.enqueue("a", "m", 0, offset)
+        manager.enqueue("b", "m", 0, 200)
+        assert manager.flush(timeout=60)
+    assert [offset for key, offset in ran if key == "a"] == list(range(200))
+    b_at = ran.index(("b", 200))
+    assert b_at <= 15, f"b ran only after {b_at} items of a"
 
 
 def test_an_ack_that_raises_is_offered_again_and_acks_only_grow() -> None:

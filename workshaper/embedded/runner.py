@@ -27,6 +27,7 @@ import heapq
 import itertools
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -56,7 +57,7 @@ from workshaper.worker.executor import (
     is_async_handler,
     report_failure,
 )
-from workshaper.worker.lease import LEASE_QUANTUM
+from workshaper.worker.lease import FIRST_SLICE, longer_slice
 from workshaper.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,11 @@ class _Lease:
     token: int
     entries: list[bytes]
     attempt: int  # the head entry's attempt, 1-based; the later entries are on their first
-    #: When it was claimed (CLOCK_MONOTONIC): held past LEASE_QUANTUM, it yields its thread
-    #: to waiting sub keys between batches, as a Worker's lease does.
-    acquired: float = 0.0
+    #: The current slice and when it ends (CLOCK_MONOTONIC; inf: none running). Past it, the
+    #: batch yields its thread to waiting sub keys at the next item boundary, as a Worker's
+    #: lease does (worker/lease.py).
+    slice_seconds: float = FIRST_SLICE
+    yield_at: float = math.inf
 
 
 @dataclass(slots=True)
@@ -92,6 +95,7 @@ class _Ended:
     error: str = ""
     force: bool = False
     stopped: bool = False
+    yielded: bool = False  # the slice ended before the batch did
 
 
 def _attempt_of_head(record: bytes, entries: list[bytes]) -> int:
@@ -285,7 +289,6 @@ class Runner:
         (the caller holds the lock)."""
         s = self._settings
         free = s.concurrency - self._outstanding
-        now = time.monotonic()
         for partition in list(self._runnable):
             if free <= 0 or self._stopping:
                 return
@@ -301,7 +304,7 @@ class Runner:
             for c in claimed:
                 sub_key = codec.decode_sub_key(c.sub)
                 attempt = _attempt_of_head(c.attempts_record, c.entries)
-                lease = _Lease(partition, c.sub, sub_key, c.token, c.entries, attempt, now)
+                lease = _Lease(partition, c.sub, sub_key, c.token, c.entries, attempt)
                 self._tasks.put(lease)
             self._outstanding += len(claimed)
             free -= len(claimed)
@@ -336,10 +339,17 @@ class Runner:
         partition, sub_key, token = lease.partition, lease.sub_key, lease.token
         lane = isinstance(sub_key, codec.Lane)
         attempt = lease.attempt
+        clock = time.monotonic
+        if lease.yield_at == math.inf:  # a slice goes on across the batches of a lease
+            lease.yield_at = clock() + lease.slice_seconds
+        yield_at = lease.yield_at
         try:
             for index, raw in enumerate(lease.entries):
                 if self._stopping:
                     ended.stopped = True
+                    return ended
+                if index and clock() >= yield_at:  # never before the first: every batch moves
+                    ended.yielded = True
                     return ended
                 try:
                     if lane:  # a lane's entries each carry their item's own sub key
@@ -396,8 +406,14 @@ class Runner:
         elif ended.stopped:
             going_on = self._complete(lease, ended.offsets, "r")
         else:
-            held = time.monotonic() - lease.acquired
-            going_on = self._complete(lease, ended.offsets, "y" if held > LEASE_QUANTUM else "c")
+            # Past its slice the lease yields: Redis (here the engine) keeps it for the next
+            # batch only when no other sub key of the partition waits, and then the next
+            # slice is longer.
+            yielding = ended.yielded or time.monotonic() >= lease.yield_at
+            going_on = self._complete(lease, ended.offsets, "y" if yielding else "c")
+            if going_on and yielding:
+                lease.slice_seconds = longer_slice(lease.slice_seconds)
+                lease.yield_at = math.inf
         if going_on:
             return lease
         self._outstanding -= 1

@@ -55,6 +55,11 @@ def valid_until(sent: float, lease_seconds: float) -> float:
     return sent + lease_seconds * (1 - LEASE_MARGIN)
 
 
+def longer_slice(seconds: float) -> float:
+    """The slice after a yield that nobody took: twice as long, at most LEASE_QUANTUM."""
+    return min(seconds * 2, LEASE_QUANTUM)
+
+
 def clock() -> float:
     """CLOCK_MONOTONIC, read through a module global so a test can move it."""
     return _monotonic()
@@ -142,7 +147,7 @@ class Lease:
 
     def next_slice(self) -> None:
         """A yield that nobody took: the lease goes on with a slice twice as long."""
-        self.slice_seconds = min(self.slice_seconds * 2, LEASE_QUANTUM)
+        self.slice_seconds = longer_slice(self.slice_seconds)
         self.yield_at = math.inf
 
     def next_action(self, stopping: bool, now: float | None = None) -> str:
