@@ -281,6 +281,9 @@ def test_drop_and_purge_ask_for_confirmation(
     try:
         keys = NamespaceKeys(namespace)
         assert client._backend.client.exists(keys.partitions)
+        # A Kafka bridge's group binding is namespace state too: a purge frees the namespace
+        # for another group.
+        client._backend.client.hset(keys.kafka, "group", "g1")
     finally:
         client.close()
     purged = ws("purge", "--redis", redis_server.url, "--namespace", namespace, "--yes")

@@ -481,7 +481,8 @@ class Inspector:
             removed += int(client.unlink(*claims[i : i + 500]))
         if partition is None:
             k = self._keys
-            for key in (*k.wake_keys(), k.partitions, k.workers, k.reaper, k.reaper_term, k.lanes):
+            namespace_keys = (*k.wake_keys(), k.partitions, k.workers, k.reaper, k.reaper_term)
+            for key in (*namespace_keys, k.lanes, k.kafka):
                 removed += int(client.unlink(key))  # one by one: on a cluster, their own slots
         else:
             client.zrem(self._keys.wake_of(partition), str(partition))
