@@ -230,7 +230,11 @@ def test_live_resharding_of_active_partitions(
         redis_cluster.reshard(primaries[0], primaries[1], 20)
         redis_cluster.wait_ok()
 
-    acks, _ = _run_fleet(redis_cluster, namespace, tmp_path, items, during=reshard, delay="0.004")
+    # Work of 0-30 ms an item: 4,000 items need at least 5 s of the 12 slots (the sleeps alone,
+    # however fast the machine), while the producer enqueues them all in well under a second,
+    # so every partition still has its sub keys' lists queued when its slot moves. (At 0-4 ms a
+    # fast machine drained the queues as fast as they filled: a slot held only its fixed keys.)
+    acks, _ = _run_fleet(redis_cluster, namespace, tmp_path, items, during=reshard, delay="0.03")
     report = check([PlannedItem(s, p, o) for s, _, p, o in items], read_journal(tmp_path), acks)
     print(f"cluster resharding ({'; '.join(moved)}): {report.summary()}")
     assert len(moved) == 3
