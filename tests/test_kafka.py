@@ -821,6 +821,16 @@ def test_topic_namespace() -> None:
         topic_namespace("orders", "a b")
 
 
+@pytest.fixture
+def in_process_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bridge's main() run in this process leaves the root logger alone: set up on the
+    test's captured stderr, it made every later test's threads log into a closed stream."""
+    import workshaper.cli.common
+
+    monkeypatch.setattr(workshaper.cli.common, "setup_logging", lambda *args: None)
+
+
+@pytest.mark.usefixtures("in_process_cli")
 def test_lanes_flag_reaches_the_bridge_and_its_producers(
     monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer
 ) -> None:
@@ -849,6 +859,7 @@ def test_lanes_flag_reaches_the_bridge_and_its_producers(
         bridge._intake.close_producers(set(), timeout=0)
 
 
+@pytest.mark.usefixtures("in_process_cli")
 @pytest.mark.parametrize("value", ["0", "5000"])
 def test_bad_lanes_flag_exits_2_naming_it(value: str, capsys: pytest.CaptureFixture[str]) -> None:
     from workshaper.kafka import cli
