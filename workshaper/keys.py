@@ -216,6 +216,19 @@ class NamespaceKeys:
     def kafka(self) -> bytes:
         return self._key("kafka")
 
+    def namespace_wide(self) -> list[bytes]:
+        """Every key of the namespace that belongs to no partition (what a purge of the whole
+        namespace deletes besides the partitions' keys and the claim records)."""
+        return [
+            *self.wake_keys(),
+            self.partitions,
+            self.workers,
+            self.reaper,
+            self.reaper_term,
+            self.lanes,
+            self.kafka,
+        ]
+
     def partition(self, partition: int) -> PartitionKeys:
         return _partition_keys(self.namespace, partition)
 

@@ -57,7 +57,7 @@ from workshaper.worker.executor import (
     is_async_handler,
     report_failure,
 )
-from workshaper.worker.lease import FIRST_SLICE, longer_slice
+from workshaper.worker.lease import FIRST_SLICE, Slices
 from workshaper.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ Callback = Callable[..., Any]
 
 
 @dataclass(slots=True)
-class _Lease:
+class _Lease(Slices):
     """A claimed sub key and the entries it runs next (the head first)."""
 
     partition: int
@@ -340,8 +340,7 @@ class Runner:
         lane = isinstance(sub_key, codec.Lane)
         attempt = lease.attempt
         clock = time.monotonic
-        if lease.yield_at == math.inf:  # a slice goes on across the batches of a lease
-            lease.yield_at = clock() + lease.slice_seconds
+        lease.begin_slice()
         yield_at = lease.yield_at
         try:
             for index, raw in enumerate(lease.entries):
@@ -412,8 +411,7 @@ class Runner:
             yielding = ended.yielded or time.monotonic() >= lease.yield_at
             going_on = self._complete(lease, ended.offsets, "y" if yielding else "c")
             if going_on and yielding:
-                lease.slice_seconds = longer_slice(lease.slice_seconds)
-                lease.yield_at = math.inf
+                lease.next_slice()
         if going_on:
             return lease
         self._outstanding -= 1

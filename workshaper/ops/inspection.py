@@ -480,9 +480,7 @@ class Inspector:
         for i in range(0, len(claims), 500):
             removed += int(client.unlink(*claims[i : i + 500]))
         if partition is None:
-            k = self._keys
-            namespace_keys = (*k.wake_keys(), k.partitions, k.workers, k.reaper, k.reaper_term)
-            for key in (*namespace_keys, k.lanes, k.kafka):
+            for key in self._keys.namespace_wide():
                 removed += int(client.unlink(key))  # one by one: on a cluster, their own slots
         else:
             client.zrem(self._keys.wake_of(partition), str(partition))

@@ -27,7 +27,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from workshaper import codec
 from workshaper.keys import PartitionKeys
@@ -55,11 +55,6 @@ def valid_until(sent: float, lease_seconds: float) -> float:
     return sent + lease_seconds * (1 - LEASE_MARGIN)
 
 
-def longer_slice(seconds: float) -> float:
-    """The slice after a yield that nobody took: twice as long, at most LEASE_QUANTUM."""
-    return min(seconds * 2, LEASE_QUANTUM)
-
-
 def clock() -> float:
     """CLOCK_MONOTONIC, read through a module global so a test can move it."""
     return _monotonic()
@@ -70,8 +65,33 @@ def clock() -> float:
 KEEP, CONTINUE, YIELD, RELEASE = "k", "c", "y", "r"
 
 
+class _Sliced(Protocol):
+    slice_seconds: float  # FIRST_SLICE at first
+    yield_at: float  # clock() at which the current slice ends; inf: none running
+
+
+class Slices:
+    """The slices of a lease that runs one sub key, mixed into the Worker's Lease below and the
+    embedded runner's lease; each holds the two fields of ``_Sliced`` (the empty __slots__
+    keeps the leases' own)."""
+
+    __slots__ = ()
+
+    def begin_slice(self: _Sliced) -> None:
+        """A batch goes to be run: the slice starts now, unless one is running already (a
+        lease that went on without yielding keeps the slice it began)."""
+        if self.yield_at == math.inf:
+            self.yield_at = clock() + self.slice_seconds
+
+    def next_slice(self: _Sliced) -> None:
+        """A yield that nobody took: the lease goes on with a slice twice as long, at most
+        LEASE_QUANTUM."""
+        self.slice_seconds = min(self.slice_seconds * 2, LEASE_QUANTUM)
+        self.yield_at = math.inf
+
+
 @dataclass(eq=False, slots=True)
-class Lease:
+class Lease(Slices):
     """A sub key this worker holds."""
 
     partition: int
@@ -138,17 +158,6 @@ class Lease:
         """Give the sub key back without running its batch: released in the next round trip."""
         self.state = REPORTING
         self.end_action = RELEASE
-
-    def begin_slice(self) -> None:
-        """A batch goes to the executor: the slice starts now, unless one is running already
-        (a lease that went on without yielding keeps the slice it began)."""
-        if self.yield_at == math.inf:
-            self.yield_at = clock() + self.slice_seconds
-
-    def next_slice(self) -> None:
-        """A yield that nobody took: the lease goes on with a slice twice as long."""
-        self.slice_seconds = longer_slice(self.slice_seconds)
-        self.yield_at = math.inf
 
     def next_action(self, stopping: bool, now: float | None = None) -> str:
         """After a batch ended well: release when stopping, yield once its slice (a lane: its
