@@ -318,6 +318,11 @@ def test_s3_trace_splits_both_latencies_by_hand_off(
     assert s3["producers"] == 2
     assert " 0 lost, 0 order violations, 0 watermark violations" in s3["verdict"]
     assert s3["enqueue_to_start"]["count"] == s3["items"]
+    # The raw queue's floor ran on the same schedule: every item handed out once (else the
+    # bench fails), with its CPU split by process kind.
+    floor = s3["raw_queue"]
+    assert floor["enqueue_to_start"]["count"] == s3["items"]
+    assert set(floor["cpu_us_per_item"]) == {"producers", "consumers", "redis-server"}
     stages = s3["breakdown"]
     assert list(stages["enqueue_to_start"]["stages"]) == [
         "enqueue call",

@@ -15,6 +15,11 @@ times (``handlers.py``) are compared directly. Two distributions:
 - enqueue to start: from the ``enqueue`` call to the start of the item's work;
 - finish to ack: from the end of the item's work to the ``ack`` call whose watermark covered it.
 
+Before WorkShaper, on the same private server, the same items run through a raw Redis list
+queue on the same schedule (``latency_raw.py``): one RPUSH per item from the same number of
+producer processes, as many consumers as workers. Its latency and CPU per item are the floor
+this machine sets at the offered rate, reported beside WorkShaper's.
+
 With ``trace`` on (``--s3-trace``), the producers record their ack loop's ticks and each
 worker its round trips (``handlers.trace_round_trips``), and ``breakdown.py`` splits both
 intervals into their hand-offs.
@@ -35,6 +40,7 @@ import redis
 
 from workshaper import Enqueued, Producer
 from workshaper.ackloop import AckLoop
+from workshaper_tools.bench import latency_raw
 from workshaper_tools.bench.common import (
     BenchFailure,
     Items,
@@ -302,6 +308,18 @@ def _ms(value: float) -> str:
     return f"{value * 1e3:.2f}"
 
 
+def _say_floor(floor: dict[str, Any], rate: float, producers: int, consumers: int) -> None:
+    s = floor["enqueue_to_start"]
+    cpu = ", ".join(f"{kind} {us:.0f} us" for kind, us in floor["cpu_us_per_item"].items())
+    say(
+        f"  raw list queue on the same schedule ({producers} producer process(es), one RPUSH"
+        f" per item; {consumers} consumer(s)): achieved {floor['achieved_rate']:,.0f} items/s;"
+        f" RPUSH -> in hand p50 {_ms(s['p50'])} ms, p99 {_ms(s['p99'])} ms, p99.9"
+        f" {_ms(s['p99.9'])} ms, max {_ms(s['max'])} ms; CPU per item {cpu} ="
+        f" {floor['cores_at_offered_rate']:.2f} cores for {rate:,.0f} items/s"
+    )
+
+
 def scenario_s3(args: Any, log_dir: Path) -> dict[str, Any]:
     rate = float(args.s3_rate)
     count = int(rate * args.s3_seconds)
@@ -316,6 +334,17 @@ def scenario_s3(args: Any, log_dir: Path) -> dict[str, Any]:
     )
     load_before = os.getloadavg()
     with private_redis() as server:
+        raw = latency_raw.run_raw_s3(
+            server.url,
+            items,
+            rate=rate,
+            producers=producers,
+            consumers=args.workers,
+            log_dir=log_dir,
+            t0_margin=START_MARGIN,
+        )
+        with redis.Redis.from_url(server.url) as client:
+            client.flushall()
         run = run_s3(
             server.url,
             items,
@@ -339,9 +368,11 @@ def scenario_s3(args: Any, log_dir: Path) -> dict[str, Any]:
     span = run.last - run.first
     achieved = (count - 1) / span if span > 0 else float("nan")
     enqueue_call = stats([b - a for a, b in zip(run.enqueued_at, run.returned_at, strict=True)])
+    floor = latency_raw.summary(raw, count, rate)
     met = start["p99"] <= TARGET_START_P99 and ack["p99"] <= TARGET_ACK_P99
     cpu_us = {kind: 1e6 * seconds / count for kind, seconds in run.cpu.items()}
     cores = sum(cpu_us.values()) * rate / 1e6
+    _say_floor(floor, rate, producers, args.workers)
     for name, s, target in (
         ("enqueue -> start", start, TARGET_START_P99),
         ("finish -> ack  ", ack, TARGET_ACK_P99),
@@ -387,6 +418,7 @@ def scenario_s3(args: Any, log_dir: Path) -> dict[str, Any]:
         "cores_at_offered_rate": cores,
         "load_before": load_before[0],
         "load_after": os.getloadavg()[0],
+        "raw_queue": floor,
         "_start_delays": start_values,
         "_ack_delays": ack_values,
     }

@@ -63,6 +63,14 @@ def _s3_markdown(s: dict[str, Any]) -> list[str]:
             f" {_ms(d.get('p99.9', math.nan))} | {_ms(d['max'])} |"
             f" <= {limit * 1e3:.0f} ms: {'met' if ok else '**missed**'} |"
         )
+    raw = s.get("raw_queue")
+    if raw:
+        d = raw["enqueue_to_start"]
+        out.append(
+            f"| raw list queue, same schedule: RPUSH -> in a consumer's hand | {_ms(d['p50'])} |"
+            f" {_ms(d['p95'])} | {_ms(d['p99'])} | {_ms(d['p99.9'])} | {_ms(d['max'])} |"
+            " the machine's floor |"
+        )
     if "enqueue_call" in s:
         out += [
             "",
@@ -78,6 +86,15 @@ def _s3_markdown(s: dict[str, Any]) -> list[str]:
             f"CPU per item: {cpu}; at {s['rate']:,.0f} items/s that is"
             f" {s['cores_at_offered_rate']:.2f} cores. Load average {s['load_before']:.2f}"
             f" before S3, {s['load_after']:.2f} after.",
+        ]
+    if raw:
+        cpu = ", ".join(f"{kind} {us:.0f} us" for kind, us in raw["cpu_us_per_item"].items())
+        out += [
+            "",
+            f"The raw list queue on the same schedule (one RPUSH per item, same producer"
+            f" processes; no order, acks or dedupe) achieved {raw['achieved_rate']:,.0f}"
+            f" items/s; CPU per item: {cpu}, {raw['cores_at_offered_rate']:.2f} cores at"
+            f" {s['rate']:,.0f} items/s.",
         ]
     for key, title in (
         ("enqueue_to_start", "enqueue -> start"),
