@@ -197,7 +197,11 @@ def test_good_lane_counts_pass() -> None:
 
 def test_a_lane_entry_is_read_and_decoded_in_one_pass() -> None:
     raw = codec.keyed_entry(12, b"sorder-1", codec.encode_message({"x": 1}, 100))
-    assert codec.read_lane_entry(raw) == (12, b"sorder-1")
+    offset, sub, payload_at = codec.read_lane_entry(raw)
+    assert (offset, sub) == (12, b"sorder-1")
+    assert sub is not None
+    # where the tagged payload starts: the window hands it on, and nothing is parsed again
+    assert codec.decode_lane_payload(12, sub, raw[payload_at:]) == (12, "order-1", {"x": 1})
     assert codec.decode_lane_item(raw) == (12, "order-1", {"x": 1})
 
 
@@ -214,7 +218,7 @@ def test_a_lane_entry_is_read_and_decoded_in_one_pass() -> None:
 def test_an_unreadable_lane_entry_reads_as_none_and_does_not_decode(
     raw: bytes, read: tuple[int | None, bytes | None]
 ) -> None:
-    assert codec.read_lane_entry(raw) == read
+    assert codec.read_lane_entry(raw) == (*read, 0)
     with pytest.raises(codec.CorruptEntry):
         codec.decode_lane_item(raw)
 
@@ -222,3 +226,26 @@ def test_an_unreadable_lane_entry_reads_as_none_and_does_not_decode(
 def test_a_lane_entry_naming_a_lane_as_its_sub_key_does_not_decode() -> None:
     with pytest.raises(codec.CorruptEntry, match="no valid sub key"):
         codec.decode_lane_item(b"5|k2:L1sab")
+    offset, sub, payload_at = codec.read_lane_entry(b"5|k2:L1sab")
+    assert sub == b"L1"
+    with pytest.raises(codec.CorruptEntry, match="no valid sub key"):
+        codec.decode_lane_payload(5, sub, b"5|k2:L1sab"[payload_at:])
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"7|k5:i4242bxyz",
+        b"7|k0:bxyz",  # an empty sub key reads; decode_sub_key finds it corrupt
+        b"0|k3:n\x00\x01sabc",
+        b"12345678901234567|k2:sab",  # 17 digits: not an offset
+        b"7|k2:s",  # the length runs past the end
+        b"7|k:sab",
+        b"7|K2:sab",
+    ],
+)
+def test_the_fast_read_of_a_lane_entry_agrees_with_the_checked_split(raw: bytes) -> None:
+    offset, sub, payload_at = codec.read_lane_entry(raw)
+    assert (offset, sub) == codec._split_lane_entry(raw)[:2]
+    if payload_at:
+        assert raw[payload_at:] == codec._split_lane_entry(raw)[2]

@@ -132,6 +132,39 @@ def test_an_entry_without_a_readable_sub_key_runs_as_the_lane(raw: bytes) -> Non
     assert _take(window)[0].sub_key == "a"
 
 
+def test_a_run_hands_the_executor_each_item_as_its_window_read_it() -> None:
+    """Run.item decodes from the window's reading of each entry (offset, sub key, where the
+    payload starts): the same item decode_lane_item gives, in runs of one sub key and of
+    several, and a corrupt entry still raises for the executor to report."""
+    entries = [
+        codec.keyed_entry(0, b"sa", codec.encode_message({"n": 0}, 100)),
+        codec.keyed_entry(1, b"i7", codec.encode_message(b"raw", 100)),
+        codec.keyed_entry(2, b"sa", codec.encode_message("two", 100)),
+    ]
+    single = LaneWindow()
+    single.add(entries)
+    run, _ = _take(single)
+    assert run.sub_key == "a" and run.item_reader is not None
+    assert [run.item(i) for i in range(len(run.slots))] == [
+        codec.decode_lane_item(entries[0]),
+        codec.decode_lane_item(entries[2]),
+    ]
+    several = LaneWindow()
+    several.add(entries)
+    run, _ = several.take_run(_Lease(), codec.Lane(0), sub_keys=2)
+    assert run.sub_key == codec.Lane(0)
+    assert [run.item(i) for i in range(3)] == [codec.decode_lane_item(e) for e in entries[:1]] + [
+        codec.decode_lane_item(entries[2]),
+        codec.decode_lane_item(entries[1]),
+    ]
+    for raw in (b"5|k9:sab", b"5|k2:L1sab", b"5|k2:sa\xff"):
+        corrupt = LaneWindow()
+        corrupt.add([raw])
+        run, _ = _take(corrupt)
+        with pytest.raises((codec.CorruptEntry, ValueError)):
+            run.item(0)
+
+
 def test_run_sub_keys_decode_or_fall_back_to_the_lane() -> None:
     lane = codec.Lane(3)
     assert run_sub_key(lane, b"i42") == 42

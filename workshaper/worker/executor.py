@@ -42,6 +42,8 @@ Post = Callable[[tuple[Any, ...]], None]
 Outcome = tuple[Any, ...]
 #: A batch as BatchRunner.steps runs it: yields items, is sent handler errors, returns outcome.
 Steps = Generator[tuple[Job, codec.Message], BaseException | None, Outcome]
+#: Item ``index`` of a batch as (offset, sub key, message): see Holder.item_reader.
+ItemReader = Callable[[int], tuple[int, codec.SubKey, codec.Message]]
 
 
 class Holder(Protocol):
@@ -67,6 +69,13 @@ class Holder(Protocol):
 
     @property
     def yield_at(self) -> float: ...
+
+    @property
+    def item_reader(self) -> ItemReader | None:
+        """Decodes item ``index`` of the batch from what was read of its entry already (a
+        lane's run: its window read every entry as it arrived); None: the executor decodes
+        each entry itself."""
+        ...
 
     def stops_before(self, index: int) -> bool:
         """With ``stop`` set: does the batch stop before its item ``index``?"""
@@ -186,6 +195,7 @@ class BatchRunner:
         on_done, observe = self._on_done, self.observe_handler
         partition, token = lease.partition, lease.token
         sub_key, lane = lease.sub_key, isinstance(lease.sub_key, codec.Lane)
+        read_item = lease.item_reader
         done = lease.finished.append
         decode = codec.decode_message
         now = lease_clock  # reads the module's clock at each call: tests move it
@@ -207,7 +217,9 @@ class BatchRunner:
                     # before the first item, so every batch makes progress.
                     return ("yielded", index)
                 try:
-                    if lane:  # a lane's entries each carry their item's own sub key
+                    if read_item is not None:
+                        offset, sub_key, message = read_item(index)
+                    elif lane:  # a lane's entries each carry their item's own sub key
                         offset, sub_key, message = codec.decode_lane_item(raw)
                     else:
                         head, _, payload = raw.partition(b"|")

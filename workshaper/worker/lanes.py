@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,6 +61,8 @@ class Slot:
     offset: int  # for an entry without a readable offset, a negative number of its own
     raw: bytes
     sub: bytes  # the item's encoded sub key; for an entry without one, a name of its own
+    #: Where the entry's tagged payload starts in ``raw``; 0: the entry did not read (corrupt).
+    payload_at: int = 0
     done: bool = False
 
 
@@ -129,6 +131,24 @@ class Run:
     def entries(self) -> list[bytes]:
         return [slot.raw for slot in self.slots]
 
+    @property
+    def item_reader(self) -> Callable[[int], tuple[int, codec.SubKey, codec.Message]]:
+        return self.item
+
+    def item(self, index: int) -> tuple[int, codec.SubKey, codec.Message]:
+        """Item ``index`` of the run: its offset, its own sub key and its message, from what
+        the window read of its entry as it arrived (the entry is not parsed a second time).
+        CorruptEntry (or ValueError) for an entry that does not decode, as the executor
+        reports a corrupt entry."""
+        slot = self.slots[index]
+        if not slot.payload_at:  # it did not read: decode_lane_item names what is wrong
+            return codec.decode_lane_item(slot.raw)
+        payload = slot.raw[slot.payload_at :]
+        sub_key = self.sub_key
+        if isinstance(sub_key, codec.Lane):  # a run of several sub keys: this item's own
+            return codec.decode_lane_payload(slot.offset, slot.sub, payload)
+        return slot.offset, sub_key, codec.decode_message(payload)
+
 
 def run_sub_key(lane: codec.StoredSubKey, sub: bytes) -> codec.StoredSubKey:
     """The sub key the items of ``sub`` run as: decoded, or the lane when it does not decode."""
@@ -173,7 +193,7 @@ class LaneWindow:
         slots, by_offset, waiting_of = self.slots, self._by_offset, self._waiting
         busy, runnable, read = self._busy, self.runnable, codec.read_lane_entry
         for raw in entries:
-            offset, sub = read(raw)
+            offset, sub, payload_at = read(raw)
             if offset is None or sub is None:
                 # Unreadable: a sub key of its own (no encoded sub key starts with \x00), and a
                 # negative offset of its own when it has none; the executor reports it corrupt.
@@ -181,7 +201,7 @@ class LaneWindow:
                 sub = b"\x00%d" % self._unread
                 if offset is None:
                     offset = -self._unread
-            slot = Slot(offset, raw, sub)
+            slot = Slot(offset, raw, sub, payload_at)
             slots.append(slot)
             by_offset[offset] = slot
             waiting = waiting_of.get(sub)

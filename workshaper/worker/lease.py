@@ -136,6 +136,11 @@ class Lease(Slices):
         """Where the lease is filed in the coordinator's table."""
         return (self.partition, self.sub)
 
+    @property
+    def item_reader(self) -> None:
+        """None: the executor decodes each entry of a lease's batch itself."""
+        return None
+
     def stops_before(self, index: int) -> bool:
         """A stopped lease's batch stops before its next item, whichever it is."""
         return True
