@@ -278,6 +278,20 @@ def test_the_reference_scheduler_keeps_order_acks_and_backpressure() -> None:
     assert acked == last and seconds > 0 and cpu >= 0
 
 
+def test_lane_read_micro_reads_takes_and_decodes_every_entry_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The lanes worker's per-item read: every entry decoded exactly once (one_round checks
+    the count), in runs of one sub key and of several."""
+    from workshaper_tools.bench import lane_read_micro
+
+    entries = lane_read_micro.entries_of(300, 7, seed=3)
+    assert lane_read_micro.one_round(entries, 1) > 0
+    assert lane_read_micro.one_round(entries, 4) > 0
+    lane_read_micro.main(["--entries", "200", "--sub-keys", "5", "--rounds", "2"])
+    assert "us per item (200 entries, 5 sub keys" in capsys.readouterr().out
+
+
 def test_cycle_micro_times_one_items_calls_and_compares_two_trees(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
