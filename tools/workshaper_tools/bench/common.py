@@ -339,6 +339,46 @@ class RedisCost:
 # --- statistics -------------------------------------------------------------------------------
 
 
+def redis_cpu_seconds(client: redis.Redis) -> float:
+    """The server's CPU seconds so far (user + system), from ``INFO cpu``."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def paced(
+    positions: list[int], t0: float, rate: float, lag: list[float], called: list[float]
+) -> Iterator[int]:
+    """S3's fixed schedule: yields each index of ``positions`` once its item is due (position
+    p at ``t0 + p / rate``, CLOCK_MONOTONIC), sleeping until then; a producer behind schedule
+    sends at once. Appends how late each item was to ``lag`` and when its call began to
+    ``called``."""
+    monotonic, sleep = time.monotonic, time.sleep
+    for index, position in enumerate(positions):
+        due = t0 + position / rate
+        now = monotonic()
+        if due > now:
+            sleep(due - now)
+            now = monotonic()
+        lag.append(now - due)
+        called.append(now)
+        yield index
+
+
+def joined(proc: Any, deadline: float) -> bool:
+    """Wait for the multiprocessing process ``proc`` until ``deadline`` (CLOCK_MONOTONIC);
+    did it exit with 0?"""
+    proc.join(max(0.1, deadline - time.monotonic()))
+    return not proc.is_alive() and proc.exitcode == 0
+
+
+def kill_all(procs: Sequence[Any]) -> None:
+    """Kill every multiprocessing process of ``procs`` still alive, and reap it."""
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
+            proc.join(10)
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100); nan for no values."""
     if not values:
@@ -346,6 +386,18 @@ def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100 * len(ordered)))
     return ordered[min(rank, len(ordered)) - 1]
+
+
+def latency_stats(values: Sequence[float]) -> dict[str, float]:
+    """S3's summary of one latency distribution (seconds): p50 to max, and the count."""
+    return {
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "p99": percentile(values, 99),
+        "p99.9": percentile(values, 99.9),
+        "max": max(values) if values else float("nan"),
+        "count": len(values),
+    }
 
 
 def median(values: Sequence[float]) -> float:

@@ -46,9 +46,14 @@ from workshaper_tools.bench.common import (
     Items,
     WorkerFleet,
     cpu_seconds,
+    joined,
+    kill_all,
+    latency_stats,
+    paced,
     percentile,
     plan_noop,
     private_redis,
+    redis_cpu_seconds,
     say,
 )
 from workshaper_tools.bench.handlers import WorkerTrace, read_traces
@@ -97,17 +102,10 @@ def produce(job: ProducerJob, positions: list[int], tuples: list[Any]) -> None:
     returned: list[float] = []
     lag: list[float] = []
     refused = 0
-    monotonic, sleep = time.monotonic, time.sleep
+    monotonic = time.monotonic
     cpu = time.process_time()  # this process, ack loop thread included
-    for position, item in zip(positions, tuples, strict=True):
-        due = job.t0 + position / job.rate
-        now = monotonic()
-        if due > now:
-            sleep(due - now)
-            now = monotonic()
-        lag.append(now - due)
-        called.append(now)
-        if producer.enqueue(*item) is not Enqueued.ACCEPTED:
+    for index in paced(positions, job.t0, job.rate, lag, called):
+        if producer.enqueue(*tuples[index]) is not Enqueued.ACCEPTED:
             refused += 1
         returned.append(monotonic())
     done = monotonic()
@@ -193,7 +191,7 @@ def run_s3(
     try:
         fleet.start()
         client = redis.Redis.from_url(url)
-        redis_cpu = _redis_cpu(client)
+        redis_cpu = redis_cpu_seconds(client)
         workers_cpu = sum(cpu_seconds(pid) for pid in fleet.pids())
         t0 = time.monotonic() + START_MARGIN
         for index in range(producers):
@@ -220,31 +218,22 @@ def run_s3(
             procs.append(proc)
         deadline = time.monotonic() + timeout
         for proc in procs:
-            proc.join(max(0.1, deadline - time.monotonic()))
-            if proc.is_alive() or proc.exitcode != 0:
+            if not joined(proc, deadline):
                 raise BenchFailure(
                     f"a producer process failed (exit {proc.exitcode}):\n{fleet.logs_tail()}"
                 )
             if fleet.exited():
                 raise BenchFailure(f"a worker exited during the run:\n{fleet.logs_tail()}")
         workers_cpu = sum(cpu_seconds(pid) for pid in fleet.pids()) - workers_cpu
-        redis_cpu = _redis_cpu(client) - redis_cpu
+        redis_cpu = redis_cpu_seconds(client) - redis_cpu
         client.close()
         records = fleet.stop()
     finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
-                proc.join(10)
+        kill_all(procs)
         fleet.kill()
     run = _merge(items, outs, records, read_traces(fleet.dump_dir))
     run.cpu.update({"workers": workers_cpu, "redis-server": redis_cpu})
     return run
-
-
-def _redis_cpu(client: redis.Redis) -> float:
-    info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def _merge(items: Items, outs: list[Path], records: list[Any], traces: list[WorkerTrace]) -> S3Run:
@@ -291,17 +280,6 @@ def _merge(items: Items, outs: list[Path], records: list[Any], traces: list[Work
         last,
         {"producers": producers_cpu},
     )
-
-
-def stats(values: list[float]) -> dict[str, float]:
-    return {
-        "p50": percentile(values, 50),
-        "p95": percentile(values, 95),
-        "p99": percentile(values, 99),
-        "p99.9": percentile(values, 99.9),
-        "max": max(values) if values else float("nan"),
-        "count": len(values),
-    }
 
 
 def _ms(value: float) -> str:
@@ -363,11 +341,13 @@ def scenario_s3(args: Any, log_dir: Path) -> dict[str, Any]:
         raise BenchFailure(f"invariant broken: {verdict.summary()}")
     start_values = start_delays(items.plan, run.records, run.enqueued_at)
     ack_values = ack_delays(items.plan, run.records, run.acks)
-    start, ack = stats(start_values), stats(ack_values)
+    start, ack = latency_stats(start_values), latency_stats(ack_values)
     # Achieved: items over the span of the enqueue calls (first to last call, count - 1 gaps).
     span = run.last - run.first
     achieved = (count - 1) / span if span > 0 else float("nan")
-    enqueue_call = stats([b - a for a, b in zip(run.enqueued_at, run.returned_at, strict=True)])
+    enqueue_call = latency_stats(
+        [b - a for a, b in zip(run.enqueued_at, run.returned_at, strict=True)]
+    )
     floor = latency_raw.summary(raw, count, rate)
     met = start["p99"] <= TARGET_START_P99 and ack["p99"] <= TARGET_ACK_P99
     cpu_us = {kind: 1e6 * seconds / count for kind, seconds in run.cpu.items()}

@@ -32,7 +32,18 @@ from typing import Any
 
 import redis
 
-from workshaper_tools.bench.common import BenchFailure, Items, bench_env, cpu_seconds, percentile
+from workshaper_tools.bench.common import (
+    BenchFailure,
+    Items,
+    bench_env,
+    cpu_seconds,
+    joined,
+    kill_all,
+    latency_stats,
+    paced,
+    percentile,
+    redis_cpu_seconds,
+)
 
 PREFIX = "rawq3"
 #: Messages per BLMPOP at most (the worker's batch is 100 too).
@@ -64,17 +75,9 @@ def produce(job: RawProducerJob, positions: list[int], partitions: list[int]) ->
     filler = b"x" * 92  # with the position, about the ~100 B of S3's messages
     called: list[float] = []
     lag: list[float] = []
-    monotonic, sleep = time.monotonic, time.sleep
     cpu = time.process_time()
-    for position, partition in zip(positions, partitions, strict=True):
-        due = job.t0 + position / job.rate
-        now = monotonic()
-        if due > now:
-            sleep(due - now)
-            now = monotonic()
-        lag.append(now - due)
-        called.append(now)
-        client.rpush(_list_key(partition), b"%d|%s" % (position, filler))
+    for index in paced(positions, job.t0, job.rate, lag, called):
+        client.rpush(_list_key(partitions[index]), b"%d|%s" % (positions[index], filler))
     cpu = time.process_time() - cpu
     client.close()
     result = {"positions": positions, "called": called, "lag": lag, "cpu": cpu}
@@ -142,7 +145,7 @@ def run_raw_s3(
             )
         _wait_ready(client, consumers, consumer_procs)
         consumers_cpu = -sum(cpu_seconds(popen.pid) for popen in consumer_procs)  # from here on
-        redis_cpu = _redis_cpu(client)
+        redis_cpu = redis_cpu_seconds(client)
         context = multiprocessing.get_context("spawn")
         t0 = time.monotonic() + t0_margin
         producer_outs = []
@@ -157,8 +160,7 @@ def run_raw_s3(
             producer_procs.append(proc)
         deadline = time.monotonic() + timeout
         for proc in producer_procs:
-            proc.join(max(0.1, deadline - time.monotonic()))
-            if proc.is_alive() or proc.exitcode != 0:
+            if not joined(proc, deadline):
                 raise BenchFailure(f"a raw queue producer failed (exit {proc.exitcode})")
         _wait_drained(client, partitions, deadline)
         consumers_cpu += sum(cpu_seconds(popen.pid) for popen in consumer_procs)
@@ -166,12 +168,9 @@ def run_raw_s3(
         for popen in consumer_procs:
             if popen.wait(max(1.0, deadline - time.monotonic())) != 0:
                 raise BenchFailure(f"a raw queue consumer failed (exit {popen.returncode})")
-        redis_cpu = _redis_cpu(client) - redis_cpu
+        redis_cpu = redis_cpu_seconds(client) - redis_cpu
     finally:
-        for proc in producer_procs:
-            if proc.is_alive():
-                proc.kill()
-                proc.join(10)
+        kill_all(producer_procs)
         for popen in consumer_procs:
             if popen.poll() is None:
                 popen.kill()
@@ -196,11 +195,6 @@ def _wait_drained(client: redis.Redis, partitions: int, deadline: float) -> None
         if time.monotonic() > deadline:
             raise BenchFailure("the raw queue's consumers did not drain its lists in time")
         time.sleep(0.01)
-
-
-def _redis_cpu(client: redis.Redis) -> float:
-    info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def _merge(
@@ -240,17 +234,9 @@ def summary(run: RawS3Run, count: int, rate: float) -> dict[str, Any]:
     """The raw queue's row of S3: its latency percentiles, achieved rate, CPU per item and the
     cores it needs at the offered rate."""
     cpu_us = {kind: 1e6 * seconds / count for kind, seconds in run.cpu.items()}
-    values = run.latencies
     return {
         "achieved_rate": run.achieved,
-        "enqueue_to_start": {
-            "p50": percentile(values, 50),
-            "p95": percentile(values, 95),
-            "p99": percentile(values, 99),
-            "p99.9": percentile(values, 99.9),
-            "max": max(values) if values else float("nan"),
-            "count": len(values),
-        },
+        "enqueue_to_start": latency_stats(run.latencies),
         "schedule_lag_p99": percentile(run.lag, 99),
         "cpu_us_per_item": cpu_us,
         "cores_at_offered_rate": sum(cpu_us.values()) * rate / 1e6,
