@@ -13,7 +13,7 @@ import redis
 
 import workshaper
 from workshaper import Enqueued, InvalidInput, InvalidType, QueueFull
-from workshaper.ackloop import ack_each_offset
+from workshaper.ackloop import FIRST_CHECK, ack_each_offset
 from workshaper.batch import run_one
 from workshaper.connection import Backend, connect, mask_url
 from workshaper.keys import NamespaceKeys
@@ -368,6 +368,23 @@ def test_ack_loop_backs_off_on_a_partition_that_makes_no_progress(namespace: str
         # Without the back-off: one offer every 5 ms, ~200 in a second. With it: four at 5 ms,
         # then 10, 20, 40, 80, 100, 100, ... ms apart.
         assert 0 < calls <= 20
+
+
+def test_a_caught_up_partition_is_first_offered_a_fraction_of_the_interval_after_an_enqueue(
+    redis_server: RedisServer, namespace: str
+) -> None:
+    """What was just enqueued cannot have finished: an offer at once found nothing new, and
+    the next came a whole ack_interval later, so at sparse enqueues an item waited ~4 ms of a
+    5 ms interval for its ack. The first offer is now due FIRST_CHECK of the interval after
+    the enqueue (read off the loop's schedule: nothing here waits for it)."""
+    interval = 30.0  # no tick of this loop comes during the test
+    with workshaper.Producer(redis_server.url, namespace, ack_interval=interval) as producer:
+        loop = producer._ack_loop
+        producer.enqueue("k", "m", 0, 0)
+        with loop._changed:
+            due, wait = loop._due()
+        assert due == []
+        assert wait is not None and 0 < wait <= interval * FIRST_CHECK
 
 
 def test_new_producer_frees_a_partition_full_of_finished_items_nobody_acked(

@@ -7,7 +7,10 @@ watermark therefore moves in Redis only after ``ack`` returned, and an ``ack`` t
 offered again later (with a growing pause, so a broken ack does not spin or flood the log).
 After each commit the optional ``recorded`` callback gets the watermark now recorded in Redis.
 A partition whose offers keep finding nothing new (slow work, a blocked sub key) is checked
-less often, down to every 100 ms, until its watermark moves again.
+less often, down to every 100 ms, until its watermark moves again. A partition that was all
+acked is first offered ``FIRST_CHECK`` of the interval after an enqueue gives it new items, not
+at once: those items cannot have finished yet, and with sparse enqueues the offer at once found
+nothing and the item waited most of an interval for the next one.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ MAX_ACK_RETRY_DELAY = 1.0
 #: Offers in a row that may find nothing new before a partition is checked less often, and the
 #: longest interval it then backs off to (reset as soon as its watermark moves).
 QUIET_CHECKS, MAX_QUIET_INTERVAL = 4, 0.1
+#: When a caught-up partition gets new items, its first offer comes this fraction of the
+#: interval later (not at once: the items cannot have finished yet).
+FIRST_CHECK = 0.2
 #: Pause after Redis was unreachable before the loop tries again.
 REDIS_RETRY_DELAY = 0.5
 #: How long stop() keeps retrying to record watermarks ``ack`` accepted (Redis unreachable).
@@ -78,6 +84,7 @@ class AckLoop:
         self._keys = keys
         self._ack = ack
         self._interval = interval
+        self._first_check = interval * FIRST_CHECK
         self._ack_each = ack_each
         self._recorded = recorded
         self._changed = threading.Condition()
@@ -158,6 +165,10 @@ class AckLoop:
                 # one already behind is offered at its next check anyway. Waking on every
                 # enqueue cost an offer per item.
                 if self._acked.get(partition, -1) >= old:
+                    if self._backend.server is None:
+                        # What was just enqueued cannot have finished yet: the first offer
+                        # comes a fraction of the interval later, when short work has.
+                        self._next_check[partition] = time.monotonic() + self._first_check
                     self._changed.notify_all()
 
     def _on_finished(self, first_keys: list[bytes]) -> None:
