@@ -83,10 +83,14 @@ def _metrics(results: dict[str, Any]) -> list[tuple[str, float]]:
     if "s3" in results:
         s = results["s3"]
         rows += [
+            ("S3 enqueue->start p50 ms", 1e3 * s["enqueue_to_start"]["p50"]),
             ("S3 enqueue->start p99 ms", 1e3 * s["enqueue_to_start"]["p99"]),
+            ("S3 finish->ack p50 ms", 1e3 * s["finish_to_ack"]["p50"]),
             ("S3 finish->ack p99 ms", 1e3 * s["finish_to_ack"]["p99"]),
             ("S3 achieved items/s", s["achieved_rate"]),
         ]
+        if "cpu_us_per_item" in s:
+            rows.append(("S3 CPU us per item, all processes", sum(s["cpu_us_per_item"].values())))
     if "s4" in results:
         ws = results["s4"]["workshaper"]
         rows += [
