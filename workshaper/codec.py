@@ -200,8 +200,8 @@ def read_lane_entry(raw: bytes) -> tuple[int | None, bytes | None, int]:
         end = start + int(head[2])
         if end <= len(raw):
             return int(head[1]), raw[start:end], end
-    offset, sub, _ = _split_lane_entry(raw)  # malformed: the checks say which part is bad
-    return offset, sub, 0
+    offset, sub, payload = _split_lane_entry(raw)  # not the usual form: the checked split
+    return offset, sub, (len(raw) - len(payload) if sub is not None else 0)
 
 
 def decode_lane_payload(offset: int, sub: bytes, payload: bytes) -> tuple[int, SubKey, Message]:
@@ -220,11 +220,10 @@ def entry_sub(raw: bytes) -> bytes | None:
 
 def decode_lane_item(raw: bytes) -> tuple[int, SubKey, Message]:
     """A lane's entry's offset, its item's own sub key and its message, in one pass."""
-    offset, sub, payload = _split_lane_entry(raw)
-    sub_key = None if sub is None else decode_sub_key(sub)
-    if offset is None or sub is None or isinstance(sub_key, Lane):
+    offset, sub, payload_at = read_lane_entry(raw)
+    if offset is None or sub is None:
         raise CorruptEntry(f"lane entry carries no valid sub key: {raw[:40]!r}")
-    return offset, sub_key, decode_message(payload)
+    return decode_lane_payload(offset, sub, raw[payload_at:])
 
 
 def item_sub_key(raw: bytes) -> SubKey:

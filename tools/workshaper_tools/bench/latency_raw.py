@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -102,8 +102,9 @@ def consume(url: str, partitions: int, out: str) -> None:
                 break
             continue
         now = monotonic()
-        for message in reply[1]:  # [list name, [messages]]
-            assert isinstance(message, bytes)  # no decode_responses: replies are bytes
+        # [list name, [messages]]; bytes, without decode_responses (no check per message: this
+        # loop is the floor WorkShaper is measured against).
+        for message in cast(list[bytes], reply[1]):
             _noop(message)
             positions.append(int(message.partition(b"|")[0]))
             taken.append(now)
