@@ -112,13 +112,17 @@ def test_the_audit_catches_loss_when_redis_loses_acknowledged_writes(tmp_path: P
     """A canary for the audit itself: a Redis host crash that loses the last 0.2-1 s of the
     AOF (appendfsync everysec) must show up as lost items.
 
-    Work is slow (8 slots, about 40 items/s for 150 offered), so the queue stays full and an
-    item accepted in the lost second is still waiting behind others when Redis forgets it: it
-    never runs, and the audit must say so. The producer sends one item per call: a call cut
-    by the crash is sent again whole, so with bigger batches a lost window that holds no
-    batch boundary loses nothing (under load this happened). A lease reads one item at a time
-    (batch_size 1): with batches of 20 a worker that claims as soon as a slot frees holds most
-    of the 60 queued items in memory, runs them after the crash, and nothing is lost to see."""
+    The lost window must hold items that no worker had read yet, on any machine:
+    - the producer is never held back (max_in_queue far above what the run offers), so it
+      writes about 60 items a second into every window;
+    - four sub keys take at most about 20 items a second (work of 0-0.4 s, one at a time per
+      key), so each key's list grows by ~10 items a second and an item accepted in the last
+      second waits seconds behind its key's earlier items. A slower machine only makes those
+      lists longer.
+    With max_in_queue 60 the producer sat blocked on full partitions through the whole crash
+    window on a loaded machine, wrote nothing that could be lost, and the canary stayed silent.
+    A lease reads one item at a time (batch_size 1) and the producer sends one item per call:
+    a call cut by the crash is sent again whole, so bigger batches can hide the loss."""
     _need_redis_server()
     config = ChaosConfig(
         faults=("powerloss",),
@@ -128,13 +132,14 @@ def test_the_audit_catches_loss_when_redis_loses_acknowledged_writes(tmp_path: P
         concurrency=4,
         batch_size=1,
         lease=1.0,
-        rate=150.0,
+        sub_keys=4,
+        rate=60.0,
         producer_batch=1,
         work_delay=0.4,
         gap=(0.5, 0.8),
         warmup=1.5,
         appendfsync="everysec",
-        max_in_queue=60,
+        max_in_queue=5000,
         run_dir=tmp_path / "run",
     )
     result = Harness(config).run()
